@@ -1,0 +1,77 @@
+"""User-facing errors: each carries a one-line message that names what is wrong and what to do.
+
+The CLI prints `error: <message>` and exits with `exit_code`; it never shows a traceback for these.
+"""
+
+from __future__ import annotations
+
+
+class PtstError(Exception):
+    exit_code = 1
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class SpecError(PtstError):
+    """The spec is invalid; `problems` lists every `path: message` found."""
+
+    exit_code = 2
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        head = f"{source}: {len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        super().__init__(head + "".join(f"\n  {p}" for p in problems))
+
+
+class DataError(PtstError):
+    """A data file or row is unusable; the message names the file and line."""
+
+    exit_code = 2
+
+
+class CredentialsError(PtstError):
+    exit_code = 2
+
+
+class MissingExtra(PtstError):
+    exit_code = 2
+
+    def __init__(self, what: str, extra: str):
+        super().__init__(f"{what} needs the '{extra}' extra: pip install 'ptst[{extra}]'")
+
+
+class BudgetExceeded(PtstError):
+    exit_code = 3
+
+
+class RunLocked(PtstError):
+    exit_code = 4
+
+
+class BackendError(PtstError):
+    """A backend could not do its work (API fault after retries, model cannot be loaded...)."""
+
+
+class JobFailed(BackendError):
+    """A fine-tuning job ended without a model. The runner records it for the cell and goes on with the others."""
+
+    def __init__(self, status: str, code: str | None, message: str):
+        self.status = status
+        self.code = code
+        super().__init__(f"fine-tuning job {status}" + (f" [{code}]" if code else "") + f": {message}")
+
+
+def require(module: str, what: str, extra: str):
+    """Import an optional dependency, or raise the one-line hint naming the extra to install."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:  # pragma: no cover - exercised only where the extra is missing
+        raise MissingExtra(what, extra) from e

@@ -1,0 +1,80 @@
+"""The Judge interface.
+
+A judge sees the *raw* query (never the templated prompt) and the response. It returns a `Judgment`: `unsafe`
+decides ASR; `score` is the 1-5 harmfulness score where the judge has one. A reply that cannot be scored stays
+unscored (`unsafe=None`), never silently counted as safe or unsafe.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+JUDGE_MODULES: dict[str, str] = {
+    "keyword": "ptst.judge.keyword",
+    "mock": "ptst.judge.mock",
+    "rubric": "ptst.judge.rubric",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class JudgeItem:
+    query: str
+    response: str
+
+
+class Judgment(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    unsafe: bool | None  # None: unscored
+    score: int | None = None  # 1..5 where the judge scores
+    raw: str | None = None  # the judge's reply, kept for audit
+    error: str | None = None  # why it is unscored
+
+
+class JudgeSpec(BaseModel):
+    """The spec's `judge:` entry; keys other than `kind` are the judge's own options (validated by it)."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+    kind: Literal["keyword", "mock", "rubric"] = "keyword"
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    @model_validator(mode="after")
+    def _validate_options(self) -> JudgeSpec:
+        judge_class(self.kind).Options.model_validate(self.options)
+        return self
+
+
+class Judge(Protocol):
+    kind: ClassVar[str]
+    simulated: ClassVar[bool]
+
+    @property
+    def name(self) -> str:
+        """Shown in results ("keyword", "rubric:gpt-4-0613")."""
+        ...
+
+    @property
+    def version(self) -> str:
+        """Changes whenever the same (query, response) could be judged differently: part of the cache key."""
+        ...
+
+    def judge(self, items: Sequence[JudgeItem]) -> list[Judgment]: ...
+
+
+def judge_class(kind: str) -> Any:
+    try:
+        module = JUDGE_MODULES[kind]
+    except KeyError:
+        raise ValueError(f"unknown judge kind {kind!r} (known: {', '.join(JUDGE_MODULES)})") from None
+    return importlib.import_module(module).Judge
+
+
+def create_judge(spec: JudgeSpec) -> Judge:
+    return judge_class(spec.kind)(spec)  # type: ignore[no-any-return]
