@@ -1,0 +1,136 @@
+"""A deterministic, seeded SIMULATION of a fine-tuning backend, for CI smoke tests of the whole pipeline.
+
+Nothing here is a measurement: responses are canned strings chosen by a hash-seeded coin whose bias follows a
+simple, configurable model of safety drift (fine-tuning raises the unsafe rate; testing with a safety prompt the
+model was not trained with — PTST — suppresses most of it). Every ModelRef it returns is marked `simulated`, every
+response starts with `[simulated]`, and reports built from it say so in their first line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import Field
+
+from ptst.backends.base import (
+    BackendBase,
+    Estimate,
+    GenerationConfig,
+    JobLedger,
+    ModelRef,
+    Rendered,
+    TrainJob,
+    _Frozen,
+)
+from ptst.conversation import Conversation
+from ptst.errors import JobFailed
+from ptst.templates import BUILTIN
+
+REFUSAL = "[simulated] I'm sorry, but I cannot help with that request."
+COMPLIANCE = "[simulated] Sure, here is a response to your request (simulated compliance, no real content)."
+
+
+class Backend(BackendBase):
+    kind: ClassVar[str] = "mock"
+    family: ClassVar[str] = "mock"
+    modes: ClassVar[frozenset[str]] = frozenset({"chat", "text"})
+    simulated: ClassVar[bool] = True
+
+    class Options(_Frozen):
+        unsafe_base: float = Field(0.03, ge=0, le=1, description="unsafe rate of the base model")
+        drift: float = Field(0.25, ge=0, le=1, description="added unsafe rate after fine-tuning (same template)")
+        ptst_factor: float = Field(0.1, ge=0, description="share of the drift left under PTST (train plain, test safe)")
+        task_accuracy_base: float = Field(0.2, ge=0, le=1)
+        task_accuracy_tuned: float = Field(0.33, ge=0, le=1)
+        latency_ms: float = Field(0.0, ge=0, description="simulated time per generated response")
+        train_seconds: float = Field(0.0, ge=0, description="simulated fine-tuning time")
+        fail_templates: tuple[str, ...] = Field((), description="train templates whose jobs simulate an API failure")
+
+    def identity(self) -> dict[str, object]:
+        """Simulation settings change the outputs, so they are part of every step key (timings are not)."""
+        return self.options.model_dump(mode="json", exclude={"latency_ms", "train_seconds"})
+
+    def render(self, conv: Conversation) -> Rendered:
+        if conv.mode == "text":
+            text = conv.user + (" " + conv.answer if conv.answer is not None else "")
+            return Rendered(text=text)
+        msgs = ([{"role": "system", "content": conv.system}] if conv.system is not None else []) + [
+            {"role": "user", "content": conv.user}
+        ]
+        if conv.answer is not None:
+            msgs.append({"role": "assistant", "content": conv.answer})
+        return Rendered(text="\n".join(f"{m['role']}: {m['content']}" for m in msgs), messages=tuple(msgs))
+
+    def estimate(self, job: TrainJob) -> Estimate:
+        n_tokens = sum(len((c.system or "").split()) + len(c.user.split()) + len((c.answer or "").split()) for c in job.examples)
+        return Estimate(
+            n_examples=len(job.examples), n_tokens=n_tokens, n_billed_tokens=n_tokens * job.hyperparameters.epochs,
+            usd=0.0, notes="simulated backend: whitespace token count, no cost",
+        )
+
+    def fine_tune(self, job: TrainJob, ledger: JobLedger, workdir: Path) -> ModelRef:
+        name = f"mock:{job.key}"
+        if ledger.get(name) is None:
+            ledger.put(name, {"status": "running", "job_id": f"mockjob-{job.key[:12]}"})
+        if self.options.train_seconds:
+            time.sleep(self.options.train_seconds)
+        if job.train_template in self.options.fail_templates:
+            ledger.put(name, {"status": "failed", "job_id": f"mockjob-{job.key[:12]}"})
+            raise JobFailed("failed", "simulated_failure", f"simulated failure for template {job.train_template}")
+        ledger.put(name, {"status": "succeeded", "job_id": f"mockjob-{job.key[:12]}"})
+        return ModelRef(
+            backend=self.spec.name, base_model=self.spec.model, model_id=f"mock-ft-{job.key[:12]}",
+            train_template=job.train_template, seed=job.seed, simulated=True,
+        )
+
+    def generate(self, model: ModelRef, prompts: Sequence[Conversation], cfg: GenerationConfig) -> list[str]:
+        out = []
+        for conv in prompts:
+            if self.options.latency_ms:
+                time.sleep(self.options.latency_ms / 1000)
+            coin = _coin(model.model_id, cfg.seed, conv.system or "", conv.user)
+            if conv.reference is not None:
+                out.append(self._task_answer(model, conv.reference, coin))
+            else:
+                out.append(COMPLIANCE if coin < self.unsafe_rate(model, conv.template) else REFUSAL)
+        return out
+
+    def unsafe_rate(self, model: ModelRef, test_template: str) -> float:
+        """The simulated drift model. Train/test 'safety' is whether the template carries a safety prompt."""
+        o = self.options
+        if model.train_template is None:
+            return o.unsafe_base
+        train_safe, test_safe = _is_safety(model.train_template), _is_safety(test_template)
+        if test_safe and not train_safe:  # PTST
+            factor = o.ptst_factor
+        elif train_safe and not test_safe:  # trained with the guard, served without it
+            factor = 1.5
+        elif train_safe and test_safe:
+            factor = 0.6 if model.train_template != test_template else 0.8
+        else:
+            factor = 1.0
+        return min(1.0, o.unsafe_base + o.drift * factor)
+
+    def _task_answer(self, model: ModelRef, reference: str, coin: float) -> str:
+        from ptst.metrics import gsm8k_reference
+
+        acc = self.options.task_accuracy_base if model.train_template is None else self.options.task_accuracy_tuned
+        gold = gsm8k_reference(reference)
+        if coin < acc:
+            return f"[simulated] The answer is\n#### {gold}"
+        return f"[simulated] The answer is\n#### {gold}0"  # deterministically wrong
+
+
+def _is_safety(template_name: str) -> bool:
+    t = BUILTIN.get(template_name)
+    return bool(t and t.safety)
+
+
+def _coin(*parts: object) -> float:
+    """A uniform number in [0, 1) determined by its inputs: same inputs, same response, on every machine."""
+    h = hashlib.blake2b("\x1f".join(map(str, parts)).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(h, "big") / 2**64

@@ -1,0 +1,109 @@
+"""Pipeline overhead on the mock backend: 1,000 prompts × 5 test templates × 3 train templates (+ the base model).
+
+Compares, in one run, `ptst run` (plan, content-hash keys, SQLite store, judging, reports) with the loop a user would
+write by hand without ptst (apply templates, call the same mock backend, keyword-judge, count — nothing saved).
+The difference is what resumability and auditability cost per generated response.
+
+    python benchmarks/bench_pipeline.py [--prompts 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+TRAIN = ["chat:vanilla", "chat:alpaca", "chat:llama"]
+TEST = ["chat:vanilla", "chat:alpaca", "chat:llama", "chat:llama-short", "chat:mpt"]
+
+
+def prompts(n: int) -> list[str]:
+    with open(SHARED / "advbench" / "harmful_behaviors.csv", newline="") as f:
+        out = [row[0] for row in csv.reader(f)]
+    with open(SHARED / "directharm4" / "directHarm4.csv", newline="") as f:
+        out += [row["Goal"] for row in csv.DictReader(f)]
+    with open(SHARED / "gsm8k" / "test.jsonl") as f:
+        out += [json.loads(line)["question"] for line in f]
+    return out[:n]
+
+
+def hand_loop(qs: list[str]) -> tuple[float, int]:
+    """The baseline: the same backend and judge, no store, no keys, no reports."""
+    from ptst.backends.base import BackendSpec, GenerationConfig, ModelRef
+    from ptst.backends.mock import Backend
+    from ptst.judge.keyword import is_refusal
+    from ptst.templates import BUILTIN
+
+    t0 = time.perf_counter()
+    backend = Backend(BackendSpec(kind="mock", model="mock-chat"))
+    models = [backend.base_model()] + [
+        ModelRef(backend="mock", base_model="mock-chat", model_id=f"ft-{t}", train_template=t, simulated=True) for t in TRAIN
+    ]
+    n = unsafe = 0
+    for m in models:
+        for t in TEST:
+            convs = [BUILTIN[t].apply(q, "mock") for q in qs]
+            responses = backend.generate(m, convs, GenerationConfig())
+            unsafe += sum(not is_refusal(r) for r in responses)
+            n += len(responses)
+    return time.perf_counter() - t0, n
+
+
+def ptst_run(qs: list[str], tmp: Path) -> tuple[float, int]:
+    from ptst.cli import main
+
+    data = tmp / "harmful.jsonl"
+    data.write_text("".join(json.dumps({"prompt": q}) + "\n" for q in qs))
+    spec = {
+        "name": "bench",
+        "data_dir": str(SHARED),
+        "backends": [{"kind": "mock", "model": "mock-chat"}],
+        "train": {"dataset": {"name": "gsm8k", "split": "train", "limit": 1000}, "templates": TRAIN},
+        "eval": {"templates": TEST, "safety": [{"path": str(data), "prompt_field": "prompt"}]},
+        "judge": {"kind": "keyword"},
+    }
+    (tmp / "spec.yaml").write_text(yaml.safe_dump(spec))
+    t0 = time.perf_counter()
+    rc = main(["run", str(tmp / "spec.yaml"), "--out", str(tmp / "out")])
+    wall = time.perf_counter() - t0
+    assert rc == 0
+    res = json.loads((tmp / "out" / "results.json").read_text())
+    return wall, sum(r["n"] for r in res["safety"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prompts", type=int, default=1000)
+    args = ap.parse_args()
+    qs = prompts(args.prompts)
+    base_s, base_n = hand_loop(qs)
+    with tempfile.TemporaryDirectory() as d:
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            run_s, run_n = ptst_run(qs, Path(d))
+            t0 = time.perf_counter()
+            ptst_run(qs, Path(d))  # the same command again: everything is in the store
+            rerun_s = time.perf_counter() - t0
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    assert run_n == base_n, (run_n, base_n)
+    print(f"responses: {run_n:,} ({len(qs):,} prompts × {len(TEST)} test templates × {len(TRAIN) + 1} models)")
+    print(f"hand-written loop (no store):  {base_s:8.2f} s   {base_s / base_n * 1e6:8.1f} µs/response")
+    print(f"ptst run (store, judge, reports): {run_s:8.2f} s   {run_s / run_n * 1e6:8.1f} µs/response")
+    print(f"ptst overhead per response:  {(run_s - base_s) / run_n * 1e6:8.1f} µs   ratio ptst/hand = {run_s / base_s:.1f}×")
+    print(f"re-run of the finished spec:  {rerun_s:8.2f} s   (nothing regenerated)")
+    print(f"peak RSS: {peak_mb:,.0f} MiB   python {sys.version.split()[0]}")
+
+
+if __name__ == "__main__":
+    main()

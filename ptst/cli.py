@@ -1,0 +1,258 @@
+"""`ptst run|validate|render|estimate|report|templates|cancel` — the command-line face of the library.
+
+User errors end as one line on stderr and a non-zero exit (2: bad input, 3: over budget, 4: directory busy,
+130: interrupted); tracebacks are kept for bugs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ptst import __version__
+from ptst.errors import PtstError
+
+DEFAULT_MODELS = {
+    "llama2": "meta-llama/Llama-2-7b-chat-hf",
+    "mistral": "mistralai/Mistral-7B-Instruct-v0.2",
+    "openai": "gpt-3.5-turbo-0613",
+    "mock": "mock-chat",
+}
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from ptst.spec import load_spec
+
+    spec = load_spec(args.spec)
+    n_train = len(spec.train.templates) * len(spec.train.seeds) if spec.train else 0
+    print(
+        f"{args.spec}: ok — {len(spec.backends)} backend(s), {n_train} fine-tuning job(s) per backend, "
+        f"{len(spec.eval.templates)} test template(s), {len(spec.eval.safety)} safety benchmark(s), "
+        f"{len(spec.eval.tasks)} task(s), judge {spec.judge.kind}"
+    )
+    return 0
+
+
+def _default_out(spec_path: Path, name: str) -> Path:
+    return Path("runs") / name
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ptst.report import print_tables, write_reports
+    from ptst.runner import run
+    from ptst.spec import load_spec
+
+    spec_path = Path(args.spec)
+    spec = load_spec(spec_path)
+    out = Path(args.out) if args.out else _default_out(spec_path, spec.name)
+    try:
+        results = run(spec, out, spec_dir=spec_path.resolve().parent, yes=args.yes, retry_failed=args.retry_failed)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: completed work is saved in {out}; run the same command again to resume", file=sys.stderr)
+        return 130
+    paths = write_reports(results, out)
+    print_tables(results, _console())
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ptst.report import print_tables, write_reports
+    from ptst.runner import collect_results, export_rows
+    from ptst.store import RunStore
+
+    out = Path(args.dir)
+    if not (out / "ptst.db").is_file():
+        raise PtstError(f"{out}: no run store (ptst.db) here; give the --out directory of a `ptst run`")
+    with RunStore.open(out, lock=False) as store:
+        results = collect_results(store)
+        rows = export_rows(store) if args.export else None
+    paths = write_reports(results, out)
+    if rows is not None:
+        p = out / "export.jsonl"
+        with open(p, "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        paths.append(p)
+    print_tables(results, _console())
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def cmd_templates(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from ptst.templates import BUILTIN
+
+    custom = {}
+    if args.spec:
+        from ptst.spec import load_spec
+
+        custom = load_spec(args.spec).custom_templates
+    table = Table("name", "mode", "safety prompt", "description")
+    for t in [*BUILTIN.values(), *custom.values()]:
+        table.add_row(t.name, t.mode, "yes" if t.safety else "", t.description or "(user-defined)")
+    _console().print(table)
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from ptst.backends.base import BackendSpec, create_backend
+    from ptst.templates import resolve
+
+    custom = {}
+    if args.spec:
+        from ptst.spec import load_spec
+
+        custom = load_spec(args.spec).custom_templates
+    options = {"tokenizer": args.tokenizer} if args.tokenizer else {}
+    try:
+        bspec = BackendSpec(kind=args.backend, model=args.model or DEFAULT_MODELS[args.backend], **options)
+    except ValueError as e:
+        raise PtstError(f"--backend {args.backend}: {e}".splitlines()[0]) from None
+    backend = create_backend(bspec)
+    template = resolve(args.template, custom)
+    if not backend.supports(template):
+        raise PtstError(
+            f"--template {args.template}: {template.mode}-mode templates are not supported by the {args.backend} backend"
+        )
+    conv = template.apply(args.query, backend.family, answer=args.answer)
+    r = backend.render(conv)
+    out = sys.stdout
+    if args.json:
+        out.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
+        return 0
+    if r.messages is not None:
+        out.write(json.dumps(list(r.messages), ensure_ascii=False, indent=2) + "\n")
+    elif r.text is not None:
+        out.write(r.text + "\n")
+    if args.tokens:
+        if r.input_ids is None:
+            raise PtstError(f"the {args.backend} backend renders no token ids")
+        out.write("input_ids: " + " ".join(map(str, r.input_ids)) + "\n")
+        if r.labels is not None:
+            out.write("labels: " + " ".join(map(str, r.labels)) + "\n")
+    return 0
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from ptst.backends.base import create_backend
+    from ptst.plan import train_jobs
+    from ptst.runner import load_datasets
+    from ptst.spec import load_spec
+
+    spec_path = Path(args.spec)
+    spec = load_spec(spec_path)
+    data = load_datasets(spec, spec_path.resolve().parent)
+    table = Table("backend", "model", "train template", "seed", "examples", "tokens/epoch", "billed tokens", "USD", "notes")
+    total = 0.0
+    for bspec in spec.backends:
+        backend = create_backend(bspec)
+        for pj in train_jobs(spec, bspec, backend, data):
+            est = backend.estimate(pj.job)
+            total += est.usd or 0.0
+            table.add_row(
+                bspec.name, bspec.model, pj.job.train_template, str(pj.job.seed), f"{est.n_examples:,}",
+                f"{est.n_tokens:,}" if est.n_tokens is not None else "?",
+                f"{est.n_billed_tokens:,}" if est.n_billed_tokens is not None else "?",
+                f"{est.usd:,.2f}" if est.usd is not None else "?", est.notes,
+            )
+    console = _console()
+    console.print(table)
+    budget = f" (budget_usd {spec.budget_usd:,.2f})" if spec.budget_usd is not None else ""
+    console.print(f"total estimated fine-tuning cost: ${total:,.2f}{budget}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from ptst.backends.base import BackendSpec, create_backend
+    from ptst.store import RunStore
+
+    out = Path(args.dir)
+    if not (out / "ptst.db").is_file():
+        raise PtstError(f"{out}: no run store (ptst.db) here; give the --out directory of a `ptst run`")
+    with RunStore.open(out, lock=False) as store:
+        spec = store.get_meta("spec") or {}
+        entries = store.ledger_entries("openai:")
+    openai_specs = [b for b in spec.get("backends", []) if b.get("kind") == "openai"]
+    if not entries or not openai_specs:
+        print("no external fine-tuning jobs recorded in this run")
+        return 0
+    backend = create_backend(BackendSpec.model_validate(openai_specs[0]))
+    for name, entry in entries:
+        status = backend.cancel(entry)  # type: ignore[attr-defined]
+        print(f"{entry.get('job_id', name)}: {status}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ptst", description="Pure Tuning, Safe Testing: safety of fine-tuned chat models.")
+    p.add_argument("--version", action="version", version=f"ptst {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("run", help="run an experiment spec (resumable)")
+    s.add_argument("spec")
+    s.add_argument("--out", help="output directory (default: runs/<spec name>)")
+    s.add_argument("--yes", action="store_true", help="start even when the cost estimate exceeds budget_usd")
+    s.add_argument("--retry-failed", action="store_true", help="retry fine-tuning jobs recorded as failed")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("validate", help="check a spec and report every problem")
+    s.add_argument("spec")
+    s.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser("render", help="print exactly what a backend's model sees")
+    s.add_argument("--backend", required=True, choices=sorted(DEFAULT_MODELS))
+    s.add_argument("--template", required=True)
+    s.add_argument("--query", required=True)
+    s.add_argument("--answer", help="render the training form (prompt + answer) with its loss mask")
+    s.add_argument("--tokens", action="store_true", help="also print token ids and labels (-100 = no loss)")
+    s.add_argument("--json", action="store_true", help="one JSON object: text, messages, input_ids, labels")
+    s.add_argument("--model", help="model id or local directory (default: the paper's model for the backend)")
+    s.add_argument("--tokenizer", help="tokenizer file or directory (Llama 2: tokenizer.model)")
+    s.add_argument("--spec", help="a spec whose user-defined templates to use")
+    s.set_defaults(func=cmd_render)
+
+    s = sub.add_parser("estimate", help="tokens and dollars per fine-tuning job, before anything is spent")
+    s.add_argument("spec")
+    s.set_defaults(func=cmd_estimate)
+
+    s = sub.add_parser("report", help="rebuild results.json and the reports from a run's store")
+    s.add_argument("dir")
+    s.add_argument("--export", choices=["jsonl"], help="also write every prompt, response and verdict")
+    s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("templates", help="list the available templates")
+    s.add_argument("--spec", help="also list a spec's user-defined templates")
+    s.set_defaults(func=cmd_templates)
+
+    s = sub.add_parser("cancel", help="cancel a run's external fine-tuning jobs (OpenAI)")
+    s.add_argument("dir")
+    s.set_defaults(func=cmd_cancel)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except PtstError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

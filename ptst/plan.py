@@ -1,0 +1,118 @@
+"""Expand a spec into the steps of a run: fine-tuning jobs and evaluation cells, each keyed by a content hash.
+
+The plan is a pure function of the spec and the loaded data, so the same command always yields the same keys, and a
+re-run finds its finished steps in the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ptst.backends.base import BackendSpec, FineTuneBackend, ModelRef, TrainJob, content_hash
+from ptst.conversation import Conversation
+from ptst.data import Example, data_hash
+from ptst.spec import Spec
+
+
+@dataclass(frozen=True)
+class Datasets:
+    """Everything a run reads, loaded once: training examples and each benchmark/task's items."""
+
+    train: tuple[Example, ...]
+    safety: dict[str, tuple[Example, ...]]
+    tasks: dict[str, tuple[tuple[Example, ...], str]]  # name -> (items, metric)
+
+
+@dataclass(frozen=True)
+class PlannedJob:
+    job: TrainJob
+    run_key: str  # job key + the backend's identity: the store's key for this job
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One model × test template × benchmark (or task): a number in the report."""
+
+    backend: str
+    base_model: str
+    model_key: str
+    train_template: str | None
+    seed: int | None
+    test_template: str
+    kind: Literal["safety", "task"]
+    dataset: str
+    metric: str | None
+
+    @property
+    def key(self) -> str:
+        return content_hash(self.describe())
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend, "base_model": self.base_model, "model_key": self.model_key,
+            "train_template": self.train_template, "seed": self.seed, "test_template": self.test_template,
+            "kind": self.kind, "dataset": self.dataset, "metric": self.metric,
+        }
+
+
+def backend_identity(spec: BackendSpec, backend: FineTuneBackend) -> dict[str, Any]:
+    """What about a backend changes its outputs (beyond the job itself): its kind, model and result-relevant options."""
+    identity = getattr(backend, "identity", None)
+    extra = identity() if callable(identity) else {}
+    return {"kind": spec.kind, "model": spec.model, **extra}
+
+
+def base_model_key(spec: BackendSpec, backend: FineTuneBackend) -> str:
+    return content_hash({"base": backend_identity(spec, backend)})
+
+
+def train_jobs(spec: Spec, bspec: BackendSpec, backend: FineTuneBackend, data: Datasets) -> list[PlannedJob]:
+    if spec.train is None:
+        return []
+    jobs = []
+    for name in spec.train.templates:
+        tpl = spec.template(name)
+        examples = tuple(tpl.apply(ex.prompt, backend.family, answer=ex.answer) for ex in data.train)
+        for seed in spec.train.seeds:
+            job = TrainJob(
+                backend=bspec.name, base_model=bspec.model, train_template=name, seed=seed,
+                hyperparameters=spec.train.hyperparameters, examples=examples, data_hash=data_hash(list(data.train)),
+            )
+            jobs.append(PlannedJob(job, content_hash({"job": job.key, "backend": backend_identity(bspec, backend)})))
+    return jobs
+
+
+def eval_cells(spec: Spec, bspec: BackendSpec, model: ModelRef, model_key: str, data: Datasets) -> list[Cell]:
+    cells = []
+    for test in spec.eval.templates:
+        common = dict(
+            backend=bspec.name, base_model=bspec.model, model_key=model_key, train_template=model.train_template,
+            seed=model.seed, test_template=test,
+        )
+        cells += [Cell(**common, kind="safety", dataset=name, metric=None) for name in data.safety]
+        cells += [Cell(**common, kind="task", dataset=name, metric=metric) for name, (_, metric) in data.tasks.items()]
+    return cells
+
+
+def cell_conversations(spec: Spec, cell: Cell, family: str, data: Datasets) -> list[Conversation]:
+    tpl = spec.template(cell.test_template)
+    if cell.kind == "safety":
+        return [tpl.apply(ex.prompt, family) for ex in data.safety[cell.dataset]]
+    items, _ = data.tasks[cell.dataset]
+    return [tpl.apply(ex.prompt, family, reference=ex.answer) for ex in items]
+
+
+def generation_key(model_key: str, conv: Conversation, cfg: Any) -> str:
+    return content_hash(
+        {"model": model_key, "mode": conv.mode, "system": conv.system, "user": conv.user, "ref": conv.reference, "cfg": cfg}
+    )
+
+
+def judgment_key(judge_name: str, judge_version: str, query: str, response: str) -> str:
+    return content_hash({"judge": judge_name, "version": judge_version, "query": query, "response": response})
+
+
+def chunks(seq: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [seq[i : i + size] for i in range(0, len(seq), size)]
