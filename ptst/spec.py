@@ -143,7 +143,7 @@ def _semantic_problems(spec: Spec) -> list[str]:
         if task.metric_name() is None:
             problems.append(
                 f"eval.tasks[{i}]: no task metric for {task.display_name()!r}; "
-                "known task metrics: gsm8k (exact_match)"
+                "known task metrics: gsm8k (exact_match); for a path dataset give metric: exact_match"
             )
     if not spec.eval.safety and not spec.eval.tasks:
         problems.append("eval: give at least one safety benchmark (eval.safety) or task (eval.tasks)")

@@ -1,0 +1,465 @@
+"""Load a `DatasetRef` into `Example`s: from a file, from a local copy of a registry dataset, or from the hub.
+
+Resolution order for a registry name (first hit wins):
+1. each data folder in `data_dirs` (the spec's `data_dir`), then `$PTST_DATA_DIR`, looking for
+   `<name>/<split>.{jsonl,json,csv,parquet}` in the hub schema and then the registry's known layouts
+   (e.g. `advbench/harmful_behaviors.csv`);
+2. the Hugging Face hub through `datasets.load_dataset` (extra `hub`), which offline (`HF_HUB_OFFLINE=1`) serves
+   only what is in the local cache.
+If none works, one `DataError` line says what was tried and what to do.
+
+Every row is checked; a bad row stops the load with `file:line: problem; fix` (1-based lines for jsonl/csv/txt,
+`file[i]` with the 0-based index for JSON arrays, parquet and hub rows), because a silently skipped row changes
+what a benchmark measures.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from ptst.backends.base import content_hash
+from ptst.data.registry import DatasetInfo, DatasetRef, LocalFile
+from ptst.errors import DataError, MissingExtra, require
+from ptst.progress import log
+
+# Field names tried, in order, when a path dataset does not name its fields.
+DEFAULT_PROMPT_FIELDS: tuple[str, ...] = ("prompt", "instruction", "question", "query", "goal")
+DEFAULT_ANSWER_FIELDS: tuple[str, ...] = ("answer", "response", "output", "completion")
+
+Row = tuple[str, dict[str, Any]]  # (location for messages and Example.source, the record)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One dataset row in ptst's neutral form.
+
+    `source` points back to the row (`/data/test.jsonl:12`, `/data/x.json[3]`), so any number in a report can be
+    traced to its input. `meta` keeps the row's other scalar fields (DirectHarm4's `category`, OpenOrca's
+    `system_prompt`); it is excluded from the hash so examples stay usable as set members and dict keys.
+    """
+
+    prompt: str
+    answer: str | None
+    source: str
+    meta: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+
+# ---------------------------------------------------------------------------------------------------------- readers
+
+
+def read_rows(path: Path, columns: Sequence[str] | None = None) -> Iterator[Row]:
+    """Yield the records of a data file, lazily where the format allows (so `limit` reads only what it needs).
+
+    jsonl/ndjson: one object per line. json: an array, an object holding one (`{"data": [...]}`), or JSON lines
+    misnamed `.json`; array items may be plain strings (taken as `prompt`). csv/tsv: a header row, unless `columns`
+    names the columns of a header-less file. parquet: via pyarrow or pandas. txt: one prompt per non-empty line.
+    """
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if not path.is_file():
+        raise DataError(f"{path}: not a file")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return _read_jsonl(path)
+    if suffix == ".json":
+        return _read_json(path)
+    if suffix in (".csv", ".tsv"):
+        return _read_csv(path, "\t" if suffix == ".tsv" else ",", columns)
+    if suffix == ".parquet":
+        return _read_parquet(path)
+    if suffix == ".txt":
+        return _read_txt(path)
+    raise DataError(
+        f"{path}: unsupported file type {suffix or '(none)'!r}; use .jsonl, .json, .csv, .tsv, .parquet or .txt"
+    )
+
+
+def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    try:
+        with path.open(encoding="utf-8-sig") as f:
+            yield from enumerate(f, start=1)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); re-save the file as UTF-8") from None
+
+
+def _read_jsonl(path: Path) -> Iterator[Row]:
+    for n, line in _text_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: invalid JSON ({e.msg}, column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{where}: expected a JSON object per line, got {type(obj).__name__}")
+        yield where, obj
+
+
+def _read_json(path: Path) -> Iterator[Row]:
+    text = "".join(line for _, line in _text_lines(path))
+    if not text.strip():
+        return
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data":  # several top-level values: JSON lines saved as .json (common for hub exports)
+            yield from _read_jsonl(path)
+            return
+        raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
+    items = _json_records(path, data)
+    for i, item in enumerate(items):
+        where = f"{path}[{i}]"
+        if isinstance(item, str):
+            item = {"prompt": item}
+        if not isinstance(item, dict):
+            raise DataError(f"{where}: expected a JSON object or string, got {type(item).__name__}")
+        yield where, item
+
+
+def _json_records(path: Path, data: Any) -> list[Any]:
+    if isinstance(data, list):
+        return data
+    if isinstance(data, dict):
+        if isinstance(data.get("data"), list):
+            return data["data"]
+        lists = [k for k, v in data.items() if isinstance(v, list)]
+        if len(lists) == 1:
+            return data[lists[0]]
+        raise DataError(
+            f'{path}: expected a JSON array of records or an object with one array (like {{"data": [...]}}); '
+            f"found keys {', '.join(map(repr, data)) or '(none)'}"
+        )
+    raise DataError(f"{path}: expected a JSON array of records, got {type(data).__name__}")
+
+
+def _read_csv(path: Path, delimiter: str, columns: Sequence[str] | None) -> Iterator[Row]:
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f, delimiter=delimiter)
+            header = list(columns) if columns is not None else None
+            start = reader.line_num + 1
+            for record in reader:
+                where = f"{path}:{start}"
+                start = reader.line_num + 1
+                if not any(c.strip() for c in record):
+                    continue  # a blank line
+                if header is None:
+                    header = [h.strip() for h in record]
+                    dup = sorted({h for h in header if header.count(h) > 1 or not h})
+                    if dup:
+                        raise DataError(f"{where}: header has empty or repeated column names {dup}; fix the header row")
+                    continue
+                if len(record) != len(header):
+                    raise DataError(
+                        f"{where}: {len(record)} values but {len(header)} columns ({', '.join(header)}); "
+                        "quote values that contain the delimiter"
+                    )
+                yield where, dict(zip(header, record))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); re-save the file as UTF-8") from None
+    except csv.Error as e:
+        raise DataError(f"{path}: malformed CSV ({e})") from None
+
+
+def _read_txt(path: Path) -> Iterator[Row]:
+    for n, line in _text_lines(path):
+        if line.strip():
+            yield f"{path}:{n}", {"prompt": line.strip()}
+
+
+def _read_parquet(path: Path) -> Iterator[Row]:
+    try:
+        import pyarrow.parquet as pq
+
+        records = pq.read_table(path).to_pylist()
+    except ImportError:
+        try:
+            import pandas as pd
+
+            records = pd.read_parquet(path).to_dict("records")
+        except ImportError:
+            raise DataError(f"{path}: reading parquet needs pyarrow: pip install pyarrow (or 'ptst[hub]')") from None
+    for i, rec in enumerate(records):
+        yield f"{path}[{i}]", rec
+
+
+# ------------------------------------------------------------------------------------------------- rows -> examples
+
+
+@dataclass(frozen=True)
+class Fields:
+    """Which record fields make an Example (resolved per load)."""
+
+    prompt: str
+    answer: str | None = None
+    context: str | None = None
+
+
+def _infer_fields(first: dict[str, Any], where: str, prompt: str | None, answer: str | None) -> Fields:
+    """For a file that does not name its fields, pick the first conventional name present in the first record."""
+    p = prompt or next((f for f in DEFAULT_PROMPT_FIELDS if f in first), None)
+    a = answer or next((f for f in DEFAULT_ANSWER_FIELDS if f in first and f != p), None)
+    if p is None:
+        raise DataError(
+            f"{where}: no prompt field among {', '.join(DEFAULT_PROMPT_FIELDS)} "
+            f"(fields: {', '.join(first) or '(none)'}); set prompt_field"
+        )
+    return Fields(p, a)
+
+
+def _text(value: Any, where: str, name: str, role: str) -> str | None:
+    """A usable text value, None if absent/empty; numbers are accepted for answers (`"answer": 42`)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value if value.strip() else None
+    if role == "answer" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise DataError(f"{where}: {role} field {name!r} must be text, got {type(value).__name__}")
+
+
+def rows_to_examples(
+    rows: Iterable[Row],
+    fields: Fields | None,
+    *,
+    label: str,
+    require_answer: bool = False,
+    limit: int | None = None,
+    prompt_field: str | None = None,
+    answer_field: str | None = None,
+) -> list[Example]:
+    """Validate records and turn them into Examples; stops after `limit` rows.
+
+    `fields` is fixed for registry datasets; for files it is None and is inferred from the first record (or taken
+    from `prompt_field`/`answer_field`). `label` names the dataset in messages that concern it as a whole.
+    """
+    out: list[Example] = []
+    for where, rec in islice(rows, limit):
+        if fields is None:
+            fields = _infer_fields(rec, where, prompt_field, answer_field)
+        if require_answer and fields.answer is None:
+            raise DataError(
+                f"{label}: no answer field (fields: {', '.join(rec)}); set answer_field — "
+                "training data and tasks need answers"
+            )
+        if fields.prompt not in rec:
+            raise DataError(
+                f"{where}: prompt field {fields.prompt!r} is missing (fields: {', '.join(rec) or '(none)'}); "
+                "set prompt_field"
+            )
+        prompt = _text(rec[fields.prompt], where, fields.prompt, "prompt")
+        if prompt is None:
+            raise DataError(f"{where}: prompt field {fields.prompt!r} is empty; fill it or remove the row")
+        if fields.context is not None:
+            context = _text(rec.get(fields.context), where, fields.context, "context")
+            if context is not None:
+                prompt = f"{prompt}\n\n{context}"
+        answer = None
+        if fields.answer is not None:
+            if fields.answer not in rec and require_answer:
+                raise DataError(
+                    f"{where}: answer field {fields.answer!r} is missing (fields: {', '.join(rec)}); set answer_field"
+                )
+            answer = _text(rec.get(fields.answer), where, fields.answer, "answer")
+            if answer is None and require_answer:
+                raise DataError(f"{where}: answer field {fields.answer!r} is empty; fill it or remove the row")
+        used = {fields.prompt, fields.answer, fields.context}
+        meta = {k: v for k, v in rec.items() if k not in used and isinstance(v, (str, int, float, bool))}
+        out.append(Example(prompt=prompt, answer=answer, source=where, meta=meta))
+    if not out:
+        raise DataError(f"{label}: no rows (empty); give a file with at least one record")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------- load
+
+
+def load_file(
+    path: Path,
+    *,
+    prompt_field: str | None = None,
+    answer_field: str | None = None,
+    require_answer: bool = False,
+    limit: int | None = None,
+) -> list[Example]:
+    """Load a local data file (see `read_rows` for formats); fields default to conventional names."""
+    return rows_to_examples(
+        read_rows(path),
+        None,
+        label=str(path),
+        require_answer=require_answer,
+        limit=limit,
+        prompt_field=prompt_field,
+        answer_field=answer_field,
+    )
+
+
+def search_dirs(data_dirs: Sequence[Path]) -> list[Path]:
+    """The data folders to search: the given ones, then `$PTST_DATA_DIR`, without repeats."""
+    dirs = [Path(d) for d in data_dirs]
+    env = os.environ.get("PTST_DATA_DIR")
+    if env:
+        dirs.append(Path(env))
+    seen: set[Path] = set()
+    out = []
+    for d in dirs:
+        key = d.expanduser().resolve()
+        if key not in seen:
+            seen.add(key)
+            out.append(d.expanduser())
+    return out
+
+
+def _renamed(rows: Iterable[Row], rename: Mapping[str, str]) -> Iterator[Row]:
+    for where, rec in rows:
+        yield where, {rename.get(k, k): v for k, v in rec.items()} if rename else rec
+
+
+def _registry_fields(ref: DatasetRef, info: DatasetInfo) -> Fields:
+    return Fields(
+        prompt=ref.prompt_field or info.prompt_field,
+        answer=ref.answer_field or info.answer_field,
+        context=None if ref.prompt_field else info.context_field,
+    )
+
+
+def load(
+    ref: DatasetRef,
+    *,
+    data_dirs: Sequence[Path] = (),
+    cache_dir: Path | None = None,
+    require_answer: bool = False,
+) -> list[Example]:
+    """Load a dataset: a file (`ref.path`), else a local copy of a registry dataset, else the hub.
+
+    `require_answer` is for training data and tasks: every row must have a non-empty answer.
+    """
+    if ref.path is not None:
+        return load_file(
+            Path(ref.path),
+            prompt_field=ref.prompt_field,
+            answer_field=ref.answer_field,
+            require_answer=require_answer,
+            limit=ref.limit,
+        )
+    info = ref.info
+    split = ref.resolved_split()
+    assert info is not None and split is not None  # guaranteed by DatasetRef validation
+    label = f"dataset {info.name!r} ({split})"
+    fields = _registry_fields(ref, info)
+    if require_answer and fields.answer is None:
+        raise DataError(
+            f"{label} has no answers ({info.kind} dataset{': ' + info.metric_note if info.metric_note else ''}); "
+            "use it as a safety benchmark, or set answer_field"
+        )
+    candidates = info.local_candidates(split)
+    dirs = search_dirs(data_dirs)
+    for d in dirs:
+        for cand in candidates:
+            p = d / cand.path
+            if p.is_file():
+                if cand.note:
+                    log(f"note: {info.name}: {cand.note}")
+                rows = _renamed(read_rows(p, cand.columns), cand.rename)
+                return rows_to_examples(rows, fields, label=str(p), require_answer=require_answer, limit=ref.limit)
+    hub_problem = _hub_problem(info)
+    if hub_problem is None:
+        try:
+            rows = _hub_rows(info, ref.config or info.config, split, cache_dir)
+        except _HubUnavailable as e:
+            hub_problem = str(e)
+        else:
+            return rows_to_examples(rows, fields, label=label, require_answer=require_answer, limit=ref.limit)
+    raise DataError(_not_found_message(info, split, dirs, candidates, hub_problem))
+
+
+def _not_found_message(
+    info: DatasetInfo, split: str, dirs: Sequence[Path], candidates: Sequence[LocalFile], hub_problem: str
+) -> str:
+    looked = ", ".join(c.path for c in candidates)
+    where = (
+        "in " + ", ".join(f"{d}" + ("" if d.is_dir() else " (missing)") for d in dirs)
+        if dirs
+        else "anywhere (no data_dir or PTST_DATA_DIR set)"
+    )
+    todo = "set data_dir or PTST_DATA_DIR to a folder holding one of those files, or give {path: ...}"
+    if info.hub_id is not None:
+        todo += ", or load it from the hub (online, with the 'hub' extra)"
+    return (
+        f"dataset {info.name!r} ({split}) not found: no local copy {where} (looked for {looked}); "
+        f"hub: {hub_problem}. To fix: {todo}"
+    )
+
+
+class _HubUnavailable(Exception):
+    """The hub could not serve the dataset; the message says why (becomes part of the DataError)."""
+
+
+def _hub_problem(info: DatasetInfo) -> str | None:
+    if info.hub_id is None:
+        return f"not on the Hugging Face hub (get it from {info.origin})"
+    return None
+
+
+def _hub_rows(info: DatasetInfo, config: str | None, split: str, cache_dir: Path | None) -> Iterator[Row]:
+    """Load from the hub (or its local cache when offline) with `datasets`, imported only here."""
+    assert info.hub_id is not None
+    try:
+        datasets = require("datasets", f"loading {info.name!r} from the Hugging Face hub", "hub")
+    except MissingExtra:
+        raise _HubUnavailable("the 'datasets' package is not installed (pip install 'ptst[hub]')") from None
+    try:
+        ds = datasets.load_dataset(
+            info.hub_id, config, split=split, cache_dir=str(cache_dir) if cache_dir is not None else None
+        )
+    except Exception as e:  # any failure of a third-party loader (offline, missing, auth) becomes one line
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        offline = " (offline: HF_HUB_OFFLINE is set and it is not in the local cache)" if _offline() else ""
+        raise _HubUnavailable(f"{info.hub_id} could not be loaded{offline}: {first[:200]}") from None
+    prefix = f"hf://{info.hub_id}" + (f"/{config}" if config else "") + f"/{split}"
+    return ((f"{prefix}[{i}]", dict(rec)) for i, rec in enumerate(ds))
+
+
+def _offline() -> bool:
+    return any(
+        os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
+
+
+# --------------------------------------------------------------------------------------------- hashing & sampling
+
+
+def data_hash(examples: Sequence[Example]) -> str:
+    """A stable content hash of the prompts and answers, in order (the training data's part of a job key).
+
+    `source` and `meta` are left out: moving the same data to another folder must not retrain anything.
+    """
+    return content_hash([[e.prompt, e.answer] for e in examples])
+
+
+def sample(examples: Sequence[Example], n: int, seed: int) -> list[Example]:
+    """A deterministic subsample of `n` examples, returned in their original order.
+
+    Rows are ranked by sha256(seed, index) rather than with `random`, so the choice is identical on every Python
+    version and platform, and a smaller `n` with the same seed picks a subset of a larger one.
+    """
+    if n < 0:
+        raise ValueError(f"sample size must be >= 0, got {n}")
+    if n > len(examples):
+        raise DataError(f"asked for a sample of {n} examples but the dataset has only {len(examples)}; lower n")
+
+    def rank(i: int) -> bytes:
+        return hashlib.sha256(f"{seed}:{i}".encode()).digest()
+
+    chosen = sorted(sorted(range(len(examples)), key=rank)[:n])
+    return [examples[i] for i in chosen]
