@@ -78,10 +78,15 @@ def run(spec: Spec, out: Path, *, spec_dir: Path | None = None, yes: bool = Fals
     data = load_datasets(spec, spec_dir)
     backends = [(b, create_backend(b)) for b in spec.backends]
     judge = create_judge(spec.judge)
+    simulated = any(b.simulated for _, b in backends) or judge.simulated
+    if simulated:
+        from ptst.report import SIMULATED_BANNER
+
+        log(SIMULATED_BANNER)
     with RunStore.open(out) as store:
         store.set_meta("spec", spec.model_dump(mode="json"))
         store.set_meta("spec_name", spec.name)
-        store.set_meta("simulated", any(b.simulated for _, b in backends) or judge.simulated)
+        store.set_meta("simulated", simulated)
         store.set_meta("train_templates", list(spec.train.templates) if spec.train else [])
         store.set_meta("test_templates", list(spec.eval.templates))
         names = set(spec.eval.templates) | set(spec.train.templates if spec.train else [])
