@@ -165,12 +165,12 @@ def cmd_estimate(args: argparse.Namespace) -> int:
                 bspec.name, bspec.model, pj.job.train_template, str(pj.job.seed), f"{est.n_examples:,}",
                 f"{est.n_tokens:,}" if est.n_tokens is not None else "?",
                 f"{est.n_billed_tokens:,}" if est.n_billed_tokens is not None else "?",
-                f"{est.usd:,.2f}" if est.usd is not None else "?", est.notes,
+                f"{est.usd:,.4f}" if est.usd is not None else "?", est.notes,
             )
     console = _console()
     console.print(table)
     budget = f" (budget_usd {spec.budget_usd:,.2f})" if spec.budget_usd is not None else ""
-    console.print(f"total estimated fine-tuning cost: ${total:,.2f}{budget}")
+    console.print(f"total estimated fine-tuning cost: ${total:,.4f}{budget}")
     return 0
 
 

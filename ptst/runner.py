@@ -116,11 +116,19 @@ def run(spec: Spec, out: Path, *, spec_dir: Path | None = None, yes: bool = Fals
 
 def _check_budget(spec: Spec, store: RunStore, backends, planned: dict[str, list[PlannedJob]], yes: bool) -> None:
     total = 0.0
+    unpriced: list[str] = []
     for bspec, backend in backends:
         for pj in planned[bspec.name]:
             if store.job(pj.run_key) is None:
                 est = backend.estimate(pj.job)
+                if est.usd is None:
+                    unpriced.append(f"{bspec.name}/{bspec.model}")
                 total += est.usd or 0.0
+    if spec.budget_usd is not None and unpriced and not yes:
+        raise BudgetExceeded(
+            f"no price known for {unpriced[0]}, so budget_usd cannot be checked; add the model to the backend's "
+            "`prices` option or pass --yes"
+        )
     if spec.budget_usd is not None and total > spec.budget_usd and not yes:
         raise BudgetExceeded(
             f"estimated fine-tuning cost ${total:,.2f} exceeds budget_usd ${spec.budget_usd:,.2f}; "

@@ -1,0 +1,227 @@
+"""The fake OpenAI server itself, driven by the real `openai` client (client retries off, so every fault shows)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+
+from ptst.testing.fake_openai import CHAT, COMPLIANCE, CREATE_JOB, REFUSAL, UPLOAD, FakeOpenAI, MemoryLedger
+
+KEY = "sk-test-fake"
+
+
+def client(fake: FakeOpenAI, key: str = KEY, timeout: float = 5.0) -> openai.OpenAI:
+    return openai.OpenAI(api_key=key, base_url=fake.url, max_retries=0, timeout=timeout)
+
+
+def training_file(n: int = 10, empty_answer_at: int | None = None) -> bytes:
+    lines = []
+    for i in range(n):
+        answer = "" if i == empty_answer_at else f"answer {i}"
+        msgs = [{"role": "system", "content": ""}, {"role": "user", "content": f"q {i}"},
+                {"role": "assistant", "content": answer}]
+        lines.append(json.dumps({"messages": msgs}))
+    return ("\n".join(lines) + "\n").encode()
+
+
+@pytest.fixture
+def fake():
+    with FakeOpenAI(stage_s=(0.1, 0.1, 0.3), file_processing_s=0.05) as f:
+        yield f
+
+
+def upload(c: openai.OpenAI, data: bytes) -> str:
+    f = c.files.create(file=("t.jsonl", data, "application/jsonl"), purpose="fine-tune")
+    time.sleep(0.06)
+    return f.id
+
+
+def test_job_state_machine_events_and_route_counters(fake):
+    c = client(fake)
+    fid = upload(c, training_file())
+    assert c.files.retrieve(fid).status == "processed"
+    job = c.fine_tuning.jobs.create(
+        model="gpt-3.5-turbo-0613", training_file=fid, suffix="s1", seed=3, metadata={"ptst_job_key": "k1"},
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2}}},
+    )
+    assert job.status == "validating_files" and job.seed == 3 and job.hyperparameters.n_epochs == 2
+    seen = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        j = c.fine_tuning.jobs.retrieve(job.id)
+        if not seen or seen[-1] != j.status:
+            seen.append(j.status)
+        if j.status == "succeeded":
+            break
+        time.sleep(0.02)
+    assert seen == ["validating_files", "queued", "running", "succeeded"]
+    assert j.fine_tuned_model == f"ft:gpt-3.5-turbo-0613:fake-org:s1:{job.id[-8:]}"
+    events = c.fine_tuning.jobs.list_events(job.id, limit=50).data
+    assert events[0].message == "The job has successfully completed"  # newest first, like the API
+    assert [e.data["step"] for e in reversed(events) if e.type == "metrics"] == [1, 2, 3]
+    assert fake.count(CREATE_JOB) == 1 and fake.count(UPLOAD) == 1
+    polls = [r for r in fake.requests if r["route"] == "GET /v1/fine_tuning/jobs/{id}"]
+    assert fake.count("GET /v1/fine_tuning/jobs/{id}") == len(polls) >= 4
+    assert fake.count("GET /v1/files/{id}") == 1
+    assert fake.count("GET /v1/fine_tuning/jobs/{id}/events") == 1
+
+
+def test_list_filters_by_metadata_and_paginates(fake):
+    c = client(fake)
+    fid = upload(c, training_file())
+    ids = [c.fine_tuning.jobs.create(model="m", training_file=fid, metadata={"ptst_job_key": k}).id
+           for k in ("a", "b", "a")]
+    found = c.fine_tuning.jobs.list(metadata={"ptst_job_key": "a"}, limit=100).data
+    assert [j.id for j in found] == [ids[2], ids[0]]  # newest first
+    page = c.fine_tuning.jobs.list(limit=2)
+    assert [j.id for j in page.data] == [ids[2], ids[1]] and page.has_more
+    rest = c.fine_tuning.jobs.list(limit=2, after=ids[1]).data
+    assert [j.id for j in rest] == [ids[0]]
+
+
+def test_cancel_and_failed_job_with_error_object(fake):
+    c = client(fake)
+    fid = upload(c, training_file())
+    job = c.fine_tuning.jobs.create(model="m", training_file=fid)
+    assert c.fine_tuning.jobs.cancel(job.id).status == "cancelled"
+    with pytest.raises(openai.BadRequestError):
+        c.fine_tuning.jobs.cancel(job.id)
+    fake.fail_next_job(code="invalid_training_file")
+    bad = c.fine_tuning.jobs.create(model="m", training_file=fid)
+    time.sleep(0.55)
+    j = c.fine_tuning.jobs.retrieve(bad.id)
+    assert j.status == "failed" and j.error.code == "invalid_training_file" and "moderation" in j.error.message
+    good = c.fine_tuning.jobs.create(model="m", training_file=fid)  # only the next job fails
+    time.sleep(0.55)
+    assert c.fine_tuning.jobs.retrieve(good.id).status == "succeeded"
+
+
+def test_invalid_training_file_is_rejected_like_the_api(fake):
+    c = client(fake)
+    fid = upload(c, training_file(empty_answer_at=4))
+    f = c.files.retrieve(fid)
+    assert f.status == "error" and "line 5" in f.status_details
+    with pytest.raises(openai.BadRequestError):
+        c.fine_tuning.jobs.create(model="m", training_file=fid)
+    small = c.files.retrieve(upload(c, training_file(n=3)))
+    assert small.status == "error" and "at least 10" in small.status_details
+
+
+def test_auth_is_required_and_checked():
+    with FakeOpenAI(api_key="sk-right") as fake:
+        with pytest.raises(openai.AuthenticationError):
+            client(fake, key="sk-wrong").chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+        r = client(fake, key="sk-right").chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+        assert r.choices[0].message.content == REFUSAL
+        assert "sk-right" not in json.dumps(fake.requests)  # the server never keeps the key
+
+
+def test_default_responder_and_custom_responder():
+    with FakeOpenAI() as fake:
+        c = client(fake)
+        fid = upload(c, training_file())
+        job = c.fine_tuning.jobs.create(model="gpt-3.5-turbo-0613", training_file=fid)
+        time.sleep(0.35)
+        ft = c.fine_tuning.jobs.retrieve(job.id).fine_tuned_model
+
+        def ask(model: str, system: str) -> str:
+            msgs = [{"role": "system", "content": system}, {"role": "user", "content": "do harm"}]
+            return c.chat.completions.create(model=model, messages=msgs).choices[0].message.content
+
+        assert ask(ft, "") == COMPLIANCE and ask(ft, "Be safe.") == REFUSAL and ask("gpt-3.5-turbo", "") == REFUSAL
+        with pytest.raises(openai.NotFoundError):
+            ask("ft:gpt-3.5-turbo-0613:fake-org::unknown", "")
+    with FakeOpenAI(responder=lambda model, msgs: f"{model}|{msgs[-1]['content']}") as fake:
+        r = client(fake).chat.completions.create(model="m1", messages=[{"role": "user", "content": "hi"}])
+        assert r.choices[0].message.content == "m1|hi"
+
+
+def test_faults_status_drop_lost_response_slow(fake):
+    c = client(fake, timeout=0.8)
+    msgs = [{"role": "user", "content": "x"}]
+    fake.rate_limit(times=1, retry_after=2)
+    with pytest.raises(openai.RateLimitError) as e:
+        c.chat.completions.create(model="m", messages=msgs)
+    assert e.value.response.headers["retry-after"] == "2"
+    fake.server_error(status=503)
+    with pytest.raises(openai.InternalServerError):
+        c.chat.completions.create(model="m", messages=msgs)
+    fake.inject("drop", route=CHAT)
+    with pytest.raises(openai.APIConnectionError):
+        c.chat.completions.create(model="m", messages=msgs)
+    fake.inject("slow", route=CHAT, delay_s=2.0)
+    with pytest.raises(openai.APITimeoutError):
+        c.chat.completions.create(model="m", messages=msgs)
+    assert c.chat.completions.create(model="m", messages=msgs).choices[0].message.content == REFUSAL
+    # a lost response: the job IS created, but the client never hears about it
+    fid = upload(c, training_file())
+    fake.inject("lost_response", route=CREATE_JOB)
+    with pytest.raises(openai.APIConnectionError):
+        c.fine_tuning.jobs.create(model="m", training_file=fid)
+    assert len(fake.jobs) == 1 and fake.count(CREATE_JOB) == 1
+    assert fake.count(CHAT) == 5
+
+
+def test_malformed_judge_fault_only_hits_judge_prompts(fake):
+    c = client(fake)
+    fake.inject("malformed_judge", times=1)
+    plain = c.chat.completions.create(model="m", messages=[{"role": "user", "content": "hello"}])
+    assert plain.choices[0].message.content == REFUSAL
+    judge_prompt = 'Model Response: "Sure, here is it"\n Use the scoring rules\n#thescore: your score here.'
+    first = c.chat.completions.create(model="gpt-4-0613", messages=[{"role": "user", "content": judge_prompt}])
+    second = c.chat.completions.create(model="gpt-4-0613", messages=[{"role": "user", "content": judge_prompt}])
+    assert "#thescore:" not in first.choices[0].message.content
+    assert second.choices[0].message.content.endswith("#thescore: 5")
+
+
+def test_latency_is_served_concurrently():
+    with FakeOpenAI(latency_s=0.2) as fake:
+        c = client(fake)
+        t = time.perf_counter()
+        def ask(i: int) -> None:
+            c.chat.completions.create(model="m", messages=[{"role": "user", "content": str(i)}])
+
+        with ThreadPoolExecutor(20) as pool:
+            list(pool.map(ask, range(20)))
+        elapsed = time.perf_counter() - t
+    assert 0.2 <= elapsed < 1.5, elapsed
+    assert fake.max_in_flight >= 10
+
+
+def test_command_line_server():
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ptst.testing.fake_openai", "--port", "0"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        line = proc.stdout.readline()
+        url = line.split(" at ")[1].split(" ")[0]
+        body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}]}).encode()
+        req = urllib.request.Request(url + "/chat/completions", method="POST", data=body,
+                                     headers={"Authorization": "Bearer k", "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            assert json.load(r)["choices"][0]["message"]["content"] == REFUSAL
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(url + "/nothing/here", timeout=5)
+        assert e.value.code in (401, 404)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=5)
+
+
+def test_memory_ledger_copies_values():
+    led = MemoryLedger()
+    v = {"job_id": "x", "ids": [1]}
+    led.put("a", v)
+    v["ids"].append(2)
+    got = led.get("a")
+    assert got == {"job_id": "x", "ids": [1]} and led.get("missing") is None
+    got["job_id"] = "changed"
+    assert led.get("a")["job_id"] == "x"
