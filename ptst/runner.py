@@ -34,7 +34,7 @@ from ptst.results import FailedJob, Results, SafetyRow, TaskRow
 from ptst.spec import Spec
 from ptst.store import JobRecord, Judged, RunStore
 
-GENERATION_CHUNK = 64  # prompts per backend call: the unit of work that is saved (and lost at most on a kill)
+GENERATION_CHUNK = 64  # default prompts per backend call: the unit of work that is saved (and lost at most on a kill)
 JUDGE_CHUNK = 64
 
 
@@ -176,7 +176,8 @@ def _generate_cell(
     label = f"generate {cell.backend} {cell.train_template or 'base'} → {cell.test_template} {cell.dataset}"
     items = list(todo.items())
     with progress_bar(label, len(items)) as advance:
-        for part in chunks(items, GENERATION_CHUNK):
+        # A backend may ask for bigger calls (local engines batch hundreds of prompts at once).
+        for part in chunks(items, getattr(backend, "generation_chunk", GENERATION_CHUNK)):
             batch = [c for _, c in part]
             responses = backend.generate(model, batch, cfg)  # type: ignore[arg-type]
             if len(responses) != len(batch):

@@ -1,0 +1,506 @@
+"""The local engine on CPU with tiny random-weight Llama/Mistral models and the real tokenizers.
+
+Covers: loss goes down; adapter saved with safetensors + metadata, resumed without retraining, reproducible from the
+seed, reloaded to identical generations; our decoding loop equals `model.generate`; packed batches equal padded ones
+(no cross-example attention); the fast LoRA dropout computes what peft's does; one-line errors.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
+from ptst.backends import hf  # noqa: E402
+from ptst.backends.base import (  # noqa: E402
+    BackendSpec,
+    GenerationConfig,
+    Hyperparameters,
+    LoraSpec,
+    TrainJob,
+    create_backend,
+)
+from ptst.errors import BackendError, MissingExtra  # noqa: E402
+from ptst.templates import BUILTIN  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+LLAMA_TOK = SHARED / "tokenizers" / "llama2" / "tokenizer.model"
+pytestmark = pytest.mark.skipif(not LLAMA_TOK.is_file(), reason="shared tokenizers not found")
+
+
+def tiny_config(kind: str):  # type: ignore[no-untyped-def]
+    common = dict(
+        vocab_size=32000, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=1024, bos_token_id=1, eos_token_id=2, initializer_range=0.1,
+    )
+    if kind == "llama2":
+        return transformers.LlamaConfig(**common)
+    return transformers.MistralConfig(**common, sliding_window=None)
+
+
+def make_tiny(path: Path, kind: str) -> Path:
+    torch.manual_seed(1234)
+    cls = transformers.LlamaForCausalLM if kind == "llama2" else transformers.MistralForCausalLM
+    cls(tiny_config(kind)).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory) -> Path:
+    return make_tiny(tmp_path_factory.mktemp("tiny-llama"), "llama2")
+
+
+@pytest.fixture(scope="module")
+def tiny_mistral(tmp_path_factory) -> Path:
+    return make_tiny(tmp_path_factory.mktemp("tiny-mistral"), "mistral")
+
+
+def gsm8k(n: int, offset: int = 0) -> list[dict]:
+    lines = (SHARED / "gsm8k" / "train.jsonl").read_text().splitlines()[offset : offset + n]
+    return [json.loads(x) for x in lines]
+
+
+def backend(kind: str, model: Path, **options):  # type: ignore[no-untyped-def]
+    if kind == "llama2":
+        options.setdefault("tokenizer", str(LLAMA_TOK))
+    return create_backend(BackendSpec(kind=kind, model=str(model), **options))
+
+
+class Ledger(dict):
+    def get(self, name):  # type: ignore[no-untyped-def, override]
+        return super().get(name)
+
+    def put(self, name, value):  # type: ignore[no-untyped-def]
+        self[name] = value
+
+
+def job_for(b, model: Path, template: str = "chat:vanilla", n: int = 8, **hp) -> TrainJob:  # type: ignore[no-untyped-def]
+    rows = gsm8k(n)
+    examples = tuple(BUILTIN[template].apply(r["question"], b.family, answer=r["answer"]) for r in rows)
+    defaults = dict(epochs=4, learning_rate=3e-2, batch_size=4, max_seq_len=384)
+    return TrainJob(
+        backend=b.kind, base_model=str(model), train_template=template, seed=0,
+        hyperparameters=Hyperparameters(**{**defaults, **hp}), examples=examples, data_hash=f"test-{n}",
+    )
+
+
+def read_log(workdir: Path) -> list[dict]:
+    return [json.loads(x) for x in (workdir / hf.TRAIN_LOG).read_text().splitlines()]
+
+
+def adapter_tensors(directory: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(directory / "adapter_model.safetensors"))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# training
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_llama(tiny_llama, tmp_path_factory):
+    """One fine-tune shared by several tests: 8 GSM8K rows, 4 epochs of 2 steps, a checkpoint at step 4."""
+    b = backend("llama2", tiny_llama)
+    job = job_for(b, tiny_llama, save_steps=(4,))
+    workdir = tmp_path_factory.mktemp("work-llama")
+    ledger = Ledger()
+    ref = b.fine_tune(job, ledger, workdir)
+    return b, job, workdir, ref, ledger
+
+
+def test_fine_tune_lowers_the_loss_and_saves_the_adapter(trained_llama):
+    b, job, workdir, ref, ledger = trained_llama
+    log = read_log(workdir)
+    assert [r["step"] for r in log] == list(range(1, 9))
+    first, last = log[0]["loss"], log[-1]["loss"]
+    assert last < first - 0.3, (first, last)
+    assert all(r["tokens"] > 0 and r["lr"] > 0 for r in log)
+    adapter = Path(ref.adapter_dir)
+    assert adapter == workdir / "adapter"
+    assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "adapter_config.json").is_file()
+    meta = json.loads((adapter / hf.METADATA_FILE).read_text())
+    assert meta["job_key"] == job.key and meta["base_model"] == str(job.base_model)
+    assert meta["train_template"] == "chat:vanilla" and meta["data_hash"] == "test-8" and meta["seed"] == 0
+    assert meta["hyperparameters"]["lora"] == {"r": 8, "alpha": 32.0, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]}
+    assert {"torch", "transformers", "peft"} <= set(meta["library_versions"])
+    assert meta["train"]["final_loss"] == pytest.approx(last, abs=1e-5)
+    assert 0 < meta["audit"]["supervised_fraction"] < 1
+    # checkpoint at step 4 is a complete adapter too, and the ModelRef lists it
+    assert hf.read_adapter_metadata(workdir / "checkpoint-4") is not None
+    assert ref.meta["checkpoints"] == {"4": str(workdir / "checkpoint-4")}
+    assert ref.train_template == "chat:vanilla" and ref.seed == 0 and ref.backend == "llama2"
+    assert ledger[f"llama2:{job.key}"]["status"] == "succeeded"
+    lora_b = [v for k, v in adapter_tensors(adapter).items() if "lora_B" in k]
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b)
+    # only q_proj and v_proj carry adapters
+    names = set(adapter_tensors(adapter))
+    assert any("q_proj" in k for k in names) and any("v_proj" in k for k in names)
+    assert not any("k_proj" in k or "o_proj" in k or "mlp" in k for k in names)
+
+
+def test_complete_adapter_is_reused_without_retraining(trained_llama, monkeypatch):
+    b, job, workdir, ref, _ = trained_llama
+
+    def boom(*a, **k):  # type: ignore[no-untyped-def]
+        raise AssertionError("retrained a finished job")
+
+    monkeypatch.setattr(hf, "train_lora", boom)
+    assert b.fine_tune(job, Ledger(), workdir) == ref
+
+
+def test_incomplete_adapter_is_retrained(tiny_llama, tmp_path):
+    b = backend("llama2", tiny_llama)
+    job = job_for(b, tiny_llama, n=4, epochs=1)
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text("{}")  # a crash before the metadata was written
+    ref = b.fine_tune(job, Ledger(), tmp_path)
+    assert hf.read_adapter_metadata(Path(ref.adapter_dir))["job_key"] == job.key
+
+
+def test_training_is_reproducible_from_the_seed(trained_llama, tmp_path):
+    b, job, workdir, _, _ = trained_llama
+    ref2 = b.fine_tune(job, Ledger(), tmp_path)
+    a, c = adapter_tensors(workdir / "adapter"), adapter_tensors(Path(ref2.adapter_dir))
+    assert a.keys() == c.keys()
+    assert all(torch.equal(a[k], c[k]) for k in a)
+    assert read_log(workdir) and [r["loss"] for r in read_log(workdir)] == [r["loss"] for r in read_log(tmp_path)]
+
+
+def test_gradient_accumulation_and_checkpointing(tiny_llama, tmp_path):
+    """batch 2 × accumulation 2 takes the same optimizer steps as batch 4, with gradient checkpointing on."""
+    b = backend("llama2", tiny_llama)
+    job = job_for(b, tiny_llama, n=8, epochs=1, batch_size=2, gradient_accumulation_steps=2, gradient_checkpointing=True,
+                  lr_scheduler="cosine", warmup_ratio=0.5)
+    b.fine_tune(job, Ledger(), tmp_path)
+    log = read_log(tmp_path)
+    assert len(log) == 2  # 8 examples / (2 × 2)
+    assert log[0]["lr"] == 0 and log[1]["lr"] == pytest.approx(3e-2)  # one warmup step, then the peak rate
+
+
+def test_packed_equals_padded_loss_and_gradients(tiny_llama):
+    """Packing several examples into one row never lets them attend to each other: loss and gradients equal the
+    padded batch's."""
+    b = backend("llama2", tiny_llama)
+    ex = [b.encode_example(BUILTIN[t].apply(r["question"], "llama2", answer=r["answer"]))
+          for t, r in zip(["chat:llama", "chat:vanilla", "text:alpaca", "chat:alpaca"], gsm8k(4))]
+    s = hf.TrainSettings(model=str(tiny_llama), seed=0, hyperparameters=Hyperparameters(lora=LoraSpec(dropout=0.0)))
+    model = hf.build_lora_model(s, "cpu")
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    results = {}
+    for mode in ("packed", "padded"):
+        kw, targets, ntok = hf.collate(ex, mode, b.pad_id, "cpu")
+        model.zero_grad()
+        loss, k = hf.micro_loss(model, kw, targets)
+        loss.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+        results[mode] = (loss.detach(), k, ntok, grads)
+    (lp, kp, np_, gp), (ld, kd, nd, gd) = results["packed"], results["padded"]
+    n_supervised = sum(sum(1 for t in lab[1:] if t != -100) for _, lab in ex)
+    assert kp == kd == n_supervised and np_ == nd == sum(len(x) for x, _ in ex)
+    assert torch.allclose(lp, ld, rtol=1e-5)
+    assert all(float((a - c).abs().max()) <= 1e-5 * float(c.abs().max()) for a, c in zip(gp, gd))
+    # and a cross-attending pack (positions not restarted) would give a different loss: the test can fail
+    kw, targets, _ = hf.collate(ex, "packed", b.pad_id, "cpu")
+    kw["position_ids"] = torch.arange(kw["input_ids"].shape[1])[None]
+    with torch.no_grad():
+        wrong, _ = hf.micro_loss(model, kw, targets)
+    assert not torch.allclose(wrong, ld, rtol=1e-3)
+
+
+def test_packed_targets_are_exactly_the_answer_tokens(tiny_llama):
+    b = backend("llama2", tiny_llama)
+    ex = [b.encode_example(BUILTIN["chat:llama"].apply(r["question"], "llama2", answer=r["answer"])) for r in gsm8k(3)]
+    _, targets, _ = hf.collate(ex, "packed", b.pad_id, "cpu")
+    expected = [t for _, lab in ex for t in lab if t != -100]
+    assert targets.tolist() == expected
+    assert targets.tolist().count(2) == 3  # each example's EOS is trained
+
+
+def test_plan_batches_is_seeded_and_complete():
+    lengths = [5, 50, 7, 300, 12, 44, 9, 61, 3, 100] * 3
+    a = hf.plan_batches(lengths, 4, seed=0, epoch=0, grouping="packed")
+    assert a == hf.plan_batches(lengths, 4, seed=0, epoch=0, grouping="packed")
+    assert a != hf.plan_batches(lengths, 4, seed=0, epoch=1, grouping="packed")
+    assert sorted(i for b in a for i in b) == list(range(len(lengths)))
+    g = hf.plan_batches(lengths, 4, seed=0, epoch=0, grouping="length_grouped")
+    assert sorted(i for b in g for i in b) == list(range(len(lengths)))
+    pad = lambda batches: sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)  # noqa: E731
+    assert pad(g) < pad(a)
+
+
+def test_truncation_audit():
+    enc = [([1, 5, 6, 7, 8, 2], [-100, -100, 6, 7, 8, 2]), ([1, 5, 5, 5, 5, 5, 9, 2], [-100] * 6 + [9, 2])]
+    out, audit = hf.prepare_examples(enc, max_seq_len=5)
+    assert audit.n_truncated == 2 and audit.n_dropped == 1 and audit.max_len == 8
+    assert out == [([1, 5, 6, 7, 8], [-100, -100, 6, 7, 8])]
+    assert audit.n_supervised == 3 and audit.n_tokens == 5
+    assert "supervised 60.0%" in audit.describe()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# fast LoRA dropout
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_fast_lora_branch_matches_reference_with_a_fixed_mask():
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 16, dtype=torch.float64, requires_grad=True)
+    a = torch.randn(4, 16, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(8, 4, dtype=torch.float64, requires_grad=True)
+    mask = torch.rand(3, 5, 16) > 0.3
+    p, s = 0.3, 4.0
+    y = hf.lora_delta(x, a, b, s, p, mask=mask)
+    ref = ((x * mask / (1 - p)) @ a.t() @ b.t()) * s
+    assert torch.allclose(y, ref)
+    g = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, a, b), g)
+    want = torch.autograd.grad(ref, (x, a, b), g)
+    assert all(torch.allclose(u, v) for u, v in zip(got, want))
+    torch.autograd.gradcheck(lambda x_, a_: hf.lora_delta(x_, a_, b.detach(), s, p, mask=mask), (x, a))
+
+
+def test_fast_lora_dropout_rate():
+    torch.manual_seed(0)
+    x = torch.ones(20000, 8)
+    a = torch.full((1, 8), 1 / 8)
+    y = hf.lora_delta(x, a, torch.ones(1, 1), 1.0, 0.5)
+    assert abs(float(y.mean()) - 1.0) < 0.02  # unbiased
+    assert float(y.std()) > 0.3  # and really dropping
+
+
+def test_fast_lora_forward_equals_peft_without_dropout(tiny_llama):
+    s = hf.TrainSettings(model=str(tiny_llama), seed=0, hyperparameters=Hyperparameters(), fast_lora_dropout=False)
+    peft_model = hf.build_lora_model(s, "cpu")
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    ids = torch.tensor([[1, 518, 25580, 29962, 15043, 518, 29914, 25580, 29962]])
+    peft_model.eval()  # dropout off in both
+    with torch.no_grad():
+        want = peft_model(input_ids=ids).logits
+        n = hf.install_fast_lora(peft_model)
+        got = peft_model(input_ids=ids).logits
+    assert n == 4  # q_proj and v_proj in 2 layers
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# generation
+# --------------------------------------------------------------------------------------------------------------
+
+
+def prompts_for(b, n: int = 6) -> list:  # type: ignore[no-untyped-def]
+    rows = gsm8k(n, offset=100)
+    names = ["chat:vanilla", "chat:llama", "text:vanilla"]
+    return [BUILTIN[names[i % 3]].apply(r["question"], b.family) for i, r in enumerate(rows)]
+
+
+def test_decode_loop_equals_hf_generate(tiny_llama):
+    b = backend("llama2", tiny_llama)
+    gen = hf.Generator.load(str(tiny_llama), None)
+    prompts = [b.prompt_ids(c) for c in prompts_for(b)]
+    cfg = GenerationConfig(max_new_tokens=12)
+    with torch.inference_mode():
+        mine = hf.decode_batch(gen.model, prompts, cfg, eos_id=2, pad_id=2, generator=None)
+        width = max(map(len, prompts))
+        ids = torch.full((len(prompts), width), 2)
+        att = torch.zeros_like(ids)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p) :] = torch.tensor(p)
+            att[i, width - len(p) :] = 1
+        ref = gen.model.generate(input_ids=ids, attention_mask=att, max_new_tokens=12, do_sample=False, pad_token_id=2, eos_token_id=2)
+    ref_ids = [[t for t in row[width:].tolist()] for row in ref]
+    for m, r in zip(mine, ref_ids):
+        r = r[: r.index(2)] if 2 in r else r
+        assert m == r
+    assert all(len(m) == 12 for m in mine)  # random weights rarely say EOS
+
+
+def test_early_stopping_rows_are_dropped_without_changing_others(tiny_llama):
+    """Rows that emit EOS leave the batch (and the KV cache); the remaining rows' tokens are unchanged."""
+    b = backend("llama2", tiny_llama)
+    gen = hf.Generator.load(str(tiny_llama), None)
+    prompts = [b.prompt_ids(c) for c in prompts_for(b, 8)]
+    cfg = GenerationConfig(max_new_tokens=10)
+    with torch.inference_mode():
+        full = hf.decode_batch(gen.model, prompts, cfg, eos_id=2, pad_id=2, generator=None)
+        eos = full[0][2]  # pretend row 0's third token is EOS: row 0 stops early and is pruned from the batch
+        short = hf.decode_batch(gen.model, prompts, cfg, eos_id=eos, pad_id=2, generator=None)
+    assert short[0] == full[0][:2]
+    for f, s in zip(full, short):
+        assert s == (f[: f.index(eos)] if eos in f else f)
+
+
+def test_backend_generate_reloads_adapter_identically(trained_llama):
+    b, job, workdir, ref, _ = trained_llama
+    convs = prompts_for(b)
+    cfg = GenerationConfig(max_new_tokens=8)
+    out1 = b.generate(ref, convs, cfg)
+    assert len(out1) == len(convs) and all(isinstance(o, str) and o for o in out1)
+    fresh = backend("llama2", Path(job.base_model))
+    assert fresh.generate(ref, convs, cfg) == out1
+    unmerged = backend("llama2", Path(job.base_model), merge_adapter=False)
+    assert unmerged.generate(ref, convs, cfg) == out1
+    # the adapter changes the model: merged q_proj differs from the base's
+    base = hf.Generator.load(job.base_model, None).model
+    tuned = b._generator.model
+    assert not torch.allclose(base.model.layers[0].self_attn.q_proj.weight, tuned.model.layers[0].self_attn.q_proj.weight)
+    assert torch.equal(base.model.layers[0].self_attn.k_proj.weight, tuned.model.layers[0].self_attn.k_proj.weight)
+
+
+def test_loaded_model_is_cached_across_calls(trained_llama, monkeypatch):
+    b, job, _, ref, _ = trained_llama
+    b2 = backend("llama2", Path(job.base_model))
+    loads = []
+    real = hf.Generator.load.__func__
+
+    def counting(cls, *a, **k):  # type: ignore[no-untyped-def]
+        loads.append(a[:2])
+        return real(cls, *a, **k)
+
+    monkeypatch.setattr(hf.Generator, "load", classmethod(counting))
+    cfg = GenerationConfig(max_new_tokens=2)
+    convs = prompts_for(b, 2)
+    b2.generate(ref, convs, cfg)
+    b2.generate(ref, convs, cfg)
+    assert len(loads) == 1
+    b2.generate(b2.base_model(), convs, cfg)
+    assert len(loads) == 2 and loads[1][1] is None
+
+
+def test_sampling_is_seeded(tiny_llama):
+    b = backend("llama2", tiny_llama)
+    convs = prompts_for(b, 3)
+    cfg = GenerationConfig(max_new_tokens=6, temperature=1.0, top_p=0.9, seed=7)
+    a = b.generate(b.base_model(), convs, cfg)
+    assert a == b.generate(b.base_model(), convs, cfg)
+    assert a != b.generate(b.base_model(), convs, cfg.model_copy(update={"seed": 8}))
+
+
+def test_oom_backs_off_and_keeps_outputs(tiny_llama, monkeypatch):
+    b = backend("llama2", tiny_llama)
+    gen = hf.Generator.load(str(tiny_llama), None)
+    prompts = [b.prompt_ids(c) for c in prompts_for(b, 6)]
+    cfg = GenerationConfig(max_new_tokens=5, batch_size=6)
+    want = gen.generate(prompts, cfg, eos_id=2, pad_id=2)
+    real = hf.decode_batch
+
+    def small_only(model, batch, *a, **k):  # type: ignore[no-untyped-def]
+        if len(batch) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(model, batch, *a, **k)
+
+    monkeypatch.setattr(hf, "decode_batch", small_only)
+    gen2 = hf.Generator(gen.key, gen.model, "cpu", 256)
+    assert gen2.generate(prompts, cfg.model_copy(update={"batch_size": "auto"}), eos_id=2, pad_id=2) == want
+    assert gen2._batch_size in (1, 2)  # 6 -> 3 -> 1
+
+
+def test_oom_at_batch_size_one_is_a_one_line_error(tiny_llama, monkeypatch):
+    gen = hf.Generator.load(str(tiny_llama), None)
+
+    def always(*a, **k):  # type: ignore[no-untyped-def]
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(hf, "decode_batch", always)
+    with pytest.raises(BackendError) as e:
+        gen.generate([[1, 5, 6]] * 4, GenerationConfig(max_new_tokens=5), eos_id=2, pad_id=2)
+    assert "batch size 1" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_training_oom_is_a_one_line_error(tiny_llama, tmp_path, monkeypatch):
+    b = backend("llama2", tiny_llama)
+
+    def oom(*a, **k):  # type: ignore[no-untyped-def]
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(hf, "micro_loss", oom)
+    with pytest.raises(BackendError) as e:
+        b.fine_tune(job_for(b, tiny_llama, n=4, epochs=1), Ledger(), tmp_path)
+    assert "batch_size" in str(e.value) and "gradient_checkpointing" in str(e.value) and "\n" not in str(e.value)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Mistral on the same engine
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_mistral_fine_tune_and_generate(tiny_mistral, tmp_path):
+    b = backend("mistral", tiny_mistral)
+    job = job_for(b, tiny_mistral, template="chat:mistral", n=8, epochs=3)
+    ref = b.fine_tune(job, Ledger(), tmp_path)
+    log = read_log(tmp_path)
+    assert log[-1]["loss"] < log[0]["loss"] - 0.2
+    meta = hf.read_adapter_metadata(Path(ref.adapter_dir))
+    assert meta["backend"] == "mistral" and meta["options"]["tokenizer_sha256"]
+    out = b.generate(ref, prompts_for(b, 3), GenerationConfig(max_new_tokens=6))
+    assert len(out) == 3 and all(isinstance(o, str) for o in out)
+    # decoded with mistral-common: re-encoding the prompt ids gives back the same text
+    ids = b.prompt_ids(prompts_for(b, 1)[0])
+    assert b.decode(ids[1:]) == b.prompt_text(prompts_for(b, 1)[0])
+
+
+def test_estimate_counts_tokens(tiny_llama):
+    b = backend("llama2", tiny_llama)
+    job = job_for(b, tiny_llama, n=4, epochs=3)
+    est = b.estimate(job)
+    n = sum(len(b.render(c).input_ids) for c in job.examples)
+    assert est.n_examples == 4 and est.n_tokens == n and est.n_billed_tokens == 3 * n and est.usd == 0.0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# errors
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_model_id_not_available_offline_is_a_one_line_error(tmp_path):
+    b = backend("llama2", Path("meta-llama/not-a-cached-model-xyz"))
+    with pytest.raises(BackendError) as e:
+        b.generate(b.base_model(), prompts_for(b, 1), GenerationConfig(max_new_tokens=2))
+    msg = str(e.value)
+    assert "offline" in msg and "huggingface-cli download" in msg and "\n" not in msg
+
+
+def test_model_directory_without_weights_is_a_one_line_error(tmp_path):
+    b = backend("llama2", tmp_path)
+    with pytest.raises(BackendError) as e:
+        b.generate(b.base_model(), prompts_for(b, 1), GenerationConfig(max_new_tokens=2))
+    assert str(tmp_path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_missing_local_extra_is_a_one_line_hint(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(MissingExtra) as e:
+        hf.resolve_device(None)
+    assert "pip install 'ptst[local]'" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_missing_tokenizer_library_is_a_one_line_hint(monkeypatch, tmp_path):
+    from ptst.backends import llama2, mistral
+
+    monkeypatch.setitem(sys.modules, "sentencepiece", None)
+    with pytest.raises(MissingExtra, match=r"ptst\[local\]"):
+        llama2._processor(str(tmp_path / "x.model"))
+    monkeypatch.setitem(sys.modules, "mistral_common", None)
+    with pytest.raises(MissingExtra, match=r"ptst\[local\]"):
+        mistral._tokenizers(str(tmp_path / "y.model"))
+
+
+def test_options_are_validated():
+    with pytest.raises(ValueError, match="batching"):
+        BackendSpec(kind="llama2", model="m", batching="sometimes")
+    with pytest.raises(ValueError, match="nproc_per_node"):
+        BackendSpec(kind="mistral", model="m", nproc_per_node=0)
