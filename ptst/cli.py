@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from ptst import __version__
-from ptst.errors import PtstError
+from ptst.errors import PtstError, UsageError
 
 DEFAULT_MODELS = {
     "llama2": "meta-llama/Llama-2-7b-chat-hf",
@@ -117,16 +117,24 @@ def cmd_render(args: argparse.Namespace) -> int:
     try:
         bspec = BackendSpec(kind=args.backend, model=args.model or DEFAULT_MODELS[args.backend], **options)
     except ValueError as e:
-        raise PtstError(f"--backend {args.backend}: {e}".splitlines()[0]) from None
+        raise UsageError(f"--backend {args.backend}: {e}".splitlines()[0]) from None
     backend = create_backend(bspec)
-    template = resolve(args.template, custom)
+    try:
+        template = resolve(args.template, custom)
+    except KeyError as e:
+        raise UsageError(f"--template: {e}") from None
     if not backend.supports(template):
-        raise PtstError(
+        raise UsageError(
             f"--template {args.template}: {template.mode}-mode templates are not supported by the {args.backend} backend"
         )
     conv = template.apply(args.query, backend.family, answer=args.answer)
-    r = backend.render(conv)
     out = sys.stdout
+    if not (args.tokens or args.json) and hasattr(backend, "prompt_text"):
+        # Local backends: the text needs no tokenizer, so show it even where none is installed.
+        text = backend.training_text(conv, conv.answer) if conv.answer is not None else backend.prompt_text(conv)
+        out.write(text + "\n")
+        return 0
+    r = backend.render(conv)
     if args.json:
         out.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
         return 0
@@ -136,7 +144,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         out.write(r.text + "\n")
     if args.tokens:
         if r.input_ids is None:
-            raise PtstError(f"the {args.backend} backend renders no token ids")
+            raise UsageError(f"--tokens: the {args.backend} backend renders no token ids")
         out.write("input_ids: " + " ".join(map(str, r.input_ids)) + "\n")
         if r.labels is not None:
             out.write("labels: " + " ".join(map(str, r.labels)) + "\n")

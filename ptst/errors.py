@@ -29,6 +29,12 @@ class SpecError(PtstError):
         super().__init__(head + "".join(f"\n  {p}" for p in problems))
 
 
+class UsageError(PtstError):
+    """A command-line argument is unusable."""
+
+    exit_code = 2
+
+
 class DataError(PtstError):
     """A data file or row is unusable; the message names the file and line."""
 
