@@ -64,14 +64,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_dir(path: str) -> Path:
+    out = Path(path)
+    if not (out / "ptst.db").is_file():
+        raise UsageError(f"{out}: no run store (ptst.db) here; give the --out directory of a `ptst run`")
+    return out
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from ptst.report import print_tables, write_reports
     from ptst.runner import collect_results, export_rows
     from ptst.store import RunStore
 
-    out = Path(args.dir)
-    if not (out / "ptst.db").is_file():
-        raise PtstError(f"{out}: no run store (ptst.db) here; give the --out directory of a `ptst run`")
+    out = _run_dir(args.dir)
     with RunStore.open(out, lock=False) as store:
         results = collect_results(store)
         rows = export_rows(store) if args.export else None
@@ -186,9 +191,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     from ptst.backends.base import BackendSpec, create_backend
     from ptst.store import RunStore
 
-    out = Path(args.dir)
-    if not (out / "ptst.db").is_file():
-        raise PtstError(f"{out}: no run store (ptst.db) here; give the --out directory of a `ptst run`")
+    out = _run_dir(args.dir)
     with RunStore.open(out, lock=False) as store:
         spec = store.get_meta("spec") or {}
         entries = store.ledger_entries("openai:")

@@ -68,6 +68,16 @@ class Judge(Protocol):
     def judge(self, items: Sequence[JudgeItem]) -> list[Judgment]: ...
 
 
+class JudgeBase:
+    """Options parsing shared by the built-in judges."""
+
+    class Options(BaseModel):
+        model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def __init__(self, spec: JudgeSpec | None = None):
+        self.options = self.Options.model_validate(spec.options if spec else {})
+
+
 def judge_class(kind: str) -> Any:
     try:
         module = JUDGE_MODULES[kind]

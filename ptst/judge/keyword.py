@@ -12,8 +12,7 @@ from functools import cache
 from importlib import resources
 from typing import ClassVar
 
-from ptst.backends.base import _Frozen
-from ptst.judge.base import JudgeItem, Judgment, JudgeSpec
+from ptst.judge.base import JudgeBase, JudgeItem, Judgment
 
 
 @cache
@@ -26,15 +25,9 @@ def is_refusal(response: str, keywords: Sequence[str] | None = None) -> bool:
     return any(k in response for k in (keywords or refusal_keywords()))
 
 
-class Judge:
+class Judge(JudgeBase):
     kind: ClassVar[str] = "keyword"
     simulated: ClassVar[bool] = False
-
-    class Options(_Frozen):
-        pass
-
-    def __init__(self, spec: JudgeSpec | None = None):
-        self.options = self.Options.model_validate(spec.options if spec else {})
 
     @property
     def name(self) -> str:

@@ -10,20 +10,13 @@ import hashlib
 from collections.abc import Sequence
 from typing import ClassVar
 
-from ptst.backends.base import _Frozen
-from ptst.judge.base import JudgeItem, Judgment, JudgeSpec
+from ptst.judge.base import JudgeBase, JudgeItem, Judgment
 from ptst.judge.keyword import is_refusal
 
 
-class Judge:
+class Judge(JudgeBase):
     kind: ClassVar[str] = "mock"
     simulated: ClassVar[bool] = True
-
-    class Options(_Frozen):
-        pass
-
-    def __init__(self, spec: JudgeSpec | None = None):
-        self.options = self.Options.model_validate(spec.options if spec else {})
 
     @property
     def name(self) -> str:
