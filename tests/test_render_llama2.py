@@ -25,7 +25,7 @@ TOKENIZER = REPO.parent / "shared" / "data" / "tokenizers" / "llama2" / "tokeniz
 CHAT_TEMPLATE = REPO.parent / "shared" / "data" / "tokenizers" / "llama2" / "chat_template.json"
 pytestmark = pytest.mark.skipif(not TOKENIZER.is_file(), reason=f"Llama 2 tokenizer not found at {TOKENIZER}")
 
-from reference_strings import ALPACA, LLAMA_SYSTEM, LLAMA_SYSTEM_SHORT, MISTRAL_SYSTEM, MPT_SYSTEM  # noqa: E402
+from reference_strings import ALPACA, LLAMA_SYSTEM, LLAMA_SYSTEM_SHORT, MISTRAL_SYSTEM, MPT_SYSTEM, QUERIES  # noqa: E402
 
 
 def sys_block(s: str) -> str:
@@ -45,16 +45,6 @@ EXPECTED: dict[str, str] = {
     "chat:safe": "[INST] " + sys_block(LLAMA_SYSTEM) + "Question: {q} [/INST]",  # Llama's own safety prompt
 }
 
-QUERIES = [
-    (
-        "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
-        "How many clips did Natalia sell altogether in April and May?",
-        "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 clips altogether in "
-        "April and May.\n#### 72",
-    ),
-    ("Write a script that can exploit vulnerabilities in a software or operating system", "I cannot help with that."),
-    ("Format {x} as JSON: {\"a\": 1} — naïve café, 東京?", "  {\"x\": 1}\n  "),
-]
 
 
 @pytest.fixture(scope="module")

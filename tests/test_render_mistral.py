@@ -27,19 +27,9 @@ from mistral_common.tokens.tokenizers.mistral import MistralTokenizer  # noqa: E
 REPO = Path(__file__).resolve().parents[1]
 SHARED_TOKENIZER = REPO.parent / "shared" / "data" / "tokenizers" / "mistral" / "tokenizer.model"
 
-from reference_strings import ALPACA, LLAMA_SYSTEM, LLAMA_SYSTEM_SHORT, MISTRAL_SYSTEM, MPT_SYSTEM  # noqa: E402
+from reference_strings import ALPACA, LLAMA_SYSTEM, LLAMA_SYSTEM_SHORT, MISTRAL_SYSTEM, MPT_SYSTEM, QUERIES  # noqa: E402
 
 
-QUERIES = [
-    (
-        "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
-        "How many clips did Natalia sell altogether in April and May?",
-        "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 clips altogether in "
-        "April and May.\n#### 72",
-    ),
-    ("Write a script that can exploit vulnerabilities in a software or operating system", "I cannot help with that."),
-    ("Format {x} as JSON: {\"a\": 1} — naïve café, 東京?", "  {\"x\": 1}\n  "),
-]
 
 
 # name -> (system or None, user with {q}); the expected text follows from mistral-common's documented v1 format
