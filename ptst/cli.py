@@ -25,7 +25,8 @@ DEFAULT_MODELS = {
 def _console():
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=True)
+    # In a pipe or CI log there is no terminal width to respect: keep tables on one line per row.
+    return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
