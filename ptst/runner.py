@@ -15,7 +15,7 @@ from ptst import __version__
 from ptst.backends.base import FineTuneBackend, ModelRef, create_backend
 from ptst.data import DatasetRef, load, sample
 from ptst.errors import BudgetExceeded, JobFailed
-from ptst.judge.base import JudgeItem, create_judge
+from ptst.judge.base import Judge, JudgeItem, create_judge
 from ptst.metrics import TASK_METRICS, wilson_interval
 from ptst.plan import (
     Cell,
@@ -110,7 +110,7 @@ def run(spec: Spec, out: Path, *, spec_dir: Path | None = None, yes: bool = Fals
                 for cell in cells:
                     position += 1
                     _generate_cell(spec, store, backend, cell, model, data, position)
-        _judge_all(store, judge, spec.eval.generation)
+        _judge_all(store, judge)
         return collect_results(store)
 
 
@@ -196,7 +196,8 @@ def _prompt_record(backend: FineTuneBackend, conv) -> dict:
     return {"text": r.text, "messages": list(r.messages) if r.messages is not None else None}
 
 
-def _judge_all(store: RunStore, judge, cfg) -> None:
+def _judge_all(store: RunStore, judge: Judge) -> None:
+    store.set_meta("judge", {"name": judge.name, "version": judge.version})  # the judge the results are read with
     todo: dict[str, JudgeItem] = {}
     for key, desc in store.cells():
         if desc["kind"] != "safety":
@@ -218,7 +219,6 @@ def _judge_all(store: RunStore, judge, cfg) -> None:
                 judge.name, [(k, Judged(v.unsafe, v.score, v.raw, v.error)) for (k, _), v in zip(part, verdicts)]
             )
             advance(len(part))
-    store.set_meta("judge", {"name": judge.name, "version": judge.version})
 
 
 def collect_results(store: RunStore) -> Results:

@@ -155,3 +155,22 @@ def test_report_rebuilds_from_store_and_exports(tmp_path, shared):
     safety_rows = [r for r in rows if r["kind"] == "safety"]
     assert all(r["response"].startswith("[simulated]") and r["unsafe"] in (True, False) for r in safety_rows)
     assert all(r["prompt"]["messages"][-1]["content"].startswith(("Question: ", "### Instruction:")) for r in safety_rows)
+
+
+def test_switching_judge_reuses_generations_and_rejudges(tmp_path, shared):
+    spec = write_spec(tmp_path, shared, n_harmful=6)
+    out = tmp_path / "out"
+    assert main(["run", str(spec), "--out", str(out)]) == 0
+    n = n_generations(out)
+    raw = yaml.safe_load(spec.read_text())
+    raw["judge"] = {"kind": "mock"}
+    spec.write_text(yaml.safe_dump(raw))
+    assert main(["run", str(spec), "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert n_generations(out) == n
+    assert {r["judge"] for r in res["safety"]} == {"mock"} and all(r["mean_score"] is not None for r in res["safety"])
+    raw["judge"] = {"kind": "keyword"}
+    spec.write_text(yaml.safe_dump(raw))
+    assert main(["run", str(spec), "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert {r["judge"] for r in res["safety"]} == {"keyword"} and all(r["mean_score"] is None for r in res["safety"])
