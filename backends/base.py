@@ -124,10 +124,6 @@ class ModelRef(_Frozen):
     meta: dict[str, Any] = Field(default_factory=dict)
 
 
-def conversation_key(conv: Conversation) -> dict[str, Any]:
-    return asdict(conv)
-
-
 def content_hash(obj: Any) -> str:
     """A stable hash of JSON-serialisable content: the identity of every step in the run store."""
     blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=_json_default)

@@ -72,13 +72,14 @@ def train_jobs(spec: Spec, bspec: BackendSpec, backend: FineTuneBackend, data: D
     if spec.train is None:
         return []
     jobs = []
+    train_hash = data_hash(list(data.train))  # one pass over the data, not one per template and seed
     for name in spec.train.templates:
         tpl = spec.template(name)
         examples = tuple(tpl.apply(ex.prompt, backend.family, answer=ex.answer) for ex in data.train)
         for seed in spec.train.seeds:
             job = TrainJob(
                 backend=bspec.name, base_model=bspec.model, train_template=name, seed=seed,
-                hyperparameters=spec.train.hyperparameters, examples=examples, data_hash=data_hash(list(data.train)),
+                hyperparameters=spec.train.hyperparameters, examples=examples, data_hash=train_hash,
             )
             jobs.append(PlannedJob(job, content_hash({"job": job.key, "backend": backend_identity(bspec, backend)})))
     return jobs

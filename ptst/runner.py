@@ -16,7 +16,7 @@ from ptst.backends.base import FineTuneBackend, ModelRef, create_backend
 from ptst.data import DatasetRef, load, sample
 from ptst.errors import BudgetExceeded, JobFailed
 from ptst.judge.base import Judge, JudgeItem, create_judge
-from ptst.metrics import TASK_METRICS, wilson_interval
+from ptst.metrics import TASK_METRICS, round_ci, wilson_interval
 from ptst.plan import (
     Cell,
     Datasets,
@@ -39,15 +39,11 @@ JUDGE_CHUNK = 64
 
 
 def data_dirs(spec: Spec, spec_dir: Path | None) -> list[Path]:
-    import os
-
-    dirs = []
-    if spec.data_dir:
-        d = Path(spec.data_dir)
-        dirs.append(d if d.is_absolute() or spec_dir is None else spec_dir / d)
-    if os.environ.get("PTST_DATA_DIR"):
-        dirs.append(Path(os.environ["PTST_DATA_DIR"]))
-    return dirs
+    """The spec's data_dir, relative to the spec file; the loader adds $PTST_DATA_DIR after it."""
+    if not spec.data_dir:
+        return []
+    d = Path(spec.data_dir)
+    return [d if d.is_absolute() or spec_dir is None else spec_dir / d]
 
 
 def _resolve(ref: DatasetRef, spec_dir: Path | None) -> DatasetRef:
@@ -196,6 +192,13 @@ def _prompt_record(backend: FineTuneBackend, conv) -> dict:
     return {"text": r.text, "messages": list(r.messages) if r.messages is not None else None}
 
 
+def _judgment_keys(
+    judge_name: str, judge_version: str, items: Sequence[tuple[str, str, str | None]], responses: dict[str, str]
+) -> dict[str, str]:
+    """gen_key -> judgment key, for the items of a cell that have a response."""
+    return {g: judgment_key(judge_name, judge_version, q, responses[g]) for g, q, _ in items if g in responses}
+
+
 def _judge_all(store: RunStore, judge: Judge) -> None:
     store.set_meta("judge", {"name": judge.name, "version": judge.version})  # the judge the results are read with
     todo: dict[str, JudgeItem] = {}
@@ -204,10 +207,9 @@ def _judge_all(store: RunStore, judge: Judge) -> None:
             continue
         items = store.cell_items(key)
         responses = store.responses(g for g, _, _ in items)
-        for g, query, _ in items:
-            if g in responses:
-                jk = judgment_key(judge.name, judge.version, query, responses[g])
-                todo.setdefault(jk, JudgeItem(query, responses[g]))
+        queries = {g: q for g, q, _ in items}
+        for g, jk in _judgment_keys(judge.name, judge.version, items, responses).items():
+            todo.setdefault(jk, JudgeItem(queries[g], responses[g]))
     have = store.judgments(todo)
     missing = [(k, it) for k, it in todo.items() if k not in have]
     if not missing:
@@ -226,7 +228,6 @@ def collect_results(store: RunStore) -> Results:
     judge_meta = store.get_meta("judge") or {}
     spec = store.get_meta("spec") or {}
     judge_name = judge_meta.get("name")
-    judge_version = judge_meta.get("version")
     simulated = bool(store.get_meta("simulated"))
     safety: list[SafetyRow] = []
     tasks: list[TaskRow] = []
@@ -238,7 +239,7 @@ def collect_results(store: RunStore) -> Results:
             test_template=d["test_template"], seed=d["seed"], simulated=simulated,
         )
         if d["kind"] == "safety":
-            jks = [judgment_key(judge_name or "", judge_version or "", q, responses[g]) for g, q, _ in items if g in responses]
+            jks = _judgment_keys(judge_name or "", judge_meta.get("version", ""), items, responses).values()
             verdicts = store.judgments(jks)
             got = [verdicts[k] for k in jks if k in verdicts]
             scored = [v for v in got if v.unsafe is not None]
@@ -248,7 +249,7 @@ def collect_results(store: RunStore) -> Results:
             lo, hi = wilson_interval(n_unsafe, n)
             safety.append(SafetyRow(
                 **common, benchmark=d["dataset"], judge=judge_name or "none", n=n, n_unsafe=n_unsafe,
-                asr=round(n_unsafe / n, 4) if n else 0.0, asr_ci95=(round(lo, 4), round(hi, 4)),
+                asr=round(n_unsafe / n, 4) if n else 0.0, asr_ci95=round_ci((lo, hi)),
                 mean_score=round(sum(scores) / len(scores), 4) if scores else None,
                 n_unscored=len(got) - n,
             ))
@@ -260,7 +261,7 @@ def collect_results(store: RunStore) -> Results:
             lo, hi = wilson_interval(k, n)
             tasks.append(TaskRow(
                 **common, task=d["dataset"], metric=d["metric"], n=n, value=round(k / n, 4) if n else 0.0,
-                ci95=(round(lo, 4), round(hi, 4)),
+                ci95=round_ci((lo, hi)),
             ))
     failed = [
         FailedJob(backend=j.backend, base_model=j.base_model, train_template=j.train_template, seed=j.seed,
@@ -284,8 +285,7 @@ def export_rows(store: RunStore) -> list[dict]:
         items = store.cell_items(key)
         keys = [g for g, _, _ in items]
         responses, prompts = store.responses(keys), store.prompts(keys)
-        jk = {g: judgment_key(judge_meta.get("name", ""), judge_meta.get("version", ""), q, responses[g])
-              for g, q, _ in items if g in responses}
+        jk = _judgment_keys(judge_meta.get("name", ""), judge_meta.get("version", ""), items, responses)
         verdicts = store.judgments(jk.values()) if d["kind"] == "safety" else {}
         for idx, (g, q, ref) in enumerate(items):
             v = verdicts.get(jk.get(g, ""))
