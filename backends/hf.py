@@ -44,8 +44,9 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
+from ptst.types import Frozen
 from ptst.backends.base import (
-    BackendBase,
+    FineTuneBackend,
     Estimate,
     GenerationConfig,
     Hyperparameters,
@@ -53,7 +54,6 @@ from ptst.backends.base import (
     ModelRef,
     Rendered,
     TrainJob,
-    _Frozen,
 )
 from ptst.conversation import Conversation
 from ptst.errors import BackendError, DataError, PtstError, require
@@ -134,7 +134,7 @@ def file_sha256(path: str | Path) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class LocalOptions(_Frozen):
+class LocalOptions(Frozen):
     """Options of the local backends, written flat in the spec's backend entry."""
 
     tokenizer: str | None = Field(
@@ -157,7 +157,7 @@ class LocalOptions(_Frozen):
     max_generation_batch: int = Field(256, ge=1, description="upper bound of the automatic generation batch size")
 
 
-class LocalBackend(BackendBase):
+class LocalBackend(FineTuneBackend):
     """A local model trained with LoRA and served by transformers (or vLLM).
 
     Subclasses provide the tokenizer side: `prompt_text`, `prompt_ids`, `training_text`, `training_ids`, `decode`,
@@ -177,6 +177,9 @@ class LocalBackend(BackendBase):
     # --- tokenizer side (subclasses) ---------------------------------------------------------------------------
     bos_id: int
     eos_id: int
+
+    def plain_text(self, conv: Conversation) -> str | None:
+        return self.training_text(conv, conv.answer) if conv.answer is not None else self.prompt_text(conv)
 
     def prompt_text(self, conv: Conversation) -> str:
         raise NotImplementedError
@@ -604,7 +607,7 @@ def install_fast_lora(model) -> int:  # type: ignore[no-untyped-def]
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class TrainSettings(_Frozen):
+class TrainSettings(Frozen):
     """Everything `train_lora` needs, serialisable for the torchrun worker."""
 
     model: str

@@ -32,16 +32,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ptst.keys import content_hash
+from ptst.types import Frozen
 from ptst.backends.base import (
-    BackendBase,
+    FineTuneBackend,
     Estimate,
     GenerationConfig,
     JobLedger,
     ModelRef,
     Rendered,
     TrainJob,
-    _Frozen,
-    content_hash,
 )
 from pydantic import Field
 
@@ -63,7 +63,7 @@ APPROX_BYTES_PER_TOKEN = 3.0  # fallback when no tokenizer file is available off
 # --------------------------------------------------------------------------------------------------------------
 # client settings, credentials, retries (shared with ptst.judge.rubric)
 # --------------------------------------------------------------------------------------------------------------
-class ClientOptions(_Frozen):
+class ClientOptions(Frozen):
     """How to reach an OpenAI-compatible endpoint; shared by the backend and the rubric judge."""
 
     base_url: str | None = Field(None, description="OpenAI-compatible endpoint; default: $OPENAI_BASE_URL, then OpenAI")
@@ -462,7 +462,7 @@ def _message_problems(msgs: Sequence[dict[str, str]]) -> str | None:
 # --------------------------------------------------------------------------------------------------------------
 # the backend
 # --------------------------------------------------------------------------------------------------------------
-class Backend(BackendBase):
+class Backend(FineTuneBackend):
     kind: ClassVar[str] = "openai"
     family: ClassVar[str] = "openai"
     modes: ClassVar[frozenset[str]] = frozenset({"chat"})

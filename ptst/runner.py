@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ptst import __version__
-from ptst.backends.base import FineTuneBackend, ModelRef, create_backend
+from ptst.backends.base import FineTuneBackend, create_backend
+from ptst.types import ModelRef
 from ptst.data import DatasetRef, load, sample
 from ptst.errors import BudgetExceeded, JobFailed
 from ptst.judge.base import Judge, JudgeItem, create_judge
@@ -34,7 +35,7 @@ from ptst.results import FailedJob, Results, SafetyRow, TaskRow
 from ptst.spec import Spec
 from ptst.store import JobRecord, Judged, RunStore
 
-GENERATION_CHUNK = 64  # default prompts per backend call: the unit of work that is saved (and lost at most on a kill)
+
 JUDGE_CHUNK = 64
 
 
@@ -173,7 +174,7 @@ def _generate_cell(
     items = list(todo.items())
     with progress_bar(label, len(items)) as advance:
         # A backend may ask for bigger calls (local engines batch hundreds of prompts at once).
-        for part in chunks(items, getattr(backend, "generation_chunk", GENERATION_CHUNK)):
+        for part in chunks(items, backend.generation_chunk):
             batch = [c for _, c in part]
             responses = backend.generate(model, batch, cfg)  # type: ignore[arg-type]
             if len(responses) != len(batch):

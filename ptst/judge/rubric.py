@@ -18,7 +18,7 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from ptst.backends.base import content_hash
+from ptst.keys import content_hash
 from ptst.backends.openai import ChatFailure, ClientOptions, chat_completions, resolve_base_url
 from ptst.judge.base import JudgeItem, JudgeSpec, Judgment
 
