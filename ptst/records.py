@@ -35,3 +35,15 @@ class ItemRecord:
     response: str | None = None  # None: not generated (yet)
     verdicts: tuple[Verdict, ...] = field(default_factory=tuple)
     simulated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """What the analysis needs about a run beyond its items: names, templates, and the run's own facts."""
+
+    spec_name: str
+    simulated: bool
+    judge: str | None  # the judge the results are read with
+    train_templates: tuple[str, ...] = ()
+    test_templates: tuple[str, ...] = ()
+    safety_templates: tuple[str, ...] = ()
