@@ -98,7 +98,7 @@ def bertscore(
         return BertScore(n=0, precision=None, recall=None, f1=None, f1_ci95=None, f1_items=(), **common)
     bert_score = require("bert_score", "BERTScore (ChatDoctor's metric)", "bertscore")
     if num_layers is None:
-        from bert_score.utils import model2layers
+        from bert_score.utils import model2layers  # type: ignore[import-untyped]
 
         if model_type not in model2layers:
             raise MetricUnavailable(
@@ -108,7 +108,13 @@ def bertscore(
     baseline = _baseline(bert_score, model_type, num_layers, lang, baseline_path) if rescale_with_baseline else None
     # bert-score scores a pair with an empty side as raw 0 (then rescales it). Its own path for that calls a
     # tokenizer method transformers 5 removed, so ptst applies the same rule itself and sends only the rest.
-    empty = (0.0, 0.0, 0.0) if baseline is None else tuple((0.0 - b) / (1.0 - b) for b in baseline)
+    empty: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    if baseline is not None:
+        empty = (
+            (0.0 - baseline[0]) / (1.0 - baseline[0]),
+            (0.0 - baseline[1]) / (1.0 - baseline[1]),
+            (0.0 - baseline[2]) / (1.0 - baseline[2]),
+        )
     keep = [i for i, (c, r) in enumerate(zip(responses, references, strict=True)) if c.strip() and r.strip()]
     scores: list[tuple[float, float, float]] = [empty] * len(responses)
     settings = None
