@@ -9,6 +9,7 @@ import pytest
 from ptst.metrics import (
     TASK_METRICS,
     Confusion2x2,
+    TaskMetric,
     cohen_kappa,
     confusion_2x2,
     mcnemar_p,
@@ -27,6 +28,19 @@ def test_rate_is_none_without_items() -> None:
     for bad in [(5, 4), (-1, 4), (0, -1)]:
         with pytest.raises(ValueError):
             rate(*bad)
+
+
+def test_every_task_metric_fits_the_interface() -> None:
+    assert set(TASK_METRICS) == {
+        "exact_match",
+        "gsm8k_strict_match",
+        "gsm8k_flexible_extract",
+        "arc_letter_accuracy",
+        "chatdoctor_bertscore",
+    }
+    for name, metric in TASK_METRICS.items():
+        assert isinstance(metric, TaskMetric) and metric.name == name
+    assert {n for n, m in TASK_METRICS.items() if m.level == "corpus"} == {"chatdoctor_bertscore"}
 
 
 def test_empty_cell_has_no_value() -> None:

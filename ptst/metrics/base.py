@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -54,7 +54,7 @@ class ItemMetric:
     name: str
     item: Callable[[str, str], bool]
     description: str = ""
-    level: Literal["item", "corpus"] = "item"
+    level: ClassVar[Literal["item", "corpus"]] = "item"
 
     def __call__(self, response: str, reference: str) -> bool:
         return self.item(response, reference)
@@ -73,7 +73,7 @@ class CorpusMetric:
     name: str
     corpus: Callable[[Sequence[str], Sequence[str]], MetricValue]
     description: str = ""
-    level: Literal["item", "corpus"] = "corpus"
+    level: ClassVar[Literal["item", "corpus"]] = "corpus"
 
     def score(self, responses: Sequence[str], references: Sequence[str]) -> MetricValue:
         _aligned(self.name, responses, references)
