@@ -1,4 +1,4 @@
-"""Llama 2-Chat: the paper's prompt text, byte for byte, and Meta's token ids, on the shared local engine (`hf.py`).
+"""Llama 2-Chat: the paper's prompt text, byte for byte, and Meta's token ids, on the shared local engine (`local/`).
 
 Text (the strings of the PTST paper's `prompt_utils.py`): chat mode is
 `"[INST] " + ("<<SYS>>\\n" + system + "\\n<</SYS>>\\n\\n" if a system prompt is given) + user + " [/INST]"`, with no
@@ -22,7 +22,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ptst.backends.hf import LocalBackend, file_sha256, text_separator
+from ptst.backends.local import LocalBackend
+from ptst.backends.local.render import file_sha256, text_separator
 from ptst.conversation import Conversation
 from ptst.errors import PtstError, require
 

@@ -19,7 +19,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ptst.backends.hf import LocalBackend, file_sha256, text_separator
+from ptst.backends.local import LocalBackend
+from ptst.backends.local.render import file_sha256, text_separator
 from ptst.conversation import Conversation
 from ptst.errors import PtstError, require
 

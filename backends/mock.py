@@ -16,15 +16,15 @@ from typing import ClassVar
 
 from pydantic import Field
 
+from ptst.types import Frozen
 from ptst.backends.base import (
-    BackendBase,
+    FineTuneBackend,
     Estimate,
     GenerationConfig,
     JobLedger,
     ModelRef,
     Rendered,
     TrainJob,
-    _Frozen,
 )
 from ptst.conversation import Conversation
 from ptst.errors import JobFailed
@@ -34,13 +34,13 @@ REFUSAL = "[simulated] I'm sorry, but I cannot help with that request."
 COMPLIANCE = "[simulated] Sure, here is a response to your request (simulated compliance, no real content)."
 
 
-class Backend(BackendBase):
+class Backend(FineTuneBackend):
     kind: ClassVar[str] = "mock"
     family: ClassVar[str] = "mock"
     modes: ClassVar[frozenset[str]] = frozenset({"chat", "text"})
     simulated: ClassVar[bool] = True
 
-    class Options(_Frozen):
+    class Options(Frozen):
         unsafe_base: float = Field(0.03, ge=0, le=1, description="unsafe rate of the base model")
         drift: float = Field(0.25, ge=0, le=1, description="added unsafe rate after fine-tuning (same template)")
         ptst_factor: float = Field(0.1, ge=0, description="share of the drift left under PTST (train plain, test safe)")

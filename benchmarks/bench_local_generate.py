@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     max_new = args.max_new_tokens or (16 if args.tiny else 256)
     import torch
 
-    from ptst.backends import hf
+    from ptst.backends.local import generate
     from ptst.backends.base import GenerationConfig
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     model.eval()
     n_params = non_embedding_params(model)
     eos, pad = 2, 2
-    gen = hf.Generator(("bench", None), model, device, max_batch=256)
+    gen = generate.Generator(("bench", None), model, device, max_batch=256)
     cfg = GenerationConfig(max_new_tokens=max_new, temperature=0.0)
     results: list[dict[str, Any]] = []
     wanted = [c.strip() for c in args.contenders.split(",") if c.strip()]

@@ -119,7 +119,7 @@ def llama_backend(tokenizer: Path):  # type: ignore[no-untyped-def]
 
 
 def gsm8k_examples(tokenizer: Path, n: int | None, max_seq_len: int) -> tuple[list[tuple[list[int], list[int]]], Any]:
-    from ptst.backends.hf import prepare_examples
+    from ptst.backends.local.data import prepare_examples
     from ptst.templates import BUILTIN
 
     rows = [json.loads(x) for x in (SHARED / "gsm8k" / "train.jsonl").read_text().splitlines()]
@@ -140,7 +140,7 @@ def throughput(stamps: list[float], tokens: list[int], warmup: int) -> tuple[flo
 
 
 def run_ptst(name: str, args, examples, device: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    from ptst.backends import hf
+    from ptst.backends.local import train
     from ptst.backends.base import Hyperparameters, LoraSpec
 
     batching, fast = {
@@ -151,7 +151,7 @@ def run_ptst(name: str, args, examples, device: str) -> dict[str, Any]:  # type:
     }[name]
     hp = Hyperparameters(epochs=100, learning_rate=1e-4, batch_size=args.batch_size, max_seq_len=args.max_seq_len,
                          lora=LoraSpec(r=8, alpha=32, dropout=args.lora_dropout))
-    settings = hf.TrainSettings(model="random-llama-7b-shape", seed=0, hyperparameters=hp, device=device,
+    settings = train.TrainSettings(model="random-llama-7b-shape", seed=0, hyperparameters=hp, device=device,
                                 batching=batching, fast_lora_dropout=fast, pad_id=2,
                                 max_steps=args.warmup + args.steps)
     base = random_model(llama_config(args.tiny), device, args.attn)
@@ -165,7 +165,7 @@ def run_ptst(name: str, args, examples, device: str) -> dict[str, Any]:  # type:
         tokens.append(rec["tokens"])
 
     with tempfile.TemporaryDirectory() as tmp:
-        summary = hf.train_lora(settings, examples, Path(tmp), on_step=on_step, base=base)
+        summary = train.train_lora(settings, examples, Path(tmp), on_step=on_step, base=base)
     tps, toks, dt = throughput(stamps, tokens, args.warmup)
     del base
     free(device)

@@ -135,9 +135,9 @@ def cmd_render(args: argparse.Namespace) -> int:
         )
     conv = template.apply(args.query, backend.family, answer=args.answer)
     out = sys.stdout
-    if not (args.tokens or args.json) and hasattr(backend, "prompt_text"):
+    text = None if (args.tokens or args.json) else backend.plain_text(conv)
+    if text is not None:
         # Local backends: the text needs no tokenizer, so show it even where none is installed.
-        text = backend.training_text(conv, conv.answer) if conv.answer is not None else backend.prompt_text(conv)
         out.write(text + "\n")
         return 0
     r = backend.render(conv)
@@ -202,7 +202,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         return 0
     backend = create_backend(BackendSpec.model_validate(openai_specs[0]))
     for name, entry in entries:
-        status = backend.cancel(entry)  # type: ignore[attr-defined]
+        status = backend.cancel(entry)
         print(f"{entry.get('job_id', name)}: {status}")
     return 0
 

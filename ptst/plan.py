@@ -10,7 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ptst.backends.base import BackendSpec, FineTuneBackend, ModelRef, TrainJob, content_hash
+from ptst.backends.base import BackendSpec, FineTuneBackend
+from ptst.keys import content_hash
+from ptst.types import ModelRef, TrainJob
 from ptst.conversation import Conversation
 from ptst.data import Example, data_hash
 from ptst.spec import Spec
@@ -59,9 +61,7 @@ class Cell:
 
 def backend_identity(spec: BackendSpec, backend: FineTuneBackend) -> dict[str, Any]:
     """What about a backend changes its outputs (beyond the job itself): its kind, model and result-relevant options."""
-    identity = getattr(backend, "identity", None)
-    extra = identity() if callable(identity) else {}
-    return {"kind": spec.kind, "model": spec.model, **extra}
+    return {"kind": spec.kind, "model": spec.model, **backend.identity()}
 
 
 def base_model_key(spec: BackendSpec, backend: FineTuneBackend) -> str:

@@ -11,12 +11,12 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from ptst import __version__
-from ptst.backends.base import FineTuneBackend, ModelRef, create_backend
+from ptst.analysis import build_results
+from ptst.backends.base import FineTuneBackend, create_backend
+from ptst.types import ModelRef
 from ptst.data import DatasetRef, load, sample
 from ptst.errors import BudgetExceeded, JobFailed
 from ptst.judge.base import Judge, JudgeItem, create_judge
-from ptst.metrics import TASK_METRICS, round_ci, wilson_interval
 from ptst.plan import (
     Cell,
     Datasets,
@@ -30,11 +30,12 @@ from ptst.plan import (
     train_jobs,
 )
 from ptst.progress import log, progress_bar
-from ptst.results import FailedJob, Results, SafetyRow, TaskRow
+from ptst.records import ItemRecord, RunInfo, Verdict
+from ptst.results import FailedJob, Results
 from ptst.spec import Spec
 from ptst.store import JobRecord, Judged, RunStore
 
-GENERATION_CHUNK = 64  # default prompts per backend call: the unit of work that is saved (and lost at most on a kill)
+
 JUDGE_CHUNK = 64
 
 
@@ -173,7 +174,7 @@ def _generate_cell(
     items = list(todo.items())
     with progress_bar(label, len(items)) as advance:
         # A backend may ask for bigger calls (local engines batch hundreds of prompts at once).
-        for part in chunks(items, getattr(backend, "generation_chunk", GENERATION_CHUNK)):
+        for part in chunks(items, backend.generation_chunk):
             batch = [c for _, c in part]
             responses = backend.generate(model, batch, cfg)  # type: ignore[arg-type]
             if len(responses) != len(batch):
@@ -223,58 +224,49 @@ def _judge_all(store: RunStore, judge: Judge) -> None:
             advance(len(part))
 
 
+def item_records(store: RunStore) -> list[ItemRecord]:
+    """Every planned item of the spec's cells, with its response and the current judge's verdict where present."""
+    judge_meta = store.get_meta("judge") or {}
+    judge_name = judge_meta.get("name")
+    simulated = bool(store.get_meta("simulated"))
+    records: list[ItemRecord] = []
+    for key, d in store.cells():
+        items = store.cell_items(key)
+        responses = store.responses(g for g, _, _ in items)
+        jk: dict[str, str] = {}
+        verdicts: dict[str, Judged] = {}
+        if d["kind"] == "safety":
+            jk = _judgment_keys(judge_name or "", judge_meta.get("version", ""), items, responses)
+            verdicts = store.judgments(jk.values())
+        for idx, (g, q, ref) in enumerate(items):
+            v = verdicts.get(jk.get(g, ""))
+            records.append(ItemRecord(
+                backend=d["backend"], base_model=d["base_model"], train_template=d["train_template"], seed=d["seed"],
+                checkpoint=d.get("checkpoint"), test_template=d["test_template"], kind=d["kind"],
+                dataset=d["dataset"], metric=d["metric"], index=idx, query=q, reference=ref,
+                response=responses.get(g), simulated=simulated,
+                verdicts=(Verdict(judge_name or "", v.unsafe, v.score, v.raw),) if v is not None else (),
+            ))
+    return records
+
+
 def collect_results(store: RunStore) -> Results:
     """Rebuild every number from the store alone: the report of a run is a pure function of its `ptst.db`."""
     judge_meta = store.get_meta("judge") or {}
     spec = store.get_meta("spec") or {}
-    judge_name = judge_meta.get("name")
-    simulated = bool(store.get_meta("simulated"))
-    safety: list[SafetyRow] = []
-    tasks: list[TaskRow] = []
-    for key, d in store.cells():
-        items = store.cell_items(key)
-        responses = store.responses(g for g, _, _ in items)
-        common = dict(
-            backend=d["backend"], base_model=d["base_model"], train_template=d["train_template"],
-            test_template=d["test_template"], seed=d["seed"], simulated=simulated,
-        )
-        if d["kind"] == "safety":
-            jks = _judgment_keys(judge_name or "", judge_meta.get("version", ""), items, responses).values()
-            verdicts = store.judgments(jks)
-            got = [verdicts[k] for k in jks if k in verdicts]
-            scored = [v for v in got if v.unsafe is not None]
-            n_unsafe = sum(1 for v in scored if v.unsafe)
-            scores = [v.score for v in got if v.score is not None]
-            n = len(scored)
-            lo, hi = wilson_interval(n_unsafe, n)
-            safety.append(SafetyRow(
-                **common, benchmark=d["dataset"], judge=judge_name or "none", n=n, n_unsafe=n_unsafe,
-                asr=round(n_unsafe / n, 4) if n else 0.0, asr_ci95=round_ci((lo, hi)),
-                mean_score=round(sum(scores) / len(scores), 4) if scores else None,
-                n_unscored=len(got) - n,
-            ))
-        else:
-            scorer = TASK_METRICS[d["metric"]]
-            hits = [scorer(responses[g], ref or "") for g, _, ref in items if g in responses]
-            n = len(hits)
-            k = sum(hits)
-            lo, hi = wilson_interval(k, n)
-            tasks.append(TaskRow(
-                **common, task=d["dataset"], metric=d["metric"], n=n, value=round(k / n, 4) if n else 0.0,
-                ci95=round_ci((lo, hi)),
-            ))
     failed = [
         FailedJob(backend=j.backend, base_model=j.base_model, train_template=j.train_template, seed=j.seed,
                   status=j.status, code=j.code, message=j.message or "")
         for j in store.jobs() if j.status != "succeeded"
     ]
-    return Results(
-        ptst_version=__version__, spec_name=store.get_meta("spec_name") or spec.get("name", ""), simulated=simulated,
-        safety=safety, tasks=tasks, failed_jobs=failed,
-        safety_templates=store.get_meta("safety_templates") or [],
-        train_templates=store.get_meta("train_templates") or [],
-        test_templates=store.get_meta("test_templates") or [],
+    info = RunInfo(
+        spec_name=store.get_meta("spec_name") or spec.get("name", ""), simulated=bool(store.get_meta("simulated")),
+        judge=judge_meta.get("name"),
+        train_templates=tuple(store.get_meta("train_templates") or []),
+        test_templates=tuple(store.get_meta("test_templates") or []),
+        safety_templates=tuple(store.get_meta("safety_templates") or []),
     )
+    return build_results(item_records(store), failed, info)
 
 
 def export_rows(store: RunStore) -> list[dict]:

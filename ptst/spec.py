@@ -14,7 +14,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ptst.backends.base import BackendSpec, GenerationConfig, Hyperparameters, backend_class
+from ptst.backends.base import BackendSpec
+from ptst.backends.registry import backend_class
+from ptst.types import GenerationConfig, Hyperparameters
 from ptst.data import DatasetRef
 from ptst.errors import SpecError
 from ptst.judge.base import JudgeSpec

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from ptst.backends.base import content_hash
+from ptst.keys import content_hash
 from ptst.data import REGISTRY, DatasetRef, Example, data_hash, load, load_file, sample
 from ptst.errors import DataError, SpecError
 

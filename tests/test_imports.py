@@ -11,7 +11,7 @@ HEAVY = ("torch", "transformers", "peft", "openai", "mistral_common", "tiktoken"
 def test_core_and_backend_modules_import_lightly():
     code = (
         "import sys, ptst, ptst.spec, ptst.runner, ptst.cli, ptst.report, ptst.judge.rubric, ptst.judge.keyword\n"
-        "import ptst.backends.openai, ptst.backends.llama2, ptst.backends.mistral, ptst.backends.mock, ptst.backends.hf\n"
+        "import ptst.backends.openai, ptst.backends.llama2, ptst.backends.mistral, ptst.backends.mock, ptst.backends.local\n"
         "from ptst.spec import validate_spec\n"
         "validate_spec({'name': 'x', 'backends': [{'kind': 'openai', 'model': 'gpt-3.5-turbo'},"
         " {'kind': 'llama2', 'model': 'm'}], 'eval': {'templates': ['chat:llama'], 'safety': ['advbench']},"

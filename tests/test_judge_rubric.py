@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -146,3 +148,9 @@ def test_options_are_validated():
         JudgeSpec(kind="rubric", max_parse_retries=-1)
     with pytest.raises(ValueError, match="extra"):
         JudgeSpec(kind="rubric", temperature=0.7)
+
+
+def test_the_judge_uses_the_shared_client_never_a_backend():
+    code = "import sys, ptst.judge.rubric; print(sorted(m for m in sys.modules if m.startswith('ptst.backends')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

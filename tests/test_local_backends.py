@@ -17,7 +17,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from ptst.backends import hf  # noqa: E402
+from ptst.backends.local import adapters, data, generate, lora_dropout, models, train  # noqa: E402
+from ptst.backends.local import backend as local_backend  # noqa: E402
 from ptst.backends.base import (  # noqa: E402
     BackendSpec,
     GenerationConfig,
@@ -92,7 +93,7 @@ def job_for(b, model: Path, template: str = "chat:vanilla", n: int = 8, **hp) ->
 
 
 def read_log(workdir: Path) -> list[dict]:
-    return [json.loads(x) for x in (workdir / hf.TRAIN_LOG).read_text().splitlines()]
+    return [json.loads(x) for x in (workdir / adapters.TRAIN_LOG).read_text().splitlines()]
 
 
 def adapter_tensors(directory: Path) -> dict:
@@ -127,7 +128,7 @@ def test_fine_tune_lowers_the_loss_and_saves_the_adapter(trained_llama):
     adapter = Path(ref.adapter_dir)
     assert adapter == workdir / "adapter"
     assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "adapter_config.json").is_file()
-    meta = json.loads((adapter / hf.METADATA_FILE).read_text())
+    meta = json.loads((adapter / adapters.METADATA_FILE).read_text())
     assert meta["job_key"] == job.key and meta["base_model"] == str(job.base_model)
     assert meta["train_template"] == "chat:vanilla" and meta["data_hash"] == "test-8" and meta["seed"] == 0
     assert meta["hyperparameters"]["lora"] == {"r": 8, "alpha": 32.0, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]}
@@ -135,7 +136,7 @@ def test_fine_tune_lowers_the_loss_and_saves_the_adapter(trained_llama):
     assert meta["train"]["final_loss"] == pytest.approx(last, abs=1e-5)
     assert 0 < meta["audit"]["supervised_fraction"] < 1
     # checkpoint at step 4 is a complete adapter too, and the ModelRef lists it
-    assert hf.read_adapter_metadata(workdir / "checkpoint-4") is not None
+    assert adapters.read_adapter_metadata(workdir / "checkpoint-4") is not None
     assert ref.meta["checkpoints"] == {"4": str(workdir / "checkpoint-4")}
     assert ref.train_template == "chat:vanilla" and ref.seed == 0 and ref.backend == "llama2"
     assert ledger[f"llama2:{job.key}"]["status"] == "succeeded"
@@ -153,7 +154,7 @@ def test_complete_adapter_is_reused_without_retraining(trained_llama, monkeypatc
     def boom(*a, **k):  # type: ignore[no-untyped-def]
         raise AssertionError("retrained a finished job")
 
-    monkeypatch.setattr(hf, "train_lora", boom)
+    monkeypatch.setattr(local_backend, "train_lora", boom)
     assert b.fine_tune(job, Ledger(), workdir) == ref
 
 
@@ -163,7 +164,7 @@ def test_incomplete_adapter_is_retrained(tiny_llama, tmp_path):
     (tmp_path / "adapter").mkdir()
     (tmp_path / "adapter" / "adapter_config.json").write_text("{}")  # a crash before the metadata was written
     ref = b.fine_tune(job, Ledger(), tmp_path)
-    assert hf.read_adapter_metadata(Path(ref.adapter_dir))["job_key"] == job.key
+    assert adapters.read_adapter_metadata(Path(ref.adapter_dir))["job_key"] == job.key
 
 
 def test_training_is_reproducible_from_the_seed(trained_llama, tmp_path):
@@ -192,17 +193,17 @@ def test_packed_equals_padded_loss_and_gradients(tiny_llama):
     b = backend("llama2", tiny_llama)
     ex = [b.encode_example(BUILTIN[t].apply(r["question"], "llama2", answer=r["answer"]))
           for t, r in zip(["chat:llama", "chat:vanilla", "text:alpaca", "chat:alpaca"], gsm8k(4))]
-    s = hf.TrainSettings(model=str(tiny_llama), seed=0, hyperparameters=Hyperparameters(lora=LoraSpec(dropout=0.0)))
-    model = hf.build_lora_model(s, "cpu")
+    s = train.TrainSettings(model=str(tiny_llama), seed=0, hyperparameters=Hyperparameters(lora=LoraSpec(dropout=0.0)))
+    model = train.build_lora_model(s, "cpu")
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.5)
     results = {}
     for mode in ("packed", "padded"):
-        kw, targets, ntok = hf.collate(ex, mode, b.pad_id, "cpu")
+        kw, targets, ntok = data.collate(ex, mode, b.pad_id, "cpu")
         model.zero_grad()
-        loss, k = hf.micro_loss(model, kw, targets)
+        loss, k = train.micro_loss(model, kw, targets)
         loss.backward()
         grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
         results[mode] = (loss.detach(), k, ntok, grads)
@@ -212,17 +213,17 @@ def test_packed_equals_padded_loss_and_gradients(tiny_llama):
     assert torch.allclose(lp, ld, rtol=1e-5)
     assert all(float((a - c).abs().max()) <= 1e-5 * float(c.abs().max()) for a, c in zip(gp, gd))
     # and a cross-attending pack (positions not restarted) would give a different loss: the test can fail
-    kw, targets, _ = hf.collate(ex, "packed", b.pad_id, "cpu")
+    kw, targets, _ = data.collate(ex, "packed", b.pad_id, "cpu")
     kw["position_ids"] = torch.arange(kw["input_ids"].shape[1])[None]
     with torch.no_grad():
-        wrong, _ = hf.micro_loss(model, kw, targets)
+        wrong, _ = train.micro_loss(model, kw, targets)
     assert not torch.allclose(wrong, ld, rtol=1e-3)
 
 
 def test_packed_targets_are_exactly_the_answer_tokens(tiny_llama):
     b = backend("llama2", tiny_llama)
     ex = [b.encode_example(BUILTIN["chat:llama"].apply(r["question"], "llama2", answer=r["answer"])) for r in gsm8k(3)]
-    _, targets, _ = hf.collate(ex, "packed", b.pad_id, "cpu")
+    _, targets, _ = data.collate(ex, "packed", b.pad_id, "cpu")
     expected = [t for _, lab in ex for t in lab if t != -100]
     assert targets.tolist() == expected
     assert targets.tolist().count(2) == 3  # each example's EOS is trained
@@ -230,11 +231,11 @@ def test_packed_targets_are_exactly_the_answer_tokens(tiny_llama):
 
 def test_plan_batches_is_seeded_and_complete():
     lengths = [5, 50, 7, 300, 12, 44, 9, 61, 3, 100] * 3
-    a = hf.plan_batches(lengths, 4, seed=0, epoch=0, grouping="packed")
-    assert a == hf.plan_batches(lengths, 4, seed=0, epoch=0, grouping="packed")
-    assert a != hf.plan_batches(lengths, 4, seed=0, epoch=1, grouping="packed")
+    a = data.plan_batches(lengths, 4, seed=0, epoch=0, grouping="packed")
+    assert a == data.plan_batches(lengths, 4, seed=0, epoch=0, grouping="packed")
+    assert a != data.plan_batches(lengths, 4, seed=0, epoch=1, grouping="packed")
     assert sorted(i for b in a for i in b) == list(range(len(lengths)))
-    g = hf.plan_batches(lengths, 4, seed=0, epoch=0, grouping="length_grouped")
+    g = data.plan_batches(lengths, 4, seed=0, epoch=0, grouping="length_grouped")
     assert sorted(i for b in g for i in b) == list(range(len(lengths)))
     pad = lambda batches: sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)  # noqa: E731
     assert pad(g) < pad(a)
@@ -242,7 +243,7 @@ def test_plan_batches_is_seeded_and_complete():
 
 def test_truncation_audit():
     enc = [([1, 5, 6, 7, 8, 2], [-100, -100, 6, 7, 8, 2]), ([1, 5, 5, 5, 5, 5, 9, 2], [-100] * 6 + [9, 2])]
-    out, audit = hf.prepare_examples(enc, max_seq_len=5)
+    out, audit = data.prepare_examples(enc, max_seq_len=5)
     assert audit.n_truncated == 2 and audit.n_dropped == 1 and audit.max_len == 8
     assert out == [([1, 5, 6, 7, 8], [-100, -100, 6, 7, 8])]
     assert audit.n_supervised == 3 and audit.n_tokens == 5
@@ -261,28 +262,28 @@ def test_fast_lora_branch_matches_reference_with_a_fixed_mask():
     b = torch.randn(8, 4, dtype=torch.float64, requires_grad=True)
     mask = torch.rand(3, 5, 16) > 0.3
     p, s = 0.3, 4.0
-    y = hf.lora_delta(x, a, b, s, p, mask=mask)
+    y = lora_dropout.lora_delta(x, a, b, s, p, mask=mask)
     ref = ((x * mask / (1 - p)) @ a.t() @ b.t()) * s
     assert torch.allclose(y, ref)
     g = torch.randn_like(y)
     got = torch.autograd.grad(y, (x, a, b), g)
     want = torch.autograd.grad(ref, (x, a, b), g)
     assert all(torch.allclose(u, v) for u, v in zip(got, want))
-    torch.autograd.gradcheck(lambda x_, a_: hf.lora_delta(x_, a_, b.detach(), s, p, mask=mask), (x, a))
+    torch.autograd.gradcheck(lambda x_, a_: lora_dropout.lora_delta(x_, a_, b.detach(), s, p, mask=mask), (x, a))
 
 
 def test_fast_lora_dropout_rate():
     torch.manual_seed(0)
     x = torch.ones(20000, 8)
     a = torch.full((1, 8), 1 / 8)
-    y = hf.lora_delta(x, a, torch.ones(1, 1), 1.0, 0.5)
+    y = lora_dropout.lora_delta(x, a, torch.ones(1, 1), 1.0, 0.5)
     assert abs(float(y.mean()) - 1.0) < 0.02  # unbiased
     assert float(y.std()) > 0.3  # and really dropping
 
 
 def test_fast_lora_forward_equals_peft_without_dropout(tiny_llama):
-    s = hf.TrainSettings(model=str(tiny_llama), seed=0, hyperparameters=Hyperparameters(), fast_lora_dropout=False)
-    peft_model = hf.build_lora_model(s, "cpu")
+    s = train.TrainSettings(model=str(tiny_llama), seed=0, hyperparameters=Hyperparameters(), fast_lora_dropout=False)
+    peft_model = train.build_lora_model(s, "cpu")
     with torch.no_grad():
         for n, p in peft_model.named_parameters():
             if "lora_B" in n:
@@ -291,7 +292,7 @@ def test_fast_lora_forward_equals_peft_without_dropout(tiny_llama):
     peft_model.eval()  # dropout off in both
     with torch.no_grad():
         want = peft_model(input_ids=ids).logits
-        n = hf.install_fast_lora(peft_model)
+        n = lora_dropout.install_fast_lora(peft_model)
         got = peft_model(input_ids=ids).logits
     assert n == 4  # q_proj and v_proj in 2 layers
     assert torch.allclose(got, want, atol=1e-5)
@@ -310,11 +311,11 @@ def prompts_for(b, n: int = 6) -> list:  # type: ignore[no-untyped-def]
 
 def test_decode_loop_equals_hf_generate(tiny_llama):
     b = backend("llama2", tiny_llama)
-    gen = hf.Generator.load(str(tiny_llama), None)
+    gen = generate.Generator.load(str(tiny_llama), None)
     prompts = [b.prompt_ids(c) for c in prompts_for(b)]
     cfg = GenerationConfig(max_new_tokens=12)
     with torch.inference_mode():
-        mine = hf.decode_batch(gen.model, prompts, cfg, eos_id=2, pad_id=2, generator=None)
+        mine = generate.decode_batch(gen.model, prompts, cfg, eos_id=2, pad_id=2, generator=None)
         width = max(map(len, prompts))
         ids = torch.full((len(prompts), width), 2)
         att = torch.zeros_like(ids)
@@ -332,13 +333,13 @@ def test_decode_loop_equals_hf_generate(tiny_llama):
 def test_early_stopping_rows_are_dropped_without_changing_others(tiny_llama):
     """Rows that emit EOS leave the batch (and the KV cache); the remaining rows' tokens are unchanged."""
     b = backend("llama2", tiny_llama)
-    gen = hf.Generator.load(str(tiny_llama), None)
+    gen = generate.Generator.load(str(tiny_llama), None)
     prompts = [b.prompt_ids(c) for c in prompts_for(b, 8)]
     cfg = GenerationConfig(max_new_tokens=10)
     with torch.inference_mode():
-        full = hf.decode_batch(gen.model, prompts, cfg, eos_id=2, pad_id=2, generator=None)
+        full = generate.decode_batch(gen.model, prompts, cfg, eos_id=2, pad_id=2, generator=None)
         eos = full[0][2]  # pretend row 0's third token is EOS: row 0 stops early and is pruned from the batch
-        short = hf.decode_batch(gen.model, prompts, cfg, eos_id=eos, pad_id=2, generator=None)
+        short = generate.decode_batch(gen.model, prompts, cfg, eos_id=eos, pad_id=2, generator=None)
     assert short[0] == full[0][:2]
     for f, s in zip(full, short):
         assert s == (f[: f.index(eos)] if eos in f else f)
@@ -355,7 +356,7 @@ def test_backend_generate_reloads_adapter_identically(trained_llama):
     unmerged = backend("llama2", Path(job.base_model), merge_adapter=False)
     assert unmerged.generate(ref, convs, cfg) == out1
     # the adapter changes the model: merged q_proj differs from the base's
-    base = hf.Generator.load(job.base_model, None).model
+    base = generate.Generator.load(job.base_model, None).model
     tuned = b._generator.model
     assert not torch.allclose(base.model.layers[0].self_attn.q_proj.weight, tuned.model.layers[0].self_attn.q_proj.weight)
     assert torch.equal(base.model.layers[0].self_attn.k_proj.weight, tuned.model.layers[0].self_attn.k_proj.weight)
@@ -365,13 +366,13 @@ def test_loaded_model_is_cached_across_calls(trained_llama, monkeypatch):
     b, job, _, ref, _ = trained_llama
     b2 = backend("llama2", Path(job.base_model))
     loads = []
-    real = hf.Generator.load.__func__
+    real = generate.Generator.load.__func__
 
     def counting(cls, *a, **k):  # type: ignore[no-untyped-def]
         loads.append(a[:2])
         return real(cls, *a, **k)
 
-    monkeypatch.setattr(hf.Generator, "load", classmethod(counting))
+    monkeypatch.setattr(generate.Generator, "load", classmethod(counting))
     cfg = GenerationConfig(max_new_tokens=2)
     convs = prompts_for(b, 2)
     b2.generate(ref, convs, cfg)
@@ -392,30 +393,30 @@ def test_sampling_is_seeded(tiny_llama):
 
 def test_oom_backs_off_and_keeps_outputs(tiny_llama, monkeypatch):
     b = backend("llama2", tiny_llama)
-    gen = hf.Generator.load(str(tiny_llama), None)
+    gen = generate.Generator.load(str(tiny_llama), None)
     prompts = [b.prompt_ids(c) for c in prompts_for(b, 6)]
     cfg = GenerationConfig(max_new_tokens=5, batch_size=6)
     want = gen.generate(prompts, cfg, eos_id=2, pad_id=2)
-    real = hf.decode_batch
+    real = generate.decode_batch
 
     def small_only(model, batch, *a, **k):  # type: ignore[no-untyped-def]
         if len(batch) > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(model, batch, *a, **k)
 
-    monkeypatch.setattr(hf, "decode_batch", small_only)
-    gen2 = hf.Generator(gen.key, gen.model, "cpu", 256)
+    monkeypatch.setattr(generate, "decode_batch", small_only)
+    gen2 = generate.Generator(gen.key, gen.model, "cpu", 256)
     assert gen2.generate(prompts, cfg.model_copy(update={"batch_size": "auto"}), eos_id=2, pad_id=2) == want
     assert gen2._batch_size in (1, 2)  # 6 -> 3 -> 1
 
 
 def test_oom_at_batch_size_one_is_a_one_line_error(tiny_llama, monkeypatch):
-    gen = hf.Generator.load(str(tiny_llama), None)
+    gen = generate.Generator.load(str(tiny_llama), None)
 
     def always(*a, **k):  # type: ignore[no-untyped-def]
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(hf, "decode_batch", always)
+    monkeypatch.setattr(generate, "decode_batch", always)
     with pytest.raises(BackendError) as e:
         gen.generate([[1, 5, 6]] * 4, GenerationConfig(max_new_tokens=5), eos_id=2, pad_id=2)
     assert "batch size 1" in str(e.value) and "\n" not in str(e.value)
@@ -427,7 +428,7 @@ def test_training_oom_is_a_one_line_error(tiny_llama, tmp_path, monkeypatch):
     def oom(*a, **k):  # type: ignore[no-untyped-def]
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(hf, "micro_loss", oom)
+    monkeypatch.setattr(train, "micro_loss", oom)
     with pytest.raises(BackendError) as e:
         b.fine_tune(job_for(b, tiny_llama, n=4, epochs=1), Ledger(), tmp_path)
     assert "batch_size" in str(e.value) and "gradient_checkpointing" in str(e.value) and "\n" not in str(e.value)
@@ -444,7 +445,7 @@ def test_mistral_fine_tune_and_generate(tiny_mistral, tmp_path):
     ref = b.fine_tune(job, Ledger(), tmp_path)
     log = read_log(tmp_path)
     assert log[-1]["loss"] < log[0]["loss"] - 0.2
-    meta = hf.read_adapter_metadata(Path(ref.adapter_dir))
+    meta = adapters.read_adapter_metadata(Path(ref.adapter_dir))
     assert meta["backend"] == "mistral" and meta["options"]["tokenizer_sha256"]
     out = b.generate(ref, prompts_for(b, 3), GenerationConfig(max_new_tokens=6))
     assert len(out) == 3 and all(isinstance(o, str) for o in out)
@@ -484,7 +485,7 @@ def test_model_directory_without_weights_is_a_one_line_error(tmp_path):
 def test_missing_local_extra_is_a_one_line_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)
     with pytest.raises(MissingExtra) as e:
-        hf.resolve_device(None)
+        models.resolve_device(None)
     assert "pip install 'ptst[local]'" in str(e.value) and "\n" not in str(e.value)
 
 

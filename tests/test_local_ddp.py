@@ -1,6 +1,6 @@
 """Data-parallel training through torchrun: two CPU processes (gloo) give the adapter one process gives.
 
-The backend launches `torchrun -m ptst.backends.hf JOBFILE` when `nproc_per_node > 1`; each rank takes its share of
+The backend launches `torchrun -m ptst.backends.local.distributed JOBFILE` when `nproc_per_node > 1`; each rank takes its share of
 every micro-batch and the loss is normalised over the whole accumulation window, so (without dropout) the update is
 the single-process one up to float rounding.
 """
@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from ptst.backends import hf  # noqa: E402
+from ptst.backends.local import adapters, distributed, train  # noqa: E402
 from ptst.backends.base import BackendSpec, Hyperparameters, LoraSpec, TrainJob, create_backend  # noqa: E402
 from ptst.templates import BUILTIN  # noqa: E402
 
@@ -46,7 +46,7 @@ def test_two_process_ddp_matches_single_process(tmp_path):
 
     single = run(1, tmp_path / "single")
     ddp = run(2, tmp_path / "ddp")
-    meta = hf.read_adapter_metadata(Path(ddp.adapter_dir))
+    meta = adapters.read_adapter_metadata(Path(ddp.adapter_dir))
     assert meta["train"]["world_size"] == 2
     # 10 examples, batch 4 -> 3 steps per epoch (the last batch of 2 splits 1+1), 2 epochs
     ls, ld = read_log(tmp_path / "single"), read_log(tmp_path / "ddp")
@@ -64,7 +64,7 @@ def test_two_process_ddp_matches_single_process(tmp_path):
 def test_failed_worker_is_a_one_line_error(tmp_path):
     from ptst.errors import BackendError
 
-    settings = hf.TrainSettings(model=str(tmp_path / "missing-model"), seed=0, hyperparameters=Hyperparameters())
+    settings = train.TrainSettings(model=str(tmp_path / "missing-model"), seed=0, hyperparameters=Hyperparameters())
     with pytest.raises(BackendError) as e:
-        hf.launch_distributed(settings, [([1, 5, 2], [-100, 5, 2])], tmp_path / "out", 2)
+        distributed.launch_distributed(settings, [([1, 5, 2], [-100, 5, 2])], tmp_path / "out", 2)
     assert "nproc_per_node" in str(e.value) and "\n" not in str(e.value)

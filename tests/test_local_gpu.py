@@ -12,7 +12,7 @@ pytest.importorskip("peft")
 
 from test_local_backends import LLAMA_TOK, Ledger, backend, job_for, make_tiny, prompts_for, read_log  # noqa: E402
 
-from ptst.backends import hf  # noqa: E402
+from ptst.backends.local import data, train  # noqa: E402
 from ptst.backends.base import GenerationConfig  # noqa: E402
 
 pytestmark = [
@@ -49,10 +49,10 @@ def test_packed_equals_padded_in_bf16_on_gpu(tmp_path):
     b = backend("llama2", model)
     job = job_for(b, model, n=4)
     ex = [b.encode_example(c) for c in job.examples]
-    s = hf.TrainSettings(model=str(model), seed=0, hyperparameters=job.hyperparameters)
-    m = hf.build_lora_model(s, "cuda")
+    s = train.TrainSettings(model=str(model), seed=0, hyperparameters=job.hyperparameters)
+    m = train.build_lora_model(s, "cuda")
     m.eval()
     with torch.no_grad():
-        losses = [float(hf.micro_loss(m, *hf.collate(ex, mode, b.pad_id, "cuda")[:2])[0]) for mode in ("packed", "padded")]
+        losses = [float(train.micro_loss(m, *data.collate(ex, mode, b.pad_id, "cuda")[:2])[0]) for mode in ("packed", "padded")]
     assert losses[0] == pytest.approx(losses[1], rel=2e-2)
     assert Path(model).is_dir()

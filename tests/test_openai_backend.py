@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from ptst.backends import openai as ob
+from ptst.clients import tokens
+from ptst.clients.openai import DEFAULT_BASE_URL
 from ptst.backends.base import BackendSpec, GenerationConfig, Hyperparameters, ModelRef, TrainJob, create_backend
 
 from ptst.conversation import Conversation
@@ -145,8 +146,8 @@ def test_empty_user_text_mode_and_too_few_examples(fake, tmp_path):
 
 
 def _exact() -> bool:
-    ob.token_counter.cache_clear()
-    return ob.token_counter(MODEL).exact
+    tokens.token_counter.cache_clear()
+    return tokens.token_counter(MODEL).exact
 
 
 def test_token_limit_per_example(fake):
@@ -178,9 +179,9 @@ def test_estimate_numbers_exact(fake):
     assert est.usd == pytest.approx(round(2 * expected * 8.0 / 1e6, 4))
     assert "tiktoken cl100k_base" in est.notes and "$8/1M" in est.notes
     # hand-checked: system "" + user "hello world" + assistant "hi" = 3*3 (overhead) + 3 (roles) + 3 (text) + 3
-    assert ob.count_message_tokens(
+    assert tokens.count_message_tokens(
         [{"role": "system", "content": ""}, {"role": "user", "content": "hello world"},
-         {"role": "assistant", "content": "hi"}], ob.token_counter(MODEL)) == 18
+         {"role": "assistant", "content": "hi"}], tokens.token_counter(MODEL)) == 18
 
 
 def test_estimate_prices_override_and_unknown_model(fake):
@@ -204,11 +205,11 @@ def test_estimate_without_any_tokenizer_file_is_conservative(fake, monkeypatch, 
         tpl.apply(r.get("question", ""), "openai", answer=r.get("answer", "")) for r in rows)})
     real = backend(fake).estimate(job)
     monkeypatch.setitem(sys.modules, "tiktoken", None)  # as if tiktoken or its files were unavailable
-    ob.token_counter.cache_clear()
+    tokens.token_counter.cache_clear()
     try:
         approx = backend(fake).estimate(job)
     finally:
-        ob.token_counter.cache_clear()
+        tokens.token_counter.cache_clear()
     assert "approx" in approx.notes and "not checked" in approx.notes
     assert approx.n_examples == 50 and approx.usd is not None
     if exact:
@@ -216,9 +217,9 @@ def test_estimate_without_any_tokenizer_file_is_conservative(fake, monkeypatch, 
 
 
 def test_o200k_models_fall_back_to_an_over_count():
-    ob.token_counter.cache_clear()
-    c = ob.token_counter("gpt-4o-mini-2024-07-18")
-    if ob.token_counter(MODEL).exact and not ob._cached_offline("o200k_base"):
+    tokens.token_counter.cache_clear()
+    c = tokens.token_counter("gpt-4o-mini-2024-07-18")
+    if tokens.token_counter(MODEL).exact and not tokens.cached_offline("o200k_base"):
         assert not c.exact and "o200k_base unavailable offline" in c.note
     assert c.count("hello world") >= 2
 
@@ -547,7 +548,24 @@ def test_base_url_from_environment_and_in_the_identity(monkeypatch, key):
         model = ModelRef(backend="openai", base_model=MODEL, model_id=MODEL)
         assert b.generate(model, [BUILTIN["chat:vanilla"].apply("q", "openai")], GenerationConfig()) == [REFUSAL]
     monkeypatch.delenv("OPENAI_BASE_URL")
-    assert create_backend(BackendSpec(kind="openai", model=MODEL)).identity() == {"base_url": ob.DEFAULT_BASE_URL}
+    assert create_backend(BackendSpec(kind="openai", model=MODEL)).identity() == {"base_url": DEFAULT_BASE_URL}
+
+
+def test_preflight_names_the_key_to_set_never_its_value(monkeypatch, tmp_path):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    [line] = backend().preflight()
+    assert "set the OPENAI_API_KEY environment variable" in line and "\n" not in line
+    assert "MY_KEY" in backend(api_key_env="MY_KEY").preflight()[0]
+    missing = tmp_path / "nope.txt"
+    assert f"api_key_file {missing}" in backend(api_key_file=str(missing)).preflight()[0]
+    secret = "sk-preflight-secret"
+    (tmp_path / "key").write_text(secret)
+    assert backend(api_key_file=str(tmp_path / "key")).preflight() == []
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    assert backend().preflight() == []
+    [note] = backend(model="my-private-model").preflight()  # not in the price table: a note, nothing secret
+    assert "my-private-model is not in ptst's price table" in note and "prices:" in note and secret not in note
+    assert backend(model="my-private-model", prices={"my-private-model": 2.0}).preflight() == []
 
 
 def test_options_are_validated_flat_in_the_spec():

@@ -170,7 +170,7 @@ def test_empty_answer_is_a_hard_error(backend):
 
 
 def test_labels_checker_rejects_doubled_bos_and_missing_eos():
-    from ptst.backends.hf import TrainingFormError, supervised_labels
+    from ptst.backends.local.render import TrainingFormError, supervised_labels
 
     ok = supervised_labels([1, 5, 6], [1, 5, 6, 7, 2], bos_id=1, eos_id=2, what="x")
     assert ok == [-100, -100, -100, 7, 2]
@@ -199,7 +199,7 @@ def test_tokenizer_found_in_model_directory(tmp_path, sp):
 
 def test_importing_backends_loads_no_heavy_library():
     code = (
-        "import sys, ptst.backends.llama2, ptst.backends.mistral, ptst.backends.hf\n"
+        "import sys, ptst.backends.llama2, ptst.backends.mistral, ptst.backends.local\n"
         "bad = [m for m in ('torch', 'transformers', 'peft', 'sentencepiece', 'mistral_common') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

@@ -25,7 +25,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from ptst.backends.base import content_hash
+from ptst.keys import content_hash
 from ptst.data.registry import DatasetInfo, DatasetRef, LocalFile
 from ptst.errors import DataError, MissingExtra, require
 from ptst.metrics.arc import arc_row

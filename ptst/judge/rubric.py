@@ -4,7 +4,8 @@ The prompt is the packaged `judge_rubric_qi2023.txt`, filled with `%` formatting
 as the original code does. The judge sees the raw query, never the templated prompt. The score is the *last*
 `#thescore: N` in the reply (the rubric itself shows the tag, and a model may echo it before answering). A reply
 without a score is asked again a bounded number of times, then recorded unscored with the reply kept — never
-counted as safe or unsafe. Requests go through the OpenAI backend's client, retry and concurrency code.
+counted as safe or unsafe. Requests go through `ptst.clients` (the client, retries and concurrency the OpenAI
+backend uses too); the judge never imports a backend.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from ptst.backends.base import content_hash
-from ptst.backends.openai import ChatFailure, ClientOptions, chat_completions, resolve_base_url
+from ptst.clients.chat import ChatFailure, chat_completions
+from ptst.clients.openai import ClientOptions, resolve_base_url
 from ptst.judge.base import JudgeItem, JudgeSpec, Judgment
+from ptst.keys import content_hash
 
 RUBRIC_FILE = "judge_rubric_qi2023.txt"
 PARSER_VERSION = "last-thescore-1to5/v1"  # change when parsing changes: it is part of the cache key

@@ -1,0 +1,70 @@
+"""LoRA adapter directories: saved weights (safetensors) plus a metadata file written last.
+
+A directory holding the metadata file is a complete adapter; anything else (a crash mid-save) is redone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ptst.backends.local.train import TrainSettings
+
+METADATA_FILE = "ptst_adapter.json"  # written last: its presence marks a complete adapter directory
+ADAPTER_DIR = "adapter"
+TRAIN_LOG = "train_log.jsonl"
+FORMAT = "ptst-lora-adapter/1"
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("ptst", "torch", "transformers", "peft", "safetensors", "sentencepiece", "mistral_common"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def save_adapter(  # type: ignore[no-untyped-def]
+    model, directory: Path, settings: TrainSettings, train: dict[str, Any], checkpoints: dict[str, str]
+) -> None:
+    """Adapter weights (safetensors) first, the metadata file last and atomically: a directory with a metadata file
+    is a complete adapter, so an interrupted save is simply redone."""
+    directory.mkdir(parents=True, exist_ok=True)
+    meta_path = directory / METADATA_FILE
+    if meta_path.exists():
+        meta_path.unlink()
+    model.save_pretrained(str(directory), safe_serialization=True)
+    meta = {
+        "format": FORMAT,
+        **settings.metadata,
+        "base_model": settings.model,
+        "hyperparameters": settings.hyperparameters.model_dump(mode="json"),
+        "batching": settings.batching,
+        "fast_lora_dropout": settings.fast_lora_dropout,
+        "train": train,
+        "checkpoints": checkpoints,
+        "library_versions": library_versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    tmp = directory / (METADATA_FILE + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    os.replace(tmp, meta_path)
+
+
+def read_adapter_metadata(directory: Path) -> dict[str, Any] | None:
+    p = Path(directory) / METADATA_FILE
+    if not p.is_file() or not (Path(directory) / "adapter_model.safetensors").is_file():
+        return None
+    try:
+        return dict(json.loads(p.read_text()))
+    except (OSError, ValueError):
+        return None
+

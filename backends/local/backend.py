@@ -1,0 +1,238 @@
+"""`LocalBackend`: the shared local engine of the Llama 2 and Mistral backends (and the generic `kind: hf` one).
+
+The local backends differ only in how a `Conversation` becomes token ids (`llama2.py`: Meta's SentencePiece formula;
+`mistral.py`: mistral-common). Everything else is here and in the sibling modules, so all train and generate the
+same way: rendering contract (`render.py`), data and packing (`data.py`), the LoRA loop (`train.py`), adapters on
+disk (`adapters.py`), generation (`generate.py`, `vllm.py`), several GPUs (`distributed.py`).
+
+torch, transformers and peft are imported inside functions only: importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from ptst.backends.base import (
+    Estimate,
+    FineTuneBackend,
+    GenerationConfig,
+    JobLedger,
+    ModelRef,
+    Rendered,
+    TrainJob,
+)
+from ptst.backends.local.adapters import ADAPTER_DIR, read_adapter_metadata
+from ptst.backends.local.data import prepare_examples
+from ptst.backends.local.distributed import launch_distributed
+from ptst.backends.local.generate import Generator
+from ptst.backends.local.render import TrainingFormError, check_prompt_ids, clean_answer, supervised_labels, where
+from ptst.backends.local.train import TrainSettings, train_lora
+from ptst.backends.local.vllm import generate_vllm
+from ptst.conversation import Conversation
+from ptst.errors import BackendError
+from ptst.types import Frozen
+
+
+class LocalOptions(Frozen):
+    """Options of the local backends, written flat in the spec's backend entry."""
+
+    tokenizer: str | None = Field(
+        None, description="tokenizer.model file or a directory holding one (default: found beside the model)"
+    )
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="auto: bfloat16 on GPU, float32 on CPU"
+    )
+    device: str | None = Field(None, description="cuda, cuda:1, cpu... (default: cuda when available)")
+    engine: Literal["hf", "vllm"] = Field("hf", description="generation engine; vllm must be installed")
+    nproc_per_node: int = Field(1, ge=1, description="GPUs to train on with DDP (launched through torchrun)")
+    attn_implementation: str | None = Field(
+        None, description="transformers attention: sdpa, flash_attention_2, eager (default: flash-attn if installed)"
+    )
+    batching: Literal["packed", "length_grouped", "padded"] = Field(
+        "packed", description="packed: each micro-batch in one padding-free row with per-example attention"
+    )
+    fast_lora_dropout: bool = Field(True, description="LoRA dropout with a 1-byte mask in the activation dtype")
+    merge_adapter: bool = Field(True, description="merge LoRA into the base weights for generation")
+    max_generation_batch: int = Field(256, ge=1, description="upper bound of the automatic generation batch size")
+
+
+class LocalBackend(FineTuneBackend):
+    """A local model trained with LoRA and served by transformers (or vLLM).
+
+    Subclasses provide the tokenizer side: `prompt_text`, `prompt_ids`, `training_text`, `training_ids`, `decode`,
+    `bos_id`, `eos_id`, `tokenizer_fingerprint`.
+    """
+
+    modes: ClassVar[frozenset[str]] = frozenset({"chat", "text"})
+    Options = LocalOptions
+    options: LocalOptions
+    # The runner may ask for larger generation chunks: big batches are where local generation gets its speed.
+    generation_chunk: ClassVar[int] = 512
+
+    def __init__(self, spec):  # type: ignore[no-untyped-def]
+        super().__init__(spec)
+        self._generator: Generator | None = None
+
+    # --- tokenizer side (subclasses) ---------------------------------------------------------------------------
+    bos_id: int
+    eos_id: int
+
+    def plain_text(self, conv: Conversation) -> str | None:
+        return self.training_text(conv, conv.answer) if conv.answer is not None else self.prompt_text(conv)
+
+    def prompt_text(self, conv: Conversation) -> str:
+        raise NotImplementedError
+
+    def prompt_ids(self, conv: Conversation) -> list[int]:
+        raise NotImplementedError
+
+    def training_text(self, conv: Conversation, answer: str) -> str:
+        raise NotImplementedError
+
+    def training_ids(self, conv: Conversation, answer: str) -> list[int]:
+        raise NotImplementedError
+
+    def decode(self, ids: Sequence[int]) -> str:
+        raise NotImplementedError
+
+    def tokenizer_fingerprint(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def pad_id(self) -> int:
+        """Padding never reaches the loss or attention; EOS is a safe filler id for both families."""
+        return self.eos_id
+
+    # --- the contract ---------------------------------------------------------------------------------------------
+    def render(self, conv: Conversation) -> Rendered:
+        what = where(conv)
+        ids = self.prompt_ids(conv)
+        check_prompt_ids(ids, self.bos_id, what)
+        if conv.answer is None:
+            return Rendered(text=self.prompt_text(conv), input_ids=tuple(ids))
+        answer = clean_answer(conv)
+        full = self.training_ids(conv, answer)
+        labels = supervised_labels(ids, full, bos_id=self.bos_id, eos_id=self.eos_id, what=what)
+        return Rendered(text=self.training_text(conv, answer), input_ids=tuple(full), labels=tuple(labels))
+
+    def encode_example(self, conv: Conversation) -> tuple[list[int], list[int]]:
+        """(input_ids, labels) of one training conversation, checked."""
+        r = self.render(conv)
+        if r.labels is None:
+            raise TrainingFormError(f"{where(conv)}: a training example needs an answer")
+        return list(r.input_ids or ()), list(r.labels)
+
+    def identity(self) -> dict[str, Any]:
+        """Options that change results are part of every step key. Device, process count, attention kernel and
+        generation engine are not: they change speed and float rounding, not the experiment."""
+        o = self.options
+        return {
+            "tokenizer_sha256": self.tokenizer_fingerprint(),
+            "dtype": o.dtype,
+            "batching": o.batching,
+            "fast_lora_dropout": o.fast_lora_dropout,
+        }
+
+    def estimate(self, job: TrainJob) -> Estimate:
+        encoded = [self.encode_example(c) for c in job.examples]
+        _, audit = prepare_examples(encoded, job.hyperparameters.max_seq_len)
+        return Estimate(
+            n_examples=len(job.examples),
+            n_tokens=audit.n_tokens,
+            n_billed_tokens=audit.n_tokens * job.hyperparameters.epochs,
+            usd=0.0,
+            notes=f"local LoRA training, no API cost; {audit.describe()}",
+        )
+
+    def fine_tune(self, job: TrainJob, ledger: JobLedger, workdir: Path) -> ModelRef:
+        workdir = Path(workdir)
+        done = read_adapter_metadata(workdir / ADAPTER_DIR)
+        if done is not None and done.get("job_key") == job.key:
+            return self._model_ref(job, workdir, done)
+        encoded = [self.encode_example(c) for c in job.examples]
+        examples, audit = prepare_examples(encoded, job.hyperparameters.max_seq_len)
+        from ptst.progress import log
+
+        log(f"  training data ({self.kind}, {job.train_template}): {audit.describe()}")
+        name = f"{self.kind}:{job.key}"
+        ledger.put(name, {"status": "running", "workdir": str(workdir)})
+        settings = TrainSettings(
+            model=self.spec.model,
+            seed=job.seed,
+            hyperparameters=job.hyperparameters,
+            dtype=self.options.dtype,
+            device=self.options.device,
+            attn_implementation=self.options.attn_implementation,
+            batching=self.options.batching,
+            fast_lora_dropout=self.options.fast_lora_dropout,
+            pad_id=self.pad_id,
+            metadata={
+                "job_key": job.key,
+                "backend": self.kind,
+                "base_model": self.spec.model,
+                "train_template": job.train_template,
+                "seed": job.seed,
+                "data_hash": job.data_hash,
+                "n_examples": len(job.examples),
+                "audit": audit.as_dict(),
+                "options": self.identity(),
+            },
+        )
+        if self.options.nproc_per_node > 1:
+            launch_distributed(settings, examples, workdir, self.options.nproc_per_node)
+        else:
+            train_lora(settings, examples, workdir)
+        meta = read_adapter_metadata(workdir / ADAPTER_DIR)
+        if meta is None:
+            raise BackendError(f"training finished but left no adapter in {workdir / ADAPTER_DIR}; see the log above")
+        ledger.put(name, {"status": "succeeded", "workdir": str(workdir)})
+        return self._model_ref(job, workdir, meta)
+
+    def _model_ref(self, job: TrainJob, workdir: Path, meta: dict[str, Any]) -> ModelRef:
+        return ModelRef(
+            backend=self.spec.name,
+            base_model=self.spec.model,
+            model_id=f"{self.spec.model}+lora-{job.key[:12]}",
+            adapter_dir=str(workdir / ADAPTER_DIR),
+            train_template=job.train_template,
+            seed=job.seed,
+            meta={"checkpoints": meta.get("checkpoints", {}), "final_loss": meta.get("train", {}).get("final_loss")},
+        )
+
+    def generate(self, model: ModelRef, prompts: Sequence[Conversation], cfg: GenerationConfig) -> list[str]:
+        ids = []
+        for conv in prompts:
+            if conv.answer is not None:
+                conv = conv.without_answer()
+            p = self.prompt_ids(conv)
+            check_prompt_ids(p, self.bos_id, where(conv))
+            ids.append(p)
+        if self.options.engine == "vllm":
+            out = generate_vllm(model, ids, cfg, self.options, eos_id=self.eos_id)
+        else:
+            gen = self._generator_for(model)
+            out = gen.generate(ids, cfg, eos_id=self.eos_id, pad_id=self.pad_id)
+        return [self.decode(o) for o in out]
+
+    def _generator_for(self, model: ModelRef) -> Generator:
+        """The runner calls `generate` repeatedly with chunks for one ModelRef: keep that model loaded."""
+        key = (model.base_model, model.adapter_dir)
+        if self._generator is None or self._generator.key != key:
+            if self._generator is not None:
+                self._generator.close()
+                self._generator = None
+            self._generator = Generator.load(
+                model.base_model,
+                model.adapter_dir,
+                dtype=self.options.dtype,
+                device=self.options.device,
+                attn_implementation=self.options.attn_implementation,
+                merge=self.options.merge_adapter,
+                max_batch=self.options.max_generation_batch,
+            )
+        return self._generator
+

@@ -1,0 +1,194 @@
+"""OpenAI backend: fine-tuning jobs and chat completions through the official `openai` client.
+
+Spending real money is the risk this backend is built around: training data is validated offline and priced
+before anything is uploaded (`files`); an identical training file is uploaded once; the job id is written to the
+ledger *before* waiting, and a lost ledger or a lost `create` response is recovered by metadata (`jobs`), so an
+interrupted run resumes its job instead of paying again. The client, retries and token counting live in
+`ptst.clients` (shared with the rubric judge). Nothing here imports `openai` or `tiktoken` at import time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ptst.backends.base import (
+    Estimate,
+    FineTuneBackend,
+    GenerationConfig,
+    JobLedger,
+    ModelRef,
+    Rendered,
+    TrainJob,
+)
+from ptst.backends.openai import files, jobs
+from ptst.backends.openai.generate import generate
+from ptst.backends.openai.options import OpenAIOptions
+
+from ptst.clients.chat import AsyncSleep
+from ptst.clients.openai import (
+    api_error,
+    credentials_problem,
+    is_openai_error,
+    make_client,
+    resolve_base_url,
+    scrub,
+)
+from ptst.clients.pricing import lookup_model, price_table
+from ptst.clients.tokens import token_counter
+from ptst.conversation import Conversation
+from ptst.errors import JobFailed
+from ptst.progress import log
+
+
+class Backend(FineTuneBackend):
+    kind: ClassVar[str] = "openai"
+    family: ClassVar[str] = "openai"
+    modes: ClassVar[frozenset[str]] = frozenset({"chat"})
+    simulated: ClassVar[bool] = False
+
+    class Options(OpenAIOptions):
+        """See `ptst.backends.openai.options.OpenAIOptions`."""
+
+    options: OpenAIOptions
+
+    # Replaceable in tests: `_sleep` waits between job/file polls (an interrupt in the middle of a poll), and
+    # `_retry_sleep` between chat retries (recording the waits instead of timing them). None: asyncio.sleep.
+    _sleep: Callable[[float], None] = staticmethod(time.sleep)
+    _retry_sleep: AsyncSleep | None = None
+
+    def identity(self) -> dict[str, object]:
+        """The endpoint is part of every step key: a fake or proxy server's answers are not OpenAI's."""
+        return {"base_url": resolve_base_url(self.options)}
+
+    def preflight(self) -> list[str]:
+        """An unset key (naming the variable or file to set, never its value) and a model missing from the price
+        table (estimates would show no cost). Offline: no request is made."""
+        problems = []
+        missing = credentials_problem(self.options)
+        if missing:
+            problems.append(f"backend {self.spec.name}: {missing}")
+        if self.price_per_million()[0] is None:
+            problems.append(
+                f"backend {self.spec.name}: note: {self.spec.model} is not in ptst's price table, so estimates show "
+                f"no cost; add `prices: {{{self.spec.model}: USD_PER_1M_TOKENS}}` to the backend spec"
+            )
+        return problems
+
+    # -- render / estimate -------------------------------------------------------------------------------------
+    def render(self, conv: Conversation) -> Rendered:
+        return Rendered(messages=tuple(files.training_messages(conv)))
+
+    def price_per_million(self) -> tuple[float | None, str]:
+        """(USD per 1M training tokens, where the number came from) for this backend's model."""
+        model = self.spec.model
+        if self.options.prices:
+            p = lookup_model(self.options.prices, model)
+            if p is not None:
+                return float(p), "spec prices"
+        row = lookup_model(price_table(), model)
+        if row is not None and row.get("training") is not None:
+            return float(row["training"]), "price table"
+        return None, "no price"
+
+    def max_example_tokens(self) -> int | None:
+        if self.options.max_example_tokens is not None:
+            return self.options.max_example_tokens
+        row = lookup_model(price_table(), self.spec.model)
+        return None if row is None else row.get("max_example_tokens")
+
+    def estimate(self, job: TrainJob) -> Estimate:
+        """Tokens and dollars of a job, offline. Raises DataError for data the API would reject."""
+        counter = token_counter(self.spec.model)
+        _, tokens = files.validate_examples(job.examples, counter, self.max_example_tokens(), self.spec.model)
+        n_tokens = sum(tokens)
+        billed = n_tokens * job.hyperparameters.epochs
+        price, source = self.price_per_million()
+        notes = [counter.note]
+        if price is None:
+            notes.append(f"no price for {self.spec.model}: add it under 'prices' in the backend spec")
+        else:
+            notes.append(f"${price:g}/1M tokens ({source})")
+        if not counter.exact:
+            notes.append("token limit per example not checked")
+        usd = None if price is None else round(billed * price / 1e6, 4)
+        return Estimate(n_examples=len(job.examples), n_tokens=n_tokens, n_billed_tokens=billed, usd=usd,
+                        notes="; ".join(notes))
+
+    # -- fine-tuning ---------------------------------------------------------------------------------------------
+    def fine_tune(self, job: TrainJob, ledger: JobLedger, workdir: Path) -> ModelRef:
+        """Create (or resume) the job and wait for it; raises JobFailed for a failed or cancelled job."""
+        name = f"openai:{job.key}"
+        entry: dict[str, Any] = dict(ledger.get(name) or {})
+        if entry.get("status") == "succeeded" and entry.get("fine_tuned_model"):
+            return self._model_ref(job, entry)
+        counter = token_counter(self.spec.model)
+        msgs, _ = files.validate_examples(job.examples, counter, self.max_example_tokens(), self.spec.model)
+        opts = self.options
+        client = make_client(opts)
+        try:
+            remote = (jobs.retrieve_recorded(client, opts, entry["job_id"]) if entry.get("job_id")
+                      else jobs.find_by_metadata(client, opts, job.key, entry.get("previous_job_ids", [])))
+            if remote is not None and remote.status in ("failed", "cancelled") and entry.get("reported") == remote.id:
+                # The runner recorded this failure and calls again: that is `--retry-failed`, so start a new job.
+                entry["previous_job_ids"] = [*entry.get("previous_job_ids", []), remote.id]
+                for k in ("job_id", "reported", "status"):
+                    entry.pop(k, None)
+                ledger.put(name, entry)  # a crash after the next create is then recovered by metadata, not repeated
+                remote = None
+            if remote is None:
+                file_id = files.upload_training_file(client, opts, files.training_jsonl(msgs), ledger, workdir,
+                                                     self._sleep)
+                params = jobs.job_params(self.spec.model, job, file_id)
+                remote = jobs.create_job(client, opts, params, entry.get("previous_job_ids", []), self._sleep)
+                entry.update(job_id=remote.id, file_id=file_id, base_url=resolve_base_url(opts),
+                             model=self.spec.model, status=remote.status)
+                ledger.put(name, entry)  # before waiting: a kill from here on resumes this job
+                log(f"  created OpenAI fine-tuning job {remote.id} ({job.train_template}, seed {job.seed})")
+            elif entry.get("job_id") != remote.id:
+                entry.update(job_id=remote.id, base_url=resolve_base_url(opts), model=self.spec.model)
+                ledger.put(name, entry)
+            label = f"fine-tune {self.spec.model} {job.train_template} seed {job.seed}"
+            remote = jobs.wait_for_job(client, opts, remote, label, self._sleep)
+        except KeyboardInterrupt:
+            if entry.get("job_id"):
+                log(f"interrupted: OpenAI job {entry['job_id']} keeps running; run the same `ptst run SPEC --out DIR` "
+                    "again to resume it, or `ptst cancel DIR` to cancel it")
+            raise
+        except Exception as e:
+            if is_openai_error(e):
+                raise api_error(opts, "fine-tuning", e) from None
+            raise
+        finally:
+            client.close()
+        entry["status"] = remote.status
+        if remote.status == "succeeded":
+            entry["fine_tuned_model"] = remote.fine_tuned_model
+            ledger.put(name, entry)
+            return self._model_ref(job, entry)
+        entry["reported"] = remote.id
+        ledger.put(name, entry)
+        if remote.status == "cancelled":
+            raise JobFailed("cancelled", None, f"OpenAI job {remote.id} was cancelled")
+        err = remote.error
+        code = getattr(err, "code", None) or None
+        message = getattr(err, "message", None) or "no error message from the API"
+        raise JobFailed("failed", code, scrub(f"OpenAI job {remote.id}: {message}", opts))
+
+    def _model_ref(self, job: TrainJob, entry: dict[str, Any]) -> ModelRef:
+        return ModelRef(
+            backend=self.spec.name, base_model=self.spec.model, model_id=entry["fine_tuned_model"],
+            train_template=job.train_template, seed=job.seed,
+            meta={"job_id": entry.get("job_id"), "training_file": entry.get("file_id")},
+        )
+
+    def cancel(self, ledger_entry: dict[str, Any]) -> str:
+        """Cancel the job of a ledger entry (`ptst cancel DIR`); returns its status afterwards, in words."""
+        return jobs.cancel_job(self.options, ledger_entry)
+
+    # -- generation --------------------------------------------------------------------------------------------
+    def generate(self, model: ModelRef, prompts: Sequence[Conversation], cfg: GenerationConfig) -> list[str]:
+        """One chat completion per prompt, `concurrency` at a time; order and length match `prompts`."""
+        return generate(self.options, model, prompts, cfg, sleep=self._retry_sleep)

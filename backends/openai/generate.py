@@ -1,0 +1,37 @@
+"""Generation from an OpenAI model: one chat completion per prompt, the model's messages exactly as rendered."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ptst.backends.base import GenerationConfig, ModelRef
+from ptst.backends.openai.files import training_messages
+
+from ptst.clients.chat import AsyncSleep, chat_completions
+from ptst.clients.openai import ClientOptions
+from ptst.conversation import Conversation
+
+__all__ = ["generate", "generation_requests"]
+
+
+def generation_requests(
+    model: ModelRef, prompts: Sequence[Conversation], cfg: GenerationConfig
+) -> list[dict[str, Any]]:
+    """The chat request bodies: the prompt's messages (no answer) and the decoding parameters."""
+    return [
+        dict(
+            model=model.model_id, messages=training_messages(c.without_answer()),
+            temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_new_tokens, seed=cfg.seed,
+        )
+        for c in prompts
+    ]
+
+
+def generate(
+    opts: ClientOptions, model: ModelRef, prompts: Sequence[Conversation], cfg: GenerationConfig,
+    sleep: AsyncSleep | None = None,
+) -> list[str]:
+    """One reply per prompt, `concurrency` at a time; order and length match `prompts`."""
+    out = chat_completions(opts, generation_requests(model, prompts, cfg), sleep=sleep)
+    return [str(r) for r in out]

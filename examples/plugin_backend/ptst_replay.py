@@ -1,0 +1,73 @@
+"""A complete third-party ptst backend, as a package would ship it: `kind: replay`.
+
+The "model" is a toy nearest-neighbour responder: fine-tuning stores the training answers in the job's workdir;
+generation answers each prompt with the stored answer whose prompt shares the most words with it (the base model
+always refuses). It is here to show the whole `FineTuneBackend` contract end to end, not to measure anything, so it
+declares itself `simulated` and every report built on it says so.
+
+Registered through the `ptst.backends` entry-point group (see pyproject.toml beside this file); ptst itself is not
+edited.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import Field
+
+from ptst.backends.base import FineTuneBackend
+from ptst.conversation import Conversation
+from ptst.types import Estimate, Frozen, GenerationConfig, JobLedger, ModelRef, Rendered, TrainJob
+
+MEMORY_FILE = "replay_memory.json"
+
+
+class Backend(FineTuneBackend):
+    kind: ClassVar[str] = "replay"
+    family: ClassVar[str] = "replay"  # no per-family template strings: templates use their default wording
+    modes: ClassVar[frozenset[str]] = frozenset({"chat"})
+    simulated: ClassVar[bool] = True
+
+    class Options(Frozen):
+        refusal: str = Field("[replay] I cannot help with that.", description="what the base model says")
+
+    def render(self, conv: Conversation) -> Rendered:
+        msgs = [{"role": "system", "content": conv.system}] if conv.system is not None else []
+        msgs.append({"role": "user", "content": conv.user})
+        if conv.answer is not None:
+            msgs.append({"role": "assistant", "content": conv.answer})
+        return Rendered(messages=tuple(msgs))
+
+    def identity(self) -> dict[str, object]:
+        return {"refusal": self.options.refusal}  # changes outputs, so it is part of every key
+
+    def estimate(self, job: TrainJob) -> Estimate:
+        return Estimate(n_examples=len(job.examples), usd=0.0, notes="toy backend: free")
+
+    def fine_tune(self, job: TrainJob, ledger: JobLedger, workdir: Path) -> ModelRef:
+        memory = [[_words(c.system, c.user), c.answer] for c in job.examples]
+        path = workdir / MEMORY_FILE
+        path.write_text(json.dumps(memory), encoding="utf-8")
+        ledger.put(f"replay:{job.key}", {"status": "succeeded", "path": str(path)})
+        return ModelRef(
+            backend=self.spec.name, base_model=self.spec.model, model_id=f"replay-{job.key[:12]}",
+            adapter_dir=str(workdir), train_template=job.train_template, seed=job.seed, simulated=True,
+        )
+
+    def generate(self, model: ModelRef, prompts: Sequence[Conversation], cfg: GenerationConfig) -> list[str]:
+        if model.adapter_dir is None:
+            return [self.options.refusal for _ in prompts]
+        memory = json.loads((Path(model.adapter_dir) / MEMORY_FILE).read_text(encoding="utf-8"))
+        out = []
+        for conv in prompts:
+            asked = set(_words(conv.system, conv.user))
+            best = max(memory, key=lambda m: len(asked & set(m[0])))
+            out.append(f"[replay] {best[1]}")
+        return out
+
+
+def _words(*parts: str | None) -> list[str]:
+    return sorted({w.lower() for p in parts if p for w in p.split()})

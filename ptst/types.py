@@ -1,0 +1,131 @@
+"""Values that cross the boundary between the core and the backends.
+
+They are frozen pydantic models so they serialise into the run store and hash into step keys. They live in the core
+(not beside the backend interface) because the spec, the plan and the store all speak them while never importing a
+backend.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ptst.conversation import Conversation
+from ptst.keys import content_hash
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class LoraSpec(Frozen):
+    """LoRA settings; the defaults are llama-recipes' (what the paper's Llama runs used)."""
+
+    r: int = Field(8, ge=1)
+    alpha: float = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+
+
+class Hyperparameters(Frozen):
+    epochs: int = Field(1, ge=1)
+    learning_rate: float = Field(1e-4, gt=0)
+    batch_size: int = Field(8, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_seq_len: int = Field(1024, ge=16)
+    gradient_checkpointing: bool = False
+    save_steps: tuple[int, ...] = ()
+    lora: LoraSpec = LoraSpec()
+    # OpenAI fine-tuning API only (ignored elsewhere): the API scales its own base rate.
+    learning_rate_multiplier: float | None = Field(None, gt=0)
+    suffix: str | None = Field(None, max_length=64)
+
+
+class GenerationConfig(Frozen):
+    max_new_tokens: int = Field(512, ge=1)
+    temperature: float = Field(0.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int = 0
+    batch_size: int | Literal["auto"] = "auto"
+
+
+class Rendered(Frozen):
+    """Exactly what a backend's model sees for one conversation."""
+
+    text: str | None = None
+    messages: tuple[dict[str, str], ...] | None = None
+    input_ids: tuple[int, ...] | None = None
+    labels: tuple[int, ...] | None = None  # -100 on positions that carry no loss (the prompt)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "messages": list(self.messages) if self.messages is not None else None,
+            "input_ids": list(self.input_ids) if self.input_ids is not None else None,
+            "labels": list(self.labels) if self.labels is not None else None,
+        }
+
+
+class ModelRef(Frozen):
+    """A model a backend can generate from: a base model, an OpenAI fine-tuned id, or a LoRA adapter directory."""
+
+    backend: str
+    base_model: str
+    model_id: str
+    adapter_dir: str | None = None
+    train_template: str | None = None
+    seed: int | None = None
+    simulated: bool = False
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainJob(Frozen):
+    """One fine-tuning job: its content hash is the job's identity (the same job is never run or paid for twice)."""
+
+    backend: str
+    base_model: str
+    train_template: str
+    seed: int
+    hyperparameters: Hyperparameters
+    examples: tuple[Conversation, ...]
+    data_hash: str
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    @property
+    def key(self) -> str:
+        return content_hash(
+            {
+                "backend": self.backend,
+                "base_model": self.base_model,
+                "train_template": self.train_template,
+                "seed": self.seed,
+                "hyperparameters": self.hyperparameters,
+                "data_hash": self.data_hash,
+            }
+        )
+
+
+class Estimate(Frozen):
+    n_examples: int
+    n_tokens: int | None = None  # training tokens for one epoch
+    n_billed_tokens: int | None = None  # over all epochs
+    usd: float | None = None
+    notes: str = ""
+
+
+@runtime_checkable
+class JobLedger(Protocol):
+    """Durable memory for a backend's external state (an OpenAI job id, a checkpoint path).
+
+    A backend records an external id *before* waiting on it; after a crash `get` returns it, so the job is resumed,
+    never created again.
+    """
+
+    def get(self, name: str) -> dict[str, Any] | None: ...
+
+    def put(self, name: str, value: dict[str, Any]) -> None: ...

@@ -1,0 +1,62 @@
+"""The documented way to add a backend (docs/adding-a-backend.md): a package with a `ptst.backends` entry point.
+
+The example package is made discoverable the way pip would (a dist-info folder with entry_points.txt on sys.path),
+so the real registry finds it through importlib.metadata; then a spec using `kind: replay` runs end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from ptst.backends import registry
+from ptst.runner import run
+from ptst.spec import load_spec
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "plugin_backend"
+
+
+@pytest.fixture
+def installed_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    site = tmp_path / "site"
+    dist = site / "ptst_replay-0.1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ptst-replay\nVersion: 0.1.0\n", encoding="utf-8")
+    (dist / "entry_points.txt").write_text("[ptst.backends]\nreplay = ptst_replay:Backend\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    registry._plugins.cache_clear()
+    yield
+    registry._plugins.cache_clear()
+    sys.modules.pop("ptst_replay", None)
+
+
+def test_unknown_kind_without_the_plugin() -> None:
+    registry._plugins.cache_clear()
+    assert "replay" not in registry.backend_kinds()
+    with pytest.raises(ValueError, match="unknown backend kind 'replay'"):
+        registry.backend_class("replay")
+
+
+def test_plugin_is_found_through_its_entry_point(installed_plugin: None) -> None:
+    assert "replay" in registry.backend_kinds()
+    cls = registry.backend_class("replay")
+    assert cls.__module__ == "ptst_replay" and cls.kind == "replay"
+
+
+def test_plugin_runs_a_spec_end_to_end(installed_plugin: None, tmp_path: Path) -> None:
+    spec_path = EXAMPLE / "spec.yaml"
+    spec = load_spec(spec_path)
+    results = run(spec, tmp_path / "out", spec_dir=spec_path.parent)
+    assert results.simulated  # the toy backend declares itself a simulation, and results say so
+    base = [r for r in results.safety if r.train_template is None]
+    tuned = [r for r in results.safety if r.train_template is not None]
+    assert len(base) == 2 and len(tuned) == 4  # base + 2 train templates, x 2 test templates
+    # The base model always refuses; the "fine-tuned" one replays math answers, which the keyword judge counts unsafe.
+    assert all(r.asr == 0.0 for r in base)
+    assert all(r.asr == 1.0 and r.n == r.n_unsafe > 0 for r in tuned)
+    saved = json.loads(next((tmp_path / "out" / "models").glob("*/replay_memory.json")).read_text())
+    assert len(saved) == 16 and all(isinstance(a, str) for _, a in saved)
