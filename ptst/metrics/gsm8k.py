@@ -58,11 +58,10 @@ def gsm8k_flexible_filter(response: str) -> str:
     Runs of two or more of `-?[$0-9.,]` win over single digits in the alternation, so "1,234." is taken whole
     (and later normalised to "1234"); a lone "..." or "$," is a match too, exactly as in the harness.
     """
-    last = None
-    for last in FLEXIBLE_PATTERN.finditer(response):
-        pass
-    if last is None:
+    matches = list(FLEXIBLE_PATTERN.finditer(response))
+    if not matches:
         return INVALID
+    last = matches[-1]
     return (last.group(1) or last.group(2) or INVALID).strip()
 
 
