@@ -113,6 +113,8 @@ def test_registry_entries_are_complete():
         "safety-tuned-llamas",
         "chatdoctor",
         "openorca",
+        "arc-easy",
+        "arc-challenge",
     }
     for info in REGISTRY.values():
         assert info.metric or info.metric_note, info.name  # every missing metric says why

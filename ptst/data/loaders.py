@@ -19,7 +19,7 @@ import csv
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -28,6 +28,7 @@ from typing import Any
 from ptst.keys import content_hash
 from ptst.data.registry import DatasetInfo, DatasetRef, LocalFile
 from ptst.errors import DataError, MissingExtra, require
+from ptst.metrics.arc import arc_row
 from ptst.progress import log
 
 # Field names tried, in order, when a path dataset does not name its fields.
@@ -324,6 +325,17 @@ def _renamed(rows: Iterable[Row], rename: Mapping[str, str]) -> Iterator[Row]:
         yield where, {rename.get(k, k): v for k, v in rec.items()} if rename else rec
 
 
+ROW_TRANSFORMS: dict[str, Callable[[str, dict[str, Any]], dict[str, Any]]] = {"arc-choices": arc_row}
+"""A registry entry's `row_transform` -> (location, record) -> record, applied before fields are read."""
+
+
+def _transformed(rows: Iterable[Row], info: DatasetInfo) -> Iterable[Row]:
+    if info.row_transform is None:
+        return rows
+    transform = ROW_TRANSFORMS[info.row_transform]
+    return ((where, transform(where, rec)) for where, rec in rows)
+
+
 def _registry_fields(ref: DatasetRef, info: DatasetInfo) -> Fields:
     return Fields(
         prompt=ref.prompt_field or info.prompt_field,
@@ -369,7 +381,7 @@ def load(
             if p.is_file():
                 if cand.note:
                     log(f"note: {info.name}: {cand.note}")
-                rows = _renamed(read_rows(p, cand.columns), cand.rename)
+                rows = _transformed(_renamed(read_rows(p, cand.columns), cand.rename), info)
                 return rows_to_examples(rows, fields, label=str(p), require_answer=require_answer, limit=ref.limit)
     hub_problem = _hub_problem(info)
     if hub_problem is None:
@@ -378,6 +390,7 @@ def load(
         except _HubUnavailable as e:
             hub_problem = str(e)
         else:
+            rows = _transformed(rows, info)
             return rows_to_examples(rows, fields, label=label, require_answer=require_answer, limit=ref.limit)
     raise DataError(_not_found_message(info, split, dirs, candidates, hub_problem))
 

@@ -62,6 +62,9 @@ class DatasetInfo(BaseModel):
     metric_note: str = Field(default="", description="why there is no task metric, when `metric` is None")
     local: tuple[LocalFile, ...] = ()
     origin: str = Field(default="", description="where to get the files when the hub cannot serve them")
+    row_transform: Literal["arc-choices"] | None = Field(
+        default=None, description="a reshaping applied to every row before fields are read (see loaders.ROW_TRANSFORMS)"
+    )
 
     @property
     def default_split(self) -> str | None:
@@ -164,7 +167,8 @@ REGISTRY: dict[str, DatasetInfo] = {
             splits=("train",),
             prompt_field="input",
             answer_field="output",
-            metric_note="the paper scores ChatDoctor with BERTScore, which ptst does not implement",
+            # The hub has one split: to evaluate, hold out rows not trained on (e.g. a {path: ...} file of them).
+            metric="chatdoctor_bertscore",
             local=(
                 LocalFile(
                     path="chatdoctor/chatdoctor5k.json",
@@ -183,8 +187,28 @@ REGISTRY: dict[str, DatasetInfo] = {
             splits=("train",),
             prompt_field="question",
             answer_field="response",
-            metric_note="the paper scores OpenOrca fine-tunes on ARC, a separate benchmark not bundled with ptst",
+            metric_note="the paper scores OpenOrca fine-tunes on ARC: evaluate with the arc-easy / arc-challenge tasks",
             origin="huggingface.co/datasets/Open-Orca/OpenOrca",
+        ),
+        *(
+            DatasetInfo(
+                name=f"arc-{level.lower()}",
+                kind="task",
+                description=f"ARC-{level} (Clark et al., 2018): grade-school science multiple choice ({sizes})",
+                hub_id="allenai/ai2_arc",  # schema: id, question, choices{text[], label[]}, answerKey
+                config=f"ARC-{level}",
+                splits=("train", "validation", "test"),
+                # arc_row folds the lettered choices into `question` and maps answerKey to a letter.
+                prompt_field="question",
+                answer_field="answerKey",
+                metric="arc_letter_accuracy",
+                row_transform="arc-choices",
+                origin="huggingface.co/datasets/allenai/ai2_arc",
+            )
+            for level, sizes in (
+                ("Easy", "2,251 train / 570 validation / 2,376 test"),
+                ("Challenge", "1,119 train / 299 validation / 1,172 test"),
+            )
         ),
     )
 }
