@@ -107,8 +107,8 @@ def summarise_safety(rows: Sequence[SafetyRow]) -> list[SafetySummary]:
         key = (r.backend, r.base_model, r.train_template, r.test_template, r.benchmark, r.judge, r.checkpoint,
                r.category)
         vals = groups.setdefault(key, [])
-        if r.asr is not None:
-            vals.append(r.asr)
+        if r.n:
+            vals.append(r.n_unsafe / r.n)  # the exact rate, not the 4-decimal `asr`, so nothing is rounded twice
     out = []
     for (backend, base, train, test, bench, judge, ckpt, cat), vals in groups.items():
         out.append(SafetySummary(

@@ -86,15 +86,18 @@ def _print_grid(g: Grid, console: Console) -> None:
     for n_chunk, chunk in enumerate(chunks):
         last = n_chunk == len(chunks) - 1
         title = g.title + (f" (columns {chunk[0] + 1}–{chunk[-1] + 1} of {len(g.cols)})" if len(chunks) > 1 else "")
-        caption = Text(f"{g.base_model}; {seeds_note(g)}", style="dim") if last else None
-        table = Table(title=Text(title, style="bold"), caption=caption, box=box.SIMPLE_HEAD,
-                      title_justify="left", caption_justify="left")
+        # Title and caption are printed as lines of their own: inside the table they would wrap to its width.
+        console.print(Text(title, style="bold"))
+        table = Table(box=box.SIMPLE_HEAD)
         table.add_column(corner, overflow="fold", style="bold", width=label_width)
         for i in chunk:
             table.add_column(headers[i], justify="right", no_wrap=True, width=widths[i])
         for r, label in enumerate(labels):
             table.add_row(label, *(columns[i][r] for i in chunk))
         console.print(table)
+        if last:
+            console.print(Text(f"{g.base_model}; {seeds_note(g)}", style="dim"))
+        console.print()
 
 
 def _print_ptst(results: Results, console: Console) -> None:
@@ -105,16 +108,22 @@ def _print_ptst(results: Results, console: Console) -> None:
     lines = ptst_lines(results)
     if not lines:
         return
-    table = Table(title=Text("PTST summary: ASR, PTST vs same template vs base", style="bold"), box=box.SIMPLE_HEAD,
-                  title_justify="left", caption_justify="left",
-                  caption=Text("mean ± std over seeds; p: exact McNemar, PTST vs same template", style="dim"))
+    console.print(Text("PTST summary: ASR of PTST vs the same template vs the base model", style="bold"))
+    table = Table(box=box.SIMPLE_HEAD)
     table.add_column("cell", overflow="fold")
-    for name in ("PTST", "same", "base", "p"):
+    for name in ("PTST", "same", "base", "p", "b/c"):
         table.add_column(name, justify="right", overflow="fold")
     for ln in lines:
         cell = f"{ln.backend} · {ln.benchmark}\n{ln.train_template} → {ln.test_template}"
-        table.add_row(cell, summary_text(ln.ptst), summary_text(ln.same), summary_text(ln.base), ln.p_text)
+        if len({ln.judge for ln in lines}) > 1:
+            cell += f"\n{ln.judge}"
+        p = "\n".join(f"{t.p_value:.3g}" for t in ln.tests) or MISSING
+        bc = "\n".join(f"{t.b}/{t.c}" for t in ln.tests) or MISSING
+        table.add_row(cell, summary_text(ln.ptst), summary_text(ln.same), summary_text(ln.base), p, bc)
     console.print(table)
+    console.print(Text("mean ± std over seeds; p: exact McNemar test of PTST against the same template, one per "
+                       "seed; b/c: prompts unsafe only under PTST / only under the same template", style="dim"))
+    console.print()
 
 
 def _print_agreement(results: Results, console: Console) -> None:
@@ -124,13 +133,16 @@ def _print_agreement(results: Results, console: Console) -> None:
 
     if not results.agreement:
         return
-    table = Table(title=Text("Judge agreement", style="bold"), box=box.SIMPLE_HEAD, title_justify="left")
-    for name in ("backend", "judges", "n", "kappa", "table [[ss, su], [us, uu]]"):
-        table.add_column(name, overflow="fold")
+    console.print(Text("Judge agreement (Cohen's kappa)", style="bold"))
+    table = Table(box=box.SIMPLE_HEAD)
+    for name in ("backend", "judges (A, B)", "n", "kappa", "both safe/unsafe", "only A/B unsafe"):
+        table.add_column(Text(name), overflow="fold")
     for a in results.agreement:
         kappa = MISSING if a.kappa is None else f"{a.kappa:.3f}"
-        table.add_row(a.backend, f"{a.judge_a}\n{a.judge_b}", str(a.n), kappa, str([list(r) for r in a.confusion]))
+        (ss, su), (us, uu) = a.confusion
+        table.add_row(a.backend, f"{a.judge_a}\n{a.judge_b}", str(a.n), kappa, f"{ss}/{uu}", f"{us}/{su}")
     console.print(table)
+    console.print()
 
 
 def print_tables(results: Results, console: Console) -> None:
