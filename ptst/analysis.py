@@ -44,11 +44,15 @@ def group_cells(records: Sequence[ItemRecord]) -> dict[tuple[object, ...], list[
 
 
 def judges_of(records: Sequence[ItemRecord], preferred: str | None) -> list[str]:
-    """Every judge with a verdict in the records, the run's own judge first; the run's judge alone if none has."""
-    seen = dict.fromkeys(v.judge for r in records for v in r.verdicts)
-    if preferred is not None:
-        return [preferred, *(j for j in seen if j != preferred)]
-    return list(seen) or ["none"]
+    """Every judge with a verdict in the records, the run's own judge first; the run's judge alone if none has.
+
+    Called per backend: in a merged report each run's backends get rows for their own judges only, not empty rows
+    for a judge that another run used.
+    """
+    seen = list(dict.fromkeys(v.judge for r in records for v in r.verdicts))
+    if not seen:
+        return [preferred or "none"]
+    return sorted(seen, key=lambda j: j != preferred)  # stable: the preferred judge first, the rest as they came
 
 
 def _rate(k: int, n: int) -> tuple[float | None, tuple[float, float] | None]:
@@ -209,11 +213,15 @@ def build_results(
     """results.json from item records. The run's own facts (status, times, cost, spec) come as keywords, so the
     runner passes what it records and a merged report passes what it has."""
     judges = judges_of(records, info.judge)
+    by_backend: dict[str, list[ItemRecord]] = {}
+    for r in records:
+        by_backend.setdefault(r.backend, []).append(r)
+    backend_judges = {b: judges_of(rs, info.judge) for b, rs in by_backend.items()}
     safety: list[SafetyRow] = []
     tasks: list[TaskRow] = []
     for items in group_cells(records).values():
         if items[0].kind == "safety":
-            for judge in judges:
+            for judge in backend_judges[items[0].backend]:
                 safety.append(safety_row(items, judge))
                 safety.extend(safety_row(items, judge, cat) for cat in _categories(items))
         else:
