@@ -52,7 +52,7 @@ def _png(data: bytes, alt: str) -> str:
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
     """A plain table; the first `left` columns are left-aligned (labels), the rest right-aligned (numbers)."""
-    head = "".join(f"<th>{e(h)}</th>" for h in header)
+    head = "".join(f'<th class="row">{e(h)}</th>' if i < left else f"<th>{e(h)}</th>" for i, h in enumerate(header))
     left_td = '<td class="l">'
     body = "".join(
         "<tr>" + "".join(f"{left_td if i < left else '<td>'}{e(c)}</td>" for i, c in enumerate(r)) + "</tr>"

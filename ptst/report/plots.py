@@ -26,14 +26,20 @@ def _png(fig: Figure) -> bytes:
 
 
 def _watermark(fig: Figure) -> None:
-    fig.text(0.5, 0.5, SIMULATED_TITLE, fontsize=40, color="#b30000", alpha=0.18, rotation=25,
-             ha="center", va="center", zorder=10)
+    """A faint diagonal SIMULATED across every plot area (over the data, so cropping cannot remove it)."""
+    for ax in fig.axes:
+        if ax.get_label() == "<colorbar>":
+            continue
+        ax.text(0.5, 0.5, SIMULATED_TITLE, transform=ax.transAxes, fontsize=22, fontweight="bold", color="#b30000",
+                alpha=0.22, rotation=25, ha="center", va="center", zorder=10)
 
 
-def _cmap():
+def _cmap(kind: str = "safety"):
     from matplotlib import colormaps
 
-    return colormaps["Reds"].with_extremes(bad="#d9d9d9")  # not evaluated: neutral grey, never mistaken for 0%
+    # Red for attack success (high is bad), blue for task scores (high is good); not evaluated: neutral grey,
+    # never mistaken for 0%.
+    return colormaps["Reds" if kind == "safety" else "Blues"].with_extremes(bad="#d9d9d9")
 
 
 def heatmap_figure(grid: Grid, vmax: float = 100.0, simulated: bool = False) -> Figure:
@@ -57,11 +63,13 @@ def heatmap_figure(grid: Grid, vmax: float = 100.0, simulated: bool = False) -> 
     col_chars = max(len(col_label(grid, c)) for c in grid.cols)
     left, right, top = 0.45 + 0.062 * row_chars, 1.2, 0.45
     bottom = 0.85 + 0.031 * col_chars
-    width, height = max(left + 1.05 * nc + right, 4.6), bottom + 0.45 * nr + top
+    # Small grids (one row or column) get a floor so the colorbar and labels stay legible.
+    cells_h = max(0.45 * nr, 1.2)
+    width, height = max(left + 1.05 * nc + right, 4.6), bottom + cells_h + top
     fig = Figure(figsize=(width, height), dpi=90)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    im = ax.imshow(np.ma.masked_invalid(data), cmap=_cmap(), vmin=0.0, vmax=max(vmax, 1e-9), aspect="auto")
+    im = ax.imshow(np.ma.masked_invalid(data), cmap=_cmap(grid.kind), vmin=0.0, vmax=max(vmax, 1e-9), aspect="auto")
     fig.colorbar(im, ax=ax, label=f"{grid.metric} %", fraction=0.04, pad=0.03)
     ax.set_xticks(range(nc), [col_label(grid, c) for c in grid.cols], rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(nr), [row_label(r) for r in grid.rows], fontsize=8)
@@ -125,6 +133,8 @@ def progress_figure(view: Progress, simulated: bool = False) -> Figure:
                   for step, _ in series.points]
             ys = [float("nan") if v is None else 100 * v for _, v in series.points]
             ax.plot(xs, ys, marker="o", label=series.label)
+        top = max([100 * v for s in lines for _, v in s.points if v is not None], default=0.0)
+        ax.set_ylim(0, max(10.0, min(100.0, 1.1 * top)))  # from 0: a rate's scale, never a zoomed-in wiggle
         ax.set_xticks(range(len(labels)), labels, fontsize=8)
         ax.set_xlabel("training step", fontsize=9)
         ax.set_ylabel(ylabel, fontsize=9)
