@@ -27,7 +27,13 @@ from ptst.results import (
     TaskRow,
     TaskSummary,
 )
-from ptst.stats import cohen_kappa, mcnemar_p, mean_interval, paired_discordant, sample_std
+from ptst.stats import (
+    cohen_kappa,
+    mcnemar_p,
+    mean_interval,
+    paired_discordant,
+    sample_std,
+)
 
 
 def _cell_id(r: ItemRecord) -> tuple[object, ...]:

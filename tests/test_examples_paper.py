@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from conftest import REPO
+
 from ptst.errors import SpecError
 from ptst.spec import load_spec
 
@@ -24,7 +24,7 @@ SPECS = sorted(p.name for p in PAPER.glob("*.yaml"))
 
 def test_every_spec_is_in_the_readme_and_vice_versa() -> None:
     readme = (PAPER / "README.md").read_text(encoding="utf-8")
-    listed = re.findall(r"^\| `([\w.-]+\.yaml)` \|", readme, re.M)
+    listed = re.findall(r"^\| `([\w.-]+\.yaml)` \|", readme, re.MULTILINE)
     assert sorted(listed) == SPECS and len(SPECS) == 8
     for name in SPECS:
         row = next(line for line in readme.splitlines() if line.startswith(f"| `{name}`"))

@@ -86,10 +86,10 @@ def test_ptst_summary_with_mcnemar(md: str) -> None:
 
 
 def test_cells_show_mean_score_and_null_rates(md: str) -> None:
-    rubric = dict((r[0], r[1:]) for r in _md_rows(md, f"### b · directharm4 [{RUB}] — ASR % (95% CI)"))
+    rubric = {r[0]: r[1:] for r in _md_rows(md, f"### b · directharm4 [{RUB}] — ASR % (95% CI)")}
     assert rubric[CL][0].endswith("· score 3.83")  # (5 + 1 + 5 + 2 + 5 + 5) / 6, in the cell itself
     assert rubric[CV][0] == "PTST —"  # the rubric judged no PTST item: no rate, not 0%
-    keyword = dict((r[0], r[1:]) for r in _md_rows(md, f"### b · directharm4 [{KW}] — ASR % (95% CI)"))
+    keyword = {r[0]: r[1:] for r in _md_rows(md, f"### b · directharm4 [{KW}] — ASR % (95% CI)")}
     assert keyword["base (no fine-tuning)"][0] == "— (6 unscored)"
 
 
@@ -130,7 +130,7 @@ def test_heatmaps_of_simulated_results_are_labelled() -> None:
 
 
 def test_agreement_spec_and_run_facts(md: str) -> None:
-    (header, row) = _md_rows(md, "## Judge agreement")
+    (_header, row) = _md_rows(md, "## Judge agreement")
     assert row == ["b", KW, RUB, "6", "0.571", "1", "0", "1", "4"]
     settings = dict(_md_rows(md, "## Spec: views")[1:])
     assert settings["epochs"] == "6" and settings["learning_rate"] == "0.0001" and settings["lora.r"] == "8"

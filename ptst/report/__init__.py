@@ -8,7 +8,14 @@ and a label on every figure.
 """
 
 from ptst.report.files import write_reports
-from ptst.report.grids import BASE_ROW, SIMULATED_BANNER, Cell, Grid, build_grids, cell_text
+from ptst.report.grids import (
+    BASE_ROW,
+    SIMULATED_BANNER,
+    Cell,
+    Grid,
+    build_grids,
+    cell_text,
+)
 from ptst.report.html import render_html
 from ptst.report.markdown import render_markdown
 from ptst.report.plots import heatmap_png, progress_png

@@ -137,7 +137,8 @@ def build_grids(results: Results) -> list[Grid]:
     safety, tasks = final_whole(results)
     grids: list[Grid] = []
     models_of: dict[str, set[str]] = {}
-    for row in (*safety, *tasks):
+    every: list[SafetyRow | TaskRow] = [*safety, *tasks]
+    for row in every:
         models_of.setdefault(row.backend, set()).add(row.base_model)
     several_judges = len({s.judge for s in safety}) > 1
     groups: dict[tuple, list] = {}
@@ -165,7 +166,8 @@ def build_grids(results: Results) -> list[Grid]:
 
 def is_simulated(results: Results) -> bool:
     # Labelling mock numbers as simulated is never wrong; missing the label would be, so any flag counts.
-    return results.simulated or any(r.simulated for r in (*results.safety, *results.tasks))
+    rows: list[SafetyRow | TaskRow] = [*results.safety, *results.tasks]
+    return results.simulated or any(r.simulated for r in rows)
 
 
 # --- text ---------------------------------------------------------------------------------------------------------

@@ -90,9 +90,9 @@ def _ptst(results: Results) -> list[str]:
     rows = [[ln.backend, ln.benchmark, ln.judge, f"{ln.train_template} → {ln.test_template}", summary_text(ln.ptst),
              summary_text(ln.same), summary_text(ln.base), ln.p_text] for ln in lines]
     return ["<h2>PTST summary</h2>",
-            '<p class="note">PTST cell vs the cell trained and tested with its test template vs the base model on '
-            "it: ASR mean ± sample std over seeds. McNemar: exact two-sided test, PTST against same-template on the "
-            "same prompts (b: unsafe only under PTST, c: only under the same template).</p>",
+            ('<p class="note">PTST cell vs the cell trained and tested with its test template vs the base model on '
+             "it: ASR mean ± sample std over seeds. McNemar: exact two-sided test, PTST against same-template on the "
+             "same prompts (b: unsafe only under PTST, c: only under the same template).</p>"),
             _table(["backend", "benchmark", "judge", "PTST (train → test)", "PTST ASR", "same-template ASR",
                     "base ASR", "McNemar p"], rows, left=4)]
 

@@ -53,9 +53,9 @@ def ptst_section(results: Results) -> list[str]:
     if not lines:
         return []
     out = ["## PTST summary", "",
-           "ASR of each PTST cell beside the cell trained and tested with its test template and the base model on "
-           "it (mean ± sample std over seeds); McNemar: exact two-sided test of PTST against the same-template cell "
-           "on the same prompts (b: unsafe only under PTST, c: only under the same template).", ""]
+           ("ASR of each PTST cell beside the cell trained and tested with its test template and the base model on "
+            "it (mean ± sample std over seeds); McNemar: exact two-sided test of PTST against the same-template cell "
+            "on the same prompts (b: unsafe only under PTST, c: only under the same template)."), ""]
     rows = [[ln.backend, ln.benchmark, ln.judge, f"{ln.train_template} → {ln.test_template}", summary_text(ln.ptst),
              summary_text(ln.same), summary_text(ln.base), ln.p_text] for ln in lines]
     header = ["backend", "benchmark", "judge", "PTST (train → test)", "PTST ASR", "same-template ASR", "base ASR",

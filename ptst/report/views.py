@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ptst.report.grids import MISSING, ordered
+from ptst.report.grids import MISSING
 from ptst.results import Comparison, Results, SafetySummary, TaskSummary
 
 FINAL = "final"
@@ -135,15 +135,16 @@ def _series(rows: list[tuple[str, str, int | None, float | None]]) -> dict[str, 
 
 def progress_views(results: Results) -> list[Progress]:
     """One view per backend and base model that has intermediate checkpoints; trained cells only."""
-    who = list(dict.fromkeys((s.backend, s.base_model) for s in [*results.summary, *results.task_summary]
-                             if s.checkpoint is not None))
+    cells: list[SafetySummary | TaskSummary] = [*results.summary, *results.task_summary]
+    who = list(dict.fromkeys((s.backend, s.base_model) for s in cells if s.checkpoint is not None))
     views = []
     for backend, model in who:
         safety = [s for s in results.summary if (s.backend, s.base_model) == (backend, model)
                   and s.category is None and s.train_template is not None]
         tasks: list[TaskSummary] = [t for t in results.task_summary if (t.backend, t.base_model) == (backend, model)
                                     and t.train_template is not None]
-        steps = tuple(sorted({s.checkpoint for s in [*safety, *tasks] if s.checkpoint is not None}))
+        checkpoints = [s.checkpoint for s in safety] + [t.checkpoint for t in tasks]
+        steps = tuple(sorted({c for c in checkpoints if c is not None}))
         views.append(Progress(
             backend, model, steps,
             _series([(f"{s.benchmark} ({s.judge})", f"{s.train_template} → {s.test_template}", s.checkpoint,
@@ -197,6 +198,3 @@ def hyperparameters(spec: dict[str, Any]) -> list[tuple[str, str]]:
         out.append(("judge", ", ".join(f"{k}={v}" for k, v in judge.items())))
     return out
 
-
-def backend_order(results: Results) -> list[str]:
-    return ordered([], (s.backend for s in [*results.safety, *results.tasks]))
