@@ -10,9 +10,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ptst import __version__
 from ptst.errors import PtstError, UsageError
+
+if TYPE_CHECKING:
+    from ptst.results import Results
 
 DEFAULT_MODELS = {
     "llama2": "meta-llama/Llama-2-7b-chat-hf",
@@ -72,7 +76,7 @@ def _run_dir(path: str) -> Path:
     return out
 
 
-def _merged_facts(parts: list) -> dict:
+def _merged_facts(parts: list[Results]) -> dict[str, Any]:
     """Run facts of several runs as one: statuses named per run when they differ, the earliest start, the latest
     finish, costs summed per stage."""
     statuses = {r.spec_name: r.status for r in parts if r.status}

@@ -72,3 +72,21 @@ def test_single_dir_rebuilds_in_place(runs: tuple[Path, Path], tmp_path: Path) -
     assert main(["report", str(a), "--out", str(out)]) == 0
     assert (out / "results.json").read_text(encoding="utf-8") == first
     assert main(["report", str(tmp_path / "nothing")]) == 2
+
+
+def test_merged_run_facts() -> None:
+    from ptst.cli import _merged_facts
+    from ptst.results import Results
+
+    def res(name: str, status: str | None, start: str | None, end: str | None, usd: dict[str, float]) -> Results:
+        return Results(ptst_version="0", spec_name=name, simulated=False, safety=[], tasks=[], status=status,
+                       started_at=start, finished_at=end, usd_by_stage=usd)
+
+    a = res("a", "complete", "2026-01-02T00:00:00Z", "2026-01-02T05:00:00Z", {"fine_tune": 1.0, "judge": 0.25})
+    b = res("b", "complete", "2026-01-01T00:00:00Z", "2026-01-03T00:00:00Z", {"fine_tune": 2.0})
+    assert _merged_facts([a, b]) == {"status": "complete", "started_at": "2026-01-01T00:00:00Z",
+                                     "finished_at": "2026-01-03T00:00:00Z",
+                                     "usd_by_stage": {"fine_tune": 3.0, "judge": 0.25}}
+    c = res("c", "failed", None, None, {})
+    assert _merged_facts([a, c])["status"] == "a: complete, c: failed"
+    assert _merged_facts([res("x", None, None, None, {})])["status"] is None
