@@ -20,7 +20,7 @@ from ptst.report.grids import (
     row_label,
     seeds_note,
 )
-from ptst.report.views import ptst_lines, summary_text
+from ptst.report.views import FINAL, category_tables, mean_text, progress_views, ptst_lines, summary_text
 from ptst.results import Results
 
 if TYPE_CHECKING:  # rich is a core dependency, but only the terminal path needs it
@@ -126,6 +126,43 @@ def _print_ptst(results: Results, console: Console) -> None:
     console.print()
 
 
+def _print_categories(results: Results, console: Console) -> None:
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    for t in category_tables(results):
+        console.print(Text(f"{t.backend} · {t.benchmark} ({t.judge}) — ASR % per category", style="bold"))
+        table = Table(box=box.SIMPLE_HEAD)
+        table.add_column("train → test", overflow="fold")
+        for name in ("all", *t.categories):
+            table.add_column(Text(name), justify="right", overflow="fold")
+        for label, by in t.rows:
+            table.add_row(label, summary_text(by.get(None)), *(summary_text(by.get(c)) for c in t.categories))
+        console.print(table)
+        console.print()
+
+
+def _print_progress(results: Results, console: Console) -> None:
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    for v in progress_views(results):
+        for name, lines in [*v.safety.items(), *v.tasks.items()]:
+            console.print(Text(f"{v.backend} · {name} along training (%)", style="bold"))
+            table = Table(box=box.SIMPLE_HEAD)
+            table.add_column("step")
+            for series in lines:
+                table.add_column(Text(series.label), justify="right", overflow="fold")
+            for step in [*v.steps, None]:
+                values = [dict(s.points) for s in lines]
+                table.add_row(FINAL if step is None else str(step),
+                              *(mean_text(d[step]) if step in d else MISSING for d in values))
+            console.print(table)
+            console.print()
+
+
 def _print_agreement(results: Results, console: Console) -> None:
     from rich import box
     from rich.table import Table
@@ -146,7 +183,8 @@ def _print_agreement(results: Results, console: Console) -> None:
 
 
 def print_tables(results: Results, console: Console) -> None:
-    """Everything a terminal shows after a run: banner, PTST summary, grids, agreement, legend, failed jobs."""
+    """Everything a terminal shows after a run: banner, PTST summary, grids, per-category and per-checkpoint
+    tables, judge agreement, legend, failed jobs. Figures and the spec are in report.html / report.md."""
     from rich.text import Text
 
     grids = build_grids(results)
@@ -157,6 +195,8 @@ def print_tables(results: Results, console: Console) -> None:
     _print_ptst(results, console)
     for g in grids:
         _print_grid(g, console)
+    _print_categories(results, console)
+    _print_progress(results, console)
     _print_agreement(results, console)
     if grids:
         console.print(Text(legend(results), style="dim"))
