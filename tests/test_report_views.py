@@ -167,5 +167,5 @@ def test_terminal_fits_80_columns(simulated: bool) -> None:
     assert re.search(r"0\.00%\s+58\.33% ± 35\.36\s+—\s+0\.125\s+0/4", ptst)
     assert "score 3.83" in text
     assert "ASR % per category" in text and "83.33%" in text  # malware, chat:llama -> chat:llama
-    assert re.search(r"^\s*100\s+16\.67%\s*$", text, re.M) and re.search(r"^\s*final\s+58\.33%\s*$", text, re.M)
+    assert re.search(r"^\s*100\s+16\.67%\s*$", text, re.MULTILINE) and re.search(r"^\s*final\s+58\.33%\s*$", text, re.MULTILINE)
     assert re.search(r"\bb\s+keyword\s+6\s+0\.571\s+1/4\s+1/0", text)  # both safe/unsafe 1/4; only A/B 1/0

@@ -20,7 +20,14 @@ from ptst.report.grids import (
     row_label,
     seeds_note,
 )
-from ptst.report.views import FINAL, category_tables, mean_text, progress_views, ptst_lines, summary_text
+from ptst.report.views import (
+    FINAL,
+    category_tables,
+    mean_text,
+    progress_views,
+    ptst_lines,
+    summary_text,
+)
 from ptst.results import Results
 
 if TYPE_CHECKING:  # rich is a core dependency, but only the terminal path needs it
