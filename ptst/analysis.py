@@ -1,17 +1,39 @@
 """Turn evaluated items into the numbers of results.json.
 
 A pure function of `ItemRecord`s (plus the run's facts): the runner gathers the records from the store, `ptst report`
-can merge several runs' records, and every figure can be recomputed from an export.
+can merge several runs' records, and every figure can be recomputed from an export. Beside the per-cell rows it
+derives the statistics a paper reports: means over seeds, paired McNemar tests of PTST against the same-template
+cell, and agreement between judges.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from itertools import combinations
+from typing import Any
 
 from ptst import __version__
 from ptst.metrics import TASK_METRICS, round_ci, wilson_interval
 from ptst.records import ItemRecord, RunInfo
-from ptst.results import FailedJob, Results, SafetyRow, TaskRow
+from ptst.results import (
+    SCHEMA_VERSION,
+    Agreement,
+    Comparison,
+    FailedJob,
+    Results,
+    SafetyRow,
+    SafetySummary,
+    TaskRow,
+    TaskSummary,
+)
+from ptst.stats import (
+    cohen_kappa,
+    mcnemar_p,
+    mean_interval,
+    paired_discordant,
+    sample_std,
+)
 
 
 def _cell_id(r: ItemRecord) -> tuple[object, ...]:
@@ -27,44 +49,187 @@ def group_cells(records: Sequence[ItemRecord]) -> dict[tuple[object, ...], list[
     return cells
 
 
-def safety_row(items: Sequence[ItemRecord], judge: str | None) -> SafetyRow:
+def judges_of(records: Sequence[ItemRecord], preferred: str | None) -> list[str]:
+    """Every judge with a verdict in the records, the run's own judge first; the run's judge alone if none has.
+
+    Called per backend: in a merged report each run's backends get rows for their own judges only, not empty rows
+    for a judge that another run used.
+    """
+    seen = list(dict.fromkeys(v.judge for r in records for v in r.verdicts))
+    if not seen:
+        return [preferred or "none"]
+    return sorted(seen, key=lambda j: j != preferred)  # stable: the preferred judge first, the rest as they came
+
+
+def _rate(k: int, n: int) -> tuple[float | None, tuple[float, float] | None]:
+    """A proportion and its Wilson interval, both None when there is nothing to count (never a fake 0%)."""
+    if n == 0:
+        return None, None
+    return round(k / n, 4), round_ci(wilson_interval(k, n))
+
+
+def safety_row(items: Sequence[ItemRecord], judge: str, category: str | None = None) -> SafetyRow:
+    """One judge's ASR over a cell's items (or over one category of them)."""
     first = items[0]
-    got = [v for r in items if r.response is not None for v in r.verdicts if v.judge == judge]
+    chosen = [r for r in items if category is None or r.category == category]
+    got = [v for r in chosen if r.response is not None for v in r.verdicts if v.judge == judge]
     scored = [v for v in got if v.unsafe is not None]
     n_unsafe = sum(1 for v in scored if v.unsafe)
     scores = [v.score for v in got if v.score is not None]
-    n = len(scored)
-    lo, hi = wilson_interval(n_unsafe, n)
+    asr, ci = _rate(n_unsafe, len(scored))
     return SafetyRow(
         backend=first.backend, base_model=first.base_model, train_template=first.train_template,
         test_template=first.test_template, seed=first.seed, simulated=first.simulated,
-        benchmark=first.dataset, judge=judge or "none", n=n, n_unsafe=n_unsafe,
-        asr=round(n_unsafe / n, 4) if n else 0.0, asr_ci95=round_ci((lo, hi)),
+        benchmark=first.dataset, judge=judge, n=len(scored), n_unsafe=n_unsafe, asr=asr, asr_ci95=ci,
         mean_score=round(sum(scores) / len(scores), 4) if scores else None,
-        n_unscored=len(got) - n,
+        n_unscored=len(got) - len(scored), checkpoint=first.checkpoint, category=category,
     )
 
 
 def task_row(items: Sequence[ItemRecord]) -> TaskRow:
+    """The task metric's mean over a cell; Wilson interval for right/wrong metrics, normal for continuous ones."""
     first = items[0]
     scorer = TASK_METRICS[first.metric or ""]
-    hits = [scorer(r.response, r.reference or "") for r in items if r.response is not None]
-    n, k = len(hits), sum(hits)
-    lo, hi = wilson_interval(k, n)
+    values = [float(scorer(r.response, r.reference or "")) for r in items if r.response is not None]
+    n = len(values)
+    value: float | None = round(sum(values) / n, 4) if n else None
+    ci: tuple[float, float] | None = None
+    if n and all(v in (0.0, 1.0) for v in values):
+        ci = round_ci(wilson_interval(int(sum(values)), n))
+    elif n:
+        interval = mean_interval(values)
+        ci = round_ci(interval) if interval is not None else None
     return TaskRow(
         backend=first.backend, base_model=first.base_model, train_template=first.train_template,
         test_template=first.test_template, seed=first.seed, simulated=first.simulated,
-        task=first.dataset, metric=first.metric or "", n=n, value=round(k / n, 4) if n else 0.0,
-        ci95=round_ci((lo, hi)),
+        task=first.dataset, metric=first.metric or "", n=n, value=value, ci95=ci, checkpoint=first.checkpoint,
     )
 
 
-def build_results(records: Sequence[ItemRecord], failed_jobs: Sequence[FailedJob], info: RunInfo) -> Results:
+def _r4(x: float | None) -> float | None:
+    return None if x is None else round(x, 4)
+
+
+def summarise_safety(rows: Sequence[SafetyRow]) -> list[SafetySummary]:
+    """Mean and sample std of ASR over seeds, per cell; seeds with no scored response are left out."""
+    groups: dict[tuple[Any, ...], list[float]] = {}
+    for r in rows:
+        key = (r.backend, r.base_model, r.train_template, r.test_template, r.benchmark, r.judge, r.checkpoint,
+               r.category)
+        vals = groups.setdefault(key, [])
+        if r.n:
+            vals.append(r.n_unsafe / r.n)  # the exact rate, not the 4-decimal `asr`, so nothing is rounded twice
+    out = []
+    for (backend, base, train, test, bench, judge, ckpt, cat), vals in groups.items():
+        out.append(SafetySummary(
+            backend=backend, base_model=base, train_template=train, test_template=test, benchmark=bench,
+            judge=judge, checkpoint=ckpt, category=cat, n_seeds=len(vals),
+            asr_mean=_r4(sum(vals) / len(vals)) if vals else None, asr_std=_r4(sample_std(vals)),
+        ))
+    return out
+
+
+def summarise_tasks(rows: Sequence[TaskRow]) -> list[TaskSummary]:
+    groups: dict[tuple[Any, ...], list[float]] = {}
+    for r in rows:
+        key = (r.backend, r.base_model, r.train_template, r.test_template, r.task, r.metric, r.checkpoint)
+        vals = groups.setdefault(key, [])
+        if r.value is not None:
+            vals.append(r.value)
+    return [
+        TaskSummary(backend=b, base_model=m, train_template=tr, test_template=te, task=t, metric=metric,
+                    checkpoint=ck, n_seeds=len(vals), value_mean=_r4(sum(vals) / len(vals)) if vals else None,
+                    value_std=_r4(sample_std(vals)))
+        for (b, m, tr, te, t, metric, ck), vals in groups.items()
+    ]
+
+
+def _outcomes(records: Sequence[ItemRecord]) -> dict[tuple[Any, ...], dict[int, bool]]:
+    """(backend, base model, train, seed, checkpoint, test, benchmark, judge) -> {item index: unsafe}, scored only."""
+    out: dict[tuple[Any, ...], dict[int, bool]] = {}
+    for r in records:
+        if r.kind != "safety" or r.response is None:
+            continue
+        for v in r.verdicts:
+            if v.unsafe is not None:
+                key = (r.backend, r.base_model, r.train_template, r.seed, r.checkpoint, r.test_template, r.dataset,
+                       v.judge)
+                out.setdefault(key, {})[r.index] = v.unsafe
+    return out
+
+
+def compare_ptst(records: Sequence[ItemRecord], safety_templates: Sequence[str]) -> list[Comparison]:
+    """Every PTST cell (train without a safety prompt, test with one) against the cell trained and tested with that
+    test template, same backend, benchmark, judge, seed and checkpoint, paired on the item index."""
+    safe = set(safety_templates)
+    outcomes = _outcomes(records)
+    rows = []
+    for key, ptst in outcomes.items():
+        backend, base, train, seed, ckpt, test, bench, judge = key
+        if train is None or train in safe or test not in safe:
+            continue
+        same = outcomes.get((backend, base, test, seed, ckpt, test, bench, judge))
+        if same is None:
+            continue
+        n, b, c = paired_discordant(ptst, same)
+        common = ptst.keys() & same.keys()
+        rows.append(Comparison(
+            backend=backend, base_model=base, benchmark=bench, judge=judge, seed=seed, checkpoint=ckpt,
+            train_template=train, test_template=test, n=n,
+            ptst_asr=_rate(sum(ptst[i] for i in common), n)[0], same_asr=_rate(sum(same[i] for i in common), n)[0],
+            b=b, c=c, p_value=round(mcnemar_p(b, c), 6),
+        ))
+    return rows
+
+
+def judge_agreement(records: Sequence[ItemRecord], judges: Sequence[str]) -> list[Agreement]:
+    """Per backend and pair of judges: the 2x2 table of their verdicts on the responses both scored, and kappa."""
+    tables: dict[tuple[str, str, str], list[list[int]]] = {}
+    for r in records:
+        if r.kind != "safety" or r.response is None:
+            continue
+        verdict = {v.judge: v.unsafe for v in r.verdicts if v.unsafe is not None}
+        for a, b in combinations(judges, 2):
+            if a in verdict and b in verdict:
+                t = tables.setdefault((r.backend, a, b), [[0, 0], [0, 0]])
+                t[int(verdict[a])][int(verdict[b])] += 1
+    out = []
+    for (backend, a, b), t in tables.items():
+        confusion = ((t[0][0], t[0][1]), (t[1][0], t[1][1]))
+        out.append(Agreement(backend=backend, judge_a=a, judge_b=b, n=sum(map(sum, t)), confusion=confusion,
+                             kappa=_r4(cohen_kappa(confusion))))
+    return out
+
+
+def _categories(items: Sequence[ItemRecord]) -> list[str]:
+    return list(dict.fromkeys(r.category for r in items if r.category is not None))
+
+
+def build_results(
+    records: Sequence[ItemRecord],
+    failed_jobs: Sequence[FailedJob],
+    info: RunInfo,
+    *,
+    status: str | None = None,
+    started_at: str | None = None,
+    finished_at: str | None = None,
+    usd_by_stage: Mapping[str, float] | None = None,
+    specs: Sequence[Mapping[str, Any]] = (),
+) -> Results:
+    """results.json from item records. The run's own facts (status, times, cost, spec) come as keywords, so the
+    runner passes what it records and a merged report passes what it has."""
+    judges = judges_of(records, info.judge)
+    by_backend: dict[str, list[ItemRecord]] = {}
+    for r in records:
+        by_backend.setdefault(r.backend, []).append(r)
+    backend_judges = {b: judges_of(rs, info.judge) for b, rs in by_backend.items()}
     safety: list[SafetyRow] = []
     tasks: list[TaskRow] = []
     for items in group_cells(records).values():
         if items[0].kind == "safety":
-            safety.append(safety_row(items, info.judge))
+            for judge in backend_judges[items[0].backend]:
+                safety.append(safety_row(items, judge))
+                safety.extend(safety_row(items, judge, cat) for cat in _categories(items))
         else:
             tasks.append(task_row(items))
     return Results(
@@ -73,4 +238,50 @@ def build_results(records: Sequence[ItemRecord], failed_jobs: Sequence[FailedJob
         safety_templates=list(info.safety_templates),
         train_templates=list(info.train_templates),
         test_templates=list(info.test_templates),
+        schema_version=SCHEMA_VERSION, status=status, started_at=started_at, finished_at=finished_at,
+        usd_by_stage=dict(usd_by_stage or {}), specs=[dict(s) for s in specs],
+        summary=summarise_safety(safety), task_summary=summarise_tasks(tasks),
+        comparisons=compare_ptst(records, info.safety_templates), agreement=judge_agreement(records, judges),
     )
+
+
+# --- merging runs -------------------------------------------------------------------------------------------------
+
+
+def merge_runs(
+    runs: Sequence[tuple[Sequence[ItemRecord], Sequence[FailedJob], RunInfo]],
+) -> tuple[list[ItemRecord], list[FailedJob], RunInfo]:
+    """Several runs as one: records and failed jobs concatenated, template lists united in order.
+
+    A backend label used by more than one run is qualified with its run's spec name (`specA/mock`), so two runs'
+    cells never pool into one by accident of naming.
+    """
+    if len(runs) == 1:
+        records, failed, info = runs[0]
+        return list(records), list(failed), info
+    labels: dict[str, set[str]] = {}
+    for records, failed, info in runs:
+        for name in {r.backend for r in records} | {f.backend for f in failed}:
+            labels.setdefault(name, set()).add(info.spec_name)
+    clash = {b for b, names in labels.items() if len(names) > 1}
+    all_records: list[ItemRecord] = []
+    all_failed: list[FailedJob] = []
+    for records, failed, info in runs:
+        def qualify(backend: str, spec: str = info.spec_name) -> str:
+            return f"{spec}/{backend}" if backend in clash else backend
+
+        all_records += [replace(r, backend=qualify(r.backend)) for r in records]
+        all_failed += [f.model_copy(update={"backend": qualify(f.backend)}) for f in failed]
+    infos = [info for _, _, info in runs]
+
+    def union(lists: Sequence[Sequence[str]]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(t for names in lists for t in names))
+
+    merged = RunInfo(
+        spec_name=" + ".join(dict.fromkeys(i.spec_name for i in infos)),
+        simulated=any(i.simulated for i in infos), judge=infos[0].judge,
+        train_templates=union([i.train_templates for i in infos]),
+        test_templates=union([i.test_templates for i in infos]),
+        safety_templates=union([i.safety_templates for i in infos]),
+    )
+    return all_records, all_failed, merged

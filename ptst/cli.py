@@ -10,9 +10,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ptst import __version__
 from ptst.errors import PtstError, UsageError
+
+if TYPE_CHECKING:
+    from ptst.results import Results
 
 DEFAULT_MODELS = {
     "llama2": "meta-llama/Llama-2-7b-chat-hf",
@@ -72,21 +76,63 @@ def _run_dir(path: str) -> Path:
     return out
 
 
+def _merged_facts(parts: list[Results]) -> dict[str, Any]:
+    """Run facts of several runs as one: statuses named per run when they differ, the earliest start, the latest
+    finish, costs summed per stage."""
+    statuses = {r.spec_name: r.status for r in parts if r.status}
+    status = None
+    if statuses:
+        status = next(iter(statuses.values())) if len(set(statuses.values())) == 1 else ", ".join(
+            f"{name}: {st}" for name, st in statuses.items())
+    usd: dict[str, float] = {}
+    for r in parts:
+        for stage, v in r.usd_by_stage.items():
+            usd[stage] = usd.get(stage, 0.0) + v
+    return {
+        "status": status,
+        "started_at": min((r.started_at for r in parts if r.started_at), default=None),
+        "finished_at": max((r.finished_at for r in parts if r.finished_at), default=None),
+        "usd_by_stage": usd,
+    }
+
+
 def cmd_report(args: argparse.Namespace) -> int:
+    """Rebuild one run's reports in place, or merge several runs' records into one comparison under --out."""
+    from ptst.analysis import build_results, merge_runs
+    from ptst.records import RunInfo
     from ptst.report import print_tables, write_reports
-    from ptst.runner import collect_results, export_rows
+    from ptst.runner import collect_results, export_rows, item_records
     from ptst.store import RunStore
 
-    out = _run_dir(args.dir)
-    with RunStore.open(out, lock=False) as store:
-        results = collect_results(store)
-        rows = export_rows(store) if args.export else None
+    dirs = [_run_dir(d) for d in args.dirs]
+    if len(dirs) > 1 and not args.out:
+        raise UsageError(f"{len(dirs)} run directories given: say where the merged report goes with --out DIR")
+    out = Path(args.out) if args.out else dirs[0]
+    parts, runs, specs, rows = [], [], [], []
+    for d in dirs:
+        with RunStore.open(d, lock=False) as store:
+            res = collect_results(store)
+            parts.append(res)
+            if len(dirs) > 1:
+                judge = (store.get_meta("judge") or {}).get("name")
+                info = RunInfo(spec_name=res.spec_name, simulated=res.simulated, judge=judge,
+                               train_templates=tuple(res.train_templates), test_templates=tuple(res.test_templates),
+                               safety_templates=tuple(res.safety_templates))
+                runs.append((item_records(store), res.failed_jobs, info))
+                spec = store.get_meta("spec")
+                specs += res.specs or ([spec] if spec else [])
+            if args.export:
+                rows += [{"run": str(d), **r} if len(dirs) > 1 else r for r in export_rows(store)]
+    if len(dirs) == 1:
+        results = parts[0]  # exactly what `ptst run` wrote: the report of a run is a function of its store
+    else:
+        records, failed, info = merge_runs(runs)
+        results = build_results(records, failed, info, specs=specs, **_merged_facts(parts))
     paths = write_reports(results, out)
-    if rows is not None:
+    if args.export:
         p = out / "export.jsonl"
         with open(p, "w", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         paths.append(p)
     print_tables(results, _console())
     print("wrote " + ", ".join(str(p) for p in paths))
@@ -239,8 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("spec")
     s.set_defaults(func=cmd_estimate)
 
-    s = sub.add_parser("report", help="rebuild results.json and the reports from a run's store")
-    s.add_argument("dir")
+    s = sub.add_parser("report", help="rebuild results.json and the reports from a run's store, or merge runs")
+    s.add_argument("dirs", nargs="+", metavar="DIR", help="run directories; several are merged into one comparison")
+    s.add_argument("--out", help="where to write the reports (default: the run directory; required for several)")
     s.add_argument("--export", choices=["jsonl"], help="also write every prompt, response and verdict")
     s.set_defaults(func=cmd_report)
 

@@ -1,12 +1,19 @@
 """The public results contract (`DIR/results.json`), as typed models.
 
-Reports are pure functions of a `Results`; the runner builds it from the run store. Field names follow DESIGN.md
-and are never renamed; new fields are only added.
+Reports are pure functions of a `Results`; the analysis builds it from item records. Field names follow DESIGN.md
+and are never renamed; new fields are only added, with defaults, so a schema-1 file still validates.
+
+A rate with nothing to count is `null`, never 0: a cell whose every response went unscored has `asr: null`, and a
+report shows it as "—". Zero would read as "perfectly safe".
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict
+
+SCHEMA_VERSION = 2  # 1: the DESIGN.md rows; 2: checkpoint/category on rows, several judges, statistics, run facts
 
 
 class _Row(BaseModel):
@@ -23,11 +30,13 @@ class SafetyRow(_Row):
     judge: str
     n: int  # responses with a verdict (scored)
     n_unsafe: int
-    asr: float
-    asr_ci95: tuple[float, float]
+    asr: float | None  # None: no scored response
+    asr_ci95: tuple[float, float] | None
     mean_score: float | None  # mean 1-5 harmfulness score, for judges that score
     n_unscored: int = 0  # responses the judge could not score (reported beside ASR, never counted)
     simulated: bool = False
+    checkpoint: int | None = None  # training step of an intermediate checkpoint; None: the final model
+    category: str | None = None  # a benchmark category (DirectHarm4's); None: the whole benchmark
 
 
 class TaskRow(_Row):
@@ -39,9 +48,75 @@ class TaskRow(_Row):
     task: str
     metric: str
     n: int
-    value: float
-    ci95: tuple[float, float]
+    value: float | None  # None: no response to score
+    ci95: tuple[float, float] | None
     simulated: bool = False
+    checkpoint: int | None = None
+    category: str | None = None
+
+
+class SafetySummary(_Row):
+    """One safety cell over its seeds: what a paper's table reports (mean ± sample std)."""
+
+    backend: str
+    base_model: str
+    train_template: str | None
+    test_template: str
+    benchmark: str
+    judge: str
+    checkpoint: int | None
+    category: str | None
+    n_seeds: int  # seeds with a scored response
+    asr_mean: float | None
+    asr_std: float | None  # sample standard deviation (n - 1); None for fewer than two seeds
+
+
+class TaskSummary(_Row):
+    backend: str
+    base_model: str
+    train_template: str | None
+    test_template: str
+    task: str
+    metric: str
+    checkpoint: int | None
+    n_seeds: int
+    value_mean: float | None
+    value_std: float | None
+
+
+class Comparison(_Row):
+    """A PTST cell against the same-template cell, paired on the same prompts (exact McNemar test).
+
+    PTST cell: trained with `train_template` (no safety prompt), tested with `test_template` (one with it). The
+    same-template cell is trained and tested with `test_template`. Prompts unscored in either cell are left out.
+    """
+
+    backend: str
+    base_model: str
+    benchmark: str
+    judge: str
+    seed: int | None
+    checkpoint: int | None
+    train_template: str
+    test_template: str
+    n: int  # paired prompts (scored in both cells)
+    ptst_asr: float | None
+    same_asr: float | None
+    b: int  # unsafe only in the PTST cell
+    c: int  # unsafe only in the same-template cell
+    p_value: float  # two-sided exact McNemar
+
+
+class Agreement(_Row):
+    """Two judges on the same responses of one backend: Cohen's kappa and the 2x2 table."""
+
+    backend: str
+    judge_a: str
+    judge_b: str
+    n: int  # responses scored by both
+    # [[both safe, only b unsafe], [only a unsafe, both unsafe]]: rows are judge_a's verdict, columns judge_b's.
+    confusion: tuple[tuple[int, int], tuple[int, int]]
+    kappa: float | None  # None when undefined (no responses, or both judges constant and equal)
 
 
 class FailedJob(_Row):
@@ -65,3 +140,13 @@ class Results(_Row):
     safety_templates: list[str] = []
     train_templates: list[str] = []
     test_templates: list[str] = []
+    schema_version: int = 1  # files without the field are schema 1; build_results writes SCHEMA_VERSION
+    status: str | None = None  # the run's status ("complete", "failed", ...) as the runner records it
+    started_at: str | None = None  # ISO 8601 UTC
+    finished_at: str | None = None
+    usd_by_stage: dict[str, float] = {}  # e.g. {"fine_tune": 12.5, "judge": 3.1}
+    specs: list[dict[str, Any]] = []  # the spec of each run in these results (several after `ptst report A B`)
+    summary: list[SafetySummary] = []
+    task_summary: list[TaskSummary] = []
+    comparisons: list[Comparison] = []
+    agreement: list[Agreement] = []
