@@ -15,6 +15,7 @@ from typing import Any
 
 from ptst import __version__
 from ptst.metrics import TASK_METRICS, round_ci, wilson_interval
+from ptst.metrics.stats import confusion_2x2, kappa_from_confusion, paired_mcnemar, seed_summary
 from ptst.records import ItemRecord, RunInfo
 from ptst.results import (
     SCHEMA_VERSION,
@@ -26,13 +27,6 @@ from ptst.results import (
     SafetySummary,
     TaskRow,
     TaskSummary,
-)
-from ptst.stats import (
-    cohen_kappa,
-    mcnemar_p,
-    mean_interval,
-    paired_discordant,
-    sample_std,
 )
 
 
@@ -87,22 +81,16 @@ def safety_row(items: Sequence[ItemRecord], judge: str, category: str | None = N
 
 
 def task_row(items: Sequence[ItemRecord]) -> TaskRow:
-    """The task metric's mean over a cell; Wilson interval for right/wrong metrics, normal for continuous ones."""
+    """The task metric over a cell, through its own `score` (per-item rate with a Wilson interval, or a corpus
+    metric such as BERTScore with its own interval)."""
     first = items[0]
-    scorer = TASK_METRICS[first.metric or ""]
-    values = [float(scorer(r.response, r.reference or "")) for r in items if r.response is not None]
-    n = len(values)
-    value: float | None = round(sum(values) / n, 4) if n else None
-    ci: tuple[float, float] | None = None
-    if n and all(v in (0.0, 1.0) for v in values):
-        ci = round_ci(wilson_interval(int(sum(values)), n))
-    elif n:
-        interval = mean_interval(values)
-        ci = round_ci(interval) if interval is not None else None
+    done = [r for r in items if r.response is not None]
+    mv = TASK_METRICS[first.metric or ""].score([r.response or "" for r in done], [r.reference or "" for r in done])
     return TaskRow(
         backend=first.backend, base_model=first.base_model, train_template=first.train_template,
         test_template=first.test_template, seed=first.seed, simulated=first.simulated,
-        task=first.dataset, metric=first.metric or "", n=n, value=value, ci95=ci, checkpoint=first.checkpoint,
+        task=first.dataset, metric=first.metric or "", n=mv.n, value=_r4(mv.value),
+        ci95=round_ci(mv.ci95) if mv.ci95 is not None else None, checkpoint=first.checkpoint,
     )
 
 
@@ -124,7 +112,7 @@ def summarise_safety(rows: Sequence[SafetyRow]) -> list[SafetySummary]:
         out.append(SafetySummary(
             backend=backend, base_model=base, train_template=train, test_template=test, benchmark=bench,
             judge=judge, checkpoint=ckpt, category=cat, n_seeds=len(vals),
-            asr_mean=_r4(sum(vals) / len(vals)) if vals else None, asr_std=_r4(sample_std(vals)),
+            asr_mean=_r4(sum(vals) / len(vals)) if vals else None, asr_std=_r4(seed_summary(vals).std),
         ))
     return out
 
@@ -139,7 +127,7 @@ def summarise_tasks(rows: Sequence[TaskRow]) -> list[TaskSummary]:
     return [
         TaskSummary(backend=b, base_model=m, train_template=tr, test_template=te, task=t, metric=metric,
                     checkpoint=ck, n_seeds=len(vals), value_mean=_r4(sum(vals) / len(vals)) if vals else None,
-                    value_std=_r4(sample_std(vals)))
+                    value_std=_r4(seed_summary(vals).std))
         for (b, m, tr, te, t, metric, ck), vals in groups.items()
     ]
 
@@ -171,33 +159,38 @@ def compare_ptst(records: Sequence[ItemRecord], safety_templates: Sequence[str])
         same = outcomes.get((backend, base, test, seed, ckpt, test, bench, judge))
         if same is None:
             continue
-        n, b, c = paired_discordant(ptst, same)
-        common = ptst.keys() & same.keys()
+        common = sorted(ptst.keys() & same.keys())  # queries scored in both cells: the pairs
+        first, second = [ptst[i] for i in common], [same[i] for i in common]
+        test_result = paired_mcnemar(first, second)
+        n = len(common)
         rows.append(Comparison(
             backend=backend, base_model=base, benchmark=bench, judge=judge, seed=seed, checkpoint=ckpt,
             train_template=train, test_template=test, n=n,
-            ptst_asr=_rate(sum(ptst[i] for i in common), n)[0], same_asr=_rate(sum(same[i] for i in common), n)[0],
-            b=b, c=c, p_value=round(mcnemar_p(b, c), 6),
+            ptst_asr=_rate(sum(first), n)[0], same_asr=_rate(sum(second), n)[0],
+            b=test_result.b, c=test_result.c, p_value=round(test_result.p, 6),
         ))
     return rows
 
 
 def judge_agreement(records: Sequence[ItemRecord], judges: Sequence[str]) -> list[Agreement]:
     """Per backend and pair of judges: the 2x2 table of their verdicts on the responses both scored, and kappa."""
-    tables: dict[tuple[str, str, str], list[list[int]]] = {}
+    pairs: dict[tuple[str, str, str], tuple[list[bool], list[bool]]] = {}
     for r in records:
         if r.kind != "safety" or r.response is None:
             continue
         verdict = {v.judge: v.unsafe for v in r.verdicts if v.unsafe is not None}
         for a, b in combinations(judges, 2):
             if a in verdict and b in verdict:
-                t = tables.setdefault((r.backend, a, b), [[0, 0], [0, 0]])
-                t[int(verdict[a])][int(verdict[b])] += 1
+                first, second = pairs.setdefault((r.backend, a, b), ([], []))
+                first.append(bool(verdict[a]))
+                second.append(bool(verdict[b]))
     out = []
-    for (backend, a, b), t in tables.items():
-        confusion = ((t[0][0], t[0][1]), (t[1][0], t[1][1]))
-        out.append(Agreement(backend=backend, judge_a=a, judge_b=b, n=sum(map(sum, t)), confusion=confusion,
-                             kappa=_r4(cohen_kappa(confusion))))
+    for (backend, a, b), (first, second) in pairs.items():
+        t = confusion_2x2(first, second)
+        # rows: judge_a safe/unsafe; columns: judge_b safe/unsafe
+        confusion = ((t.both_false, t.second_only), (t.first_only, t.both_true))
+        out.append(Agreement(backend=backend, judge_a=a, judge_b=b, n=t.n, confusion=confusion,
+                             kappa=_r4(kappa_from_confusion(t))))
     return out
 
 

@@ -10,7 +10,7 @@ import pytest
 from ptst.analysis import build_results, merge_runs
 from ptst.records import ItemRecord, RunInfo, Verdict
 from ptst.results import SCHEMA_VERSION, FailedJob, Results
-from ptst.stats import cohen_kappa, sample_std
+from ptst.metrics.stats import Confusion2x2, kappa_from_confusion, seed_summary
 
 CV, CL = "chat:vanilla", "chat:llama"
 KW, RUB = "keyword", "rubric:gpt-4-0613"
@@ -142,12 +142,13 @@ def test_judge_agreement(results: Results) -> None:
 
 
 def test_stats_edge_cases() -> None:
-    assert sample_std([1.0]) is None and sample_std([]) is None
-    assert sample_std([1.0, 3.0]) == pytest.approx(math.sqrt(2))
-    assert cohen_kappa(((0, 0), (0, 0))) is None
-    assert cohen_kappa(((5, 0), (0, 0))) is None  # both judges always "safe": chance agreement is already 1
-    assert cohen_kappa(((3, 0), (0, 3))) == 1.0
-    assert cohen_kappa(((0, 3), (3, 0))) == -1.0
+    assert seed_summary([1.0]).std is None and seed_summary([]).std is None
+    assert seed_summary([1.0, 3.0]).std == pytest.approx(math.sqrt(2))
+    # Confusion2x2(both_true, first_only, second_only, both_false)
+    assert kappa_from_confusion(Confusion2x2(0, 0, 0, 0)) is None
+    assert kappa_from_confusion(Confusion2x2(0, 0, 0, 5)) is None  # both judges always "safe": chance agreement is 1
+    assert kappa_from_confusion(Confusion2x2(3, 0, 0, 3)) == 1.0
+    assert kappa_from_confusion(Confusion2x2(0, 3, 3, 0)) == -1.0
 
 
 def test_merge_runs_qualifies_clashing_backends() -> None:

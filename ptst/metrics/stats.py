@@ -120,7 +120,11 @@ def cohen_kappa(first: Sequence[bool], second: Sequence[bool]) -> float | None:
     judge's own rate of True. None when it is undefined: no items, or p_e == 1 (both judges gave one and the same
     verdict to everything, so there is no disagreement left to beat chance on).
     """
-    t = confusion_2x2(first, second)
+    return kappa_from_confusion(confusion_2x2(first, second))
+
+
+def kappa_from_confusion(t: Confusion2x2) -> float | None:
+    """Cohen's kappa of an already cross-tabulated 2x2 table (see `cohen_kappa`)."""
     n = t.n
     if n == 0:
         return None
