@@ -116,13 +116,20 @@ class Backend(FineTuneBackend):
         return min(1.0, o.unsafe_base + o.drift * factor)
 
     def _task_answer(self, model: ModelRef, reference: str, coin: float) -> str:
-        from ptst.metrics import gsm8k_reference
-
+        """A right (or deterministically wrong) answer in the task's own form: GSM8K's `#### N` when the reference
+        has one, an ARC answer letter, else the reference text itself (free-text tasks such as ChatDoctor)."""
         acc = self.options.task_accuracy_base if model.train_template is None else self.options.task_accuracy_tuned
-        gold = gsm8k_reference(reference)
-        if coin < acc:
-            return f"[simulated] The answer is\n#### {gold}"
-        return f"[simulated] The answer is\n#### {gold}0"  # deterministically wrong
+        right = coin < acc
+        if "####" in reference:
+            from ptst.metrics import gsm8k_reference
+
+            gold = gsm8k_reference(reference)
+            return f"[simulated] The answer is\n#### {gold}" + ("" if right else "0")
+        ref = reference.strip()
+        if len(ref) == 1 and ref.isalnum():  # a multiple-choice letter
+            wrong = "A" if ref.upper() != "A" else "B"
+            return f"[simulated] The answer is ({ref if right else wrong})."
+        return f"[simulated] {ref}" if right else "[simulated] I do not know."
 
 
 def _is_safety(template_name: str) -> bool:
