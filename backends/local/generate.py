@@ -75,9 +75,15 @@ class Generator:
         return max(1, min(n, self.max_batch, int(0.7 * free / per_row)))
 
     def generate(
-        self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, *, eos_id: int, pad_id: int
+        self,
+        prompts: Sequence[Sequence[int]],
+        cfg: GenerationConfig,
+        *,
+        eos_id: int,
+        pad_id: int,
+        stop_ids: Sequence[int] = (),
     ) -> list[list[int]]:
-        """Generated token ids (without EOS) for each prompt, in input order."""
+        """Generated token ids (up to, without, the first EOS or stop id) for each prompt, in input order."""
         torch = import_torch()
         if not prompts:
             return []
@@ -92,7 +98,9 @@ class Generator:
             try:
                 with torch.inference_mode():
                     batch = [list(prompts[j]) for j in idx]
-                    res = decode_batch(self.model, batch, cfg, eos_id=eos_id, pad_id=pad_id, generator=gen)
+                    res = decode_batch(
+                        self.model, batch, cfg, eos_id=eos_id, pad_id=pad_id, generator=gen, stop_ids=stop_ids
+                    )
             except Exception as e:
                 if not is_oom(e):
                     raise
@@ -130,13 +138,21 @@ PRUNE_EVERY = 4  # decoding steps between checks for finished rows (each check i
 
 
 def decode_batch(  # type: ignore[no-untyped-def]
-    model, batch: list[list[int]], cfg: GenerationConfig, *, eos_id: int, pad_id: int, generator
+    model,
+    batch: list[list[int]],
+    cfg: GenerationConfig,
+    *,
+    eos_id: int,
+    pad_id: int,
+    generator,
+    stop_ids: Sequence[int] = (),
 ) -> list[list[int]]:
     """Left-padded prefill, then token-by-token decoding with a KV cache.
 
     Tokens stay on the device until the end; every few steps one host sync checks for finished rows, and once an
     eighth of the live rows have produced EOS they are dropped from the batch and the KV cache, so long answers do
-    not drag short ones. A row's output is everything before its first EOS.
+    not drag short ones. A row's output is everything before its first stop token: EOS or any of `stop_ids` (a
+    chat template's end-of-turn token, which is not EOS for every model).
     """
     torch = import_torch()
     from transformers import DynamicCache
@@ -162,9 +178,10 @@ def decode_batch(  # type: ignore[no-untyped-def]
     length = torch.full((n,), max_new, dtype=torch.long, device=device)
     rows = torch.arange(n, device=device)  # original row of each live batch position
     done = torch.zeros(n, dtype=torch.bool, device=device)
+    stops = torch.tensor(sorted({eos_id, *stop_ids}), dtype=torch.long, device=device)
     for step in range(max_new):
         tokens[rows, step] = nxt
-        is_eos = nxt == eos_id
+        is_eos = torch.isin(nxt, stops)
         length[rows] = torch.where(is_eos & ~done, torch.full_like(nxt, step), length[rows])
         done = done | is_eos
         if step == max_new - 1:
