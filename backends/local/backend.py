@@ -30,7 +30,7 @@ from ptst.backends.local.models import model_dir_problem
 from ptst.backends.local.resume import checkpoint_dirs
 from ptst.backends.local.data import prepare_examples
 from ptst.backends.local.distributed import launch_distributed
-from ptst.backends.local.generate import Generator
+from ptst.backends.local.generate import Generator, release_generators
 from ptst.backends.local.render import TrainingFormError, check_prompt_ids, clean_answer, supervised_labels, where
 from ptst.backends.local.train import TrainSettings, train_lora
 from ptst.backends.local.vllm import generate_vllm, release_vllm
@@ -230,7 +230,8 @@ class LocalBackend(FineTuneBackend):
         log(f"  training data ({self.kind}, {job.train_template}): {audit.describe()}")
         name = f"{self.kind}:{job.key}"
         ledger.put(name, {"status": "running", "workdir": str(workdir)})
-        release_vllm()  # training needs the GPU the generation engine holds
+        release_generators()  # training needs the GPU memory the generation engines hold
+        release_vllm()
         settings = TrainSettings(
             model=self.spec.model,
             seed=job.seed,
@@ -285,6 +286,7 @@ class LocalBackend(FineTuneBackend):
         stops = self.stop_token_ids()
         if self.options.engine == "vllm":
             self._close_generator()
+            release_generators()  # one engine holds the GPU at a time
             out = generate_vllm(model, ids, cfg, self.options, eos_id=self.eos_id, stop_ids=stops)
         else:
             gen = self._generator_for(model)
@@ -299,9 +301,10 @@ class LocalBackend(FineTuneBackend):
     def _generator_for(self, model: ModelRef) -> Generator:
         """The runner calls `generate` repeatedly with chunks for one ModelRef: keep that model loaded."""
         key = (model.base_model, model.adapter_dir)
-        if self._generator is None or self._generator.key != key:
+        if self._generator is None or self._generator.closed or self._generator.key != key:
             self._close_generator()
-            release_vllm()  # one engine holds the GPU at a time
+            release_generators()  # one engine holds the GPU at a time: another backend's model is freed
+            release_vllm()
             self._generator = Generator.load(
                 model.base_model,
                 model.adapter_dir,

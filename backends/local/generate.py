@@ -5,6 +5,7 @@ merged into the base weights."""
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,6 +13,15 @@ from ptst.backends.local.adapters import read_adapter_metadata
 from ptst.backends.local.models import free_memory, import_torch, is_oom, load_causal_lm, resolve_device, resolve_dtype
 from ptst.errors import BackendError, require
 from ptst.types import GenerationConfig
+
+
+_LIVE: weakref.WeakSet[Generator] = weakref.WeakSet()
+
+
+def release_generators() -> None:
+    """Close every loaded generator (of any backend): the next model, training run or vLLM engine gets the GPU."""
+    for g in list(_LIVE):
+        g.close()
 
 
 class Generator:
@@ -23,6 +33,11 @@ class Generator:
         self.device = device
         self.max_batch = max_batch
         self._batch_size: int | None = None  # learnt: the largest size that fitted
+        _LIVE.add(self)
+
+    @property
+    def closed(self) -> bool:
+        return self.model is None
 
     @classmethod
     def load(
@@ -55,8 +70,11 @@ class Generator:
         return cls((base_model, adapter_dir), model, dev, max_batch)
 
     def close(self) -> None:
+        if self.model is None:
+            return
         dev = self.device
         self.model = None
+        _LIVE.discard(self)
         free_memory(dev)
 
     def auto_batch_size(self, n: int, max_len: int, max_new_tokens: int) -> int:
