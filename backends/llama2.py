@@ -13,6 +13,10 @@ does (not from a transformers tokenizer, whose special-token handling has change
   with `sep` a space unless the prompt ends in whitespace (`text:alpaca` ends in a newline), which keeps the prompt's
   own tokens a prefix of the training tokens — checked for every example, a hard error otherwise.
 The rendered training text shows EOS as `</s>`; BOS is not part of any text (it is the first input id).
+
+A model of another family is refused (exit 2, pointing to `kind: hf`): the tokenizer must be Meta's (32,000 pieces,
+`<s>`/`</s>` at 1/2, the chat markers split as Meta's file splits them) and the checkpoint's config.json and
+tokenizer_config.json, where present, must say Llama with a `[INST]`/`<<SYS>>` chat template (`local/family.py`).
 """
 
 from __future__ import annotations
@@ -23,13 +27,22 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ptst.backends.local import LocalBackend
+from ptst.backends.local.family import FamilyRules, ForeignModel, refuse
 from ptst.backends.local.render import file_sha256, text_separator
 from ptst.conversation import Conversation
-from ptst.errors import PtstError, require
+from ptst.errors import UsageError, require
 
 B_INST, E_INST = "[INST]", "[/INST]"
 B_SYS, E_SYS = "<<SYS>>\n", "\n<</SYS>>\n\n"
 EOS_TEXT = "</s>"
+LLAMA2 = FamilyRules(
+    kind="llama2", name="Llama 2", model_types=frozenset({"llama"}), template_needs=("[INST]", "<<SYS>>")
+)
+# Meta's Llama 2 tokenizer.model: its size, special pieces, and how it splits the chat markers (the ids the
+# paper's format trains on). Another SentencePiece model (Mistral's, Llama 1 derivatives with added tokens) differs.
+LLAMA2_VOCAB = 32000
+LLAMA2_SPECIALS = {0: "<unk>", 1: "<s>", 2: "</s>"}
+LLAMA2_MARKERS = {"[INST]": [518, 25580, 29962], "[/INST]": [518, 29914, 25580, 29962]}
 
 
 def prompt_text(conv: Conversation) -> str:
@@ -54,7 +67,32 @@ def _processor(path: str) -> Any:
     try:
         return spm.SentencePieceProcessor(model_file=path)
     except (OSError, RuntimeError) as e:
-        raise PtstError(f"tokenizer {path} is not a SentencePiece model ({str(e).splitlines()[0]})") from None
+        raise ForeignModel(
+            f"tokenizer {path} is not a SentencePiece model ({str(e).splitlines()[0]}); kind: llama2 needs Meta's "
+            "Llama 2 tokenizer.model — for another model family use kind: hf"
+        ) from None
+
+
+def check_llama2_vocabulary(sp: Any, model: str, path: str) -> None:
+    """Refuse a SentencePiece model that is not Meta's Llama 2 tokenizer."""
+    n = int(sp.get_piece_size())
+    if n != LLAMA2_VOCAB:
+        raise refuse("llama2", "Llama 2", model, f"tokenizer {path} has {n} pieces, Llama 2's has {LLAMA2_VOCAB}")
+    for i, piece in LLAMA2_SPECIALS.items():
+        if sp.id_to_piece(i) != piece:
+            raise refuse("llama2", "Llama 2", model, f"tokenizer {path} has {sp.id_to_piece(i)!r} at id {i}, not {piece!r}")
+    for marker, ids in LLAMA2_MARKERS.items():
+        got = list(sp.encode(marker))
+        if got != ids:
+            raise refuse("llama2", "Llama 2", model, f"tokenizer {path} encodes {marker} as {got}, Meta's as {ids}")
+
+
+@cache
+def _checked_processor(model: str, path: str) -> Any:
+    sp = _processor(path)
+    check_llama2_vocabulary(sp, model, path)
+    LLAMA2.check_files(model, int(sp.get_piece_size()))
+    return sp
 
 
 def find_tokenizer(model: str, tokenizer: str | None) -> Path:
@@ -65,11 +103,13 @@ def find_tokenizer(model: str, tokenizer: str | None) -> Path:
         if p.is_dir():
             p = p / "tokenizer.model"
         if not p.is_file():
-            raise PtstError(f"tokenizer: {tokenizer} not found; point it at Llama 2's tokenizer.model")
+            raise UsageError(f"tokenizer: {tokenizer} not found; point it at Llama 2's tokenizer.model")
         return p
     m = Path(model).expanduser()
     if (m / "tokenizer.model").is_file():
         return m / "tokenizer.model"
+    if (m / "tokenizer.json").is_file() or (m / "tekken.json").is_file():
+        raise refuse("llama2", "Llama 2", model, "it ships no SentencePiece tokenizer.model, only tokenizer.json or tekken.json")
     if not m.exists():
         try:
             from huggingface_hub import try_to_load_from_cache
@@ -79,7 +119,7 @@ def find_tokenizer(model: str, tokenizer: str | None) -> Path:
                 return Path(hit)
         except Exception:  # noqa: BLE001 - no hub library or a malformed id: fall through to the hint
             pass
-    raise PtstError(
+    raise UsageError(
         f"no tokenizer.model for llama2 model {model!r} (not in the model directory nor the local HF cache); "
         "set tokenizer: path/to/tokenizer.model in the backend entry (ptst render: --tokenizer)"
     )
@@ -95,7 +135,7 @@ class Backend(LocalBackend):
 
     @property
     def sp(self) -> Any:
-        return _processor(str(self.tokenizer_path))
+        return _checked_processor(self.spec.model, str(self.tokenizer_path))
 
     @property
     def bos_id(self) -> int:  # type: ignore[override]

@@ -180,6 +180,8 @@ def cmd_render(args: argparse.Namespace) -> int:
             f"--template {args.template}: {template.mode}-mode templates are not supported by the {args.backend} backend"
         )
     conv = template.apply(args.query, backend.family, answer=args.answer)
+    if args.tokenizer:
+        backend.render(conv)  # loads the given tokenizer: one of another family is an error, even for plain text
     out = sys.stdout
     text = None if (args.tokens or args.json) else backend.plain_text(conv)
     if text is not None:

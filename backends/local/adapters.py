@@ -68,3 +68,15 @@ def read_adapter_metadata(directory: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
 
+
+
+def read_train_log(path: Path) -> list[dict[str, Any]]:
+    """The per-step records of `train_log.jsonl` (a torn last line, from a kill mid-write, is dropped)."""
+    out = []
+    if Path(path).is_file():
+        for line in Path(path).read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                break
+    return out

@@ -26,14 +26,16 @@ from ptst.backends.base import (
     TrainJob,
 )
 from ptst.backends.local.adapters import ADAPTER_DIR, read_adapter_metadata
+from ptst.backends.local.models import model_dir_problem
+from ptst.backends.local.resume import checkpoint_dirs
 from ptst.backends.local.data import prepare_examples
 from ptst.backends.local.distributed import launch_distributed
-from ptst.backends.local.generate import Generator
+from ptst.backends.local.generate import Generator, release_generators
 from ptst.backends.local.render import TrainingFormError, check_prompt_ids, clean_answer, supervised_labels, where
 from ptst.backends.local.train import TrainSettings, train_lora
-from ptst.backends.local.vllm import generate_vllm
+from ptst.backends.local.vllm import generate_vllm, release_vllm
 from ptst.conversation import Conversation
-from ptst.errors import BackendError
+from ptst.errors import BackendError, PtstError
 from ptst.types import Frozen
 
 
@@ -70,12 +72,14 @@ class LocalBackend(FineTuneBackend):
     modes: ClassVar[frozenset[str]] = frozenset({"chat", "text"})
     Options = LocalOptions
     options: LocalOptions
-    # The runner may ask for larger generation chunks: big batches are where local generation gets its speed.
-    generation_chunk: ClassVar[int] = 512
+    # The runner saves once per chunk: one generation batch (the largest automatic one), so a kill loses at most a
+    # batch while batches stay as big as the GPU allows. Set per instance from `max_generation_batch`.
+    generation_chunk: ClassVar[int] = 256
 
     def __init__(self, spec):  # type: ignore[no-untyped-def]
         super().__init__(spec)
         self._generator: Generator | None = None
+        self.generation_chunk = self.options.max_generation_batch  # type: ignore[misc]
 
     # --- tokenizer side (subclasses) ---------------------------------------------------------------------------
     bos_id: int
@@ -107,6 +111,68 @@ class LocalBackend(FineTuneBackend):
         """Padding never reaches the loss or attention; EOS is a safe filler id for both families."""
         return self.eos_id
 
+    def stop_token_ids(self) -> tuple[int, ...]:
+        """Token ids that end a generated answer (it is cut before the first). Llama 2 and Mistral end a turn with
+        EOS; a chat-template backend adds its template's end-of-turn ids (`<|im_end|>`, `<|eot_id|>`)."""
+        return (self.eos_id,)
+
+    def check_tokenizer(self) -> None:
+        """Load the tokenizer, refusing one this backend cannot render (a user error naming the model): subclasses
+        check the family where they load it, so any use of the tokenizer (here: its BOS id) refuses."""
+        self.bos_id  # noqa: B018 - loading is the check
+
+    # --- scheduling, validation, checkpoints --------------------------------------------------------------------
+    def resource(self) -> str:
+        """The device this backend's jobs run on: the scheduler runs one job at a time per device. `cuda` (all GPUs)
+        for a multi-GPU job; `cuda:0` for the default single GPU."""
+        device = self.options.device
+        if device is None:
+            try:
+                import torch
+
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            except ImportError:
+                device = "cpu"
+        if device == "cuda" and self.options.nproc_per_node == 1:
+            return "cuda:0"
+        return device
+
+    def preflight(self) -> list[str]:
+        """The model must be an HF-format folder (here or in the local HF cache) and its tokenizer of this backend's
+        family. Reads files only: no weights are loaded, nothing touches the network."""
+        problems = []
+        problem = model_dir_problem(self.spec.model)
+        if problem is not None:
+            problems.append(problem)
+        try:
+            self.check_tokenizer()
+        except PtstError as e:
+            problems.append(str(e))
+        return problems
+
+    def checkpoints(self, model: ModelRef) -> list[ModelRef]:
+        """The complete adapters saved at `save_steps` beside `model`'s final adapter, oldest first."""
+        if model.adapter_dir is None:
+            return []
+        final = read_adapter_metadata(Path(model.adapter_dir)) or {}
+        found = [(step, d, read_adapter_metadata(d) or {}) for step, d in checkpoint_dirs(Path(model.adapter_dir).parent)]
+        # a save step at the very end is the final adapter itself
+        found += [
+            (int(k), Path(v), final) for k, v in final.get("checkpoints", {}).items() if Path(v) == Path(model.adapter_dir)
+        ]
+        out = []
+        for step, d, meta in sorted(found, key=lambda x: x[0]):
+            out.append(
+                model.model_copy(
+                    update={
+                        "model_id": f"{model.model_id}@step-{step}",
+                        "adapter_dir": str(d),
+                        "meta": {"step": step, "loss": meta.get("train", {}).get("loss", meta.get("train", {}).get("final_loss"))},
+                    }
+                )
+            )
+        return out
+
     # --- the contract ---------------------------------------------------------------------------------------------
     def render(self, conv: Conversation) -> Rendered:
         what = where(conv)
@@ -128,14 +194,18 @@ class LocalBackend(FineTuneBackend):
 
     def identity(self) -> dict[str, Any]:
         """Options that change results are part of every step key. Device, process count, attention kernel and
-        generation engine are not: they change speed and float rounding, not the experiment."""
+        the transformers engine are not: they change speed and float rounding, not the experiment. vLLM is: its
+        outputs differ beyond rounding (own kernels and sampler), so its generations are keyed apart."""
         o = self.options
-        return {
+        ident: dict[str, Any] = {
             "tokenizer_sha256": self.tokenizer_fingerprint(),
             "dtype": o.dtype,
             "batching": o.batching,
             "fast_lora_dropout": o.fast_lora_dropout,
         }
+        if o.engine != "hf":  # vLLM's kernels and sampler give other outputs: its generations are other results
+            ident["engine"] = o.engine
+        return ident
 
     def estimate(self, job: TrainJob) -> Estimate:
         encoded = [self.encode_example(c) for c in job.examples]
@@ -160,6 +230,8 @@ class LocalBackend(FineTuneBackend):
         log(f"  training data ({self.kind}, {job.train_template}): {audit.describe()}")
         name = f"{self.kind}:{job.key}"
         ledger.put(name, {"status": "running", "workdir": str(workdir)})
+        release_generators()  # training needs the GPU memory the generation engines hold
+        release_vllm()
         settings = TrainSettings(
             model=self.spec.model,
             seed=job.seed,
@@ -211,20 +283,28 @@ class LocalBackend(FineTuneBackend):
             p = self.prompt_ids(conv)
             check_prompt_ids(p, self.bos_id, where(conv))
             ids.append(p)
+        stops = self.stop_token_ids()
         if self.options.engine == "vllm":
-            out = generate_vllm(model, ids, cfg, self.options, eos_id=self.eos_id)
+            self._close_generator()
+            release_generators()  # one engine holds the GPU at a time
+            out = generate_vllm(model, ids, cfg, self.options, eos_id=self.eos_id, stop_ids=stops)
         else:
             gen = self._generator_for(model)
-            out = gen.generate(ids, cfg, eos_id=self.eos_id, pad_id=self.pad_id)
+            out = gen.generate(ids, cfg, eos_id=self.eos_id, pad_id=self.pad_id, stop_ids=stops)
         return [self.decode(o) for o in out]
+
+    def _close_generator(self) -> None:
+        if self._generator is not None:
+            self._generator.close()
+            self._generator = None
 
     def _generator_for(self, model: ModelRef) -> Generator:
         """The runner calls `generate` repeatedly with chunks for one ModelRef: keep that model loaded."""
         key = (model.base_model, model.adapter_dir)
-        if self._generator is None or self._generator.key != key:
-            if self._generator is not None:
-                self._generator.close()
-                self._generator = None
+        if self._generator is None or self._generator.closed or self._generator.key != key:
+            self._close_generator()
+            release_generators()  # one engine holds the GPU at a time: another backend's model is freed
+            release_vllm()
             self._generator = Generator.load(
                 model.base_model,
                 model.adapter_dir,

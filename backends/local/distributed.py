@@ -53,12 +53,16 @@ def worker_main(argv: Sequence[str]) -> int:
         torch.distributed.init_process_group(backend="nccl" if cuda else "gloo")
     try:
         train_lora(settings, examples, Path(job["outdir"]))
-    finally:
+    except BaseException:
+        # No barrier here: a rank that failed would wait for ranks that may never arrive (or have died), and the
+        # job would hang instead of failing. Leave the group and exit non-zero; torchrun stops the other ranks.
         if world > 1:
-            torch.distributed.barrier()
             torch.distributed.destroy_process_group()
+        raise
+    if world > 1:
+        torch.distributed.barrier()  # every rank finished: rank 0's adapter is on disk before any rank exits
+        torch.distributed.destroy_process_group()
     return 0
-
 
 
 if __name__ == "__main__":  # torchrun worker

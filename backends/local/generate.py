@@ -5,6 +5,7 @@ merged into the base weights."""
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,6 +13,15 @@ from ptst.backends.local.adapters import read_adapter_metadata
 from ptst.backends.local.models import free_memory, import_torch, is_oom, load_causal_lm, resolve_device, resolve_dtype
 from ptst.errors import BackendError, require
 from ptst.types import GenerationConfig
+
+
+_LIVE: weakref.WeakSet[Generator] = weakref.WeakSet()
+
+
+def release_generators() -> None:
+    """Close every loaded generator (of any backend): the next model, training run or vLLM engine gets the GPU."""
+    for g in list(_LIVE):
+        g.close()
 
 
 class Generator:
@@ -23,6 +33,11 @@ class Generator:
         self.device = device
         self.max_batch = max_batch
         self._batch_size: int | None = None  # learnt: the largest size that fitted
+        _LIVE.add(self)
+
+    @property
+    def closed(self) -> bool:
+        return self.model is None
 
     @classmethod
     def load(
@@ -55,8 +70,11 @@ class Generator:
         return cls((base_model, adapter_dir), model, dev, max_batch)
 
     def close(self) -> None:
+        if self.model is None:
+            return
         dev = self.device
         self.model = None
+        _LIVE.discard(self)
         free_memory(dev)
 
     def auto_batch_size(self, n: int, max_len: int, max_new_tokens: int) -> int:
@@ -75,9 +93,15 @@ class Generator:
         return max(1, min(n, self.max_batch, int(0.7 * free / per_row)))
 
     def generate(
-        self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, *, eos_id: int, pad_id: int
+        self,
+        prompts: Sequence[Sequence[int]],
+        cfg: GenerationConfig,
+        *,
+        eos_id: int,
+        pad_id: int,
+        stop_ids: Sequence[int] = (),
     ) -> list[list[int]]:
-        """Generated token ids (without EOS) for each prompt, in input order."""
+        """Generated token ids (up to, without, the first EOS or stop id) for each prompt, in input order."""
         torch = import_torch()
         if not prompts:
             return []
@@ -92,7 +116,9 @@ class Generator:
             try:
                 with torch.inference_mode():
                     batch = [list(prompts[j]) for j in idx]
-                    res = decode_batch(self.model, batch, cfg, eos_id=eos_id, pad_id=pad_id, generator=gen)
+                    res = decode_batch(
+                        self.model, batch, cfg, eos_id=eos_id, pad_id=pad_id, generator=gen, stop_ids=stop_ids
+                    )
             except Exception as e:
                 if not is_oom(e):
                     raise
@@ -130,13 +156,21 @@ PRUNE_EVERY = 4  # decoding steps between checks for finished rows (each check i
 
 
 def decode_batch(  # type: ignore[no-untyped-def]
-    model, batch: list[list[int]], cfg: GenerationConfig, *, eos_id: int, pad_id: int, generator
+    model,
+    batch: list[list[int]],
+    cfg: GenerationConfig,
+    *,
+    eos_id: int,
+    pad_id: int,
+    generator,
+    stop_ids: Sequence[int] = (),
 ) -> list[list[int]]:
     """Left-padded prefill, then token-by-token decoding with a KV cache.
 
     Tokens stay on the device until the end; every few steps one host sync checks for finished rows, and once an
     eighth of the live rows have produced EOS they are dropped from the batch and the KV cache, so long answers do
-    not drag short ones. A row's output is everything before its first EOS.
+    not drag short ones. A row's output is everything before its first stop token: EOS or any of `stop_ids` (a
+    chat template's end-of-turn token, which is not EOS for every model).
     """
     torch = import_torch()
     from transformers import DynamicCache
@@ -162,9 +196,10 @@ def decode_batch(  # type: ignore[no-untyped-def]
     length = torch.full((n,), max_new, dtype=torch.long, device=device)
     rows = torch.arange(n, device=device)  # original row of each live batch position
     done = torch.zeros(n, dtype=torch.bool, device=device)
+    stops = torch.tensor(sorted({eos_id, *stop_ids}), dtype=torch.long, device=device)
     for step in range(max_new):
         tokens[rows, step] = nxt
-        is_eos = nxt == eos_id
+        is_eos = torch.isin(nxt, stops)
         length[rows] = torch.where(is_eos & ~done, torch.full_like(nxt, step), length[rows])
         done = done | is_eos
         if step == max_new - 1:

@@ -7,7 +7,38 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ptst.errors import BackendError, require
+from ptst.errors import BackendError, PtstError, require
+
+# The oldest transformers the local engine is verified with. Packed training relies on transformers building a
+# per-example (block-diagonal) causal mask from restarting position_ids when no attention mask is given: flash
+# attention's varlen path had it earlier, but sdpa/eager got it only with the masking rework of 4.54 (before that a
+# packed row silently cross-attends between examples). Loading uses `from_pretrained(dtype=...)` and generation
+# `DynamicCache(config=...)`, both from 4.56.
+MIN_TRANSFORMERS = (4, 56)
+
+
+class LibraryTooOld(PtstError):
+    """An installed library is older than the local engine supports (exit 2: the environment, not a bug)."""
+
+    exit_code = 2
+
+
+def check_transformers() -> None:
+    """Refuse a transformers too old for packed attention, before any model is loaded (no silent cross-attention)."""
+    from importlib.metadata import version
+
+    require("transformers", "the local backends", "local")
+    installed = version("transformers")
+    parts = []
+    for p in installed.split(".")[:2]:
+        digits = "".join(ch for ch in p if ch.isdigit())
+        parts.append(int(digits or 0))
+    if tuple(parts) < MIN_TRANSFORMERS:
+        need = ".".join(map(str, MIN_TRANSFORMERS))
+        raise LibraryTooOld(
+            f"transformers {installed} is too old for the local backends (packed training needs per-example "
+            f"attention from position ids, verified from {need}); pip install -U 'transformers>={need}'"
+        )
 
 
 def import_torch():  # type: ignore[no-untyped-def]
@@ -67,7 +98,7 @@ def local_model_dir(model: str) -> Path:
 
 def load_causal_lm(model: str, *, dtype, device: str, attn_implementation: str | None):  # type: ignore[no-untyped-def]
     """Load a base model from a local directory or the local HF cache only (never the network)."""
-    require("transformers", "the local backends (llama2, mistral)", "local")
+    check_transformers()
     from transformers import AutoModelForCausalLM
 
     path = local_model_dir(model)
@@ -107,3 +138,14 @@ def free_memory(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
 
+
+
+def model_dir_problem(model: str) -> str | None:
+    """Why `model` cannot be loaded offline as an HF-format directory (None when it can), without loading it."""
+    try:
+        path = local_model_dir(model)
+    except BackendError as e:
+        return str(e)
+    if not (path / "config.json").is_file():
+        return f"model {model}: {path} has no config.json; it must be an HF-format model directory (config + weights)"
+    return None

@@ -21,11 +21,19 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from ptst.backends.local.adapters import ADAPTER_DIR, TRAIN_LOG, save_adapter
+from ptst.backends.local.adapters import ADAPTER_DIR, TRAIN_LOG, read_train_log, save_adapter
 from ptst.backends.local.data import collate, plan_batches
 from ptst.backends.local.lora_dropout import install_fast_lora
-from ptst.backends.local.models import import_torch, is_oom, load_causal_lm, resolve_device, resolve_dtype
+from ptst.backends.local.models import check_transformers, import_torch, is_oom, load_causal_lm, resolve_device, resolve_dtype
 from ptst.backends.local.render import IGNORE_INDEX
+from ptst.backends.local.resume import (
+    CHECKPOINT_PREFIX,
+    find_resume_checkpoint,
+    restore,
+    save_rng_state,
+    save_trainer_state,
+    settings_fingerprint,
+)
 from ptst.errors import BackendError, require
 from ptst.types import Frozen, Hyperparameters
 
@@ -66,6 +74,7 @@ def build_lora_model(settings: TrainSettings, device: str, base=None):  # type: 
     """The base model (loaded from `settings.model`, or `base` when given: benchmarks pass a random-weight model built
     in memory) with fresh LoRA adapters, seeded."""
     torch = import_torch()
+    check_transformers()
     require("peft", "LoRA fine-tuning", "local")
     from peft import LoraConfig, get_peft_model
 
@@ -108,13 +117,15 @@ def train_lora(
     *,
     on_step: Callable[[dict[str, Any]], None] | None = None,
     base=None,  # type: ignore[no-untyped-def]
+    resume: bool = True,
 ) -> dict[str, Any]:
     """Fine-tune a LoRA adapter and save it (safetensors + metadata, metadata last) under `outdir/adapter`.
 
     Runs as one process, or as one rank of a torchrun DDP group (`WORLD_SIZE` > 1): every rank walks the same
     seeded batch plan and takes its share of each micro-batch; the loss is summed and divided by the supervised
     tokens of the whole accumulation window on all ranks, so the update equals the single-process one.
-    Returns the training summary written into the metadata.
+    With `resume` (the default), a job interrupted after a `save_steps` checkpoint continues from the latest one
+    (see `resume.py`) instead of starting over. Returns the training summary written into the metadata.
     """
     torch = import_torch()
     hp = settings.hyperparameters
@@ -162,13 +173,25 @@ def train_lora(
     )
     grouping = "padded" if settings.batching == "length_grouped" else settings.batching
     save_steps = set(hp.save_steps)
-    checkpoints: dict[str, str] = {}
+    fingerprint = settings_fingerprint(settings, world)
+    progress: dict[str, Any] = {"losses": [], "tokens": 0, "checkpoints": {}}
+    start = 0
+    resume_from = find_resume_checkpoint(outdir, fingerprint, world) if resume else None
+    if resume_from is not None:
+        saved = restore(resume_from, model=model, optimizer=optimizer, scheduler=scheduler, rank=rank, device=device)
+        start, progress = saved["step"], saved["progress"]
+        if rank == 0:
+            from ptst.progress import log
+
+            log(f"  resuming {Path(settings.model).name} training from {resume_from} (step {start}/{total_steps})")
+    losses: list[float] = list(progress["losses"])
+    n_tokens_total = int(progress["tokens"])
+    checkpoints: dict[str, str] = dict(progress["checkpoints"])
     log_path = outdir / TRAIN_LOG
     if rank == 0:
         outdir.mkdir(parents=True, exist_ok=True)
-        log_path.write_text("")
-    losses: list[float] = []
-    n_tokens_total = 0
+        kept = read_train_log(log_path)[:start] if start else []
+        log_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
     t0 = time.perf_counter()
 
     from ptst.progress import progress_bar
@@ -178,7 +201,8 @@ def train_lora(
         if rank == 0:
             title = f"train {Path(settings.model).name} (LoRA r={hp.lora.r})"
             advance = stack.enter_context(progress_bar(title, total_steps))
-        for step, window in enumerate(windows, start=1):
+            advance(start)
+        for step, window in enumerate(windows[start:], start=start + 1):
             t_step = time.perf_counter()
             # this rank's share of each micro-batch
             shares = [mb[rank::world] for mb in window]
@@ -235,10 +259,18 @@ def train_lora(
                 with log_path.open("a") as f:
                     f.write(json.dumps(rec) + "\n")
                 advance(1, info=f"loss {loss:.4f}  {rec['tokens_per_s'] or 0:,.0f} tok/s")
-                if step in save_steps and step != total_steps:
-                    ck = outdir / f"checkpoint-{step}"
-                    save_adapter(model, ck, settings, {"step": step, "loss": loss}, {})
+            if step in save_steps and step != total_steps:
+                ck = outdir / f"{CHECKPOINT_PREFIX}{step}"
+                save_rng_state(ck, rank, device)
+                if world > 1:
+                    torch.distributed.barrier()  # every rank's RNG state is on disk before rank 0 marks it complete
+                if rank == 0:
                     checkpoints[str(step)] = str(ck)
+                    done = {"losses": losses, "tokens": n_tokens_total, "checkpoints": checkpoints}
+                    save_trainer_state(
+                        ck, fingerprint=fingerprint, step=step, optimizer=optimizer, scheduler=scheduler, progress=done
+                    )
+                    save_adapter(model, ck, settings, {"step": step, "loss": loss}, {})
             if on_step is not None:
                 on_step(rec)
     seconds = time.perf_counter() - t0
