@@ -35,8 +35,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import Field
-
 from ptst.backends.base import GenerationConfig, JobLedger, ModelRef, Rendered, TrainJob
 from ptst.backends.hf import (
     LocalBackend,
@@ -47,10 +45,19 @@ from ptst.backends.hf import (
     text_separator,
     where,
 )
+from pydantic import Field
+
 from ptst.conversation import Conversation
 from ptst.errors import BackendError, require
 
 IGNORE_INDEX = -100
+
+
+class ModelSetupError(BackendError):
+    """The model or its tokenizer is not usable as the spec names it: a user's fix (exit 2), not a bug."""
+
+    exit_code = 2
+
 FOLD_NOTE = (
     "system prompt folded into the first user turn (system + blank line + user): the model's chat template does "
     "not accept a system message"
@@ -86,7 +93,7 @@ def resolve_model_dir(model: str, *, download: bool) -> Path:
         return Path(hub.snapshot_download(model, local_files_only=True))
     except Exception as e:  # noqa: BLE001 - not cached or malformed id: both end in the same hint
         if not download:
-            raise BackendError(
+            raise ModelSetupError(
                 f"model {model!r} is not a local directory nor in the local Hugging Face cache "
                 f"({_first_line(e)}); run `huggingface-cli download {model}`, set download: true in the backend "
                 "entry, or point model: at a local HF-format directory"
@@ -94,7 +101,7 @@ def resolve_model_dir(model: str, *, download: bool) -> Path:
     try:
         return Path(hub.snapshot_download(model))
     except Exception as e:  # noqa: BLE001 - network, auth, unknown repo
-        raise BackendError(f"model {model!r} could not be downloaded ({_first_line(e)})") from None
+        raise ModelSetupError(f"model {model!r} could not be downloaded ({_first_line(e)})") from None
 
 
 def load_tokenizer(directory: Path, model: str) -> Any:
@@ -105,12 +112,12 @@ def load_tokenizer(directory: Path, model: str) -> Any:
     try:
         tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
     except (OSError, ValueError, TypeError) as e:
-        raise BackendError(
+        raise ModelSetupError(
             f"model {model}: no usable tokenizer in {directory} ({_first_line(e)}); the hf backend needs "
             "tokenizer.json/tokenizer_config.json beside the model, or tokenizer: DIR"
         ) from None
     if not getattr(tok, "chat_template", None):
-        raise BackendError(
+        raise ModelSetupError(
             f"model {model}: its tokenizer has no chat template (chat_template.jinja or tokenizer_config.json "
             "'chat_template'); the hf backend renders through it — use the model's instruct/chat variant"
         )
@@ -260,7 +267,7 @@ class Backend(LocalBackend):
     @cached_property
     def _stop_ids(self) -> tuple[int, ...]:
         tok = self.tokenizer
-        special = set(int(i) for i in tok.all_special_ids)
+        special = {int(i) for i in tok.all_special_ids}
         special |= {int(i) for i, t in tok.added_tokens_decoder.items() if getattr(t, "special", False)}
         conv = Conversation("chat", _PROBE_USER, None, None, _PROBE_USER)
         prompt = self.prompt_ids(conv)
@@ -272,7 +279,7 @@ class Backend(LocalBackend):
         ids += _generation_config_eos(self.model_dir)
         out = tuple(dict.fromkeys(ids))
         if not out:
-            raise BackendError(
+            raise ModelSetupError(
                 f"model {self.spec.model}: no end-of-turn token found (no EOS, and the chat template writes no special "
                 "token after an answer); generation could not stop"
             )

@@ -80,7 +80,14 @@ CORPUS = [
 def build_tokenizer(fmt: str):  # type: ignore[no-untyped-def]
     """A byte-level BPE tokenizer (every string encodes; a few hundred merges make prefix checks non-trivial) with the
     format's special tokens and chat template, as a transformers fast tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     f = FORMATS[fmt]
@@ -109,11 +116,12 @@ def make_tiny_chat_model(path: Path, fmt: str) -> Path:
     import transformers
 
     tok = build_tokenizer(fmt)
-    common = dict(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.2,
-        eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id,
-    )
+    common = {
+        "vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512, "initializer_range": 0.2,
+        "eos_token_id": tok.eos_token_id, "bos_token_id": tok.bos_token_id, "pad_token_id": tok.pad_token_id,
+        "tie_word_embeddings": False,
+    }
     if fmt == "chatml":
         cfg, cls = transformers.Qwen2Config(**common), transformers.Qwen2ForCausalLM
     elif fmt == "llama3":
@@ -128,3 +136,30 @@ def make_tiny_chat_model(path: Path, fmt: str) -> Path:
         gc["eos_token_id"] = [tok.eos_token_id, tok.convert_tokens_to_ids("<|eot_id|>")]
         (path / "generation_config.json").write_text(json.dumps(gc))
     return path
+
+
+def rig_bigram(path: Path, first: int, then: int) -> None:
+    """Rewrite the saved model at `path` into a bigram machine: after any token but `first` it predicts `first`, after
+    `first` it predicts `then`, deterministically.
+
+    Zeroing every attention output and MLP down projection leaves the residual stream equal to the current token's
+    embedding; with `first`'s embedding along e1, every other along e0, and the output rows of `first` and `then` along
+    e0 and e1, greedy decoding after a prompt yields `first, then, first, then, ...` — so a test sees exactly where
+    generation stopped."""
+    import torch
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(path)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                p.zero_()
+        emb = model.get_input_embeddings().weight
+        emb.zero_()
+        emb[:, 0] = 1.0
+        emb[first, 0], emb[first, 1] = 0.0, 1.0
+        head = model.get_output_embeddings().weight
+        head.zero_()
+        head[first, 0] = 10.0
+        head[then, 1] = 10.0
+    model.save_pretrained(path)
