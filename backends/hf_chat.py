@@ -35,18 +35,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ptst.backends.base import GenerationConfig, JobLedger, ModelRef, Rendered, TrainJob
-from ptst.backends.hf import (
-    LocalBackend,
-    LocalOptions,
-    TrainingFormError,
-    clean_answer,
-    generate_vllm,
-    text_separator,
-    where,
-)
 from pydantic import Field
 
+from ptst.backends.base import GenerationConfig, JobLedger, ModelRef, Rendered, TrainJob
+from ptst.backends.local import LocalBackend, LocalOptions
+from ptst.backends.local.render import TrainingFormError, clean_answer, text_separator, where
+from ptst.backends.local.vllm import generate_vllm
 from ptst.conversation import Conversation
 from ptst.errors import BackendError, require
 
