@@ -61,6 +61,7 @@ TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "tokenizer.model",
     "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json", "generation_config.json",
 )
+DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt"]
 _PROBE_SYSTEM = "ptst-probe-system-0c1d"
 _PROBE_USER, _PROBE_ANSWER = "ptst probe question", "ptst probe answer"
 
@@ -92,8 +93,8 @@ def resolve_model_dir(model: str, *, download: bool) -> Path:
                 f"({_first_line(e)}); run `huggingface-cli download {model}`, set download: true in the backend "
                 "entry, or point model: at a local HF-format directory"
             ) from None
-    try:
-        return Path(hub.snapshot_download(model))
+    try:  # the weights, configs and tokenizer files only (hub repos often carry ONNX/GGUF copies too)
+        return Path(hub.snapshot_download(model, allow_patterns=DOWNLOAD_PATTERNS))
     except Exception as e:  # noqa: BLE001 - network, auth, unknown repo
         raise ModelSetupError(f"model {model!r} could not be downloaded ({_first_line(e)})") from None
 
