@@ -328,17 +328,25 @@ class Backend(LocalBackend):
         return ref.model_copy(update={"meta": {**ref.meta, "notes": self.notes()}}) if self.notes() else ref
 
     def generate(self, model: ModelRef, prompts: Sequence[Conversation], cfg: GenerationConfig) -> list[str]:
+        """The engine's generation, without its BOS-first check (ChatML models have no BOS); stops at
+        `stop_token_ids()`."""
         ids = []
         for conv in prompts:
             conv = conv.without_answer() if conv.answer is not None else conv
             p = self.prompt_ids(conv)
             self._check_bos(p, f"model {self.spec.model}, {where(conv)}")
             ids.append(p)
+        stops = self.stop_token_ids()
         if self.options.engine == "vllm":
-            out = generate_vllm(model, ids, cfg, self.options, eos_id=self.stop_token_ids()[0])
+            self._close_generator()
+            out = generate_vllm(model, ids, cfg, self.options, eos_id=self.eos_id, stop_ids=stops)
         else:
-            out = self._generator_for(model).generate(ids, cfg, eos_id=self.stop_token_ids()[0], pad_id=self.pad_id)
+            out = self._generator_for(model).generate(ids, cfg, eos_id=self.eos_id, pad_id=self.pad_id, stop_ids=stops)
         return [self.decode(o) for o in out]
+
+    def check_tokenizer(self) -> None:
+        """Loading is the check: a missing tokenizer or chat template is a one-line user error."""
+        self.tokenizer  # noqa: B018
 
     def preflight(self) -> list[str]:
         """A model folder (or cached/downloadable hub id) with config.json and a tokenizer that has a chat template.
