@@ -52,6 +52,7 @@ class ModelSetupError(BackendError):
 
     exit_code = 2
 
+
 FOLD_NOTE = (
     "system prompt folded into the first user turn (system + blank line + user): the model's chat template does "
     "not accept a system message"
