@@ -229,3 +229,19 @@ def test_cli_render_hf_needs_a_model(capsys, tmp_path):
     assert "--backend hf needs --model" in capsys.readouterr().err
     assert main(["render", "--backend", "hf", "--model", str(tmp_path / "x"), "--template", "chat:vanilla", "--query", "Q"]) == 2
     assert "not a local directory" in capsys.readouterr().err
+
+
+def test_tokenizer_option_points_at_another_folder(models, tmp_path):
+    """Weights in one folder, tokenizer + chat template in another (`tokenizer: DIR`)."""
+    weights = tmp_path / "weights-only"
+    shutil.copytree(models["llama3"], weights)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        (weights / name).unlink()
+    assert "tokenizer" in " ".join(hf(weights).preflight())
+    b = hf(weights, tokenizer=str(models["llama3"]))
+    assert b.preflight() == []
+    conv = BUILTIN["chat:vanilla"].apply(QUERY, "hf", answer=ANSWER)
+    assert b.render(conv) == hf(models["llama3"]).render(conv)
+    assert hf(weights, tokenizer=str(tmp_path / "missing")).preflight() == [
+        f"tokenizer: {tmp_path / 'missing'} is not a directory; point it at the tokenizer's folder"
+    ]
