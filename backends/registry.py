@@ -25,6 +25,7 @@ BUILTIN: dict[str, str] = {
     "openai": "ptst.backends.openai:Backend",
     "llama2": "ptst.backends.llama2:Backend",
     "mistral": "ptst.backends.mistral:Backend",
+    "hf": "ptst.backends.hf_chat:Backend",
 }
 
 

@@ -166,6 +166,8 @@ def cmd_render(args: argparse.Namespace) -> int:
 
         custom = load_spec(args.spec).custom_templates
     options = {"tokenizer": args.tokenizer} if args.tokenizer else {}
+    if not args.model and args.backend not in DEFAULT_MODELS:
+        raise UsageError(f"--backend {args.backend} needs --model (a local HF-format directory or a cached hub id)")
     try:
         bspec = BackendSpec(kind=args.backend, model=args.model or DEFAULT_MODELS[args.backend], **options)
     except ValueError as e:
@@ -272,14 +274,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_validate)
 
     s = sub.add_parser("render", help="print exactly what a backend's model sees")
-    s.add_argument("--backend", required=True, choices=sorted(DEFAULT_MODELS))
+    s.add_argument("--backend", required=True, choices=sorted([*DEFAULT_MODELS, "hf"]))
     s.add_argument("--template", required=True)
     s.add_argument("--query", required=True)
     s.add_argument("--answer", help="render the training form (prompt + answer) with its loss mask")
     s.add_argument("--tokens", action="store_true", help="also print token ids and labels (-100 = no loss)")
     s.add_argument("--json", action="store_true", help="one JSON object: text, messages, input_ids, labels")
     s.add_argument("--model", help="model id or local directory (default: the paper's model for the backend)")
-    s.add_argument("--tokenizer", help="tokenizer file or directory (Llama 2: tokenizer.model)")
+    s.add_argument("--tokenizer", help="tokenizer file or directory (Llama 2: tokenizer.model; hf: its folder)")
     s.add_argument("--spec", help="a spec whose user-defined templates to use")
     s.set_defaults(func=cmd_render)
 

@@ -1,0 +1,388 @@
+"""`kind: hf` — any transformers chat model, rendered through the tokenizer's own chat template, on the local engine.
+
+The paper's local backends hand-write one vendor's format (Llama 2, Mistral). This one trusts the model's
+`chat_template` (Jinja, shipped with the tokenizer), which is what the model was trained on and what serving stacks
+(transformers, vLLM, TGI) use, so Qwen, Llama 3, Gemma, SmolLM and the like need no code of their own.
+
+Rendering contract (checked for every example, `TrainingFormError` naming the model otherwise):
+* chat prompt: `apply_chat_template(messages, add_generation_prompt=True)` — the ids are exactly what transformers
+  produces (the template writes BOS itself where the model has one; nothing is added on top);
+* chat training form: the same messages plus `{"role": "assistant", "content": answer.strip()}`, rendered without a
+  generation prompt. The prompt's ids must be a token prefix of these ids; labels are -100 on that prefix and the
+  ids on everything after it: the answer and the template's end-of-turn tokens (`<|im_end|>\\n`, `<|eot_id|>`,
+  `<end_of_turn>\\n`), so the model learns to end its turn;
+* system prompts: templates that reject the system role (Gemma's raises) or silently drop it get the system text
+  folded into the first user turn as `system + "\\n\\n" + user`, as those models' docs advise; the fold is recorded as
+  a note in every `ModelRef.meta["notes"]` of the backend. A template that injects its own default system prompt
+  when none is given (Qwen, SmolLM) keeps doing so: that is the model's behaviour, and `ptst render` shows it;
+* text-mode templates (`text:vanilla`, `text:alpaca`) are supported as raw text: the prompt is tokenized with the
+  tokenizer's own special-token handling (BOS where the tokenizer adds one, e.g. Llama 3 and Gemma, none for Qwen),
+  the training form is `prompt + sep + answer` (sep as for Llama 2: a space unless the prompt ends in whitespace)
+  followed by EOS, with the same prefix check. This is the paper's "text" condition for a chat model;
+* generation stops at any of `stop_token_ids()`: EOS, every special token the template writes after an answer
+  (found by rendering a probe turn), and the `eos_token_id`s of the model's `generation_config.json`.
+
+`identity()` carries a fingerprint of the tokenizer files and the chat template, so a changed template re-keys every
+step. Hub ids are read from the local Hugging Face cache only, unless the backend entry says `download: true`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from ptst.backends.base import GenerationConfig, JobLedger, ModelRef, Rendered, TrainJob
+from ptst.backends.local import LocalBackend, LocalOptions
+from ptst.backends.local.render import TrainingFormError, clean_answer, text_separator, where
+from ptst.backends.local.vllm import generate_vllm
+from ptst.conversation import Conversation
+from ptst.errors import BackendError, require
+
+IGNORE_INDEX = -100
+
+
+class ModelSetupError(BackendError):
+    """The model or its tokenizer is not usable as the spec names it: a user's fix (exit 2), not a bug."""
+
+    exit_code = 2
+
+
+FOLD_NOTE = (
+    "system prompt folded into the first user turn (system + blank line + user): the model's chat template does "
+    "not accept a system message"
+)
+# Files that decide how text becomes ids and when generation stops; their bytes are the tokenizer fingerprint.
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "tokenizer.model",
+    "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json", "generation_config.json",
+)
+DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt"]
+_PROBE_SYSTEM = "ptst-probe-system-0c1d"
+_PROBE_USER, _PROBE_ANSWER = "ptst probe question", "ptst probe answer"
+
+
+class HFChatOptions(LocalOptions):
+    """Options of `kind: hf` (the local engine's, plus where the tokenizer comes from and whether to download)."""
+
+    tokenizer: str | None = Field(
+        None, description="directory of the tokenizer and chat template (default: the model's own)"
+    )
+    download: bool = Field(
+        False, description="fetch a hub id that is not in the local Hugging Face cache (needs internet)"
+    )
+
+
+def resolve_model_dir(model: str, *, download: bool) -> Path:
+    """A local directory for `model`: the path itself, its snapshot in the local HF cache, or (with `download`) a
+    fresh download into that cache — after which the engine finds it in the cache like any other."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    hub = require("huggingface_hub", "the hf backend (hub ids)", "local")
+    try:
+        return Path(hub.snapshot_download(model, local_files_only=True))
+    except Exception as e:  # noqa: BLE001 - not cached or malformed id: both end in the same hint
+        if not download:
+            raise ModelSetupError(
+                f"model {model!r} is not a local directory nor in the local Hugging Face cache "
+                f"({_first_line(e)}); run `huggingface-cli download {model}`, set download: true in the backend "
+                "entry, or point model: at a local HF-format directory"
+            ) from None
+    try:  # the weights, configs and tokenizer files only (hub repos often carry ONNX/GGUF copies too)
+        return Path(hub.snapshot_download(model, allow_patterns=DOWNLOAD_PATTERNS))
+    except Exception as e:  # noqa: BLE001 - network, auth, unknown repo
+        raise ModelSetupError(f"model {model!r} could not be downloaded ({_first_line(e)})") from None
+
+
+def load_tokenizer(directory: Path, model: str) -> Any:
+    """The model's tokenizer (local files only), refusing one without a chat template."""
+    require("transformers", "the hf backend", "local")
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    except (OSError, ValueError, TypeError) as e:
+        raise ModelSetupError(
+            f"model {model}: no usable tokenizer in {directory} ({_first_line(e)}); the hf backend needs "
+            "tokenizer.json/tokenizer_config.json beside the model, or tokenizer: DIR"
+        ) from None
+    if not getattr(tok, "chat_template", None):
+        raise ModelSetupError(
+            f"model {model}: its tokenizer has no chat template (chat_template.jinja or tokenizer_config.json "
+            "'chat_template'); the hf backend renders through it — use the model's instruct/chat variant"
+        )
+    return tok
+
+
+class Backend(LocalBackend):
+    """A local chat model of any family, trained with LoRA and served on the shared local engine."""
+
+    kind: ClassVar[str] = "hf"
+    family: ClassVar[str] = "hf"
+    Options = HFChatOptions
+    options: HFChatOptions
+
+    # --- the tokenizer ---------------------------------------------------------------------------------------------
+    @cached_property
+    def model_dir(self) -> Path:
+        return resolve_model_dir(self.spec.model, download=self.options.download)
+
+    @cached_property
+    def tokenizer_dir(self) -> Path:
+        if self.options.tokenizer:
+            return Path(self.options.tokenizer).expanduser()
+        return self.model_dir
+
+    @cached_property
+    def tokenizer(self) -> Any:
+        return load_tokenizer(self.tokenizer_dir, self.spec.model)
+
+    @property
+    def bos_id(self) -> int:  # type: ignore[override]
+        """The tokenizer's BOS id, or -1 for models without one (ChatML models such as Qwen)."""
+        bos = self.tokenizer.bos_token_id
+        return -1 if bos is None else int(bos)
+
+    @property
+    def eos_id(self) -> int:  # type: ignore[override]
+        eos = self.tokenizer.eos_token_id
+        return int(eos) if eos is not None else self.stop_token_ids()[0]
+
+    @cached_property
+    def accepts_system(self) -> bool:
+        """Whether the template renders a system message: it may raise (Gemma) or drop it silently; both fold."""
+        msgs = [{"role": "system", "content": _PROBE_SYSTEM}, {"role": "user", "content": _PROBE_USER}]
+        try:
+            text = self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        except Exception:  # noqa: BLE001 - jinja's TemplateError from raise_exception, or a template's own check
+            return False
+        return _PROBE_SYSTEM in text
+
+    def notes(self) -> list[str]:
+        """What the backend changed about the conversations it was given (recorded in every ModelRef's meta)."""
+        return [] if self.accepts_system else [FOLD_NOTE]
+
+    def messages(self, conv: Conversation, answer: str | None = None) -> list[dict[str, str]]:
+        """The chat messages of a conversation: system (folded where the template has no system role), user, and the
+        assistant's answer for a training example. An empty system prompt is an empty message where accepted."""
+        user = conv.user
+        msgs: list[dict[str, str]] = []
+        if conv.system is not None:
+            if self.accepts_system:
+                msgs.append({"role": "system", "content": conv.system})
+            elif conv.system:
+                user = conv.system + "\n\n" + user
+        msgs.append({"role": "user", "content": user})
+        if answer is not None:
+            msgs.append({"role": "assistant", "content": answer})
+        return msgs
+
+    def _chat(self, msgs: list[dict[str, str]], *, generation_prompt: bool, tokenize: bool) -> Any:
+        try:
+            if not tokenize:
+                return self.tokenizer.apply_chat_template(
+                    msgs, add_generation_prompt=generation_prompt, tokenize=False
+                )
+            # transformers 5 returns a BatchEncoding by default; ask for it explicitly and take the ids.
+            enc = self.tokenizer.apply_chat_template(
+                msgs, add_generation_prompt=generation_prompt, tokenize=True, return_dict=True
+            )
+            return [int(i) for i in enc["input_ids"]]
+        except Exception as e:  # noqa: BLE001 - a template's raise_exception or a Jinja error
+            raise TrainingFormError(
+                f"model {self.spec.model}: its chat template failed on a {'/'.join(m['role'] for m in msgs)} "
+                f"conversation ({_first_line(e)})"
+            ) from None
+
+    @cached_property
+    def _text_special_prefix(self) -> list[int]:
+        """The special ids the tokenizer puts before a raw text (BOS for Llama 3 and Gemma, nothing for Qwen)."""
+        plain = self.tokenizer("x", add_special_tokens=False)["input_ids"]
+        full = self.tokenizer("x", add_special_tokens=True)["input_ids"]
+        for k in range(len(full) - len(plain) + 1):
+            if list(full[k : k + len(plain)]) == list(plain):
+                return [int(i) for i in full[:k]]
+        return []
+
+    def _text_ids(self, text: str) -> list[int]:
+        return [*self._text_special_prefix, *self.tokenizer(text, add_special_tokens=False)["input_ids"]]
+
+    # --- what LocalBackend asks of a tokenizer side -----------------------------------------------------------------
+    def prompt_text(self, conv: Conversation) -> str:
+        if conv.mode == "text":
+            return conv.user
+        return str(self._chat(self.messages(conv), generation_prompt=True, tokenize=False))
+
+    def prompt_ids(self, conv: Conversation) -> list[int]:
+        if conv.mode == "text":
+            return self._text_ids(conv.user)
+        return list(self._chat(self.messages(conv), generation_prompt=True, tokenize=True))
+
+    def training_text(self, conv: Conversation, answer: str) -> str:
+        if conv.mode == "text":
+            return conv.user + text_separator(conv.user) + answer + str(self.tokenizer.eos_token or "")
+        return str(self._chat(self.messages(conv, answer), generation_prompt=False, tokenize=False))
+
+    def training_ids(self, conv: Conversation, answer: str) -> list[int]:
+        if conv.mode == "text":
+            return [*self._text_ids(conv.user + text_separator(conv.user) + answer), self.eos_id]
+        return list(self._chat(self.messages(conv, answer), generation_prompt=False, tokenize=True))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        stops = set(self.stop_token_ids())
+        return str(self.tokenizer.decode([i for i in ids if i not in stops], skip_special_tokens=True))
+
+    def tokenizer_fingerprint(self) -> str:
+        return self._fingerprint
+
+    @cached_property
+    def _fingerprint(self) -> str:
+        """sha256 of the tokenizer files, the chat template in use and the stop ids (first 16 hex digits)."""
+        h = hashlib.sha256()
+        for name in TOKENIZER_FILES:
+            for d in dict.fromkeys([self.tokenizer_dir, self.model_dir]):
+                p = d / name
+                if p.is_file():
+                    h.update(f"{d == self.tokenizer_dir}:{name}\0".encode())
+                    h.update(p.read_bytes())
+        h.update(str(self.tokenizer.chat_template).encode())
+        h.update(json.dumps(self.stop_token_ids()).encode())
+        return h.hexdigest()[:16]
+
+    # --- stopping -----------------------------------------------------------------------------------------------------
+    def stop_token_ids(self) -> tuple[int, ...]:
+        """The ids generation stops on; the first is the template's end-of-turn token (what chat answers end with)."""
+        return self._stop_ids
+
+    @cached_property
+    def _stop_ids(self) -> tuple[int, ...]:
+        tok = self.tokenizer
+        special = {int(i) for i in tok.all_special_ids}
+        special |= {int(i) for i, t in tok.added_tokens_decoder.items() if getattr(t, "special", False)}
+        conv = Conversation("chat", _PROBE_USER, None, None, _PROBE_USER)
+        prompt = self.prompt_ids(conv)
+        full = self.training_ids(conv, _PROBE_ANSWER)
+        tail = [i for i in full[len(prompt) :] if i in special]
+        ids: list[int] = [*tail]
+        if tok.eos_token_id is not None:
+            ids.append(int(tok.eos_token_id))
+        ids += _generation_config_eos(self.model_dir)
+        out = tuple(dict.fromkeys(ids))
+        if not out:
+            raise ModelSetupError(
+                f"model {self.spec.model}: no end-of-turn token found (no EOS, and the chat template writes no special "
+                "token after an answer); generation could not stop"
+            )
+        return out
+
+    # --- the contract ---------------------------------------------------------------------------------------------
+    def render(self, conv: Conversation) -> Rendered:
+        what = f"model {self.spec.model}, {where(conv)}"
+        msgs = tuple(self.messages(conv)) if conv.mode == "chat" else None
+        ids = self.prompt_ids(conv)
+        self._check_bos(ids, what)
+        if conv.answer is None:
+            return Rendered(text=self.prompt_text(conv), messages=msgs, input_ids=tuple(ids))
+        answer = clean_answer(conv)
+        full = self.training_ids(conv, answer)
+        n = len(ids)
+        if len(full) <= n or full[:n] != ids:
+            raise TrainingFormError(
+                f"{what}: the chat template's prompt (with the generation prompt) is not a token prefix of the full "
+                "conversation, so the loss cannot be put on the answer alone; this model's template cannot be "
+                "trained by the hf backend as it is — pick another template mode or model"
+            )
+        if conv.mode == "chat" and not set(full[n:]) & set(self.stop_token_ids()):
+            raise TrainingFormError(f"{what}: the answer's turn carries no end-of-turn token; generation would not stop")
+        if msgs is not None:
+            msgs = (*msgs, {"role": "assistant", "content": answer})
+        labels = [IGNORE_INDEX] * n + full[n:]
+        return Rendered(
+            text=self.training_text(conv, answer), messages=msgs, input_ids=tuple(full), labels=tuple(labels)
+        )
+
+    def _check_bos(self, ids: Sequence[int], what: str) -> None:
+        if not ids:
+            raise TrainingFormError(f"{what}: the prompt renders to no tokens")
+        bos = self.bos_id
+        if bos >= 0 and len(ids) > 1 and ids[0] == bos and ids[1] == bos:
+            raise TrainingFormError(f"{what}: BOS is doubled at the start of the prompt; remove a literal BOS from the text")
+
+    def plain_text(self, conv: Conversation) -> str | None:
+        """The rendered text (it needs the tokenizer: the template is part of it)."""
+        if conv.answer is None:
+            return self.prompt_text(conv)
+        return self.training_text(conv, clean_answer(conv))
+
+    def base_model(self) -> ModelRef:
+        ref = super().base_model()
+        return ref.model_copy(update={"meta": {**ref.meta, "notes": self.notes()}}) if self.notes() else ref
+
+    def fine_tune(self, job: TrainJob, ledger: JobLedger, workdir: Path) -> ModelRef:
+        ref = super().fine_tune(job, ledger, workdir)
+        return ref.model_copy(update={"meta": {**ref.meta, "notes": self.notes()}}) if self.notes() else ref
+
+    def generate(self, model: ModelRef, prompts: Sequence[Conversation], cfg: GenerationConfig) -> list[str]:
+        """The engine's generation, without its BOS-first check (ChatML models have no BOS); stops at
+        `stop_token_ids()`."""
+        ids = []
+        for conv in prompts:
+            conv = conv.without_answer() if conv.answer is not None else conv
+            p = self.prompt_ids(conv)
+            self._check_bos(p, f"model {self.spec.model}, {where(conv)}")
+            ids.append(p)
+        stops = self.stop_token_ids()
+        if self.options.engine == "vllm":
+            self._close_generator()
+            out = generate_vllm(model, ids, cfg, self.options, eos_id=self.eos_id, stop_ids=stops)
+        else:
+            out = self._generator_for(model).generate(ids, cfg, eos_id=self.eos_id, pad_id=self.pad_id, stop_ids=stops)
+        return [self.decode(o) for o in out]
+
+    def check_tokenizer(self) -> None:
+        """Loading is the check: a missing tokenizer or chat template is a one-line user error."""
+        self.tokenizer  # noqa: B018
+
+    def preflight(self) -> list[str]:
+        """A model folder (or cached/downloadable hub id) with config.json and a tokenizer that has a chat template.
+        Reads the tokenizer (small files), never the weights, never the network."""
+        model = self.spec.model
+        try:
+            directory = resolve_model_dir(model, download=False)
+        except BackendError as e:
+            return [] if self.options.download else [str(e)]
+        problems = []
+        if not (directory / "config.json").is_file():
+            problems.append(f"model {model}: {directory} has no config.json; point model: at an HF-format model directory")
+        if self.options.tokenizer and not Path(self.options.tokenizer).expanduser().is_dir():
+            problems.append(f"tokenizer: {self.options.tokenizer} is not a directory; point it at the tokenizer's folder")
+            return problems
+        try:
+            load_tokenizer(Path(self.options.tokenizer).expanduser() if self.options.tokenizer else directory, model)
+        except BackendError as e:
+            problems.append(str(e))
+        return problems
+
+
+def _generation_config_eos(directory: Path) -> list[int]:
+    """The `eos_token_id` (an int or a list) of the model's generation_config.json, if any."""
+    p = directory / "generation_config.json"
+    try:
+        value = json.loads(p.read_text()).get("eos_token_id") if p.is_file() else None
+    except (OSError, ValueError):
+        return []
+    if isinstance(value, int):
+        return [value]
+    return [int(v) for v in value] if isinstance(value, list) else []
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip().splitlines()
+    text = s[0] if s else type(e).__name__
+    return text if len(text) <= 160 else text[:157] + "..."

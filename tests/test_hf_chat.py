@@ -1,0 +1,247 @@
+"""`kind: hf` on tiny offline chat models (ChatML/Qwen2, Llama 3, Gemma formats; see hf_chat_models.py).
+
+Covers: ids equal `apply_chat_template`'s token for token; labels cover exactly the answer and the template's
+end-of-turn tokens; system folding for a template without a system role (Gemma raises, another drops it) with a note;
+stop tokens and where generation really stops; text-mode templates with the tokenizer's BOS; a template whose
+generation prompt is not a prefix is a one-line user error naming the model; the fingerprint follows the template;
+preflight; `ptst render --backend hf`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
+from hf_chat_models import CHATML_TEMPLATE, FORMATS, make_tiny_chat_model, rig_bigram  # noqa: E402
+
+from ptst.backends.base import BackendSpec, GenerationConfig, create_backend  # noqa: E402
+from ptst.backends.hf_chat import FOLD_NOTE  # noqa: E402
+from ptst.cli import main  # noqa: E402
+from ptst.errors import DataError  # noqa: E402
+from ptst.templates import BUILTIN, strings  # noqa: E402
+
+FORMAT_NAMES = sorted(FORMATS)
+QUERY, ANSWER = "How do I bake a cake?", "Mix flour, eggs and sugar, then bake it."
+# What each format writes after an answer: the answer's turn ends there, and the loss covers it.
+END_OF_TURN_TEXT = {"chatml": "<|im_end|>\n", "llama3": "<|eot_id|>", "gemma": "<end_of_turn>\n"}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("hf-chat")
+    return {fmt: make_tiny_chat_model(root / fmt, fmt) for fmt in FORMAT_NAMES}
+
+
+def hf(model: Path, **options):  # type: ignore[no-untyped-def]
+    return create_backend(BackendSpec(kind="hf", model=str(model), **options))
+
+
+def tokenizer(model: Path):  # type: ignore[no-untyped-def]
+    return transformers.AutoTokenizer.from_pretrained(str(model), local_files_only=True)
+
+
+def expected_messages(fmt: str, system: str | None, user: str) -> list[dict[str, str]]:
+    """Written out independently of the backend: Gemma gets the system text folded into the user turn."""
+    if system is None:
+        return [{"role": "user", "content": user}]
+    if fmt == "gemma":
+        return [{"role": "user", "content": system + "\n\n" + user}]
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+@pytest.mark.parametrize("fmt", FORMAT_NAMES)
+@pytest.mark.parametrize("template", ["chat:vanilla", "chat:alpaca", "chat:llama"])
+def test_ids_equal_apply_chat_template(models, fmt, template):
+    b, tok = hf(models[fmt]), tokenizer(models[fmt])
+    t = BUILTIN[template]
+    msgs = expected_messages(fmt, t.system, t.user.replace("{query}", QUERY))
+    prompt = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False)
+    full = tok.apply_chat_template(
+        [*msgs, {"role": "assistant", "content": ANSWER}], tokenize=True, return_dict=False
+    )
+    r = b.render(t.apply(QUERY, "hf"))
+    assert list(r.input_ids) == list(prompt) and r.labels is None
+    assert r.text == tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    assert list(r.messages) == msgs
+    rt = b.render(t.apply(QUERY, "hf", answer="  " + ANSWER + "\n"))  # the answer is trained stripped
+    assert list(rt.input_ids) == list(full)
+    assert list(rt.messages) == [*msgs, {"role": "assistant", "content": ANSWER}]
+
+
+@pytest.mark.parametrize("fmt", FORMAT_NAMES)
+def test_labels_cover_exactly_the_answer_and_end_of_turn(models, fmt):
+    b, tok = hf(models[fmt]), tokenizer(models[fmt])
+    r = b.render(BUILTIN["chat:llama"].apply(QUERY, "hf", answer=ANSWER))
+    ids, labels = list(r.input_ids), list(r.labels)
+    n = sum(1 for x in labels if x == -100)
+    assert len(labels) == len(ids) and labels[:n] == [-100] * n and -100 not in labels[n:]
+    assert labels[n:] == ids[n:]
+    assert tok.decode(ids[n:]) == ANSWER + END_OF_TURN_TEXT[fmt]
+    assert tok.decode(ids[:n]) == b.render(BUILTIN["chat:llama"].apply(QUERY, "hf")).text
+
+
+@pytest.mark.parametrize(
+    ("fmt", "stops"),
+    [
+        ("chatml", ["<|im_end|>"]),
+        ("llama3", ["<|eot_id|>", "<|end_of_text|>"]),
+        ("gemma", ["<end_of_turn>", "<eos>"]),
+    ],
+)
+def test_stop_tokens_start_with_the_end_of_turn_token(models, fmt, stops):
+    b, tok = hf(models[fmt]), tokenizer(models[fmt])
+    assert b.stop_token_ids() == tuple(tok.convert_tokens_to_ids(stops))
+
+
+@pytest.mark.parametrize("fmt", FORMAT_NAMES)
+def test_generation_stops_at_the_end_of_turn_token(models, fmt, tmp_path):
+    """A rigged model answers `x` then the end-of-turn token, forever: only stopping there gives exactly 'x'.
+    (Llama 3's EOS is <|end_of_text|>: stopping on EOS alone would give 'xxxxxxxx'.)"""
+    model = tmp_path / fmt
+    shutil.copytree(models[fmt], model)
+    tok = tokenizer(model)
+    x = tok("x", add_special_tokens=False)["input_ids"]
+    assert len(x) == 1
+    rig_bigram(model, x[0], tok.convert_tokens_to_ids(FORMATS[fmt]["end_of_turn"]))
+    b = hf(model)
+    prompts = [BUILTIN["chat:vanilla"].apply(QUERY, "hf"), BUILTIN["chat:llama"].apply("Hi", "hf")]
+    assert b.generate(b.base_model(), prompts, GenerationConfig(max_new_tokens=8)) == ["x", "x"]
+
+
+def test_gemma_folds_the_system_prompt_and_says_so(models):
+    b = hf(models["gemma"])
+    conv = BUILTIN["chat:llama"].apply(QUERY, "hf")
+    r = b.render(conv)
+    assert [m["role"] for m in r.messages] == ["user"]
+    assert r.messages[0]["content"] == strings()["LLAMA_SYSTEM"] + "\n\nQuestion: " + QUERY
+    assert r.text.startswith("<bos><start_of_turn>user\n" + strings()["LLAMA_SYSTEM"] + "\n\nQuestion: ")
+    assert b.base_model().meta["notes"] == [FOLD_NOTE]
+    for fmt in ("chatml", "llama3"):
+        assert "notes" not in hf(models[fmt]).base_model().meta
+
+
+def test_a_template_that_drops_the_system_message_is_folded_too(models, tmp_path):
+    model = tmp_path / "drops-system"
+    shutil.copytree(models["chatml"], model)
+    tok = tokenizer(model)
+    tok.chat_template = CHATML_TEMPLATE.replace("{%- for m in messages -%}", "{%- for m in messages if m['role'] != 'system' -%}")
+    tok.save_pretrained(model)
+    b = hf(model)
+    r = b.render(BUILTIN["chat:alpaca"].apply(QUERY, "hf"))
+    assert strings()["ALPACA_PREAMBLE"] + "\n\n### Instruction:\n" + QUERY in r.text
+    assert b.base_model().meta["notes"] == [FOLD_NOTE]
+
+
+@pytest.mark.parametrize(("fmt", "bos"), [("chatml", None), ("llama3", "<|begin_of_text|>"), ("gemma", "<bos>")])
+@pytest.mark.parametrize("template", ["text:vanilla", "text:alpaca"])
+def test_text_mode_is_raw_text_with_the_tokenizers_bos(models, fmt, bos, template):
+    b, tok = hf(models[fmt]), tokenizer(models[fmt])
+    conv = BUILTIN[template].apply(QUERY, "hf")
+    r = b.render(conv)
+    assert r.text == conv.user and r.messages is None
+    body = tok(conv.user, add_special_tokens=False)["input_ids"]
+    head = [] if bos is None else [tok.convert_tokens_to_ids(bos)]
+    assert list(r.input_ids) == head + body
+    rt = b.render(BUILTIN[template].apply(QUERY, "hf", answer=ANSWER))
+    ids, labels = list(rt.input_ids), list(rt.labels)
+    n = len(r.input_ids)
+    assert ids[:n] == list(r.input_ids) and labels[:n] == [-100] * n and labels[n:] == ids[n:]
+    assert ids[-1] == tok.eos_token_id
+    sep = "" if conv.user.endswith("\n") else " "
+    assert tok.decode(ids[n:]) == sep + ANSWER + tok.eos_token
+
+
+def test_generation_prompt_that_is_not_a_prefix_is_a_user_error(models, tmp_path, capsys):
+    """A template whose generation prompt differs from how it writes the assistant turn cannot be masked by prefix."""
+    model = tmp_path / "bad-template"
+    shutil.copytree(models["chatml"], model)
+    tok = tokenizer(model)
+    tok.chat_template = CHATML_TEMPLATE.replace("'<|im_start|>assistant\\n'", "'<|im_start|>model\\n'")
+    tok.save_pretrained(model)
+    b = hf(model)
+    b.render(BUILTIN["chat:vanilla"].apply(QUERY, "hf"))  # prompts alone are fine
+    with pytest.raises(DataError, match=rf"model {model}.*not a token prefix"):
+        b.render(BUILTIN["chat:vanilla"].apply(QUERY, "hf", answer=ANSWER))
+    args = ["render", "--backend", "hf", "--model", str(model), "--template", "chat:vanilla", "--query", "Q"]
+    assert main([*args, "--answer", "A", "--json"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: model ") and "not a token prefix" in err and len(err.strip().splitlines()) == 1
+
+
+def test_fingerprint_follows_the_chat_template(models, tmp_path):
+    model = tmp_path / "retemplated"
+    shutil.copytree(models["chatml"], model)
+    before = hf(model).identity()
+    assert hf(model).identity() == before  # stable
+    tok = tokenizer(model)
+    tok.chat_template = CHATML_TEMPLATE.replace("You are a helpful assistant.", "You are a careful assistant.")
+    tok.save_pretrained(model)
+    after = hf(model).identity()
+    assert after["tokenizer_sha256"] != before["tokenizer_sha256"]
+    assert {k: v for k, v in after.items() if k != "tokenizer_sha256"} == {
+        k: v for k, v in before.items() if k != "tokenizer_sha256"
+    }
+
+
+def test_preflight(models, tmp_path):
+    assert hf(models["llama3"]).preflight() == []
+    missing = hf(tmp_path / "nowhere").preflight()
+    assert len(missing) == 1 and "not a local directory nor in the local Hugging Face cache" in missing[0]
+    assert hf(tmp_path / "nowhere", download=True).preflight() == []  # fetched at run time, not at validation
+    no_template = tmp_path / "no-template"
+    shutil.copytree(models["chatml"], no_template)
+    (no_template / "chat_template.jinja").unlink()
+    (problem,) = hf(no_template).preflight()
+    assert problem.startswith(f"model {no_template}: its tokenizer has no chat template")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    problems = hf(empty).preflight()
+    assert len(problems) == 2 and "no config.json" in problems[0] and "tokenizer" in problems[1]
+
+
+def test_cli_render_json(models, capsys):
+    model = models["llama3"]
+    args = ["render", "--backend", "hf", "--model", str(model), "--template", "chat:llama", "--query", QUERY]
+    assert main([*args, "--answer", ANSWER, "--json"]) == 0
+    obj = json.loads(capsys.readouterr().out)
+    assert set(obj) == {"text", "messages", "input_ids", "labels"}
+    tok = tokenizer(model)
+    msgs = expected_messages("llama3", strings()["LLAMA_SYSTEM"], "Question: " + QUERY)
+    full = [*msgs, {"role": "assistant", "content": ANSWER}]
+    assert obj["messages"] == full
+    assert obj["input_ids"] == list(tok.apply_chat_template(full, tokenize=True, return_dict=False))
+    assert obj["text"] == tok.apply_chat_template(full, tokenize=False)
+    n = obj["labels"].count(-100)
+    assert obj["labels"][n:] == obj["input_ids"][n:] and tok.decode(obj["input_ids"][n:]) == ANSWER + "<|eot_id|>"
+    assert main(args) == 0  # plain: the prompt text, generation prompt included
+    assert capsys.readouterr().out == tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False) + "\n"
+
+
+def test_cli_render_hf_needs_a_model(capsys, tmp_path):
+    assert main(["render", "--backend", "hf", "--template", "chat:vanilla", "--query", "Q"]) == 2
+    assert "--backend hf needs --model" in capsys.readouterr().err
+    assert main(["render", "--backend", "hf", "--model", str(tmp_path / "x"), "--template", "chat:vanilla", "--query", "Q"]) == 2
+    assert "not a local directory" in capsys.readouterr().err
+
+
+def test_tokenizer_option_points_at_another_folder(models, tmp_path):
+    """Weights in one folder, tokenizer + chat template in another (`tokenizer: DIR`)."""
+    weights = tmp_path / "weights-only"
+    shutil.copytree(models["llama3"], weights)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        (weights / name).unlink()
+    assert "tokenizer" in " ".join(hf(weights).preflight())
+    b = hf(weights, tokenizer=str(models["llama3"]))
+    assert b.preflight() == []
+    conv = BUILTIN["chat:vanilla"].apply(QUERY, "hf", answer=ANSWER)
+    assert b.render(conv) == hf(models["llama3"]).render(conv)
+    assert hf(weights, tokenizer=str(tmp_path / "missing")).preflight() == [
+        f"tokenizer: {tmp_path / 'missing'} is not a directory; point it at the tokenizer's folder"
+    ]
