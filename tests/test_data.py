@@ -473,9 +473,9 @@ def test_parquet_with_missing_field(tmp_path: Path):
 
 
 def test_huge_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from ptst.data import loaders
+    from ptst.data import readers
 
-    monkeypatch.setattr(loaders, "MAX_LINE_BYTES", 1000)
+    monkeypatch.setattr(readers, "MAX_LINE_BYTES", 1000)
     for name in ("h.jsonl", "h.csv", "h.txt"):
         p = write(tmp_path / name, "prompt\n" if name == "h.csv" else "")
         with p.open("a") as f:
