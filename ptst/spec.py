@@ -18,7 +18,7 @@ from ptst.backends.registry import backend_class
 from ptst.data import DatasetRef
 from ptst.errors import SpecError
 from ptst.judge.base import JudgeSpec
-from ptst.spec_io import check_plain_data, parse_spec_file
+from ptst.spec_io import check_plain_data, field_path, parse_spec_file
 from ptst.templates import BUILTIN, Template, UnknownTemplate, resolve
 from ptst.types import SEED_MAX, GenerationConfig, Hyperparameters
 
@@ -83,16 +83,6 @@ class Spec(_Model):
         return resolve(name, self.custom_templates)
 
 
-def _path(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "(top level)"
-
-
 # Location parts pydantic adds for validator functions and union arms; not field names.
 _UNION_TAG = re.compile(r"^(function-|constrained-|literal\[)|^(int|str|float|bool|none)$")
 
@@ -111,7 +101,7 @@ def _pydantic_problems(err: ValidationError, prefix: tuple[Any, ...] = ()) -> li
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
-        by_path.setdefault(_path(loc), []).append(" ".join(msg.split()))
+        by_path.setdefault(field_path(loc), []).append(" ".join(msg.split()))
     # The arms of a union (`int | "auto"`) fail separately at one path: one line says both.
     return [f"{path}: {'; or '.join(dict.fromkeys(msgs))}" if msgs else path for path, msgs in by_path.items()]
 

@@ -15,6 +15,7 @@ import json
 import json.decoder
 import json.scanner
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -216,11 +217,27 @@ def parse_toml(path: Path, text: str) -> Any:
 # ------------------------------------------------------------------------------------------------- the parsed data
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_:.<>-]*")
+
+
+def field_path(parts: tuple[Any, ...] | list[Any]) -> str:
+    """`train.templates[1]`: the one-line name of a place in the spec. A key that is not a plain name (a newline, a
+    space, an empty string) is shown as its repr, so a message stays one line and says exactly which key."""
+    out = ""
+    for part in parts:
+        if isinstance(part, int) and not isinstance(part, bool):
+            out += f"[{part}]"
+        else:
+            text = part if isinstance(part, str) and _PLAIN_KEY.fullmatch(part) else repr(part)
+            out += ("." if out else "") + text
+    return out or "(top level)"
+
+
 def check_plain_data(source: str | Path, data: Any) -> None:
     """Refuse parsed data that would hurt whoever reads it next: nesting deeper than MAX_DEPTH, more than MAX_NODES
     values (alias bombs), NaN/infinity anywhere, and integers beyond 64 bits. Iterative, so depth cannot overflow
     Python's stack here."""
-    stack: list[tuple[Any, str, int]] = [(data, "", 0)]
+    stack: list[tuple[Any, tuple[Any, ...], int]] = [(data, (), 0)]
     nodes = 0
     while stack:
         value, where, depth = stack.pop()
@@ -228,15 +245,15 @@ def check_plain_data(source: str | Path, data: Any) -> None:
         if nodes > MAX_NODES:
             raise _fail(source, f"more than {MAX_NODES:,} values (YAML aliases count each use); that is not a spec")
         if depth > MAX_DEPTH:
-            raise _fail(source, f"{where or '(top level)'}: nested deeper than {MAX_DEPTH} levels; that is not a spec")
+            raise _fail(source, f"{field_path(where)}: nested deeper than {MAX_DEPTH} levels; that is not a spec")
         if isinstance(value, float) and not math.isfinite(value):
-            raise _fail(source, f"{where or '(top level)'}: {value} is not allowed; give a finite number")
+            raise _fail(source, f"{field_path(where)}: {value} is not allowed; give a finite number")
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_LIMIT:
-            raise _fail(source, f"{where or '(top level)'}: integer {_short(value)} is out of range (at most 2**63-1)")
+            raise _fail(source, f"{field_path(where)}: integer {_short(value)} is out of range (at most 2**63-1)")
         if isinstance(value, dict):
-            stack.extend((v, f"{where}.{k}" if where else str(k), depth + 1) for k, v in value.items())
+            stack.extend((v, (*where, k), depth + 1) for k, v in value.items())
         elif isinstance(value, (list, tuple, set, frozenset)):
-            stack.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value))
+            stack.extend((v, (*where, i), depth + 1) for i, v in enumerate(value))
 
 
 def _short(n: int) -> str:

@@ -16,6 +16,7 @@ what a benchmark measures.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import math
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -193,6 +194,32 @@ def _registry_fields(ref: DatasetRef, info: DatasetInfo) -> Fields:
     )
 
 
+def _registry_parts(ref: DatasetRef, require_answer: bool) -> tuple[DatasetInfo, str, Fields]:
+    info = ref.info
+    split = ref.resolved_split()
+    assert info is not None and split is not None  # guaranteed by DatasetRef validation
+    fields = _registry_fields(ref, info)
+    if require_answer and fields.answer is None:
+        raise DataError(
+            f"dataset {info.name!r} ({split}) has no answers "
+            f"({info.kind} dataset{': ' + info.metric_note if info.metric_note else ''}); "
+            "use it as a safety benchmark, or set answer_field"
+        )
+    return info, split, fields
+
+
+def locate(ref: DatasetRef, data_dirs: Sequence[Path] = ()) -> tuple[Path, LocalFile] | None:
+    """The local copy of a registry dataset that `load` reads (first data folder, first known layout), or None."""
+    info, split = ref.info, ref.resolved_split()
+    if info is None or split is None:
+        return None
+    for d in search_dirs(data_dirs):
+        for cand in info.local_candidates(split):
+            if (d / cand.path).is_file():
+                return d / cand.path, cand
+    return None
+
+
 def load(
     ref: DatasetRef,
     *,
@@ -212,26 +239,14 @@ def load(
             require_answer=require_answer,
             limit=ref.limit,
         )
-    info = ref.info
-    split = ref.resolved_split()
-    assert info is not None and split is not None  # guaranteed by DatasetRef validation
-    label = f"dataset {info.name!r} ({split})"
-    fields = _registry_fields(ref, info)
-    if require_answer and fields.answer is None:
-        raise DataError(
-            f"{label} has no answers ({info.kind} dataset{': ' + info.metric_note if info.metric_note else ''}); "
-            "use it as a safety benchmark, or set answer_field"
-        )
-    candidates = info.local_candidates(split)
-    dirs = search_dirs(data_dirs)
-    for d in dirs:
-        for cand in candidates:
-            p = d / cand.path
-            if p.is_file():
-                if cand.note:
-                    log(f"note: {info.name}: {cand.note}")
-                rows = _renamed(read_rows(p, cand.columns), cand.rename)
-                return rows_to_examples(rows, fields, label=str(p), require_answer=require_answer, limit=ref.limit)
+    info, split, fields = _registry_parts(ref, require_answer)
+    found = locate(ref, data_dirs)
+    if found is not None:
+        p, cand = found
+        if cand.note:
+            log(f"note: {info.name}: {cand.note}")
+        rows = _renamed(read_rows(p, cand.columns), cand.rename)
+        return rows_to_examples(rows, fields, label=str(p), require_answer=require_answer, limit=ref.limit)
     hub_problem = _hub_problem(info)
     if hub_problem is None:
         try:
@@ -239,8 +254,47 @@ def load(
         except _HubUnavailable as e:
             hub_problem = str(e)
         else:
+            label = f"dataset {info.name!r} ({split})"
             return rows_to_examples(rows, fields, label=label, require_answer=require_answer, limit=ref.limit)
-    raise DataError(_not_found_message(info, split, dirs, candidates, hub_problem))
+    raise DataError(_not_found_message(info, split, search_dirs(data_dirs), info.local_candidates(split), hub_problem))
+
+
+PREVIEW_ROWS = 100
+"""Rows `preview` reads: enough to catch a wrong field name or format, few enough to stay instant on any file."""
+
+
+def preview(
+    ref: DatasetRef, *, data_dirs: Sequence[Path] = (), require_answer: bool = False, rows: int = PREVIEW_ROWS
+) -> list[Example] | None:
+    """The first `rows` examples exactly as `load` reads them, for checks before a run (`ptst validate`).
+
+    Returns None when the data would come from the Hugging Face hub, which cannot be checked offline; raises the
+    DataError `load` would raise for anything it can see here: a missing file, a missing field, a bad row among the
+    first ones, a registry dataset with neither a local copy nor a way to reach the hub.
+    """
+    limit = min(ref.limit, rows) if ref.limit is not None else rows
+    if ref.path is not None:
+        return load_file(
+            Path(ref.path),
+            prompt_field=ref.prompt_field,
+            answer_field=ref.answer_field,
+            require_answer=require_answer,
+            limit=limit,
+        )
+    info, split, fields = _registry_parts(ref, require_answer)
+    found = locate(ref, data_dirs)
+    if found is not None:
+        p, cand = found
+        rows_ = _renamed(read_rows(p, cand.columns), cand.rename)
+        return rows_to_examples(rows_, fields, label=str(p), require_answer=require_answer, limit=limit)
+    hub_problem = _hub_problem(info)
+    if hub_problem is None and importlib.util.find_spec("datasets") is None:
+        hub_problem = "the 'datasets' package is not installed (pip install 'ptst[hub]')"
+    if hub_problem is not None:
+        raise DataError(
+            _not_found_message(info, split, search_dirs(data_dirs), info.local_candidates(split), hub_problem)
+        )
+    return None
 
 
 def _not_found_message(
