@@ -153,8 +153,8 @@ def _json_decoder() -> json.JSONDecoder:
         except _DuplicateKey as e:
             raise _DuplicateJsonKey(_json_duplicate_lines(s, start, e.message, scan_once, strict)) from None
 
-    decoder.parse_object = parse_object  # type: ignore[assignment]
-    decoder.scan_once = json.scanner.py_make_scanner(decoder)
+    decoder.parse_object = parse_object  # type: ignore[attr-defined]
+    decoder.scan_once = json.scanner.py_make_scanner(decoder)  # type: ignore[attr-defined]
     return decoder
 
 
@@ -169,14 +169,14 @@ def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _json_duplicate_lines(s: str, pos: int, key: str, scan_once: Any, strict: bool) -> str:
     """Walk the object's keys from `pos` (just past its `{`) to find the lines of the first two uses of `key`."""
-    ws = json.decoder.WHITESPACE.match
+    ws = json.decoder.WHITESPACE.match  # type: ignore[attr-defined]
     lines: list[int] = []
     try:
         while len(lines) < 2:
             pos = ws(s, pos).end()
             if s[pos] != '"':
                 break
-            k, end = json.decoder.scanstring(s, pos + 1, strict)
+            k, end = json.decoder.scanstring(s, pos + 1, strict)  # type: ignore[attr-defined]
             if k == key:
                 lines.append(s.count("\n", 0, pos) + 1)
             pos = ws(s, end).end() + 1  # past ':'
