@@ -168,7 +168,7 @@ def validate_spec(raw: Any, source: str = "spec") -> Spec:
     """Validate a parsed spec mapping; raise SpecError listing every problem with its field path."""
     if not isinstance(raw, dict):
         raise SpecError(source, ["(top level): the spec must be a mapping of fields (name, backends, train, eval...)"])
-    check_plain_data(source, raw)
+    value_problems = check_plain_data(source, raw)
     problems = _template_problems(raw)
     spec: Spec | None = None
     try:
@@ -177,6 +177,9 @@ def validate_spec(raw: Any, source: str = "spec") -> Spec:
         problems = _pydantic_problems(e) + problems
     if spec is not None:
         problems += _semantic_problems(spec)
+    # A field's own bound says it better ("less than or equal to 4294967295"); the generic line covers the rest.
+    reported = {p.split(": ", 1)[0] for p in problems}
+    problems += [p for p in value_problems if p.split(": ", 1)[0] not in reported]
     if problems:
         problems = list(dict.fromkeys(problems))
         if len(problems) > MAX_PROBLEMS:

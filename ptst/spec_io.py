@@ -233,10 +233,13 @@ def field_path(parts: tuple[Any, ...] | list[Any]) -> str:
     return out or "(top level)"
 
 
-def check_plain_data(source: str | Path, data: Any) -> None:
-    """Refuse parsed data that would hurt whoever reads it next: nesting deeper than MAX_DEPTH, more than MAX_NODES
-    values (alias bombs), NaN/infinity anywhere, and integers beyond 64 bits. Iterative, so depth cannot overflow
-    Python's stack here."""
+def check_plain_data(source: str | Path, data: Any) -> list[str]:
+    """Vet parsed data before anything else reads it. Structure that would hurt the reader (nesting deeper than
+    MAX_DEPTH, more than MAX_NODES values: alias bombs) raises at once; values no field accepts (NaN/infinity,
+    integers beyond 64 bits, which validate in an unbounded field and then break the store) are returned as
+    `path: problem` lines, in document order, to be reported with the other problems. Iterative, so no depth can
+    overflow Python's stack here."""
+    problems: list[str] = []
     stack: list[tuple[Any, tuple[Any, ...], int]] = [(data, (), 0)]
     nodes = 0
     while stack:
@@ -247,13 +250,14 @@ def check_plain_data(source: str | Path, data: Any) -> None:
         if depth > MAX_DEPTH:
             raise _fail(source, f"{field_path(where)}: nested deeper than {MAX_DEPTH} levels; that is not a spec")
         if isinstance(value, float) and not math.isfinite(value):
-            raise _fail(source, f"{field_path(where)}: {value} is not allowed; give a finite number")
-        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_LIMIT:
-            raise _fail(source, f"{field_path(where)}: integer {_short(value)} is out of range (at most 2**63-1)")
-        if isinstance(value, dict):
-            stack.extend((v, (*where, k), depth + 1) for k, v in value.items())
+            problems.append(f"{field_path(where)}: {value} is not allowed; give a finite number")
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_LIMIT:
+            problems.append(f"{field_path(where)}: integer {_short(value)} is out of range (at most 2**63-1)")
+        elif isinstance(value, dict):
+            stack.extend(reversed([(v, (*where, k), depth + 1) for k, v in value.items()]))
         elif isinstance(value, (list, tuple, set, frozenset)):
-            stack.extend((v, (*where, i), depth + 1) for i, v in enumerate(value))
+            stack.extend(reversed([(v, (*where, i), depth + 1) for i, v in enumerate(value)]))
+    return problems
 
 
 def _short(n: int) -> str:

@@ -284,21 +284,47 @@ def test_out_of_range_numbers(field, value, expected):
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
 def test_non_finite_floats_refused_anywhere(value):
     problems = _problems(_with("backends", [{"kind": "mock", "model": "m", "drift": value}]))
-    assert problems == [f"backends[0].drift: {value} is not allowed; give a finite number"]
+    assert problems == ["backends[0].drift: Input should be a finite number"]
 
 
 def test_thirty_digit_seed_is_refused_before_any_run(tmp_path):
     p = tmp_path / "s.yaml"
     p.write_text(yaml.safe_dump(_with("train.seeds", [10**29])))
-    assert "train.seeds[0]: integer" in _one_problem(p)
+    assert _one_problem(p) == "train.seeds[0]: Input should be less than or equal to 4294967295"
+
+
+def test_integers_past_64_bits_in_unbounded_fields_are_refused_with_the_rest():
+    raw = _with("train.hyperparameters", {"max_seq_len": 10**30, "epochs": 0})
+    raw["eval"]["safety"] = [{"name": "advbench", "limit": 2**63}]
+    assert _problems(raw) == [
+        "train.hyperparameters.epochs: Input should be greater than or equal to 1",
+        "train.hyperparameters.max_seq_len: integer 1000000000... (31 digits) is out of range (at most 2**63-1)",
+        "eval.safety[0].limit: integer 9223372036854775808 is out of range (at most 2**63-1)",
+    ]
+
+
+def test_generic_value_check_names_each_place_in_order():
+    data = {"a": [1.0, float("nan")], "b": {"c": 2**64, "d": float("-inf")}, "e": True}
+    assert spec_io.check_plain_data("s", data) == [
+        "a[1]: nan is not allowed; give a finite number",
+        "b.c: integer 18446744073709551616 is out of range (at most 2**63-1)",
+        "b.d: -inf is not allowed; give a finite number",
+    ]
+    assert spec_io.check_plain_data("s", {"weird\nkey": float("inf")}) == [
+        "'weird\\nkey': inf is not allowed; give a finite number"
+    ]
 
 
 def test_nan_in_yaml_json_toml(tmp_path):
-    (tmp_path / "a.yaml").write_text("name: x\nbudget_usd: .nan\n")
-    (tmp_path / "a.json").write_text('{"name": "x", "budget_usd": NaN}')
-    (tmp_path / "a.toml").write_text('name = "x"\nbudget_usd = inf\n')
+    body = yaml.safe_dump({k: v for k, v in GOOD.items() if k != "train"})
+    (tmp_path / "a.yaml").write_text(body + "budget_usd: .nan\n")
+    (tmp_path / "a.json").write_text(json.dumps(GOOD)[:-1] + ', "budget_usd": NaN}')
+    (tmp_path / "a.toml").write_text(
+        'name = "x"\nbudget_usd = inf\n[[backends]]\nkind = "mock"\nmodel = "m"\n'
+        '[eval]\ntemplates = ["chat:vanilla"]\nsafety = ["advbench"]\n'
+    )
     for f in ("a.yaml", "a.json", "a.toml"):
-        assert "budget_usd:" in _one_problem(tmp_path / f) and "finite" in _one_problem(tmp_path / f)
+        assert _one_problem(tmp_path / f) == "budget_usd: Input should be a finite number"
 
 
 # -------------------------------------------------------------------------------------------------------- the CLI
