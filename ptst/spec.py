@@ -2,7 +2,9 @@
 
 `load_spec` reads YAML, TOML or JSON, validates it with pydantic, then checks what pydantic cannot see alone (template
 names, template modes each backend supports, dataset roles) and reports *every* problem with its field path, so a
-user fixes a spec in one pass instead of one error per run.
+user fixes a spec in one pass instead of one error per run. Reading the file safely (encodings, duplicate keys,
+nesting, non-finite numbers) is `ptst.spec_io`'s job; checking the spec against the machine it would run on (files,
+models, keys) is `ptst.preflight`'s.
 """
 
 from __future__ import annotations
