@@ -34,14 +34,29 @@ def _console():
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    """Validate the spec, then preflight it: every error (exit 2), warning and unchecked item, then a summary."""
+    from ptst.preflight import preflight
     from ptst.spec import load_spec
 
-    spec = load_spec(args.spec)
+    spec_path = Path(args.spec)
+    spec = load_spec(spec_path)
+    report = preflight(spec, spec_path.resolve().parent)
+    for line in report.errors:
+        print(f"error: {line}", file=sys.stderr)
+    for line in report.warnings:
+        print(f"warning: {line}")
+    for line in report.unchecked:
+        print(f"unchecked: {line}")
+    if report.errors:
+        n = len(report.errors)
+        print(f"{args.spec}: {n} problem{'s' if n != 1 else ''} found before anything was spent", file=sys.stderr)
+        return 2
     n_train = len(spec.train.templates) * len(spec.train.seeds) if spec.train else 0
     print(
         f"{args.spec}: ok — {len(spec.backends)} backend(s), {n_train} fine-tuning job(s) per backend, "
         f"{len(spec.eval.templates)} test template(s), {len(spec.eval.safety)} safety benchmark(s), "
-        f"{len(spec.eval.tasks)} task(s), judge {spec.judge.kind}"
+        f"{len(spec.eval.tasks)} task(s), judge {spec.judge.kind}; "
+        f"{len(report.warnings)} warning(s), {len(report.unchecked)} unchecked"
     )
     return 0
 

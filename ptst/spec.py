@@ -2,29 +2,37 @@
 
 `load_spec` reads YAML, TOML or JSON, validates it with pydantic, then checks what pydantic cannot see alone (template
 names, template modes each backend supports, dataset roles) and reports *every* problem with its field path, so a
-user fixes a spec in one pass instead of one error per run.
+user fixes a spec in one pass instead of one error per run. Reading the file safely (encodings, duplicate keys,
+nesting, non-finite numbers) is `ptst.spec_io`'s job; checking the spec against the machine it would run on (files,
+models, keys) is `ptst.preflight`'s.
 """
 
 from __future__ import annotations
 
-import json
+import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ptst.backends.base import BackendSpec
 from ptst.backends.registry import backend_class
-from ptst.types import GenerationConfig, Hyperparameters
 from ptst.data import DatasetRef
 from ptst.errors import SpecError
 from ptst.judge.base import JudgeSpec
+from ptst.spec_io import check_plain_data, field_path, parse_spec_file
 from ptst.templates import BUILTIN, Template, UnknownTemplate, resolve
+from ptst.types import SEED_MAX, GenerationConfig, Hyperparameters
+
+MAX_PROBLEMS = 50
+"""Problems listed at most; past that the spec is more likely the wrong file than fifty mistakes."""
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
 
 
 class SafetyMix(_Model):
@@ -39,7 +47,7 @@ class TrainSpec(_Model):
     templates: list[str] = Field(min_length=1)
     hyperparameters: Hyperparameters = Hyperparameters()
     safety_mix: SafetyMix | None = None
-    seeds: list[int] = Field(default=[0], min_length=1)
+    seeds: list[Seed] = Field(default=[0], min_length=1)
 
 
 class EvalSpec(_Model):
@@ -77,25 +85,32 @@ class Spec(_Model):
         return resolve(name, self.custom_templates)
 
 
-def _path(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "(top level)"
+# Location parts pydantic adds for validator functions and union arms; not field names.
+_UNION_TAG = re.compile(r"^(function-|constrained-|literal\[)|^(int|str|float|bool|none)$")
 
 
-def _pydantic_problems(err: ValidationError) -> list[str]:
-    problems = []
+def _pydantic_problems(err: ValidationError, prefix: tuple[Any, ...] = ()) -> list[str]:
+    """One `path: message` line per error. A backend's or judge's own options are validated inside a validator, so
+    their errors arrive wrapped in a value error: they are unwrapped, so each names its own field path."""
+    by_path: dict[str, list[str]] = {}
     for e in err.errors(include_url=False):
-        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        loc = prefix + tuple(p for p in e["loc"] if not (isinstance(p, str) and _UNION_TAG.match(p)))
+        inner = (e.get("ctx") or {}).get("error")
+        if isinstance(inner, ValidationError):
+            for line in _pydantic_problems(inner, loc):
+                by_path.setdefault(line, [])
+            continue
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
-        problems.append(f"{_path(loc)}: {msg}")
-    return problems
+        by_path.setdefault(field_path(loc), []).append(" ".join(msg.split()))
+    # The arms of a union (`int | "auto"`) fail separately at one path: one line says both.
+    return [f"{path}: {'; or '.join(dict.fromkeys(msgs))}" if msgs else path for path, msgs in by_path.items()]
+
+
+def _list(value: Any) -> list[Any]:
+    """A raw field that should be a list, or [] when it is anything else (its type error is pydantic's to report)."""
+    return value if isinstance(value, list) else []
 
 
 def _template_problems(raw: dict[str, Any]) -> list[str]:
@@ -103,17 +118,16 @@ def _template_problems(raw: dict[str, Any]) -> list[str]:
     failed validation."""
     problems: list[str] = []
     custom: dict[str, Template] = {}
-    for t in raw.get("templates") or []:
+    for t in _list(raw.get("templates")):
         try:
             tt = Template.model_validate(t)
             custom[tt.name] = tt
         except (ValidationError, TypeError):
             pass
-    backends = [b for b in raw.get("backends") or [] if isinstance(b, dict)]
+    backends = [b for b in _list(raw.get("backends")) if isinstance(b, dict)]
     for section in ("train", "eval"):
-        names = (raw.get(section) or {}).get("templates") if isinstance(raw.get(section), dict) else None
-        if not isinstance(names, list):
-            continue
+        section_raw = raw.get(section)
+        names = _list(section_raw.get("templates")) if isinstance(section_raw, dict) else []
         for i, name in enumerate(names):
             if not isinstance(name, str):
                 continue
@@ -156,6 +170,7 @@ def validate_spec(raw: Any, source: str = "spec") -> Spec:
     """Validate a parsed spec mapping; raise SpecError listing every problem with its field path."""
     if not isinstance(raw, dict):
         raise SpecError(source, ["(top level): the spec must be a mapping of fields (name, backends, train, eval...)"])
+    value_problems = check_plain_data(source, raw)
     problems = _template_problems(raw)
     spec: Spec | None = None
     try:
@@ -164,37 +179,16 @@ def validate_spec(raw: Any, source: str = "spec") -> Spec:
         problems = _pydantic_problems(e) + problems
     if spec is not None:
         problems += _semantic_problems(spec)
+    # A field's own bound says it better ("less than or equal to 4294967295"); the generic line covers the rest.
+    reported = {p.split(": ", 1)[0] for p in problems}
+    problems += [p for p in value_problems if p.split(": ", 1)[0] not in reported]
     if problems:
-        raise SpecError(source, list(dict.fromkeys(problems)))
+        problems = list(dict.fromkeys(problems))
+        if len(problems) > MAX_PROBLEMS:
+            problems = problems[:MAX_PROBLEMS] + [f"... and {len(problems) - MAX_PROBLEMS} more problems"]
+        raise SpecError(source, problems)
     assert spec is not None
     return spec
-
-
-def parse_spec_file(path: Path) -> Any:
-    if not path.is_file():
-        raise SpecError(str(path), ["file not found"])
-    text = path.read_text(encoding="utf-8")
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".yaml", ".yml"):
-            return yaml.safe_load(text)
-        if suffix == ".json":
-            return json.loads(text)
-        if suffix == ".toml":
-            try:
-                import tomllib
-            except ModuleNotFoundError:  # Python 3.10
-                import tomli as tomllib  # type: ignore[no-redef]
-            return tomllib.loads(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
-        raise SpecError(str(path), [f"{where}: invalid YAML ({getattr(e, 'problem', e)})"]) from None
-    except json.JSONDecodeError as e:
-        raise SpecError(str(path), [f"line {e.lineno}, column {e.colno}: invalid JSON ({e.msg})"]) from None
-    except ValueError as e:  # tomllib.TOMLDecodeError subclasses ValueError
-        raise SpecError(str(path), [f"invalid TOML ({e})"]) from None
-    raise SpecError(str(path), [f"unknown spec format {suffix!r}; use .yaml, .yml, .toml or .json"])
 
 
 def load_spec(path: str | Path) -> Spec:

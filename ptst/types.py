@@ -7,16 +7,21 @@ backend.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ptst.conversation import Conversation
 from ptst.keys import content_hash
 
+SEED_MAX = 2**32 - 1
+"""Seeds are 32-bit (numpy, vLLM and CUDA take no more); a larger one would validate and then fail mid-run."""
+BATCH_MAX = 65536
+
 
 class Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # NaN and infinity are refused in every float field: NaN passes no bound check and poisons hashes and metrics.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class LoraSpec(Frozen):
@@ -29,16 +34,16 @@ class LoraSpec(Frozen):
 
 
 class Hyperparameters(Frozen):
-    epochs: int = Field(1, ge=1)
+    epochs: int = Field(1, ge=1, le=1000)
     learning_rate: float = Field(1e-4, gt=0)
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, le=BATCH_MAX)
     gradient_accumulation_steps: int = Field(1, ge=1)
     lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     max_seq_len: int = Field(1024, ge=16)
     gradient_checkpointing: bool = False
-    save_steps: tuple[int, ...] = ()
+    save_steps: tuple[Annotated[int, Field(ge=1)], ...] = ()
     lora: LoraSpec = LoraSpec()
     # OpenAI fine-tuning API only (ignored elsewhere): the API scales its own base rate.
     learning_rate_multiplier: float | None = Field(None, gt=0)
@@ -46,11 +51,11 @@ class Hyperparameters(Frozen):
 
 
 class GenerationConfig(Frozen):
-    max_new_tokens: int = Field(512, ge=1)
+    max_new_tokens: int = Field(512, ge=1, le=1_000_000)
     temperature: float = Field(0.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
-    seed: int = 0
-    batch_size: int | Literal["auto"] = "auto"
+    seed: int = Field(0, ge=0, le=SEED_MAX)
+    batch_size: Annotated[int, Field(ge=1, le=BATCH_MAX)] | Literal["auto"] = "auto"
 
 
 class Rendered(Frozen):

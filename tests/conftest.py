@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -25,3 +26,19 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--long",
+        action="store_true",
+        default=False,
+        help="run the fuzz suites at 10x their CI size (10,000+ cases; also PTST_FUZZ_LONG=1)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The fuzz modules size their hypothesis settings at import, which comes after this hook: an environment variable
+    # is the one channel both `--long` and a CI job's env can use.
+    if config.getoption("--long"):
+        os.environ["PTST_FUZZ_LONG"] = "1"

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from ptst.keys import content_hash
 from ptst.data import REGISTRY, DatasetRef, Example, data_hash, load, load_file, sample
 from ptst.errors import DataError, SpecError
+from ptst.keys import content_hash
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"
@@ -395,8 +395,150 @@ def test_missing_file_and_bad_encoding(tmp_path: Path):
         load_file(tmp_path / "nope.jsonl")
     p = tmp_path / "latin.csv"
     p.write_bytes("prompt\ncaf\xe9\n".encode("latin-1"))
-    with pytest.raises(DataError, match=r"latin\.csv: not UTF-8 text"):
+    with pytest.raises(DataError, match=r"latin\.csv:2: not UTF-8 text \(byte 0xe9 at byte offset 10 is invalid"):
         load_file(p)
+
+
+# ------------------------------------------------------------------------------------- hostile files, every format
+
+_LATIN = "caf\xe9".encode("latin-1")
+
+
+def _parquet_bytes(rows: list[dict]) -> bytes:
+    pa = pytest.importorskip("pyarrow")
+    import io
+
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buf)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        # truncated
+        ("t.jsonl", b'{"prompt": "a"}\n{"prompt": "b', r"t\.jsonl:2: invalid JSON .*cut short.*fix or remove the line"),
+        ("t.json", b'[{"prompt": "a"}, {"prompt": "b"', r"t\.json:1: invalid JSON .*truncated\?\); fix the file"),
+        ("t.csv", b'prompt,answer\na,b\n"c,d', r"t\.csv:3: malformed CSV .*check the quoting"),
+        # wrong encoding: file, line and byte offset
+        ("e.jsonl", b'{"prompt": "a"}\n{"prompt": "' + _LATIN + b'"}\n', r"e\.jsonl:2: not UTF-8 text \(byte 0xe9 at byte offset 31"),
+        ("e.json", b'[\n{"prompt": "' + _LATIN + b'"}]', r"e\.json:2: not UTF-8 text .*re-save the file as UTF-8"),
+        ("e.tsv", b"prompt\tanswer\n" + _LATIN + b"\tx\n", r"e\.tsv:2: not UTF-8 text \(byte 0xe9 at byte offset 17"),
+        ("e.txt", b"ok\n" + _LATIN + b"\n", r"e\.txt:2: not UTF-8 text"),
+        ("u16.jsonl", '{"prompt": "a"}\n'.encode("utf-16"), r"u16\.jsonl:1: not UTF-8 text \(byte 0xff at byte offset 0"),
+        # a row that is not an object
+        ("r.jsonl", b'{"prompt": "a"}\n"b"\n', r"r\.jsonl:2: expected a JSON object per line, got str; write each row"),
+        ("r.json", b'[{"prompt": "a"}, [1, 2]]', r"r\.json\[1\]: expected a JSON object or string, got list"),
+        ("r.json", b'"just a string"', r"r\.json: expected a JSON array of records, got str"),
+        # missing field
+        ("m.tsv", b"prompt\tanswer\na\tb\nc\n", r"m\.tsv:3: 1 values but 2 columns"),
+        ("m.csv", b"text\nq\n", r"m\.csv:2: no prompt field among prompt, .*\(fields: text\); set prompt_field"),
+        ("m.jsonl", b'{"prompt": "a"}\n{"text": "b"}\n', r"m\.jsonl:2: prompt field 'prompt' is missing \(fields: text\)"),
+        # empty
+        ("z.jsonl", b"", r"z\.jsonl: no rows \(empty\); give a file with at least one record"),
+        ("z.csv", b"", r"z\.csv: no rows"),
+        ("z.csv", b"prompt,answer\n", r"z\.csv: no rows"),
+        ("z.txt", b"\n \n", r"z\.txt: no rows"),
+        ("z.parquet", b"", r"z\.parquet: not a parquet file"),
+        # binary junk and not-parquet
+        ("b.jsonl", bytes(range(256)), r"b\.jsonl:1: (invalid JSON|not UTF-8)"),
+        ("b.parquet", b"prompt,answer\na,b\n", r"b\.parquet: not a parquet file \(.*\); re-export it, or give the data as \.jsonl"),
+        ("b.parquet", b"PAR1" + bytes(100), r"b\.parquet: a damaged or truncated parquet file"),
+        # deep nesting in a data row
+        ("d.jsonl", b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n", r"d\.jsonl:1: .*(nested too deeply|invalid JSON)"),
+        ("d.json", b"[" * 100_000 + b"]" * 100_000, r"d\.json: JSON nested too deeply"),
+    ],
+)
+def test_hostile_data_files_are_one_clean_line(tmp_path: Path, name: str, content: bytes, expected: str):
+    p = tmp_path / name
+    p.write_bytes(content)
+    with pytest.raises(DataError, match=expected) as e:
+        load(DatasetRef(path=str(p)))
+    assert "\n" not in str(e.value) and str(p) in str(e.value)
+
+
+def test_truncated_parquet(tmp_path: Path):
+    data = _parquet_bytes(ROWS)
+    p = tmp_path / "cut.parquet"
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"cut\.parquet: (a damaged or truncated parquet file|not a parquet file)"):
+        load_file(p)
+
+
+def test_parquet_with_missing_field(tmp_path: Path):
+    p = tmp_path / "f.parquet"
+    p.write_bytes(_parquet_bytes([{"prompt": "a", "answer": "b"}, {"prompt": "c", "answer": None}]))
+    with pytest.raises(DataError, match=r"f\.parquet\[1\]: answer field 'answer' is empty"):
+        load_file(p, require_answer=True)
+
+
+def test_huge_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from ptst.data import readers
+
+    monkeypatch.setattr(readers, "MAX_LINE_BYTES", 1000)
+    for name in ("h.jsonl", "h.csv", "h.txt"):
+        p = write(tmp_path / name, "prompt\n" if name == "h.csv" else "")
+        with p.open("a") as f:
+            f.write('{"prompt": "a"}\n' if name == "h.jsonl" else "a\n")
+            f.write("x" * 5000 + "\n")
+        with pytest.raises(DataError, match=re.escape(f"{p}:") + r"\d: line longer than"):
+            load_file(p)
+
+
+def test_csv_field_over_the_csv_limit_names_the_row(tmp_path: Path):
+    p = write(tmp_path / "big.csv", "prompt\nok\n" + '"' + "x" * 200_000 + '"\n')
+    with pytest.raises(DataError, match=r"big\.csv:3: malformed CSV \(field larger than field limit"):
+        load_file(p)
+
+
+def test_unreadable_data_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # Tests run as root, for whom chmod 000 does not stop reading; so Path.open fails as it would for a user.
+    import errno
+
+    for name in ("p.jsonl", "p.json", "p.csv", "p.txt", "p.parquet"):
+        write(tmp_path / name, '{"prompt": "a"}\n')
+    real_open = Path.open
+
+    def denied(self, *a, **k):
+        if self.parent == tmp_path:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_open(self, *a, **k)
+
+    monkeypatch.setattr(Path, "open", denied)
+    for name in ("p.jsonl", "p.json", "p.csv", "p.txt", "p.parquet"):
+        with pytest.raises(DataError, match=re.escape(f"{tmp_path / name}: cannot read the file (Permission denied)")):
+            load_file(tmp_path / name)
+
+
+def test_a_directory_as_data_file(tmp_path: Path):
+    d = tmp_path / "dir.jsonl"
+    d.mkdir()
+    with pytest.raises(DataError, match=r"dir\.jsonl: not a file"):
+        load_file(d)
+
+
+def test_non_finite_answer_is_refused(tmp_path: Path):
+    p = write(tmp_path / "n.jsonl", '{"prompt": "a", "answer": NaN}\n')
+    with pytest.raises(DataError, match=r"n\.jsonl:1: answer field 'answer' must be text or a finite number"):
+        load_file(p, require_answer=True)
+
+
+def test_data_errors_exit_2_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture):
+    from ptst.cli import main
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"prompt": "a", "answer": "b"}\n{"prompt": "' + _LATIN + b'"}\n')
+    spec = write(
+        tmp_path / "s.yaml",
+        "name: x\nbackends: [{kind: mock, model: m}]\n"
+        "train: {dataset: {path: bad.jsonl}, templates: [chat:vanilla]}\n"
+        "eval: {templates: [chat:vanilla], safety: [{path: bad.jsonl}]}\n",
+    )
+    assert main(["estimate", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.jsonl:2: not UTF-8 text" in err and "Traceback" not in err
 
 
 def test_limit_reads_only_what_it_needs(tmp_path: Path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -101,9 +102,16 @@ def test_user_defined_templates(tmp_path):
 
 
 def test_validate_cli_exit_codes(tmp_path, capsys):
+    quickstart = Path(__file__).resolve().parents[1] / "examples" / "quickstart.yaml"
+    assert main(["validate", str(quickstart)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith(f"{quickstart}: ok — 2 backend(s)")
+    # The design example is a valid spec, but here it cannot run: validate is a preflight, so it says why (exit 2).
     good = tmp_path / "good.yaml"
     good.write_text(DESIGN_EXAMPLE)
-    assert main(["validate", str(good)]) == 0
+    assert main(["validate", str(good)]) == 2
+    err = capsys.readouterr().err
+    assert "error: judge: the rubric judge needs an OpenAI API key: set OPENAI_API_KEY" in err
+    assert f"{good}: " in err.splitlines()[-1] and "found before anything was spent" in err.splitlines()[-1]
     bad = tmp_path / "bad.yaml"
     bad.write_text(DESIGN_EXAMPLE.replace("chat:alpaca, chat:llama]\n  hyper", "chat:lama, chat:llama]\n  hyper"))
     assert main(["validate", str(bad)]) == 2

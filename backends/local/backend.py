@@ -26,7 +26,7 @@ from ptst.backends.base import (
     TrainJob,
 )
 from ptst.backends.local.adapters import ADAPTER_DIR, read_adapter_metadata
-from ptst.backends.local.models import model_dir_problem
+from ptst.backends.local.models import local_model_dir, model_dir_problem
 from ptst.backends.local.resume import checkpoint_dirs
 from ptst.backends.local.data import prepare_examples
 from ptst.backends.local.distributed import launch_distributed
@@ -140,10 +140,17 @@ class LocalBackend(FineTuneBackend):
     def preflight(self) -> list[str]:
         """The model must be an HF-format folder (here or in the local HF cache) and its tokenizer of this backend's
         family. Reads files only: no weights are loaded, nothing touches the network."""
-        problems = []
-        problem = model_dir_problem(self.spec.model)
-        if problem is not None:
-            problems.append(problem)
+        try:
+            local_model_dir(self.spec.model)
+        except BackendError:
+            # Not here: `ptst validate` says so itself (a missing folder is an error; a hub id it cannot check
+            # offline is listed as unchecked), so only a separately given tokenizer can still be checked.
+            if self.options.tokenizer is None:
+                return []
+            problems = []
+        else:
+            problem = model_dir_problem(self.spec.model)
+            problems = [problem] if problem is not None else []
         try:
             self.check_tokenizer()
         except PtstError as e:

@@ -15,9 +15,9 @@ what a benchmark measures.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
+import importlib.util
+import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,9 +25,10 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from ptst.keys import content_hash
+from ptst.data.readers import Row, read_rows
 from ptst.data.registry import DatasetInfo, DatasetRef, LocalFile
 from ptst.errors import DataError, MissingExtra, require
+from ptst.keys import content_hash
 from ptst.metrics.arc import arc_row
 from ptst.progress import log
 
@@ -35,7 +36,6 @@ from ptst.progress import log
 DEFAULT_PROMPT_FIELDS: tuple[str, ...] = ("prompt", "instruction", "question", "query", "goal")
 DEFAULT_ANSWER_FIELDS: tuple[str, ...] = ("answer", "response", "output", "completion")
 
-Row = tuple[str, dict[str, Any]]  # (location for messages and Example.source, the record)
 
 
 @dataclass(frozen=True)
@@ -51,146 +51,6 @@ class Example:
     answer: str | None
     source: str
     meta: Mapping[str, Any] = field(default_factory=dict, hash=False)
-
-
-# ---------------------------------------------------------------------------------------------------------- readers
-
-
-def read_rows(path: Path, columns: Sequence[str] | None = None) -> Iterator[Row]:
-    """Yield the records of a data file, lazily where the format allows (so `limit` reads only what it needs).
-
-    jsonl/ndjson: one object per line. json: an array, an object holding one (`{"data": [...]}`), or JSON lines
-    misnamed `.json`; array items may be plain strings (taken as `prompt`). csv/tsv: a header row, unless `columns`
-    names the columns of a header-less file. parquet: via pyarrow or pandas. txt: one prompt per non-empty line.
-    """
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    if not path.is_file():
-        raise DataError(f"{path}: not a file")
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson"):
-        return _read_jsonl(path)
-    if suffix == ".json":
-        return _read_json(path)
-    if suffix in (".csv", ".tsv"):
-        return _read_csv(path, "\t" if suffix == ".tsv" else ",", columns)
-    if suffix == ".parquet":
-        return _read_parquet(path)
-    if suffix == ".txt":
-        return _read_txt(path)
-    raise DataError(
-        f"{path}: unsupported file type {suffix or '(none)'!r}; use .jsonl, .json, .csv, .tsv, .parquet or .txt"
-    )
-
-
-def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
-    try:
-        with path.open(encoding="utf-8-sig") as f:
-            yield from enumerate(f, start=1)
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); re-save the file as UTF-8") from None
-
-
-def _read_jsonl(path: Path) -> Iterator[Row]:
-    for n, line in _text_lines(path):
-        if not line.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: invalid JSON ({e.msg}, column {e.colno})") from None
-        if not isinstance(obj, dict):
-            raise DataError(f"{where}: expected a JSON object per line, got {type(obj).__name__}")
-        yield where, obj
-
-
-def _read_json(path: Path) -> Iterator[Row]:
-    text = "".join(line for _, line in _text_lines(path))
-    if not text.strip():
-        return
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        if e.msg == "Extra data":  # several top-level values: JSON lines saved as .json (common for hub exports)
-            yield from _read_jsonl(path)
-            return
-        raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
-    items = _json_records(path, data)
-    for i, item in enumerate(items):
-        where = f"{path}[{i}]"
-        if isinstance(item, str):
-            item = {"prompt": item}
-        if not isinstance(item, dict):
-            raise DataError(f"{where}: expected a JSON object or string, got {type(item).__name__}")
-        yield where, item
-
-
-def _json_records(path: Path, data: Any) -> list[Any]:
-    if isinstance(data, list):
-        return data
-    if isinstance(data, dict):
-        if isinstance(data.get("data"), list):
-            return data["data"]
-        lists = [k for k, v in data.items() if isinstance(v, list)]
-        if len(lists) == 1:
-            return data[lists[0]]
-        raise DataError(
-            f'{path}: expected a JSON array of records or an object with one array (like {{"data": [...]}}); '
-            f"found keys {', '.join(map(repr, data)) or '(none)'}"
-        )
-    raise DataError(f"{path}: expected a JSON array of records, got {type(data).__name__}")
-
-
-def _read_csv(path: Path, delimiter: str, columns: Sequence[str] | None) -> Iterator[Row]:
-    try:
-        with path.open(encoding="utf-8-sig", newline="") as f:
-            reader = csv.reader(f, delimiter=delimiter)
-            header = list(columns) if columns is not None else None
-            start = reader.line_num + 1
-            for record in reader:
-                where = f"{path}:{start}"
-                start = reader.line_num + 1
-                if not any(c.strip() for c in record):
-                    continue  # a blank line
-                if header is None:
-                    header = [h.strip() for h in record]
-                    dup = sorted({h for h in header if header.count(h) > 1 or not h})
-                    if dup:
-                        raise DataError(f"{where}: header has empty or repeated column names {dup}; fix the header row")
-                    continue
-                if len(record) != len(header):
-                    raise DataError(
-                        f"{where}: {len(record)} values but {len(header)} columns ({', '.join(header)}); "
-                        "quote values that contain the delimiter"
-                    )
-                yield where, dict(zip(header, record))
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); re-save the file as UTF-8") from None
-    except csv.Error as e:
-        raise DataError(f"{path}: malformed CSV ({e})") from None
-
-
-def _read_txt(path: Path) -> Iterator[Row]:
-    for n, line in _text_lines(path):
-        if line.strip():
-            yield f"{path}:{n}", {"prompt": line.strip()}
-
-
-def _read_parquet(path: Path) -> Iterator[Row]:
-    try:
-        import pyarrow.parquet as pq
-
-        records = pq.read_table(path).to_pylist()
-    except ImportError:
-        try:
-            import pandas as pd
-
-            records = pd.read_parquet(path).to_dict("records")
-        except ImportError:
-            raise DataError(f"{path}: reading parquet needs pyarrow: pip install pyarrow (or 'ptst[hub]')") from None
-    for i, rec in enumerate(records):
-        yield f"{path}[{i}]", rec
 
 
 # ------------------------------------------------------------------------------------------------- rows -> examples
@@ -224,6 +84,8 @@ def _text(value: Any, where: str, name: str, role: str) -> str | None:
     if isinstance(value, str):
         return value if value.strip() else None
     if role == "answer" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise DataError(f"{where}: answer field {name!r} must be text or a finite number, got {value}")
         return str(value)
     raise DataError(f"{where}: {role} field {name!r} must be text, got {type(value).__name__}")
 
@@ -344,6 +206,32 @@ def _registry_fields(ref: DatasetRef, info: DatasetInfo) -> Fields:
     )
 
 
+def _registry_parts(ref: DatasetRef, require_answer: bool) -> tuple[DatasetInfo, str, Fields]:
+    info = ref.info
+    split = ref.resolved_split()
+    assert info is not None and split is not None  # guaranteed by DatasetRef validation
+    fields = _registry_fields(ref, info)
+    if require_answer and fields.answer is None:
+        raise DataError(
+            f"dataset {info.name!r} ({split}) has no answers "
+            f"({info.kind} dataset{': ' + info.metric_note if info.metric_note else ''}); "
+            "use it as a safety benchmark, or set answer_field"
+        )
+    return info, split, fields
+
+
+def locate(ref: DatasetRef, data_dirs: Sequence[Path] = ()) -> tuple[Path, LocalFile] | None:
+    """The local copy of a registry dataset that `load` reads (first data folder, first known layout), or None."""
+    info, split = ref.info, ref.resolved_split()
+    if info is None or split is None:
+        return None
+    for d in search_dirs(data_dirs):
+        for cand in info.local_candidates(split):
+            if (d / cand.path).is_file():
+                return d / cand.path, cand
+    return None
+
+
 def load(
     ref: DatasetRef,
     *,
@@ -363,26 +251,14 @@ def load(
             require_answer=require_answer,
             limit=ref.limit,
         )
-    info = ref.info
-    split = ref.resolved_split()
-    assert info is not None and split is not None  # guaranteed by DatasetRef validation
-    label = f"dataset {info.name!r} ({split})"
-    fields = _registry_fields(ref, info)
-    if require_answer and fields.answer is None:
-        raise DataError(
-            f"{label} has no answers ({info.kind} dataset{': ' + info.metric_note if info.metric_note else ''}); "
-            "use it as a safety benchmark, or set answer_field"
-        )
-    candidates = info.local_candidates(split)
-    dirs = search_dirs(data_dirs)
-    for d in dirs:
-        for cand in candidates:
-            p = d / cand.path
-            if p.is_file():
-                if cand.note:
-                    log(f"note: {info.name}: {cand.note}")
-                rows = _transformed(_renamed(read_rows(p, cand.columns), cand.rename), info)
-                return rows_to_examples(rows, fields, label=str(p), require_answer=require_answer, limit=ref.limit)
+    info, split, fields = _registry_parts(ref, require_answer)
+    found = locate(ref, data_dirs)
+    if found is not None:
+        p, cand = found
+        if cand.note:
+            log(f"note: {info.name}: {cand.note}")
+        rows = _transformed(_renamed(read_rows(p, cand.columns), cand.rename), info)
+        return rows_to_examples(rows, fields, label=str(p), require_answer=require_answer, limit=ref.limit)
     hub_problem = _hub_problem(info)
     if hub_problem is None:
         try:
@@ -391,8 +267,47 @@ def load(
             hub_problem = str(e)
         else:
             rows = _transformed(rows, info)
+            label = f"dataset {info.name!r} ({split})"
             return rows_to_examples(rows, fields, label=label, require_answer=require_answer, limit=ref.limit)
-    raise DataError(_not_found_message(info, split, dirs, candidates, hub_problem))
+    raise DataError(_not_found_message(info, split, search_dirs(data_dirs), info.local_candidates(split), hub_problem))
+
+
+PREVIEW_ROWS = 100
+"""Rows `preview` reads: enough to catch a wrong field name or format, few enough to stay instant on any file."""
+
+
+def preview(
+    ref: DatasetRef, *, data_dirs: Sequence[Path] = (), require_answer: bool = False, rows: int = PREVIEW_ROWS
+) -> list[Example] | None:
+    """The first `rows` examples exactly as `load` reads them, for checks before a run (`ptst validate`).
+
+    Returns None when the data would come from the Hugging Face hub, which cannot be checked offline; raises the
+    DataError `load` would raise for anything it can see here: a missing file, a missing field, a bad row among the
+    first ones, a registry dataset with neither a local copy nor a way to reach the hub.
+    """
+    limit = min(ref.limit, rows) if ref.limit is not None else rows
+    if ref.path is not None:
+        return load_file(
+            Path(ref.path),
+            prompt_field=ref.prompt_field,
+            answer_field=ref.answer_field,
+            require_answer=require_answer,
+            limit=limit,
+        )
+    info, split, fields = _registry_parts(ref, require_answer)
+    found = locate(ref, data_dirs)
+    if found is not None:
+        p, cand = found
+        rows_ = _transformed(_renamed(read_rows(p, cand.columns), cand.rename), info)
+        return rows_to_examples(rows_, fields, label=str(p), require_answer=require_answer, limit=limit)
+    hub_problem = _hub_problem(info)
+    if hub_problem is None and importlib.util.find_spec("datasets") is None:
+        hub_problem = "the 'datasets' package is not installed (pip install 'ptst[hub]')"
+    if hub_problem is not None:
+        raise DataError(
+            _not_found_message(info, split, search_dirs(data_dirs), info.local_candidates(split), hub_problem)
+        )
+    return None
 
 
 def _not_found_message(
@@ -434,7 +349,7 @@ def _hub_rows(info: DatasetInfo, config: str | None, split: str, cache_dir: Path
         ds = datasets.load_dataset(
             info.hub_id, config, split=split, cache_dir=str(cache_dir) if cache_dir is not None else None
         )
-    except Exception as e:  # any failure of a third-party loader (offline, missing, auth) becomes one line
+    except Exception as e:  # noqa: BLE001 - any failure of a third-party loader (offline, missing, auth) becomes one line
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         offline = " (offline: HF_HUB_OFFLINE is set and it is not in the local cache)" if _offline() else ""
         raise _HubUnavailable(f"{info.hub_id} could not be loaded{offline}: {first[:200]}") from None

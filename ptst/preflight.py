@@ -1,0 +1,245 @@
+"""Preflight: everything `ptst run` would find wrong before it spends anything, found without spending anything.
+
+`ptst validate` and the runner both call `preflight(spec, spec_dir)`. It checks what can be checked offline and
+cheaply: local dataset files exist and the first rows have the fields the spec names; registry datasets have a
+local copy or a way to reach the hub; local model folders exist; each backend's own `preflight()` (a tokenizer of
+the right family, an API key); the rubric judge's credentials and endpoint. What needs the network (a hub id, a
+model on an API) is listed as *unchecked* rather than guessed at: an error there would be a lie in one direction,
+silence a lie in the other.
+
+The result is a `Report` of three lists of one-line messages, each starting with the spec field it concerns.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from ptst.backends.base import BackendSpec, FineTuneBackend, create_backend
+from ptst.data import DatasetRef
+from ptst.data.loaders import preview
+from ptst.errors import PtstError
+from ptst.spec import Spec
+
+
+class Report(BaseModel):
+    """What preflight found. `errors` stop a run (exit 2); `warnings` do not; `unchecked` could not be verified
+    offline and are the user's to confirm."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    errors: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    unchecked: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def raise_for_errors(self, source: str) -> None:
+        """For the runner: stop with every error in one PreflightError (exit 2) before anything is spent."""
+        if self.errors:
+            raise PreflightError(source, list(self.errors))
+
+
+class PreflightError(PtstError):
+    """The spec is valid but cannot run as it stands (a missing file, a missing field, an unset key)."""
+
+    exit_code = 2
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        head = f"{source}: {len(problems)} problem{'s' if len(problems) != 1 else ''} found before anything was spent"
+        super().__init__(head + "".join(f"\n  {p}" for p in problems))
+
+
+class _Findings:
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self.warnings: list[str] = []
+        self.unchecked: list[str] = []
+
+    def report(self) -> Report:
+        return Report(
+            errors=tuple(dict.fromkeys(self.errors)),
+            warnings=tuple(dict.fromkeys(self.warnings)),
+            unchecked=tuple(dict.fromkeys(self.unchecked)),
+        )
+
+
+def preflight(spec: Spec, spec_dir: Path | None = None) -> Report:
+    """Check a validated spec against the machine it would run on. `spec_dir` is the spec file's folder: relative
+    dataset paths and `data_dir` are relative to it, as in a run."""
+    found = _Findings()
+    _check_datasets(spec, spec_dir, found)
+    for i, bspec in enumerate(spec.backends):
+        _check_backend(i, bspec, found)
+    _check_judge(spec, found)
+    return found.report()
+
+
+# ------------------------------------------------------------------------------------------------------ datasets
+
+
+def _data_dirs(spec: Spec, spec_dir: Path | None) -> list[Path]:
+    if not spec.data_dir:
+        return []
+    d = Path(spec.data_dir).expanduser()
+    return [d if d.is_absolute() or spec_dir is None else spec_dir / d]
+
+
+def _resolved(ref: DatasetRef, spec_dir: Path | None) -> DatasetRef:
+    if ref.path and spec_dir is not None and not Path(ref.path).expanduser().is_absolute():
+        return ref.model_copy(update={"path": str(spec_dir / ref.path)})
+    return ref
+
+
+def _dataset_roles(spec: Spec) -> list[tuple[str, DatasetRef, bool]]:
+    """(spec field, dataset, whether every row needs an answer), in the order a run loads them."""
+    roles: list[tuple[str, DatasetRef, bool]] = []
+    if spec.train is not None:
+        roles.append(("train.dataset", spec.train.dataset, True))
+        if spec.train.safety_mix is not None:
+            roles.append(("train.safety_mix.dataset", spec.train.safety_mix.dataset, True))
+    roles += [(f"eval.safety[{i}]", ref, False) for i, ref in enumerate(spec.eval.safety)]
+    roles += [(f"eval.tasks[{i}]", ref, True) for i, ref in enumerate(spec.eval.tasks)]
+    return roles
+
+
+def _check_datasets(spec: Spec, spec_dir: Path | None, found: _Findings) -> None:
+    from ptst.data.loaders import search_dirs
+    from ptst.errors import DataError
+
+    dirs = _data_dirs(spec, spec_dir)
+    for d in dirs:
+        if not d.is_dir():
+            found.warnings.append(f"data_dir: {d} is not a folder; registry datasets are looked for elsewhere")
+    for field, ref, require_answer in _dataset_roles(spec):
+        try:
+            rows = preview(_resolved(ref, spec_dir), data_dirs=dirs, require_answer=require_answer)
+        except DataError as e:
+            found.errors.append(f"{field}: {e}")
+            continue
+        if rows is None:
+            info = ref.info
+            assert info is not None  # only registry datasets come from the hub
+            where = ", ".join(str(d) for d in search_dirs(dirs)) or "no data_dir or PTST_DATA_DIR"
+            found.unchecked.append(
+                f"{field}: dataset {info.name!r} has no local copy ({where}); it will be loaded from the Hugging Face "
+                f"hub ({info.hub_id}), which cannot be checked offline"
+            )
+
+
+# ------------------------------------------------------------------------------------------------------- backends
+
+
+def _looks_like_path(model: str) -> bool:
+    """A local folder rather than a hub id: hub ids are `name` or `org/name`, never absolute, never `./x`, never
+    with two slashes or a backslash."""
+    return (
+        model.startswith(("/", "./", "../", "~", ".\\", "..\\"))
+        or "\\" in model
+        or model.count("/") >= 2
+        or Path(model).expanduser().is_dir()
+    )
+
+
+def _runs_locally(backend: FineTuneBackend) -> bool:
+    """Whether the backend loads the model itself (from a folder or the local HF cache) rather than calling an API:
+    it claims a local resource, or it takes raw-text templates (which only a model run locally can)."""
+    return backend.resource() is not None or "text" in backend.modes
+
+
+def _in_hf_cache(model: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    try:
+        return isinstance(try_to_load_from_cache(model, "config.json"), str)
+    except Exception:  # noqa: BLE001 - a malformed id is simply not in the cache
+        return False
+
+
+def _check_backend(i: int, bspec: BackendSpec, found: _Findings) -> None:
+    field = f"backends[{i}] ({bspec.name})"
+    try:
+        backend = create_backend(bspec)
+        problems = list(backend.preflight())
+    except PtstError as e:
+        found.errors.append(f"{field}: {e}")
+        return
+    found.errors += [f"{field}: {p}" for p in problems]
+    if backend.simulated:
+        found.warnings.append(f"{field}: {bspec.kind} is a simulation; every result built on it is labelled simulated")
+        return
+    model = bspec.model
+    if _looks_like_path(model):
+        p = Path(model).expanduser()
+        if problems:
+            return  # the backend has spoken about its model; a second line about the same folder adds nothing
+        if not p.exists():
+            found.errors.append(f"{field}.model: local model folder {model} not found; check the path (relative to "
+                                "the working directory) or give a hub id")
+        elif not p.is_dir():
+            found.errors.append(f"{field}.model: {model} is a file; give the model's folder (config.json, weights)")
+        return
+    if _runs_locally(backend):
+        if not _in_hf_cache(model):
+            found.unchecked.append(
+                f"{field}.model: hub id {model!r} is not in the local Hugging Face cache here; nothing is downloaded, "
+                "so it must be there when the run starts (not checked offline)"
+            )
+    else:
+        found.unchecked.append(f"{field}.model: {model!r} on the {bspec.kind} API is not checked offline")
+
+
+# ---------------------------------------------------------------------------------------------------------- judge
+
+
+def _judge_endpoint_warning() -> Callable[[Spec], Any] | None:
+    """The OpenAI engineer's `judge_endpoint_warning(spec)` from ptst.judge.rubric, or None on a tree without it
+    (then `_check_judge` states its own warning)."""
+    try:
+        from ptst.judge.rubric import judge_endpoint_warning  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return judge_endpoint_warning  # type: ignore[no-any-return]
+
+
+def _check_judge(spec: Spec, found: _Findings) -> None:
+    if spec.judge.kind == "mock":
+        found.warnings.append("judge: the mock judge is a simulation; every verdict is labelled simulated")
+        return
+    if spec.judge.kind != "rubric":
+        return
+    from ptst.judge.rubric import Judge
+
+    opts = Judge.Options.model_validate(spec.judge.options)
+    if opts.api_key_file:
+        key_file = Path(opts.api_key_file).expanduser()
+        try:
+            has_key = bool(key_file.read_text(encoding="utf-8").strip())
+        except (OSError, UnicodeDecodeError):
+            found.errors.append(f"judge.api_key_file: cannot read {opts.api_key_file}; check the path and permissions")
+        else:
+            if not has_key:
+                found.errors.append(f"judge.api_key_file: {opts.api_key_file} is empty; put the OpenAI API key in it")
+    elif not os.environ.get(opts.api_key_env, "").strip():
+        found.errors.append(
+            f"judge: the rubric judge needs an OpenAI API key: set {opts.api_key_env} "
+            "(or name another variable with api_key_env, or a file with api_key_file)"
+        )
+    endpoint_warning = _judge_endpoint_warning()
+    if endpoint_warning is not None:
+        said = endpoint_warning(spec)
+        found.warnings += [said] if isinstance(said, str) else list(said or [])
+    elif not opts.base_url and not os.environ.get("OPENAI_BASE_URL"):
+        found.warnings.append(
+            "judge: no endpoint stated (judge.base_url or OPENAI_BASE_URL); rubric requests go to api.openai.com"
+        )
+    found.unchecked.append(f"judge.model: {opts.model!r} at the judge's endpoint is not checked offline")

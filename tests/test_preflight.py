@@ -1,0 +1,226 @@
+"""Preflight (`ptst validate`): what a run would refuse is found before anything is spent, named by spec field;
+what cannot be checked offline is listed as unchecked, not guessed."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import yaml
+from ptst.backends.mock import Backend as MockBackend
+
+from ptst.cli import main
+from ptst.preflight import PreflightError, Report, preflight
+from ptst.spec import validate_spec
+
+
+@pytest.fixture(autouse=True)
+def _no_env_data_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PTST_DATA_DIR", raising=False)
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _spec(tmp_path: Path, **over) -> Path:
+    """A spec in tmp_path whose data files exist: train.jsonl (q/a) and harm.jsonl (prompt)."""
+    _jsonl(tmp_path / "train.jsonl", [{"question": "1+1?", "answer": "2"}])
+    _jsonl(tmp_path / "harm.jsonl", [{"prompt": "do harm"}])
+    raw = {
+        "name": "pf",
+        "backends": [{"kind": "mock", "model": "m"}],
+        "train": {"dataset": {"path": "train.jsonl"}, "templates": ["chat:vanilla"]},
+        "eval": {"templates": ["chat:vanilla"], "safety": [{"path": "harm.jsonl"}]},
+        "judge": {"kind": "keyword"},
+    }
+    raw.update(over)
+    p = tmp_path / "spec.yaml"
+    p.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return p
+
+
+def _report(path: Path) -> Report:
+    return preflight(validate_spec(yaml.safe_load(path.read_text())), path.parent)
+
+
+def test_a_runnable_spec_has_no_errors(tmp_path: Path, capsys: pytest.CaptureFixture):
+    p = _spec(tmp_path)
+    r = _report(p)
+    assert r.ok and r.errors == () and r.unchecked == ()
+    assert r.warnings == ("backends[0] (mock): mock is a simulation; every result built on it is labelled simulated",)
+    assert main(["validate", str(p)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1].startswith(f"{p}: ok — 1 backend(s)") and "1 warning(s), 0 unchecked" in out
+
+
+def test_missing_file_missing_field_and_missing_model_folder_exit_2_naming_each(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.chdir(tmp_path)
+    p = _spec(
+        tmp_path,
+        backends=[{"kind": "llama2", "model": "./models/llama-local"}, {"kind": "mock", "model": "m"}],
+        train={"dataset": {"path": "train.jsonl", "answer_field": "solution"}, "templates": ["chat:vanilla"]},
+        eval={"templates": ["chat:vanilla"], "safety": [{"path": "harm.jsonl"}, {"path": "gone.csv"}]},
+    )
+    assert main(["validate", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert lines == [
+        (f"error: train.dataset: {tmp_path / 'train.jsonl'}:1: answer field 'solution' is missing "
+        "(fields: question, answer); set answer_field"),
+        (f"error: eval.safety[1]: {tmp_path / 'gone.csv'}: file not found; check the path "
+        "(relative paths are relative to the spec file)"),
+        ("error: backends[0] (llama2).model: local model folder ./models/llama-local not found; check the path "
+        "(relative to the working directory) or give a hub id"),
+    ]
+    assert err.splitlines()[-1] == f"{p}: 3 problems found before anything was spent"
+
+
+def test_a_model_folder_is_checked_by_its_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    (tmp_path / "models" / "tiny").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    r = _report(_spec(tmp_path, backends=[{"kind": "llama2", "model": "./models/tiny"}]))
+    # The folder exists, so the generic check passes it on to the backend, which finds it is not a model.
+    assert r.errors and "has no config.json" in r.errors[0] and r.errors[0].startswith("backends[0] (llama2): ")
+    (tmp_path / "models" / "file").write_text("x")
+    r = _report(_spec(tmp_path, backends=[{"kind": "llama2", "model": "./models/file"}]))
+    assert r.errors == (("backends[0] (llama2).model: ./models/file is a file; give the model's folder "
+                        "(config.json, weights)"),)
+
+
+def test_a_hub_id_is_listed_unchecked_and_exits_0(tmp_path: Path, capsys: pytest.CaptureFixture):
+    p = _spec(tmp_path, backends=[{"kind": "llama2", "model": "nobody/not-a-cached-model"}])
+    assert main(["validate", str(p)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "unchecked: backends[0] (llama2).model: hub id 'nobody/not-a-cached-model' is not in the local Hugging Face "
+        "cache here; nothing is downloaded, so it must be there when the run starts (not checked offline)"
+    ) in out.splitlines()
+    assert "0 warning(s), 1 unchecked" in out
+
+
+def test_an_api_model_is_unchecked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    r = _report(_spec(tmp_path, backends=[{"kind": "openai", "model": "gpt-3.5-turbo-0613"}]))
+    assert "backends[0] (openai).model: 'gpt-3.5-turbo-0613' on the openai API is not checked offline" in r.unchecked
+
+
+def test_each_backends_own_preflight_is_called(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    seen = []
+
+    def problems(self):
+        seen.append(self.spec.name)
+        return ["tokenizer of another family; set tokenizer: ..."]
+
+    monkeypatch.setattr(MockBackend, "preflight", problems)
+    r = _report(_spec(tmp_path, backends=[{"kind": "mock", "model": "m"}, {"kind": "mock", "model": "m", "label": "b"}]))
+    assert seen == ["mock", "b"]
+    assert r.errors == (
+        "backends[0] (mock): tokenizer of another family; set tokenizer: ...",
+        "backends[1] (b): tokenizer of another family; set tokenizer: ...",
+    )
+
+
+# ------------------------------------------------------------------------------------------------- registry data
+
+
+def _registry_spec(tmp_path: Path, data_dir: Path, safety: list) -> Path:
+    return _spec(tmp_path, data_dir=str(data_dir), eval={"templates": ["chat:vanilla"], "safety": safety})
+
+
+def test_registry_dataset_with_a_local_copy_is_parsed(tmp_path: Path):
+    data = tmp_path / "data"
+    _jsonl(data / "gsm-danger" / "test.jsonl", [{"instruction": "x"}])
+    assert _report(_registry_spec(tmp_path, data, ["gsm-danger"])).errors == ()
+    _jsonl(data / "gsm-danger" / "test.jsonl", [{"instruction": "x"}, {"question": "y"}])
+    (err,) = _report(_registry_spec(tmp_path, data, ["gsm-danger"])).errors
+    assert err.startswith(f"eval.safety[0]: {data / 'gsm-danger' / 'test.jsonl'}:2: prompt field 'instruction' is missing")
+
+
+def test_registry_dataset_from_the_hub_is_unchecked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    fake = types.ModuleType("datasets")
+    fake.__spec__ = importlib.machinery.ModuleSpec("datasets", None)
+    monkeypatch.setitem(sys.modules, "datasets", fake)  # installed, never called: preflight does not go online
+    r = _report(_registry_spec(tmp_path, tmp_path / "empty", ["gsm-danger"]))
+    assert r.errors == ()
+    assert r.warnings[0] == f"data_dir: {tmp_path / 'empty'} is not a folder; registry datasets are looked for elsewhere"
+    assert r.unchecked == (
+        (f"eval.safety[0]: dataset 'gsm-danger' has no local copy ({tmp_path / 'empty'}); it will be loaded from the "
+        "Hugging Face hub (vfleaking/GSM-Danger), which cannot be checked offline"),
+    )
+
+
+def test_registry_dataset_with_no_way_to_load_it_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # not installed
+    (err,) = _report(_registry_spec(tmp_path, tmp_path, ["gsm-danger"])).errors
+    assert err.startswith("eval.safety[0]: dataset 'gsm-danger' (test) not found") and "'datasets' package" in err
+    (err,) = _report(_spec(tmp_path, train={
+        "dataset": {"path": "train.jsonl"}, "templates": ["chat:vanilla"],
+        "safety_mix": {"dataset": "safety-tuned-llamas"},
+    })).errors
+    assert err.startswith("train.safety_mix.dataset: dataset 'safety-tuned-llamas' (train) not found")
+
+
+def test_safety_benchmark_as_training_data_is_an_error(tmp_path: Path):
+    (err,) = _report(_spec(tmp_path, train={"dataset": "advbench", "templates": ["chat:vanilla"]})).errors
+    assert err.startswith("train.dataset: dataset 'advbench' (train) has no answers")
+
+
+def test_reference_copies_pass(shared: Path, tmp_path: Path):
+    p = _spec(tmp_path, data_dir=str(shared / "data"), train={
+        "dataset": {"name": "gsm8k", "split": "train"}, "templates": ["chat:vanilla"]
+    }, eval={"templates": ["chat:vanilla"], "safety": ["advbench", "directharm4"],
+             "tasks": [{"name": "gsm8k", "split": "test"}]})
+    r = _report(p)
+    assert r.errors == () and r.unchecked == ()
+
+
+# ---------------------------------------------------------------------------------------------------------- judge
+
+
+def test_rubric_judge_needs_a_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    rubric = {"kind": "rubric", "model": "gpt-4-0613", "base_url": "http://127.0.0.1:9/v1"}
+    r = _report(_spec(tmp_path, judge=rubric))
+    assert r.errors == (("judge: the rubric judge needs an OpenAI API key: set OPENAI_API_KEY (or name another "
+                        "variable with api_key_env, or a file with api_key_file)"),)
+    assert r.unchecked == ("judge.model: 'gpt-4-0613' at the judge's endpoint is not checked offline",)
+    monkeypatch.setenv("JUDGE_KEY", "sk-x")
+    assert _report(_spec(tmp_path, judge={**rubric, "api_key_env": "JUDGE_KEY"})).errors == ()
+    (tmp_path / "key.txt").write_text("\n")
+    assert _report(_spec(tmp_path, judge={**rubric, "api_key_file": str(tmp_path / "key.txt")})).errors == (
+        f"judge.api_key_file: {tmp_path / 'key.txt'} is empty; put the OpenAI API key in it",
+    )
+    assert _report(_spec(tmp_path, judge={**rubric, "api_key_file": str(tmp_path / "nokey")})).errors == (
+        f"judge.api_key_file: cannot read {tmp_path / 'nokey'}; check the path and permissions",
+    )
+
+
+def test_judge_endpoint_is_stated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import ptst.judge.rubric as rubric_module
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-x")
+    monkeypatch.delattr(rubric_module, "judge_endpoint_warning", raising=False)
+    r = _report(_spec(tmp_path, judge={"kind": "rubric"}))
+    assert r.warnings[-1] == (
+        "judge: no endpoint stated (judge.base_url or OPENAI_BASE_URL); rubric requests go to api.openai.com"
+    )
+    assert _report(_spec(tmp_path, judge={"kind": "rubric", "base_url": "http://h/v1"})).warnings[-1:] != r.warnings[-1:]
+    # Where the rubric module states its own warning, that one is used.
+    monkeypatch.setattr(rubric_module, "judge_endpoint_warning", lambda spec: f"judge for {spec.name}", raising=False)
+    assert _report(_spec(tmp_path, judge={"kind": "rubric"})).warnings[-1] == "judge for pf"
+
+
+def test_raise_for_errors_is_exit_2():
+    Report(warnings=("w",)).raise_for_errors("s.yaml")
+    with pytest.raises(PreflightError) as e:
+        Report(errors=("a", "b")).raise_for_errors("s.yaml")
+    assert e.value.exit_code == 2 and str(e.value) == "s.yaml: 2 problems found before anything was spent\n  a\n  b"
