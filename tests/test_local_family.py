@@ -190,3 +190,9 @@ def test_mistral_without_tokenizer_files_uses_the_bundled_v1(tmp_path):
     b = backend("mistral", model)
     assert b.tokenizer_file is None and b.tokenizer_version == "v1"
     assert b.plain_text(Conversation("chat", "Hi")) == "[INST] Hi [/INST]"
+
+
+def test_text_of_spells_pieces_as_text():
+    from ptst.backends.mistral import text_of
+
+    assert text_of("<s>[INST]\u2581caf<0xC3><0xA9><0x0A>ok[/INST]") == "[INST] café\nok[/INST]"
