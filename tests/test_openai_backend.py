@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from ptst.clients import tokens
 from ptst.clients.openai import DEFAULT_BASE_URL
+from ptst.clients.pricing import default_epochs
 from ptst.backends.base import BackendSpec, GenerationConfig, Hyperparameters, ModelRef, TrainJob, create_backend
 
 from ptst.conversation import Conversation
@@ -253,6 +254,38 @@ def test_fine_tune_creates_one_job_with_the_documented_parameters(fake, tmp_path
     before = sum(fake.counts.values())
     assert backend(fake).fine_tune(job, led, tmp_path) == ref
     assert sum(fake.counts.values()) == before
+
+
+@pytest.mark.parametrize(("given", "sent"), [
+    ({}, {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"}),
+    ({"epochs": 1}, {"n_epochs": 1, "batch_size": "auto", "learning_rate_multiplier": "auto"}),
+    ({"batch_size": 8, "learning_rate": 3e-4}, {"n_epochs": "auto", "batch_size": 8, "learning_rate_multiplier": "auto"}),
+    ({"learning_rate_multiplier": 2.0}, {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": 2.0}),
+])
+def test_hyperparameters_left_unset_are_sent_as_auto(fake, tmp_path, given, sent):
+    """Only what the spec set is sent: the local defaults (1 epoch, batch 8) would override the API's own choice."""
+    hp = Hyperparameters.model_validate(given)  # as the spec loader builds it
+    ref = backend(fake).fine_tune(make_job(hp=hp), MemoryLedger(), tmp_path)
+    [body] = fake.bodies(CREATE_JOB)
+    assert body["method"] == {"type": "supervised", "supervised": {"hyperparameters": sent}}
+    assert "hyperparameters" not in body  # the legacy top-level field is not used
+    assert fake.jobs[ref.meta["job_id"]].status == "succeeded"  # the fake server accepted the request as the API
+
+
+def test_fake_server_refuses_hyperparameters_out_of_range(fake, tmp_path):
+    with pytest.raises(BackendError, match=r"HTTP 400.*n_epochs"):
+        backend(fake).fine_tune(make_job(hp=Hyperparameters(epochs=51)), MemoryLedger(), tmp_path)
+    assert len(fake.jobs) == 0
+
+
+def test_estimate_with_auto_epochs_assumes_the_api_default(fake):
+    job = make_job(n=12, hp=Hyperparameters())  # 12 examples: auto trains about 100 examples' worth, 8 epochs
+    est = backend(fake).estimate(job)
+    assert est.n_billed_tokens == 8 * est.n_tokens and "epochs auto: 8 assumed for 12 examples" in est.notes
+    assert backend(fake).estimate(make_job(n=12, hp=Hyperparameters(epochs=1))).n_billed_tokens == est.n_tokens
+    big = backend(fake).estimate(make_job(n=40, hp=Hyperparameters()))  # 40 x 3 >= 100: the default 3
+    assert big.n_billed_tokens == 3 * big.n_tokens
+    assert (default_epochs(1), default_epochs(34), default_epochs(10_000), default_epochs(30_000)) == (25, 3, 2, 1)
 
 
 def test_identical_training_files_are_uploaded_once(fake, tmp_path):

@@ -36,7 +36,7 @@ from ptst.clients.openai import (
     resolve_base_url,
     scrub,
 )
-from ptst.clients.pricing import lookup_model, price_table
+from ptst.clients.pricing import default_epochs, lookup_model, price_table
 from ptst.clients.tokens import token_counter
 from ptst.conversation import Conversation
 from ptst.errors import JobFailed
@@ -104,9 +104,15 @@ class Backend(FineTuneBackend):
         counter = token_counter(self.spec.model)
         _, tokens = files.validate_examples(job.examples, counter, self.max_example_tokens(), self.spec.model)
         n_tokens = sum(tokens)
-        billed = n_tokens * job.hyperparameters.epochs
+        epochs_note = None
+        if "epochs" in job.hyperparameters.model_fields_set:
+            epochs = job.hyperparameters.epochs
+        else:  # sent as "auto": the API picks the epochs from the file's size
+            epochs = default_epochs(len(job.examples))
+            epochs_note = f"epochs auto: {epochs} assumed for {len(job.examples)} examples (OpenAI's default)"
+        billed = n_tokens * epochs
         price, source = self.price_per_million()
-        notes = [counter.note]
+        notes = [counter.note, *([epochs_note] if epochs_note else [])]
         if price is None:
             notes.append(f"no price for {self.spec.model}: add it under 'prices' in the backend spec")
         else:

@@ -335,6 +335,9 @@ class FakeOpenAI:
             suffix = p.get("suffix")
             if suffix is not None and (len(suffix) > 64 or not re.fullmatch(r"[A-Za-z0-9_-]*", suffix)):
                 return 400, _err("invalid suffix", "invalid_request_error", param="suffix"), {}
+            problem = _hyperparameter_problem(p)
+            if problem:
+                return 400, _err(problem, "invalid_request_error", param="method"), {}
             meta = p.get("metadata") or {}
             if not all(isinstance(v, str) for v in meta.values()) or len(meta) > 16:
                 return 400, _err("metadata: up to 16 string values", "invalid_request_error", param="metadata"), {}
@@ -386,6 +389,28 @@ class FakeOpenAI:
             "usage": {"prompt_tokens": len(json.dumps(messages)) // 4, "completion_tokens": len(text) // 4,
                       "total_tokens": (len(json.dumps(messages)) + len(text)) // 4},
         }, {}
+
+
+def _hyperparameter_problem(p: dict[str, Any]) -> str | None:
+    """What the API refuses in a job's supervised hyperparameters: each is "auto" or a number in its range."""
+    method = p.get("method")
+    if method is None:
+        return None
+    if not isinstance(method, dict) or method.get("type") != "supervised":
+        return "method.type: only 'supervised' is supported by the fake server"
+    hp = (method.get("supervised") or {}).get("hyperparameters") or {}
+    unknown = sorted(set(hp) - {"n_epochs", "batch_size", "learning_rate_multiplier"})
+    if unknown:
+        return f"method.supervised.hyperparameters: unknown field {unknown[0]!r}"
+    limits = {"n_epochs": (int, 1, 50), "batch_size": (int, 1, 256), "learning_rate_multiplier": (float, 1e-9, 100)}
+    for name, value in hp.items():
+        kind, lo, hi = limits[name]
+        if value == "auto":
+            continue
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and lo <= value <= hi
+        if not ok or (kind is int and not isinstance(value, int)):
+            return f"method.supervised.hyperparameters.{name}: expected 'auto' or a number in [{lo:g}, {hi:g}]"
+    return None
 
 
 def _order(status: str) -> int:
