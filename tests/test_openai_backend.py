@@ -13,15 +13,30 @@ import time
 from pathlib import Path
 
 import pytest
+from ptst.backends.base import (
+    BackendSpec,
+    GenerationConfig,
+    Hyperparameters,
+    ModelRef,
+    TrainJob,
+    create_backend,
+)
+
 from ptst.clients import tokens
 from ptst.clients.openai import DEFAULT_BASE_URL
 from ptst.clients.pricing import default_epochs
-from ptst.backends.base import BackendSpec, GenerationConfig, Hyperparameters, ModelRef, TrainJob, create_backend
-
 from ptst.conversation import Conversation
 from ptst.errors import BackendError, CredentialsError, DataError, JobFailed, PtstError
 from ptst.templates import BUILTIN
-from ptst.testing.fake_openai import CHAT, COMPLIANCE, CREATE_JOB, REFUSAL, UPLOAD, FakeOpenAI, MemoryLedger
+from ptst.testing.fake_openai import (
+    CHAT,
+    COMPLIANCE,
+    CREATE_JOB,
+    REFUSAL,
+    UPLOAD,
+    FakeOpenAI,
+    MemoryLedger,
+)
 
 KEY = "sk-test-openai-backend"
 MODEL = "gpt-3.5-turbo-0613"

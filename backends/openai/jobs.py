@@ -37,8 +37,8 @@ __all__ = [
     "create_job",
     "find_by_metadata",
     "job_params",
-    "supervised_hyperparameters",
     "retrieve_recorded",
+    "supervised_hyperparameters",
     "wait_for_job",
 ]
 
