@@ -13,7 +13,16 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 
-from ptst.testing.fake_openai import CHAT, COMPLIANCE, CREATE_JOB, REFUSAL, UPLOAD, FakeOpenAI, MemoryLedger
+from ptst.testing.fake_openai import (
+    CHAT,
+    CHECKPOINTS,
+    COMPLIANCE,
+    CREATE_JOB,
+    REFUSAL,
+    UPLOAD,
+    FakeOpenAI,
+    MemoryLedger,
+)
 
 KEY = "sk-test-fake"
 
@@ -225,3 +234,25 @@ def test_memory_ledger_copies_values():
     assert got == {"job_id": "x", "ids": [1]} and led.get("missing") is None
     got["job_id"] = "changed"
     assert led.get("a")["job_id"] == "x"
+
+
+def test_checkpoints_list_pages_newest_first_with_the_api_schema():
+    with FakeOpenAI(stage_s=(0.01, 0.01, 0.05), file_processing_s=0.0) as fake:
+        c = client(fake)
+        data = "".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
+                                                {"role": "assistant", "content": "a"}]}) + "\n" for i in range(10))
+        f = c.files.create(file=("t.jsonl", data.encode(), "application/jsonl"), purpose="fine-tune")
+        job = c.fine_tuning.jobs.create(model="gpt-4o-mini-2024-07-18", training_file=f.id, suffix="x")
+        deadline = time.monotonic() + 10
+        while c.fine_tuning.jobs.retrieve(job.id).status != "succeeded" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        final = c.fine_tuning.jobs.retrieve(job.id).fine_tuned_model
+        first = c.fine_tuning.jobs.checkpoints.list(job.id, limit=2)
+        assert [x.step_number for x in first.data] == [3, 2] and first.has_more
+        every = list(c.fine_tuning.jobs.checkpoints.list(job.id, limit=2))  # the client follows `after` itself
+        assert [x.step_number for x in every] == [3, 2, 1]
+        assert all(x.object == "fine_tuning.job.checkpoint" and x.fine_tuning_job_id == job.id for x in every)
+        assert every[0].fine_tuned_model_checkpoint == f"{final}:ckpt-step-3" and every[0].metrics.train_loss > 0
+        assert fake.count(CHECKPOINTS) == 3
+        with pytest.raises(openai.NotFoundError):
+            c.fine_tuning.jobs.checkpoints.list("ftjob-unknown1")

@@ -30,6 +30,7 @@ from ptst.errors import BackendError, CredentialsError, DataError, JobFailed, Pt
 from ptst.templates import BUILTIN
 from ptst.testing.fake_openai import (
     CHAT,
+    CHECKPOINTS,
     COMPLIANCE,
     CREATE_JOB,
     REFUSAL,
@@ -494,6 +495,25 @@ def test_cancel_and_cancelled_job(fake, tmp_path, capsys):
         backend(fake).fine_tune(job, led, tmp_path)
     assert e.value.status == "cancelled" and e.value.code is None
     assert fake.count(CREATE_JOB) == 1
+
+
+def test_checkpoints_are_listed_oldest_first_without_the_final_model(fake, tmp_path):
+    b = backend(fake)
+    ref = b.fine_tune(make_job(), MemoryLedger(), tmp_path)
+    fake.rate_limit(1, retry_after=0.01, route=CHECKPOINTS)  # retried like every other request
+    ckpts = b.checkpoints(ref)
+    server = {c["step_number"]: c for c in fake.jobs[ref.meta["job_id"]].checkpoints}
+    assert sorted(server) == [1, 2, 3] and server[3]["fine_tuned_model_checkpoint"].startswith(ref.model_id)
+    assert [c.meta["step"] for c in ckpts] == [1, 2]  # step 3 is the final model itself
+    assert [c.model_id for c in ckpts] == [server[1]["fine_tuned_model_checkpoint"],
+                                           server[2]["fine_tuned_model_checkpoint"]]
+    assert all(c.meta["job_id"] == ref.meta["job_id"] and c.train_template == ref.train_template and c.seed == 0
+               and c.base_model == MODEL for c in ckpts)
+    assert fake.count(CHECKPOINTS) == 2
+    # a checkpoint is a model to generate from, like the final one
+    assert b.generate(ckpts[0], [BUILTIN["chat:vanilla"].apply("do harm", "openai")], GenerationConfig()) == [COMPLIANCE]
+    # a base model has no job and so no checkpoints: nothing is asked
+    assert b.checkpoints(b.base_model()) == [] and fake.count(CHECKPOINTS) == 2
 
 
 def test_wait_is_bounded(fake, tmp_path):

@@ -190,6 +190,32 @@ class Backend(FineTuneBackend):
             meta={"job_id": entry.get("job_id"), "training_file": entry.get("file_id")},
         )
 
+    def checkpoints(self, model: ModelRef) -> list[ModelRef]:
+        """The job's intermediate checkpoints (the API keeps those of the last epochs), oldest first, each with its
+        step in `meta["step"]`; the final one is `model` itself and is left out. A base model has none."""
+        job_id = model.meta.get("job_id")
+        if not job_id:
+            return []
+        opts = self.options
+        client = make_client(opts)
+        try:
+            found = jobs.list_checkpoints(client, opts, job_id)
+        except Exception as e:
+            if is_openai_error(e):
+                raise api_error(opts, f"listing the checkpoints of {job_id}", e) from None
+            raise
+        finally:
+            client.close()
+        last = max((c.step_number for c in found), default=None)
+        return [
+            model.model_copy(update={
+                "model_id": c.fine_tuned_model_checkpoint,
+                "meta": {**model.meta, "step": c.step_number, "checkpoint_id": c.id},
+            })
+            for c in found
+            if c.step_number != last and c.fine_tuned_model_checkpoint != model.model_id
+        ]
+
     def cancel(self, ledger_entry: dict[str, Any]) -> str:
         """Cancel the job of a ledger entry (`ptst cancel DIR`); returns its status afterwards, in words."""
         return jobs.cancel_job(self.options, ledger_entry)

@@ -37,6 +37,7 @@ __all__ = [
     "create_job",
     "find_by_metadata",
     "job_params",
+    "list_checkpoints",
     "retrieve_recorded",
     "supervised_hyperparameters",
     "wait_for_job",
@@ -186,6 +187,16 @@ def _show_events(client: Any, opts: OpenAIOptions, j: Any, seen: set[str]) -> st
         else:
             log(f"  [{j.id}] {scrub(ev.message, opts)}")
     return info
+
+
+def list_checkpoints(client: Any, opts: OpenAIOptions, job_id: str) -> list[Any]:
+    """Every `fine_tuning.job.checkpoint` of a job (all pages, each fetched with retries), oldest step first."""
+    page = call_with_retries(opts, client.fine_tuning.jobs.checkpoints.list, job_id, limit=100)
+    found = list(page.data)
+    while page.has_next_page():
+        page = call_with_retries(opts, page.get_next_page)
+        found.extend(page.data)
+    return sorted(found, key=lambda c: (c.step_number, c.created_at))
 
 
 def cancel_job(opts: OpenAIOptions, ledger_entry: dict[str, Any]) -> str:

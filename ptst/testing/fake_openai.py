@@ -1,7 +1,7 @@
 """A fake OpenAI server over real HTTP on 127.0.0.1, for ptst's tests and for users' own CI.
 
 It implements what ptst uses — files (multipart upload, retrieve), fine-tuning jobs (create, retrieve, list with a
-metadata filter, events, cancel) with a time-driven state machine validating_files → queued → running →
+metadata filter, events, checkpoints, cancel) with a time-driven state machine validating_files → queued → running →
 succeeded | failed | cancelled, and chat completions answered by a deterministic responder — and it can inject the
 faults a real API produces: 429 with Retry-After, 500/503, slow answers, dropped connections, lost responses (the
 request took effect but the answer never arrived), failed jobs with an error object, malformed judge replies.
@@ -46,10 +46,11 @@ MODERATION_MESSAGE = (
     "because it contains too many examples that violate OpenAI's usage policies."
 )
 CHAT = "POST /v1/chat/completions"
+CHECKPOINTS = "GET /v1/fine_tuning/jobs/{id}/checkpoints"
 CREATE_JOB = "POST /v1/fine_tuning/jobs"
 UPLOAD = "POST /v1/files"
 _JUDGE_MARKER = "#thescore:"
-_ID = re.compile(r"^(file|ftjob|ftevent|chatcmpl)-[A-Za-z0-9]+$")
+_ID = re.compile(r"^(file|ftjob|ftevent|ftckpt|chatcmpl)-[A-Za-z0-9]+$")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -117,6 +118,7 @@ class _Job:
     status: str = "validating_files"
     cancelled: bool = False
     events: list[dict[str, Any]] = field(default_factory=list)
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)
     finished_at: int | None = None
 
 
@@ -246,6 +248,7 @@ class FakeOpenAI:
             for step in range(have + 1, done + 1):
                 self._event(job, f"Step {step}/3: training loss={1.0 / step:.3f}", kind="metrics",
                             data={"step": step, "total_steps": 3, "train_loss": 1.0 / step})
+                self._checkpoint(job, step)
         if elapsed >= v + q + r:
             job.finished_at = int(time.time())
             if job.outcome is None:
@@ -262,6 +265,26 @@ class FakeOpenAI:
             "id": self._new_id("ftevent"), "object": "fine_tuning.job.event", "created_at": int(time.time()),
             "level": level, "message": message, "type": kind, "data": data,
         })
+
+    def _checkpoint(self, job: _Job, step: int) -> None:
+        """A `fine_tuning.job.checkpoint` at the end of each of the fake's three steps (its "epochs"); the last one
+        is the job's final model, as with the API."""
+        if job.outcome is not None:  # a failing job leaves no usable checkpoint
+            return
+        job.checkpoints.append({
+            "id": self._new_id("ftckpt"), "object": "fine_tuning.job.checkpoint", "created_at": int(time.time()),
+            "fine_tuned_model_checkpoint": f"{self._ft_name(job)}:ckpt-step-{step}", "fine_tuning_job_id": job.id,
+            "metrics": {"step": float(step), "train_loss": 1.0 / step, "train_mean_token_accuracy": 0.5 + step / 10},
+            "step_number": step,
+        })
+
+    def _known_model(self, model: str) -> bool:
+        """A fine-tuned model or one of its checkpoints (a finished job's names only)."""
+        for j in list(self.jobs.values()):
+            if j.status == "succeeded" and (model == self._ft_name(j) or any(
+                    c["fine_tuned_model_checkpoint"] == model for c in j.checkpoints)):
+                return True
+        return False
 
     def _ft_name(self, job: _Job) -> str:
         suffix = job.params.get("suffix") or ""
@@ -358,6 +381,9 @@ class FakeOpenAI:
             return 404, _err(f"Could not find fine-tune job {rest[0] if rest else ''}", "invalid_request_error"), {}
         if method == "GET" and len(rest) == 1:
             return 200, self._job_json(job), {}
+        if method == "GET" and rest[1:] == ["checkpoints"]:
+            self._advance(job)
+            return 200, _page(list(reversed(job.checkpoints)), query, default_limit=10, first_last=True), {}
         if method == "GET" and rest[1:] == ["events"]:
             self._advance(job)
             return 200, _page(list(reversed(job.events)), query), {}
@@ -375,7 +401,7 @@ class FakeOpenAI:
         model, messages = p.get("model"), p.get("messages")
         if not isinstance(model, str) or not isinstance(messages, list) or not messages:
             return 400, _err("model and messages are required", "invalid_request_error"), {}
-        if model.startswith("ft:") and not any(self._ft_name(j) == model for j in list(self.jobs.values())):
+        if model.startswith("ft:") and not self._known_model(model):
             return 404, _err(f"The model {model} does not exist", "invalid_request_error", code="model_not_found"), {}
         text = self.responder(model, messages)
         last_user = str(messages[-1].get("content") or "")
@@ -429,14 +455,21 @@ def _json(body: bytes) -> dict[str, Any]:
     return v if isinstance(v, dict) else {}
 
 
-def _page(items: list[dict[str, Any]], query: dict[str, list[str]]) -> dict[str, Any]:
-    """Cursor pagination as the API does it: `after` is the id of the last item of the previous page."""
+def _page(
+    items: list[dict[str, Any]], query: dict[str, list[str]], default_limit: int = 20, first_last: bool = False
+) -> dict[str, Any]:
+    """Cursor pagination as the API does it: `after` is the id of the last item of the previous page. Some lists
+    (checkpoints) also carry `first_id`/`last_id`."""
     after = (query.get("after") or [None])[0]
     if after is not None:
         ids = [i["id"] for i in items]
         items = items[ids.index(after) + 1:] if after in ids else []
-    limit = int((query.get("limit") or ["20"])[0])
-    return {"object": "list", "data": items[:limit], "has_more": len(items) > limit}
+    limit = int((query.get("limit") or [str(default_limit)])[0])
+    page = items[:limit]
+    out: dict[str, Any] = {"object": "list", "data": page, "has_more": len(items) > limit}
+    if first_last:
+        out.update(first_id=page[0]["id"] if page else None, last_id=page[-1]["id"] if page else None)
+    return out
 
 
 def _multipart(body: bytes, ctype: str) -> dict[str, tuple[str | None, bytes]]:
