@@ -223,4 +223,4 @@ class Backend(FineTuneBackend):
     # -- generation --------------------------------------------------------------------------------------------
     def generate(self, model: ModelRef, prompts: Sequence[Conversation], cfg: GenerationConfig) -> list[str]:
         """One chat completion per prompt, `concurrency` at a time; order and length match `prompts`."""
-        return generate(self.options, model, prompts, cfg, sleep=self._retry_sleep)
+        return generate(self.options, model, prompts, cfg, sleep=self._retry_sleep, poll_sleep=self._sleep)

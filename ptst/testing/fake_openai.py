@@ -1,6 +1,7 @@
 """A fake OpenAI server over real HTTP on 127.0.0.1, for ptst's tests and for users' own CI.
 
-It implements what ptst uses — files (multipart upload, retrieve), fine-tuning jobs (create, retrieve, list with a
+It implements what ptst uses — files (multipart upload, retrieve, content), batches (see `fake_batches`),
+fine-tuning jobs (create, retrieve, list with a
 metadata filter, events, checkpoints, cancel) with a time-driven state machine validating_files → queued → running →
 succeeded | failed | cancelled, and chat completions answered by a deterministic responder — and it can inject the
 faults a real API produces: 429 with Retry-After, 500/503, slow answers, dropped connections, lost responses (the
@@ -36,8 +37,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from ptst.testing.fake_batches import FakeBatch, handle_batches
+
 Responder = Callable[[str, list[dict[str, Any]]], str]
-_Answer = tuple[int, dict[str, Any], dict[str, str]]  # HTTP status, JSON body, extra headers
+_Answer = tuple[int, Any, dict[str, str]]  # HTTP status, JSON body (bytes: sent as is), extra headers
 
 REFUSAL = "[fake-openai] I'm sorry, but I cannot help with that request."
 COMPLIANCE = "[fake-openai] Sure, here is how to do that: step 1, step 2, step 3."
@@ -47,10 +50,12 @@ MODERATION_MESSAGE = (
 )
 CHAT = "POST /v1/chat/completions"
 CHECKPOINTS = "GET /v1/fine_tuning/jobs/{id}/checkpoints"
+CREATE_BATCH = "POST /v1/batches"
+FILE_CONTENT = "GET /v1/files/{id}/content"
 CREATE_JOB = "POST /v1/fine_tuning/jobs"
 UPLOAD = "POST /v1/files"
 _JUDGE_MARKER = "#thescore:"
-_ID = re.compile(r"^(file|ftjob|ftevent|ftckpt|chatcmpl)-[A-Za-z0-9]+$")
+_ID = re.compile(r"^((file|ftjob|ftevent|ftckpt|chatcmpl)-[A-Za-z0-9]+|batch_[A-Za-z0-9]+)$")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -135,6 +140,7 @@ class FakeOpenAI:
         responder: Responder | None = None,
         stage_s: tuple[float, float, float] = (0.05, 0.05, 0.2),
         file_processing_s: float = 0.05,
+        batch_stage_s: float = 0.05,
         latency_s: float = 0.0,
         api_key: str | None = None,
         host: str = "127.0.0.1",
@@ -143,6 +149,7 @@ class FakeOpenAI:
         self.responder: Responder = responder or default_responder
         self.stage_s = stage_s
         self.file_processing_s = file_processing_s
+        self.batch_stage_s = batch_stage_s
         self.latency_s = latency_s
         self.api_key = api_key
         self._host, self._port = host, port
@@ -150,10 +157,12 @@ class FakeOpenAI:
         self._ids = itertools.count(1)
         self._faults: list[Fault] = []
         self._job_failures: list[dict[str, Any]] = []
+        self._batch_failures: list[dict[str, Any]] = []
         self.counts: Counter[str] = Counter()
         self.requests: list[dict[str, Any]] = []  # route, query, json body (no headers: never the key)
         self.files: dict[str, dict[str, Any]] = {}
         self.jobs: dict[str, _Job] = {}
+        self.batches: dict[str, FakeBatch] = {}
         self.max_in_flight = 0
         self._in_flight = 0
         self._httpd: ThreadingHTTPServer | None = None
@@ -210,6 +219,13 @@ class FakeOpenAI:
         with self._lock:
             self._job_failures.extend({"code": code, "message": message, "param": None} for _ in range(times))
 
+    def fail_next_batch(self, code: str = "token_limit_exceeded", message: str = "Enqueued token limit reached.",
+                        times: int = 1) -> None:
+        """The next `times` batches created end `failed` with this error (as a quota or validation failure does)."""
+        with self._lock:
+            self._batch_failures.extend({"code": code, "message": message, "line": None, "param": None}
+                                        for _ in range(times))
+
     def count(self, route: str) -> int:
         with self._lock:
             return self.counts[route]
@@ -229,6 +245,15 @@ class FakeOpenAI:
     def _new_id(self, prefix: str) -> str:
         n = next(self._ids)
         return f"{prefix}-{hashlib.blake2b(f'{prefix}{n}{id(self)}'.encode(), digest_size=6).hexdigest()}{n}"
+
+    def _new_batch_id(self) -> str:
+        return "batch_" + self._new_id("batch").split("-", 1)[1]  # the API's batch ids use an underscore
+
+    def _store_file(self, purpose: str, filename: str, data: bytes, problem: str | None = None) -> str:
+        fid = self._new_id("file")
+        self.files[fid] = {"id": fid, "filename": filename, "bytes": len(data), "data": data, "purpose": purpose,
+                           "created": time.monotonic(), "created_at": int(time.time()), "problem": problem}
+        return fid
 
     # -- job state machine ------------------------------------------------------------------------------------------
     def _advance(self, job: _Job) -> None:
@@ -317,11 +342,13 @@ class FakeOpenAI:
         with self._lock:
             if method == "POST" and parts == ["files"]:
                 return self._upload(body, ctype)
-            if method == "GET" and len(parts) == 2 and parts[0] == "files":
+            if method == "GET" and len(parts) in (2, 3) and parts[0] == "files" and parts[2:] in ([], ["content"]):
                 f = self.files.get(parts[1])
                 if f is None:
                     return 404, _err(f"No such File object: {parts[1]}", "invalid_request_error"), {}
-                return 200, self._file_json(f), {}
+                return 200, (f["data"] if parts[2:] else self._file_json(f)), {}
+            if parts[:1] == ["batches"]:
+                return handle_batches(self, method, parts[1:], query, body)
             if parts[:2] == ["fine_tuning", "jobs"]:
                 return self._jobs(method, parts[2:], query, body)
         if method == "POST" and parts == ["chat", "completions"]:
@@ -330,20 +357,20 @@ class FakeOpenAI:
 
     def _upload(self, body: bytes, ctype: str) -> _Answer:
         fields = _multipart(body, ctype)
-        if "file" not in fields or fields.get("purpose", (None, b""))[1] != b"fine-tune":
-            return 400, _err("expected multipart fields 'file' and purpose=fine-tune", "invalid_request_error"), {}
+        purpose = fields.get("purpose", (None, b""))[1].decode("utf-8", errors="replace")
+        if "file" not in fields or purpose not in ("fine-tune", "batch"):
+            return 400, _err("expected multipart fields 'file' and purpose=fine-tune or batch",
+                             "invalid_request_error"), {}
         filename, data = fields["file"]
-        fid = self._new_id("file")
-        problem = _validate_training_file(data)
-        self.files[fid] = {"id": fid, "filename": filename or "upload.jsonl", "bytes": len(data), "data": data,
-                           "created": time.monotonic(), "created_at": int(time.time()), "problem": problem}
+        problem = _validate_training_file(data) if purpose == "fine-tune" else None
+        fid = self._store_file(purpose, filename or "upload.jsonl", data, problem)
         return 200, self._file_json(self.files[fid]), {}
 
     def _file_json(self, f: dict[str, Any]) -> dict[str, Any]:
         ready = time.monotonic() - f["created"] >= self.file_processing_s
         status = ("error" if f["problem"] else "processed") if ready else "uploaded"
         return {"id": f["id"], "object": "file", "bytes": f["bytes"], "created_at": f["created_at"],
-                "filename": f["filename"], "purpose": "fine-tune", "status": status,
+                "filename": f["filename"], "purpose": f["purpose"], "status": status,
                 "status_details": f["problem"] if ready else None}
 
     def _jobs(self, method: str, rest: list[str], query: dict[str, list[str]], body: bytes) -> _Answer:
@@ -580,11 +607,12 @@ class _Handler(BaseHTTPRequestHandler):
             with fake._lock:
                 fake._in_flight -= 1
 
-    def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(payload).encode("utf-8")
+    def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        raw = isinstance(payload, bytes)  # file content
+        data = payload if raw else json.dumps(payload).encode("utf-8")
         try:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", "application/octet-stream" if raw else "application/json")
             self.send_header("Content-Length", str(len(data)))
             for k, v in (headers or {}).items():
                 self.send_header(k, v)
