@@ -203,7 +203,8 @@ def test_inherit_judges_at_the_backend_endpoint_with_its_key(monkeypatch):
     monkeypatch.setenv("PROXY_KEY", "sk-proxy")
     with FakeOpenAI(api_key="sk-proxy") as fake:
         url = fake.url
-        spec = spec_with({"kind": "rubric", "base_url": "inherit", **FAST}, openai_backend(url, api_key_env="PROXY_KEY"))
+        backend = openai_backend(url, api_key_env="PROXY_KEY")
+        spec = spec_with({"kind": "rubric", "base_url": "inherit", **FAST}, backend)
         resolved = resolve_judge_spec(spec)
         assert resolved.options["base_url"] == url and resolved.options["api_key_env"] == "PROXY_KEY"
         verdicts = create_judge(resolved).judge([JudgeItem("q", COMPLIANCE), JudgeItem("q", REFUSAL)])

@@ -275,7 +275,8 @@ def test_fine_tune_creates_one_job_with_the_documented_parameters(fake, tmp_path
 @pytest.mark.parametrize(("given", "sent"), [
     ({}, {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"}),
     ({"epochs": 1}, {"n_epochs": 1, "batch_size": "auto", "learning_rate_multiplier": "auto"}),
-    ({"batch_size": 8, "learning_rate": 3e-4}, {"n_epochs": "auto", "batch_size": 8, "learning_rate_multiplier": "auto"}),
+    ({"batch_size": 8, "learning_rate": 3e-4},
+     {"n_epochs": "auto", "batch_size": 8, "learning_rate_multiplier": "auto"}),
     ({"learning_rate_multiplier": 2.0}, {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": 2.0}),
 ])
 def test_hyperparameters_left_unset_are_sent_as_auto(fake, tmp_path, given, sent):
@@ -511,7 +512,8 @@ def test_checkpoints_are_listed_oldest_first_without_the_final_model(fake, tmp_p
                and c.base_model == MODEL for c in ckpts)
     assert fake.count(CHECKPOINTS) == 2
     # a checkpoint is a model to generate from, like the final one
-    assert b.generate(ckpts[0], [BUILTIN["chat:vanilla"].apply("do harm", "openai")], GenerationConfig()) == [COMPLIANCE]
+    harmful = [BUILTIN["chat:vanilla"].apply("do harm", "openai")]
+    assert b.generate(ckpts[0], harmful, GenerationConfig()) == [COMPLIANCE]
     # a base model has no job and so no checkpoints: nothing is asked
     assert b.checkpoints(b.base_model()) == [] and fake.count(CHECKPOINTS) == 2
 

@@ -54,7 +54,7 @@ class Backend(FineTuneBackend):
 
     options: OpenAIOptions
 
-    # Replaceable in tests: `_sleep` waits between job/file polls (an interrupt in the middle of a poll), and
+    # Replaceable in tests: `_sleep` waits between job, file and batch polls (an interrupt mid-poll), and
     # `_retry_sleep` between chat retries (recording the waits instead of timing them). None: asyncio.sleep.
     _sleep: Callable[[float], None] = staticmethod(time.sleep)
     _retry_sleep: AsyncSleep | None = None

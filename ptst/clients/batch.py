@@ -116,7 +116,8 @@ def _find(client: Any, opts: ClientOptions, key: str) -> Any:
     seen = 0
     while True:
         for b in page.data:
-            if (b.metadata or {}).get("ptst_batch_key") == key and b.status not in ("failed", "cancelled", "cancelling"):
+            reusable = b.status not in ("failed", "cancelled", "cancelling")
+            if reusable and (b.metadata or {}).get("ptst_batch_key") == key:
                 return b
         seen += len(page.data)
         if seen >= MAX_LISTED or not page.has_next_page():

@@ -43,7 +43,9 @@ class FakeBatch:
 
 def handle_batches(fake: FakeOpenAI, method: str, rest: list[str], query: dict[str, list[str]], body: bytes) -> Answer:
     """`/v1/batches...` (called under the fake's lock); `rest` is the path after `batches`."""
-    from ptst.testing.fake_openai import _err, _json, _page
+    from ptst.testing.fake_wire import error_body as _err
+    from ptst.testing.fake_wire import json_body as _json
+    from ptst.testing.fake_wire import list_page as _page
 
     if method == "POST" and not rest:
         return _create(fake, _json(body))
@@ -67,14 +69,15 @@ def handle_batches(fake: FakeOpenAI, method: str, rest: list[str], query: dict[s
 
 
 def _create(fake: FakeOpenAI, p: dict[str, Any]) -> Answer:
-    from ptst.testing.fake_openai import _err
+    from ptst.testing.fake_wire import error_body as _err
 
     f = fake.files.get(str(p.get("input_file_id")))
     if f is None or f.get("purpose") != "batch":
         return 400, _err("input_file_id: no file with purpose 'batch'", "invalid_request_error",
                          param="input_file_id"), {}
     if p.get("endpoint") not in ENDPOINTS:
-        return 400, _err(f"endpoint: expected one of {sorted(ENDPOINTS)}", "invalid_request_error", param="endpoint"), {}
+        return 400, _err(f"endpoint: expected one of {sorted(ENDPOINTS)}", "invalid_request_error",
+                         param="endpoint"), {}
     if p.get("completion_window") != "24h":
         return 400, _err("completion_window: only '24h' is supported", "invalid_request_error",
                          param="completion_window"), {}
@@ -143,7 +146,8 @@ def advance(fake: FakeOpenAI, batch: FakeBatch) -> None:
 
 def _finish(fake: FakeOpenAI, batch: FakeBatch, *, run: bool) -> None:
     """Answer every line (or, for a cancelled batch, none) and write the output and error files."""
-    from ptst.testing.fake_openai import CHAT, _err
+    from ptst.testing.fake_openai import CHAT
+    from ptst.testing.fake_wire import error_body as _err
 
     out: list[str] = []
     err: list[str] = []
