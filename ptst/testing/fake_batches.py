@@ -88,7 +88,7 @@ def _create(fake: FakeOpenAI, p: dict[str, Any]) -> Answer:
     lines, errors = _parse_input(f["data"], str(p["endpoint"]))
     if not errors and fake._batch_failures:
         errors = [fake._batch_failures.pop(0)]
-    batch = FakeBatch(fake._new_batch_id(), f["id"], str(p["endpoint"]), meta, time.monotonic(), int(time.time()),
+    batch = FakeBatch(fake._new_batch_id(), f["id"], str(p["endpoint"]), meta, fake.clock(), int(time.time()),
                       lines, errors=errors)
     fake.batches[batch.id] = batch
     return 200, batch_json(fake, batch), {}
@@ -127,7 +127,7 @@ def advance(fake: FakeOpenAI, batch: FakeBatch) -> None:
     """Bring a batch up to date with the clock (called under the lock)."""
     if batch.status in ("completed", "failed", "expired", "cancelled"):
         return
-    elapsed = time.monotonic() - batch.created
+    elapsed = fake.clock() - batch.created
     stage = fake.batch_stage_s
     if batch.errors:
         if elapsed >= stage:

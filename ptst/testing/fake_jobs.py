@@ -41,7 +41,7 @@ def advance(fake: FakeOpenAI, job: FakeJob) -> None:
     """Bring a job's status and events up to date with the clock (called under the lock)."""
     if job.status in ("succeeded", "failed", "cancelled"):
         return
-    elapsed = time.monotonic() - job.created
+    elapsed = fake.clock() - job.created
     v, q, r = fake.stage_s
     stages = [("queued", v), ("running", v + q)]
     for status, at in stages:
@@ -126,7 +126,7 @@ def handle_jobs(fake: FakeOpenAI, method: str, rest: list[str], query: dict[str,
         f = fake.files.get(str(p.get("training_file")))
         if not p.get("model") or f is None:
             return 400, error_body("invalid training_file or model", "invalid_request_error", param="training_file"), {}
-        if f["problem"] or time.monotonic() - f["created"] < fake.file_processing_s:
+        if f["problem"] or fake.clock() - f["created"] < fake.file_processing_s:
             return 400, error_body(f"File {f['id']} is not ready or invalid: {f['problem'] or 'still processing'}",
                                    "invalid_request_error", param="training_file"), {}
         suffix = p.get("suffix")
@@ -138,7 +138,7 @@ def handle_jobs(fake: FakeOpenAI, method: str, rest: list[str], query: dict[str,
         meta = p.get("metadata") or {}
         if not all(isinstance(v, str) for v in meta.values()) or len(meta) > 16:
             return 400, error_body("metadata: up to 16 string values", "invalid_request_error", param="metadata"), {}
-        job = FakeJob(fake._new_id("ftjob"), str(p["model"]), f["id"], time.monotonic(), int(time.time()), p,
+        job = FakeJob(fake._new_id("ftjob"), str(p["model"]), f["id"], fake.clock(), int(time.time()), p,
                    fake._job_failures.pop(0) if fake._job_failures else None)
         _event(fake, job, f"Created fine-tuning job: {job.id}")
         fake.jobs[job.id] = job

@@ -120,7 +120,9 @@ class FakeOpenAI:
     """The server. Configure it, `start()` it (or use `with`), point a client at `.url`, then inspect counters.
 
     `stage_s`: seconds spent in validating_files, queued, running. `file_processing_s`: uploaded → processed.
-    `latency_s`: added to every request. `api_key`: when set, requests must carry it (else any Bearer key works).
+    `batch_stage_s`: seconds a batch spends in each of validating, in_progress, finalizing. `latency_s`: added to
+    every request. `api_key`: when set, requests must carry it (else any Bearer key works). `clock`: the time jobs,
+    files and batches advance by (a test can step it instead of waiting).
     """
 
     def __init__(
@@ -134,11 +136,13 @@ class FakeOpenAI:
         api_key: str | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.responder: Responder = responder or default_responder
         self.stage_s = stage_s
         self.file_processing_s = file_processing_s
         self.batch_stage_s = batch_stage_s
+        self.clock = clock
         self.latency_s = latency_s
         self.api_key = api_key
         self._host, self._port = host, port
@@ -241,7 +245,7 @@ class FakeOpenAI:
     def _store_file(self, purpose: str, filename: str, data: bytes, problem: str | None = None) -> str:
         fid = self._new_id("file")
         self.files[fid] = {"id": fid, "filename": filename, "bytes": len(data), "data": data, "purpose": purpose,
-                           "created": time.monotonic(), "created_at": int(time.time()), "problem": problem}
+                           "created": self.clock(), "created_at": int(time.time()), "problem": problem}
         return fid
 
     # -- job state machine ------------------------------------------------------------------------------------------
@@ -280,7 +284,7 @@ class FakeOpenAI:
         return 200, self._file_json(self.files[fid]), {}
 
     def _file_json(self, f: dict[str, Any]) -> dict[str, Any]:
-        ready = time.monotonic() - f["created"] >= self.file_processing_s
+        ready = self.clock() - f["created"] >= self.file_processing_s
         status = ("error" if f["problem"] else "processed") if ready else "uploaded"
         return {"id": f["id"], "object": "file", "bytes": f["bytes"], "created_at": f["created_at"],
                 "filename": f["filename"], "purpose": f["purpose"], "status": status,
