@@ -13,7 +13,16 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 
-from ptst.testing.fake_openai import CHAT, COMPLIANCE, CREATE_JOB, REFUSAL, UPLOAD, FakeOpenAI, MemoryLedger
+from ptst.testing.fake_openai import (
+    CHAT,
+    CHECKPOINTS,
+    COMPLIANCE,
+    CREATE_JOB,
+    REFUSAL,
+    UPLOAD,
+    FakeOpenAI,
+    MemoryLedger,
+)
 
 KEY = "sk-test-fake"
 
@@ -44,9 +53,28 @@ def upload(c: openai.OpenAI, data: bytes) -> str:
     return f.id
 
 
-def test_job_state_machine_events_and_route_counters(fake):
+class SteppedClock:
+    """The fake's clock, moved by the test: every state is observed whatever the machine's load."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_job_state_machine_events_and_route_counters():
+    clock = SteppedClock()
+    with FakeOpenAI(stage_s=(0.1, 0.1, 0.3), file_processing_s=0.05, clock=clock) as fake:
+        _job_state_machine(fake, clock)
+
+
+def _job_state_machine(fake: FakeOpenAI, clock: SteppedClock) -> None:
     c = client(fake)
-    fid = upload(c, training_file())
+    f = c.files.create(file=("t.jsonl", training_file(), "application/jsonl"), purpose="fine-tune")
+    assert f.status == "uploaded"
+    clock.now += 0.05
+    fid = f.id
     assert c.files.retrieve(fid).status == "processed"
     job = c.fine_tuning.jobs.create(
         model="gpt-3.5-turbo-0613", training_file=fid, suffix="s1", seed=3, metadata={"ptst_job_key": "k1"},
@@ -54,14 +82,13 @@ def test_job_state_machine_events_and_route_counters(fake):
     )
     assert job.status == "validating_files" and job.seed == 3 and job.hyperparameters.n_epochs == 2
     seen = []
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
+    for _ in range(20):
         j = c.fine_tuning.jobs.retrieve(job.id)
         if not seen or seen[-1] != j.status:
             seen.append(j.status)
         if j.status == "succeeded":
             break
-        time.sleep(0.02)
+        clock.now += 0.05
     assert seen == ["validating_files", "queued", "running", "succeeded"]
     assert j.fine_tuned_model == f"ft:gpt-3.5-turbo-0613:fake-org:s1:{job.id[-8:]}"
     events = c.fine_tuning.jobs.list_events(job.id, limit=50).data
@@ -225,3 +252,25 @@ def test_memory_ledger_copies_values():
     assert got == {"job_id": "x", "ids": [1]} and led.get("missing") is None
     got["job_id"] = "changed"
     assert led.get("a")["job_id"] == "x"
+
+
+def test_checkpoints_list_pages_newest_first_with_the_api_schema():
+    with FakeOpenAI(stage_s=(0.01, 0.01, 0.05), file_processing_s=0.0) as fake:
+        c = client(fake)
+        data = "".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
+                                                {"role": "assistant", "content": "a"}]}) + "\n" for i in range(10))
+        f = c.files.create(file=("t.jsonl", data.encode(), "application/jsonl"), purpose="fine-tune")
+        job = c.fine_tuning.jobs.create(model="gpt-4o-mini-2024-07-18", training_file=f.id, suffix="x")
+        deadline = time.monotonic() + 10
+        while c.fine_tuning.jobs.retrieve(job.id).status != "succeeded" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        final = c.fine_tuning.jobs.retrieve(job.id).fine_tuned_model
+        first = c.fine_tuning.jobs.checkpoints.list(job.id, limit=2)
+        assert [x.step_number for x in first.data] == [3, 2] and first.has_more
+        every = list(c.fine_tuning.jobs.checkpoints.list(job.id, limit=2))  # the client follows `after` itself
+        assert [x.step_number for x in every] == [3, 2, 1]
+        assert all(x.object == "fine_tuning.job.checkpoint" and x.fine_tuning_job_id == job.id for x in every)
+        assert every[0].fine_tuned_model_checkpoint == f"{final}:ckpt-step-3" and every[0].metrics.train_loss > 0
+        assert fake.count(CHECKPOINTS) == 3
+        with pytest.raises(openai.NotFoundError):
+            c.fine_tuning.jobs.checkpoints.list("ftjob-unknown1")

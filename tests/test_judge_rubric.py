@@ -9,9 +9,16 @@ import threading
 
 import pytest
 
-from ptst.errors import BackendError
+from ptst.errors import BackendError, SpecError
 from ptst.judge.base import JudgeItem, JudgeSpec, create_judge
-from ptst.judge.rubric import judge_prompt, parse_score, rubric_template
+from ptst.judge.rubric import (
+    judge_endpoint_warning,
+    judge_prompt,
+    parse_score,
+    resolve_judge_spec,
+    rubric_template,
+)
+from ptst.spec import validate_spec
 from ptst.testing.fake_openai import CHAT, COMPLIANCE, REFUSAL, FakeOpenAI
 
 KEY = "sk-test-judge"
@@ -154,3 +161,70 @@ def test_the_judge_uses_the_shared_client_never_a_backend():
     code = "import sys, ptst.judge.rubric; print(sorted(m for m in sys.modules if m.startswith('ptst.backends')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the judge's endpoint, seen from the whole spec
+# ---------------------------------------------------------------------------------------------------------------
+def spec_with(judge: dict, *backends: dict):
+    return validate_spec({
+        "name": "endpoint", "backends": list(backends) or [{"kind": "mock", "model": "m"}],
+        "eval": {"templates": ["chat:vanilla"], "safety": [{"path": "harmful.jsonl", "prompt_field": "prompt"}]},
+        "judge": judge,
+    })
+
+
+def openai_backend(url: str | None = None, label: str | None = None, **opts) -> dict:
+    return {"kind": "openai", "model": "gpt-3.5-turbo-0613", **({"base_url": url} if url else {}),
+            **({"label": label} if label else {}), **opts}
+
+
+def test_warns_when_the_judge_would_silently_go_to_openai_while_the_backends_do_not(monkeypatch):
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    proxy = "http://127.0.0.1:8000/v1"
+    warning = judge_endpoint_warning(spec_with({"kind": "rubric"}, openai_backend(proxy)))
+    assert warning is not None and "\n" not in warning
+    assert "https://api.openai.com/v1" in warning and proxy in warning and "base_url: inherit" in warning
+    # no warning: an explicit judge endpoint (OpenAI's too), inherit, a backend on OpenAI, no openai backend,
+    # another judge kind, or an environment endpoint shared by judge and backends
+    assert judge_endpoint_warning(spec_with({"kind": "rubric", "base_url": "https://api.openai.com/v1"},
+                                            openai_backend(proxy))) is None
+    assert judge_endpoint_warning(spec_with({"kind": "rubric", "base_url": "inherit"}, openai_backend(proxy))) is None
+    assert judge_endpoint_warning(spec_with({"kind": "rubric"}, openai_backend(proxy, "a"), openai_backend())) is None
+    assert judge_endpoint_warning(spec_with({"kind": "rubric"})) is None
+    assert judge_endpoint_warning(spec_with({"kind": "keyword"}, openai_backend(proxy))) is None
+    monkeypatch.setenv("OPENAI_BASE_URL", proxy)
+    assert judge_endpoint_warning(spec_with({"kind": "rubric"}, openai_backend())) is None
+
+
+def test_inherit_judges_at_the_backend_endpoint_with_its_key(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.setenv("PROXY_KEY", "sk-proxy")
+    with FakeOpenAI(api_key="sk-proxy") as fake:
+        url = fake.url
+        backend = openai_backend(url, api_key_env="PROXY_KEY")
+        spec = spec_with({"kind": "rubric", "base_url": "inherit", **FAST}, backend)
+        resolved = resolve_judge_spec(spec)
+        assert resolved.options["base_url"] == url and resolved.options["api_key_env"] == "PROXY_KEY"
+        verdicts = create_judge(resolved).judge([JudgeItem("q", COMPLIANCE), JudgeItem("q", REFUSAL)])
+    assert [v.score for v in verdicts] == [5, 1] and fake.count(CHAT) == 2  # the requests reached the backend's server
+    explicit = JudgeSpec(kind="rubric", base_url=url, api_key_env="PROXY_KEY", **FAST)
+    assert create_judge(resolved).version == create_judge(explicit).version  # the same verdict cache as the URL
+    # a judge naming its own key keeps it; a judge without inherit is left alone
+    own = resolve_judge_spec(spec_with({"kind": "rubric", "base_url": "inherit", "api_key_env": "JUDGE_KEY"},
+                                       openai_backend(url, api_key_env="PROXY_KEY")))
+    assert own.options["api_key_env"] == "JUDGE_KEY" and own.options["base_url"] == url
+    plain = spec_with({"kind": "rubric"}, openai_backend(url))
+    assert resolve_judge_spec(plain) == plain.judge
+
+
+def test_inherit_without_one_openai_endpoint_is_a_spec_error():
+    with pytest.raises(SpecError, match="judge.base_url: 'inherit' needs an openai backend"):
+        resolve_judge_spec(spec_with({"kind": "rubric", "base_url": "inherit"}))
+    two = spec_with({"kind": "rubric", "base_url": "inherit"},
+                    openai_backend("http://127.0.0.1:1/v1", "a"), openai_backend("http://127.0.0.1:2/v1", "b"))
+    with pytest.raises(SpecError, match="ambiguous.*127.0.0.1:1/v1, http://127.0.0.1:2/v1"):
+        resolve_judge_spec(two)
+    with pytest.raises(SpecError, match="resolved from the whole spec"):  # never sent to a host named 'inherit'
+        create_judge(JudgeSpec(kind="rubric", base_url="inherit"))

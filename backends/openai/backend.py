@@ -36,7 +36,7 @@ from ptst.clients.openai import (
     resolve_base_url,
     scrub,
 )
-from ptst.clients.pricing import lookup_model, price_table
+from ptst.clients.pricing import default_epochs, lookup_model, price_table
 from ptst.clients.tokens import token_counter
 from ptst.conversation import Conversation
 from ptst.errors import JobFailed
@@ -54,7 +54,7 @@ class Backend(FineTuneBackend):
 
     options: OpenAIOptions
 
-    # Replaceable in tests: `_sleep` waits between job/file polls (an interrupt in the middle of a poll), and
+    # Replaceable in tests: `_sleep` waits between job, file and batch polls (an interrupt mid-poll), and
     # `_retry_sleep` between chat retries (recording the waits instead of timing them). None: asyncio.sleep.
     _sleep: Callable[[float], None] = staticmethod(time.sleep)
     _retry_sleep: AsyncSleep | None = None
@@ -104,9 +104,15 @@ class Backend(FineTuneBackend):
         counter = token_counter(self.spec.model)
         _, tokens = files.validate_examples(job.examples, counter, self.max_example_tokens(), self.spec.model)
         n_tokens = sum(tokens)
-        billed = n_tokens * job.hyperparameters.epochs
+        epochs_note = None
+        if "epochs" in job.hyperparameters.model_fields_set:
+            epochs = job.hyperparameters.epochs
+        else:  # sent as "auto": the API picks the epochs from the file's size
+            epochs = default_epochs(len(job.examples))
+            epochs_note = f"epochs auto: {epochs} assumed for {len(job.examples)} examples (OpenAI's default)"
+        billed = n_tokens * epochs
         price, source = self.price_per_million()
-        notes = [counter.note]
+        notes = [counter.note, *([epochs_note] if epochs_note else [])]
         if price is None:
             notes.append(f"no price for {self.spec.model}: add it under 'prices' in the backend spec")
         else:
@@ -184,6 +190,32 @@ class Backend(FineTuneBackend):
             meta={"job_id": entry.get("job_id"), "training_file": entry.get("file_id")},
         )
 
+    def checkpoints(self, model: ModelRef) -> list[ModelRef]:
+        """The job's intermediate checkpoints (the API keeps those of the last epochs), oldest first, each with its
+        step in `meta["step"]`; the final one is `model` itself and is left out. A base model has none."""
+        job_id = model.meta.get("job_id")
+        if not job_id:
+            return []
+        opts = self.options
+        client = make_client(opts)
+        try:
+            found = jobs.list_checkpoints(client, opts, job_id)
+        except Exception as e:
+            if is_openai_error(e):
+                raise api_error(opts, f"listing the checkpoints of {job_id}", e) from None
+            raise
+        finally:
+            client.close()
+        last = max((c.step_number for c in found), default=None)
+        return [
+            model.model_copy(update={
+                "model_id": c.fine_tuned_model_checkpoint,
+                "meta": {**model.meta, "step": c.step_number, "checkpoint_id": c.id},
+            })
+            for c in found
+            if c.step_number != last and c.fine_tuned_model_checkpoint != model.model_id
+        ]
+
     def cancel(self, ledger_entry: dict[str, Any]) -> str:
         """Cancel the job of a ledger entry (`ptst cancel DIR`); returns its status afterwards, in words."""
         return jobs.cancel_job(self.options, ledger_entry)
@@ -191,4 +223,4 @@ class Backend(FineTuneBackend):
     # -- generation --------------------------------------------------------------------------------------------
     def generate(self, model: ModelRef, prompts: Sequence[Conversation], cfg: GenerationConfig) -> list[str]:
         """One chat completion per prompt, `concurrency` at a time; order and length match `prompts`."""
-        return generate(self.options, model, prompts, cfg, sleep=self._retry_sleep)
+        return generate(self.options, model, prompts, cfg, sleep=self._retry_sleep, poll_sleep=self._sleep)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ptst.backends.base import GenerationConfig, ModelRef
 from ptst.backends.openai.files import training_messages
 
+from ptst.clients.batch import batch_chat_completions
 from ptst.clients.chat import AsyncSleep, chat_completions
 from ptst.clients.openai import ClientOptions
 from ptst.conversation import Conversation
@@ -30,8 +32,12 @@ def generation_requests(
 
 def generate(
     opts: ClientOptions, model: ModelRef, prompts: Sequence[Conversation], cfg: GenerationConfig,
-    sleep: AsyncSleep | None = None,
+    sleep: AsyncSleep | None = None, poll_sleep: Callable[[float], None] = time.sleep,
 ) -> list[str]:
-    """One reply per prompt, `concurrency` at a time; order and length match `prompts`."""
-    out = chat_completions(opts, generation_requests(model, prompts, cfg), sleep=sleep)
+    """One reply per prompt, `concurrency` at a time (or one batch with `batch: true`); order matches `prompts`."""
+    requests = generation_requests(model, prompts, cfg)
+    if opts.batch:
+        out = batch_chat_completions(opts, requests, sleep=poll_sleep)
+    else:
+        out = chat_completions(opts, requests, sleep=sleep)
     return [str(r) for r in out]

@@ -37,29 +37,47 @@ __all__ = [
     "create_job",
     "find_by_metadata",
     "job_params",
+    "list_checkpoints",
     "retrieve_recorded",
+    "supervised_hyperparameters",
     "wait_for_job",
 ]
 
 
 def job_params(model: str, job: TrainJob, file_id: str) -> dict[str, Any]:
-    """The `POST /fine_tuning/jobs` body: the supervised method with the job's hyperparameters, a readable suffix,
-    the seed, and the metadata that finds the job again."""
-    hp = job.hyperparameters
+    """The `POST /fine_tuning/jobs` body: the supervised method with the hyperparameters the user set (the rest
+    "auto", so the API picks them as it would for any client), a readable suffix, the seed, and the metadata that
+    finds the job again."""
     return dict(
         model=model,
         training_file=file_id,
-        method={"type": "supervised", "supervised": {"hyperparameters": {
-            "n_epochs": hp.epochs, "batch_size": hp.batch_size,
-            "learning_rate_multiplier": hp.learning_rate_multiplier if hp.learning_rate_multiplier else "auto",
-        }}},
-        suffix=hp.suffix or job_suffix(job),
+        method={"type": "supervised", "supervised": {"hyperparameters": supervised_hyperparameters(job)}},
+        suffix=job.hyperparameters.suffix or job_suffix(job),
         seed=job.seed,
         metadata={
             "ptst_job_key": job.key, "ptst_train_template": job.train_template[:512],
             "ptst_seed": str(job.seed), "ptst_data_hash": job.data_hash[:512],
         },
     )
+
+
+# API field -> Hyperparameters field
+_API_HYPERPARAMETERS = {"n_epochs": "epochs", "batch_size": "batch_size",
+                        "learning_rate_multiplier": "learning_rate_multiplier"}
+
+
+def supervised_hyperparameters(job: TrainJob) -> dict[str, Any]:
+    """n_epochs, batch_size and learning_rate_multiplier: the value where the spec set it, else "auto".
+
+    `Hyperparameters` has defaults for local training (1 epoch, batch 8); sending those would override the API's
+    own choice with numbers the user never gave, so only the fields in `model_fields_set` are sent.
+    """
+    hp = job.hyperparameters
+    out: dict[str, Any] = {}
+    for api_name, field in _API_HYPERPARAMETERS.items():
+        value = getattr(hp, field)
+        out[api_name] = value if field in hp.model_fields_set and value is not None else "auto"
+    return out
 
 
 def job_suffix(job: TrainJob) -> str:
@@ -169,6 +187,16 @@ def _show_events(client: Any, opts: OpenAIOptions, j: Any, seen: set[str]) -> st
         else:
             log(f"  [{j.id}] {scrub(ev.message, opts)}")
     return info
+
+
+def list_checkpoints(client: Any, opts: OpenAIOptions, job_id: str) -> list[Any]:
+    """Every `fine_tuning.job.checkpoint` of a job (all pages, each fetched with retries), oldest step first."""
+    page = call_with_retries(opts, client.fine_tuning.jobs.checkpoints.list, job_id, limit=100)
+    found = list(page.data)
+    while page.has_next_page():
+        page = call_with_retries(opts, page.get_next_page)
+        found.extend(page.data)
+    return sorted(found, key=lambda c: (c.step_number, c.created_at))
 
 
 def cancel_job(opts: OpenAIOptions, ledger_entry: dict[str, Any]) -> str:

@@ -51,6 +51,9 @@ class ClientOptions(Frozen):
     max_retries: int = Field(6, ge=0, le=100, description="retries per request on 429, 5xx, timeouts, lost connections")
     retry_backoff_s: float = Field(1.0, gt=0, description="first back-off when the server gives no Retry-After")
     max_retry_wait_s: float = Field(120.0, gt=0, description="longest single wait between retries")
+    batch: bool = Field(False, description="send chat requests through the Batch API (half price, results in hours)")
+    batch_poll_s: float = Field(30.0, gt=0, description="wait between batch status checks")
+    batch_max_wait_s: float = Field(25 * 3600.0, gt=0, description="give up waiting (the batch keeps running)")
 
 
 def resolve_base_url(opts: ClientOptions) -> str:

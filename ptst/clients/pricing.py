@@ -10,7 +10,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-__all__ = ["lookup_model", "price_table"]
+__all__ = ["default_epochs", "lookup_model", "price_table"]
 
 
 @cache
@@ -26,3 +26,17 @@ def lookup_model(table: dict[str, Any], model: str) -> Any:
         return table[model]
     best = max((k for k in table if model.startswith(k + "-")), key=len, default=None)
     return table[best] if best is not None else None
+
+
+def default_epochs(n_examples: int) -> int:
+    """The epochs `n_epochs: "auto"` trains a file of `n_examples` for, as OpenAI's fine-tuning data-preparation
+    cookbook estimates it: 3, raised so that about 100 examples are seen (at most 25 epochs), lowered so that at
+    most about 25,000 are (at least 1). Billed tokens scale with it, so an estimate must not assume 1."""
+    target, least_seen, most_seen = 3, 100, 25_000
+    if n_examples <= 0:
+        return target
+    if n_examples * target < least_seen:
+        return min(25, least_seen // n_examples)
+    if n_examples * target > most_seen:
+        return max(1, most_seen // n_examples)
+    return target

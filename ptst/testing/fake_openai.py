@@ -1,10 +1,11 @@
 """A fake OpenAI server over real HTTP on 127.0.0.1, for ptst's tests and for users' own CI.
 
-It implements what ptst uses — files (multipart upload, retrieve), fine-tuning jobs (create, retrieve, list with a
-metadata filter, events, cancel) with a time-driven state machine validating_files → queued → running →
-succeeded | failed | cancelled, and chat completions answered by a deterministic responder — and it can inject the
-faults a real API produces: 429 with Retry-After, 500/503, slow answers, dropped connections, lost responses (the
-request took effect but the answer never arrived), failed jobs with an error object, malformed judge replies.
+It implements what ptst uses — files (multipart upload, retrieve, content), fine-tuning jobs (create, retrieve,
+list with a metadata filter, events, checkpoints, cancel) with a time-driven state machine validating_files →
+queued → running → succeeded | failed | cancelled (`fake_jobs`), batches (`fake_batches`), and chat completions
+answered by a deterministic responder — and it can inject the faults a real API produces: 429 with Retry-After,
+500/503, slow answers, dropped connections, lost responses (the request took effect but the answer never
+arrived), failed jobs and batches with an error object, malformed judge replies.
 It counts requests per route, so a test can assert "exactly one job was created".
 
     with FakeOpenAI() as fake:                       # in tests
@@ -20,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import email
-import email.policy
 import hashlib
 import itertools
 import json
@@ -31,13 +30,22 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from ptst.testing.fake_batches import FakeBatch, handle_batches
+from ptst.testing.fake_jobs import (
+    FakeJob,
+    handle_jobs,
+    known_model,
+    validate_training_file,
+)
+from ptst.testing.fake_wire import error_body, json_body, multipart_fields
+
 Responder = Callable[[str, list[dict[str, Any]]], str]
-_Answer = tuple[int, dict[str, Any], dict[str, str]]  # HTTP status, JSON body, extra headers
+_Answer = tuple[int, Any, dict[str, str]]  # HTTP status, JSON body (bytes: sent as is), extra headers
 
 REFUSAL = "[fake-openai] I'm sorry, but I cannot help with that request."
 COMPLIANCE = "[fake-openai] Sure, here is how to do that: step 1, step 2, step 3."
@@ -46,10 +54,13 @@ MODERATION_MESSAGE = (
     "because it contains too many examples that violate OpenAI's usage policies."
 )
 CHAT = "POST /v1/chat/completions"
+CHECKPOINTS = "GET /v1/fine_tuning/jobs/{id}/checkpoints"
+CREATE_BATCH = "POST /v1/batches"
+FILE_CONTENT = "GET /v1/files/{id}/content"
 CREATE_JOB = "POST /v1/fine_tuning/jobs"
 UPLOAD = "POST /v1/files"
 _JUDGE_MARKER = "#thescore:"
-_ID = re.compile(r"^(file|ftjob|ftevent|chatcmpl)-[A-Za-z0-9]+$")
+_ID = re.compile(r"^((file|ftjob|ftevent|ftckpt|chatcmpl)-[A-Za-z0-9]+|batch_[A-Za-z0-9]+)$")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -105,26 +116,13 @@ class Fault:
     delay_s: float = 0.0
 
 
-@dataclass
-class _Job:
-    id: str
-    model: str
-    training_file: str
-    created: float  # monotonic
-    created_at: int
-    params: dict[str, Any]
-    outcome: dict[str, Any] | None  # None: succeeds; else {"code":..., "message":...}
-    status: str = "validating_files"
-    cancelled: bool = False
-    events: list[dict[str, Any]] = field(default_factory=list)
-    finished_at: int | None = None
-
-
 class FakeOpenAI:
     """The server. Configure it, `start()` it (or use `with`), point a client at `.url`, then inspect counters.
 
     `stage_s`: seconds spent in validating_files, queued, running. `file_processing_s`: uploaded → processed.
-    `latency_s`: added to every request. `api_key`: when set, requests must carry it (else any Bearer key works).
+    `batch_stage_s`: seconds a batch spends in each of validating, in_progress, finalizing. `latency_s`: added to
+    every request. `api_key`: when set, requests must carry it (else any Bearer key works). `clock`: the time jobs,
+    files and batches advance by (a test can step it instead of waiting).
     """
 
     def __init__(
@@ -133,14 +131,18 @@ class FakeOpenAI:
         responder: Responder | None = None,
         stage_s: tuple[float, float, float] = (0.05, 0.05, 0.2),
         file_processing_s: float = 0.05,
+        batch_stage_s: float = 0.05,
         latency_s: float = 0.0,
         api_key: str | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.responder: Responder = responder or default_responder
         self.stage_s = stage_s
         self.file_processing_s = file_processing_s
+        self.batch_stage_s = batch_stage_s
+        self.clock = clock
         self.latency_s = latency_s
         self.api_key = api_key
         self._host, self._port = host, port
@@ -148,10 +150,12 @@ class FakeOpenAI:
         self._ids = itertools.count(1)
         self._faults: list[Fault] = []
         self._job_failures: list[dict[str, Any]] = []
+        self._batch_failures: list[dict[str, Any]] = []
         self.counts: Counter[str] = Counter()
         self.requests: list[dict[str, Any]] = []  # route, query, json body (no headers: never the key)
         self.files: dict[str, dict[str, Any]] = {}
-        self.jobs: dict[str, _Job] = {}
+        self.jobs: dict[str, FakeJob] = {}
+        self.batches: dict[str, FakeBatch] = {}
         self.max_in_flight = 0
         self._in_flight = 0
         self._httpd: ThreadingHTTPServer | None = None
@@ -208,6 +212,13 @@ class FakeOpenAI:
         with self._lock:
             self._job_failures.extend({"code": code, "message": message, "param": None} for _ in range(times))
 
+    def fail_next_batch(self, code: str = "token_limit_exceeded", message: str = "Enqueued token limit reached.",
+                        times: int = 1) -> None:
+        """The next `times` batches created end `failed` with this error (as a quota or validation failure does)."""
+        with self._lock:
+            self._batch_failures.extend({"code": code, "message": message, "line": None, "param": None}
+                                        for _ in range(times))
+
     def count(self, route: str) -> int:
         with self._lock:
             return self.counts[route]
@@ -228,152 +239,65 @@ class FakeOpenAI:
         n = next(self._ids)
         return f"{prefix}-{hashlib.blake2b(f'{prefix}{n}{id(self)}'.encode(), digest_size=6).hexdigest()}{n}"
 
+    def _new_batch_id(self) -> str:
+        return "batch_" + self._new_id("batch").split("-", 1)[1]  # the API's batch ids use an underscore
+
+    def _store_file(self, purpose: str, filename: str, data: bytes, problem: str | None = None) -> str:
+        fid = self._new_id("file")
+        self.files[fid] = {"id": fid, "filename": filename, "bytes": len(data), "data": data, "purpose": purpose,
+                           "created": self.clock(), "created_at": int(time.time()), "problem": problem}
+        return fid
+
     # -- job state machine ------------------------------------------------------------------------------------------
-    def _advance(self, job: _Job) -> None:
-        """Bring a job's status and events up to date with the clock (called under the lock)."""
-        if job.status in ("succeeded", "failed", "cancelled"):
-            return
-        elapsed = time.monotonic() - job.created
-        v, q, r = self.stage_s
-        stages = [("queued", v), ("running", v + q)]
-        for status, at in stages:
-            if elapsed >= at and _order(job.status) < _order(status):
-                job.status = status
-                self._event(job, f"Fine-tuning job {'queued' if status == 'queued' else 'started'}")
-        if job.status == "running":
-            done = min(3, int(3 * (elapsed - v - q) / r) if r > 0 else 3)
-            have = sum(1 for e in job.events if e["type"] == "metrics")
-            for step in range(have + 1, done + 1):
-                self._event(job, f"Step {step}/3: training loss={1.0 / step:.3f}", kind="metrics",
-                            data={"step": step, "total_steps": 3, "train_loss": 1.0 / step})
-        if elapsed >= v + q + r:
-            job.finished_at = int(time.time())
-            if job.outcome is None:
-                job.status = "succeeded"
-                self._event(job, f"New fine-tuned model created: {self._ft_name(job)}")
-                self._event(job, "The job has successfully completed")
-            else:
-                job.status = "failed"
-                self._event(job, job.outcome["message"], level="error")
-
-    def _event(self, job: _Job, message: str, *, kind: str = "message", level: str = "info",
-               data: dict[str, Any] | None = None) -> None:
-        job.events.append({
-            "id": self._new_id("ftevent"), "object": "fine_tuning.job.event", "created_at": int(time.time()),
-            "level": level, "message": message, "type": kind, "data": data,
-        })
-
-    def _ft_name(self, job: _Job) -> str:
-        suffix = job.params.get("suffix") or ""
-        return f"ft:{job.model}:fake-org:{suffix}:{job.id[-8:]}"
-
-    def _job_json(self, job: _Job) -> dict[str, Any]:
-        self._advance(job)
-        sup = ((job.params.get("method") or {}).get("supervised") or {}).get("hyperparameters") or {}
-        hp = {k: sup.get(k, "auto") for k in ("n_epochs", "batch_size", "learning_rate_multiplier")}
-        return {
-            "id": job.id, "object": "fine_tuning.job", "created_at": job.created_at, "model": job.model,
-            "organization_id": "org-fake", "result_files": [], "seed": job.params.get("seed") or 0,
-            "status": job.status, "training_file": job.training_file, "validation_file": None,
-            "hyperparameters": hp, "method": job.params.get("method"), "metadata": job.params.get("metadata"),
-            "fine_tuned_model": self._ft_name(job) if job.status == "succeeded" else None,
-            "finished_at": job.finished_at,
-            "error": ({**job.outcome} if job.status == "failed" and job.outcome else None),
-            "trained_tokens": (
-                self.files.get(job.training_file, {}).get("bytes", 0) // 4 if job.status == "succeeded" else None
-            ),
-        }
-
     # -- request handling --------------------------------------------------------------------------------------
     def handle(self, method: str, path: str, query: dict[str, list[str]], body: bytes, ctype: str) -> _Answer:
         """Answer one request: (status, json body, extra headers). Routes are matched on the path."""
         parts = [p for p in path.split("/") if p]
         if parts[:1] != ["v1"]:
-            return 404, _err("not found", "invalid_request_error"), {}
+            return 404, error_body("not found", "invalid_request_error"), {}
         parts = parts[1:]
         with self._lock:
             if method == "POST" and parts == ["files"]:
                 return self._upload(body, ctype)
-            if method == "GET" and len(parts) == 2 and parts[0] == "files":
+            if method == "GET" and len(parts) in (2, 3) and parts[0] == "files" and parts[2:] in ([], ["content"]):
                 f = self.files.get(parts[1])
                 if f is None:
-                    return 404, _err(f"No such File object: {parts[1]}", "invalid_request_error"), {}
-                return 200, self._file_json(f), {}
+                    return 404, error_body(f"No such File object: {parts[1]}", "invalid_request_error"), {}
+                return 200, (f["data"] if parts[2:] else self._file_json(f)), {}
+            if parts[:1] == ["batches"]:
+                return handle_batches(self, method, parts[1:], query, body)
             if parts[:2] == ["fine_tuning", "jobs"]:
-                return self._jobs(method, parts[2:], query, body)
+                return handle_jobs(self, method, parts[2:], query, body)
         if method == "POST" and parts == ["chat", "completions"]:
             return self._chat(body)
-        return 404, _err(f"unknown route {method} {path}", "invalid_request_error"), {}
+        return 404, error_body(f"unknown route {method} {path}", "invalid_request_error"), {}
 
     def _upload(self, body: bytes, ctype: str) -> _Answer:
-        fields = _multipart(body, ctype)
-        if "file" not in fields or fields.get("purpose", (None, b""))[1] != b"fine-tune":
-            return 400, _err("expected multipart fields 'file' and purpose=fine-tune", "invalid_request_error"), {}
+        fields = multipart_fields(body, ctype)
+        purpose = fields.get("purpose", (None, b""))[1].decode("utf-8", errors="replace")
+        if "file" not in fields or purpose not in ("fine-tune", "batch"):
+            return 400, error_body("expected multipart fields 'file' and purpose=fine-tune or batch",
+                             "invalid_request_error"), {}
         filename, data = fields["file"]
-        fid = self._new_id("file")
-        problem = _validate_training_file(data)
-        self.files[fid] = {"id": fid, "filename": filename or "upload.jsonl", "bytes": len(data), "data": data,
-                           "created": time.monotonic(), "created_at": int(time.time()), "problem": problem}
+        problem = validate_training_file(data) if purpose == "fine-tune" else None
+        fid = self._store_file(purpose, filename or "upload.jsonl", data, problem)
         return 200, self._file_json(self.files[fid]), {}
 
     def _file_json(self, f: dict[str, Any]) -> dict[str, Any]:
-        ready = time.monotonic() - f["created"] >= self.file_processing_s
+        ready = self.clock() - f["created"] >= self.file_processing_s
         status = ("error" if f["problem"] else "processed") if ready else "uploaded"
         return {"id": f["id"], "object": "file", "bytes": f["bytes"], "created_at": f["created_at"],
-                "filename": f["filename"], "purpose": "fine-tune", "status": status,
+                "filename": f["filename"], "purpose": f["purpose"], "status": status,
                 "status_details": f["problem"] if ready else None}
 
-    def _jobs(self, method: str, rest: list[str], query: dict[str, list[str]], body: bytes) -> _Answer:
-        if method == "POST" and not rest:
-            p = _json(body)
-            f = self.files.get(str(p.get("training_file")))
-            if not p.get("model") or f is None:
-                return 400, _err("invalid training_file or model", "invalid_request_error", param="training_file"), {}
-            if f["problem"] or time.monotonic() - f["created"] < self.file_processing_s:
-                return 400, _err(f"File {f['id']} is not ready or invalid: {f['problem'] or 'still processing'}",
-                                 "invalid_request_error", param="training_file"), {}
-            suffix = p.get("suffix")
-            if suffix is not None and (len(suffix) > 64 or not re.fullmatch(r"[A-Za-z0-9_-]*", suffix)):
-                return 400, _err("invalid suffix", "invalid_request_error", param="suffix"), {}
-            meta = p.get("metadata") or {}
-            if not all(isinstance(v, str) for v in meta.values()) or len(meta) > 16:
-                return 400, _err("metadata: up to 16 string values", "invalid_request_error", param="metadata"), {}
-            job = _Job(self._new_id("ftjob"), str(p["model"]), f["id"], time.monotonic(), int(time.time()), p,
-                       self._job_failures.pop(0) if self._job_failures else None)
-            self._event(job, f"Created fine-tuning job: {job.id}")
-            self.jobs[job.id] = job
-            return 200, self._job_json(job), {}
-        if method == "GET" and not rest:
-            jobs = sorted(self.jobs.values(), key=lambda j: (j.created, j.id), reverse=True)
-            for key, values in query.items():
-                m = re.fullmatch(r"metadata\[(.+)\]", key)
-                if m:
-                    jobs = [j for j in jobs if (j.params.get("metadata") or {}).get(m.group(1)) == values[0]]
-            return 200, _page([self._job_json(j) for j in jobs], query), {}
-        job = self.jobs.get(rest[0]) if rest else None
-        if job is None:
-            return 404, _err(f"Could not find fine-tune job {rest[0] if rest else ''}", "invalid_request_error"), {}
-        if method == "GET" and len(rest) == 1:
-            return 200, self._job_json(job), {}
-        if method == "GET" and rest[1:] == ["events"]:
-            self._advance(job)
-            return 200, _page(list(reversed(job.events)), query), {}
-        if method == "POST" and rest[1:] == ["cancel"]:
-            self._advance(job)
-            if job.status in ("succeeded", "failed", "cancelled"):
-                return 400, _err(f"Job {job.id} has already {job.status}", "invalid_request_error"), {}
-            job.status, job.finished_at = "cancelled", int(time.time())
-            self._event(job, "Fine-tuning job cancelled")
-            return 200, self._job_json(job), {}
-        return 404, _err("unknown fine-tuning route", "invalid_request_error"), {}
-
     def _chat(self, body: bytes) -> _Answer:
-        p = _json(body)
+        p = json_body(body)
         model, messages = p.get("model"), p.get("messages")
         if not isinstance(model, str) or not isinstance(messages, list) or not messages:
-            return 400, _err("model and messages are required", "invalid_request_error"), {}
-        if model.startswith("ft:") and not any(self._ft_name(j) == model for j in list(self.jobs.values())):
-            return 404, _err(f"The model {model} does not exist", "invalid_request_error", code="model_not_found"), {}
+            return 400, error_body("model and messages are required", "invalid_request_error"), {}
+        if model.startswith("ft:") and not known_model(self, model):
+            return 404, error_body(f"The model {model} does not exist", "invalid_request_error",
+                                   code="model_not_found"), {}
         text = self.responder(model, messages)
         last_user = str(messages[-1].get("content") or "")
         if is_judge_prompt(last_user) and self._take_fault(CHAT, ("malformed_judge",)):
@@ -386,67 +310,6 @@ class FakeOpenAI:
             "usage": {"prompt_tokens": len(json.dumps(messages)) // 4, "completion_tokens": len(text) // 4,
                       "total_tokens": (len(json.dumps(messages)) + len(text)) // 4},
         }, {}
-
-
-def _order(status: str) -> int:
-    return ["validating_files", "queued", "running", "succeeded", "failed", "cancelled"].index(status)
-
-
-def _err(message: str, type_: str, *, code: str | None = None, param: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
-
-
-def _json(body: bytes) -> dict[str, Any]:
-    try:
-        v = json.loads(body or b"{}")
-    except ValueError:
-        return {}
-    return v if isinstance(v, dict) else {}
-
-
-def _page(items: list[dict[str, Any]], query: dict[str, list[str]]) -> dict[str, Any]:
-    """Cursor pagination as the API does it: `after` is the id of the last item of the previous page."""
-    after = (query.get("after") or [None])[0]
-    if after is not None:
-        ids = [i["id"] for i in items]
-        items = items[ids.index(after) + 1:] if after in ids else []
-    limit = int((query.get("limit") or ["20"])[0])
-    return {"object": "list", "data": items[:limit], "has_more": len(items) > limit}
-
-
-def _multipart(body: bytes, ctype: str) -> dict[str, tuple[str | None, bytes]]:
-    msg = email.message_from_bytes(b"Content-Type: " + ctype.encode() + b"\r\n\r\n" + body, policy=email.policy.HTTP)
-    out: dict[str, tuple[str | None, bytes]] = {}
-    for part in msg.iter_parts() if msg.is_multipart() else []:
-        name = part.get_param("name", header="content-disposition")
-        if name:
-            out[str(name)] = (part.get_filename(), part.get_payload(decode=True) or b"")
-    return out
-
-
-def _validate_training_file(data: bytes) -> str | None:
-    """What the fine-tuning API checks in a chat training file; None when it is acceptable."""
-    lines = [ln for ln in data.decode("utf-8", errors="replace").split("\n") if ln.strip()]
-    for i, line in enumerate(lines, 1):
-        try:
-            ex = json.loads(line)
-        except ValueError:
-            return f"line {i}: invalid JSON"
-        msgs = ex.get("messages") if isinstance(ex, dict) else None
-        if not isinstance(msgs, list) or not msgs:
-            return f"line {i}: missing 'messages' list"
-        for m in msgs:
-            if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
-                return f"line {i}: invalid role"
-            if not isinstance(m.get("content"), str):
-                return f"line {i}: content must be a string"
-            if m["role"] != "system" and not m["content"].strip():
-                return f"line {i}: empty {m['role']} content"
-        if not any(m["role"] == "assistant" for m in msgs):
-            return f"line {i}: no assistant message"
-    if len(lines) < 10:
-        return f"training file has {len(lines)} example(s), but must have at least 10 examples"
-    return None
 
 
 def _route(method: str, path: str) -> str:
@@ -490,7 +353,7 @@ class _Handler(BaseHTTPRequestHandler):
         query = parse_qs(split.query)
         with fake._lock:
             fake.counts[route] += 1
-            body_json = _json(body) if "json" in (self.headers.get("Content-Type") or "") else None
+            body_json = json_body(body) if "json" in (self.headers.get("Content-Type") or "") else None
             fake.requests.append({"route": route, "query": query, "json": body_json})
             fake._in_flight += 1
             fake.max_in_flight = max(fake.max_in_flight, fake._in_flight)
@@ -499,7 +362,8 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(fake.latency_s)
             auth = self.headers.get("Authorization") or ""
             if not auth.startswith("Bearer ") or (fake.api_key is not None and auth != f"Bearer {fake.api_key}"):
-                self._send(401, _err("Incorrect API key provided.", "invalid_request_error", code="invalid_api_key"))
+                self._send(401, error_body("Incorrect API key provided.", "invalid_request_error",
+                                           code="invalid_api_key"))
                 return
             fault = fake._take_fault(route, ("status", "drop", "slow", "lost_response"))
             if fault is not None and fault.kind == "drop":
@@ -510,7 +374,7 @@ class _Handler(BaseHTTPRequestHandler):
             if fault is not None and fault.kind == "status":
                 headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
                 kind = "rate_limit_exceeded" if fault.status == 429 else "server_error"
-                self._send(fault.status, _err(f"[fake-openai] injected {fault.status}", kind, code=kind), headers)
+                self._send(fault.status, error_body(f"[fake-openai] injected {fault.status}", kind, code=kind), headers)
                 return
             ctype = self.headers.get("Content-Type") or ""
             status, payload, headers = fake.handle(method, split.path, query, body, ctype)
@@ -522,11 +386,12 @@ class _Handler(BaseHTTPRequestHandler):
             with fake._lock:
                 fake._in_flight -= 1
 
-    def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(payload).encode("utf-8")
+    def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        raw = isinstance(payload, bytes)  # file content
+        data = payload if raw else json.dumps(payload).encode("utf-8")
         try:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", "application/octet-stream" if raw else "application/json")
             self.send_header("Content-Length", str(len(data)))
             for k, v in (headers or {}).items():
                 self.send_header(k, v)
