@@ -134,7 +134,8 @@ class FineTuneBackend(ABC):
 
     def preflight(self) -> list[str]:
         """Problems `ptst validate` can find before anything is spent (a missing model folder, a tokenizer of another
-        family, an unset API key), one line each naming what to do. Must not touch the network or load weights."""
+        family, an unset API key), one line each naming what to do; a line starting with "warning: " is reported as a
+        warning, not an error. Must not touch the network or load weights."""
         return []
 
     def resource(self) -> str | None:

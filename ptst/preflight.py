@@ -13,9 +13,7 @@ The result is a `Report` of three lists of one-line messages, each starting with
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -173,7 +171,12 @@ def _check_backend(i: int, bspec: BackendSpec, found: _Findings) -> None:
     except PtstError as e:
         found.errors.append(f"{field}: {e}")
         return
-    found.errors += [f"{field}: {p}" for p in problems]
+    for line in problems:
+        if line.startswith("warning: "):
+            found.warnings.append(f"{field}: {line.removeprefix('warning: ')}")
+        else:
+            found.errors.append(f"{field}: {line}")
+    problems = [p for p in problems if not p.startswith("warning: ")]
     if backend.simulated:
         found.warnings.append(f"{field}: {bspec.kind} is a simulation; every result built on it is labelled simulated")
         return
@@ -201,25 +204,20 @@ def _check_backend(i: int, bspec: BackendSpec, found: _Findings) -> None:
 # ---------------------------------------------------------------------------------------------------------- judge
 
 
-def _judge_endpoint_warning() -> Callable[[Spec], Any] | None:
-    """The OpenAI engineer's `judge_endpoint_warning(spec)` from ptst.judge.rubric, or None on a tree without it
-    (then `_check_judge` states its own warning)."""
-    try:
-        from ptst.judge.rubric import judge_endpoint_warning  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return judge_endpoint_warning  # type: ignore[no-any-return]
-
-
 def _check_judge(spec: Spec, found: _Findings) -> None:
     if spec.judge.kind == "mock":
         found.warnings.append("judge: the mock judge is a simulation; every verdict is labelled simulated")
         return
     if spec.judge.kind != "rubric":
         return
-    from ptst.judge.rubric import Judge
+    from ptst.judge.rubric import Judge, judge_endpoint_warning, resolve_judge_spec
 
-    opts = Judge.Options.model_validate(spec.judge.options)
+    try:
+        judge_spec = resolve_judge_spec(spec)  # `base_url: inherit` takes the openai backend's endpoint and key
+    except PtstError as e:
+        found.errors.append(f"judge: {e}")
+        return
+    opts = Judge.Options.model_validate(judge_spec.options)
     if opts.api_key_file:
         key_file = Path(opts.api_key_file).expanduser()
         try:
@@ -234,12 +232,7 @@ def _check_judge(spec: Spec, found: _Findings) -> None:
             f"judge: the rubric judge needs an OpenAI API key: set {opts.api_key_env} "
             "(or name another variable with api_key_env, or a file with api_key_file)"
         )
-    endpoint_warning = _judge_endpoint_warning()
-    if endpoint_warning is not None:
-        said = endpoint_warning(spec)
-        found.warnings += [said] if isinstance(said, str) else list(said or [])
-    elif not opts.base_url and not os.environ.get("OPENAI_BASE_URL"):
-        found.warnings.append(
-            "judge: no endpoint stated (judge.base_url or OPENAI_BASE_URL); rubric requests go to api.openai.com"
-        )
+    said = judge_endpoint_warning(spec)
+    if said:
+        found.warnings.append(said)
     found.unchecked.append(f"judge.model: {opts.model!r} at the judge's endpoint is not checked offline")

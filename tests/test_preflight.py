@@ -205,18 +205,19 @@ def test_rubric_judge_needs_a_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 def test_judge_endpoint_is_stated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    import ptst.judge.rubric as rubric_module
-
     monkeypatch.setenv("OPENAI_API_KEY", "sk-x")
-    monkeypatch.delattr(rubric_module, "judge_endpoint_warning", raising=False)
-    r = _report(_spec(tmp_path, judge={"kind": "rubric"}))
-    assert r.warnings[-1] == (
-        "judge: no endpoint stated (judge.base_url or OPENAI_BASE_URL); rubric requests go to api.openai.com"
-    )
-    assert _report(_spec(tmp_path, judge={"kind": "rubric", "base_url": "http://h/v1"})).warnings[-1:] != r.warnings[-1:]
-    # Where the rubric module states its own warning, that one is used.
-    monkeypatch.setattr(rubric_module, "judge_endpoint_warning", lambda spec: f"judge for {spec.name}", raising=False)
-    assert _report(_spec(tmp_path, judge={"kind": "rubric"})).warnings[-1] == "judge for pf"
+    elsewhere = [{"kind": "openai", "model": "gpt-3.5-turbo-0613", "base_url": "http://127.0.0.1:9/v1"}]
+    quiet = _report(_spec(tmp_path, backends=elsewhere, judge={"kind": "keyword"}))
+    assert not any("api.openai.com" in w for w in quiet.warnings)
+    # A rubric judge with no endpoint would go to OpenAI's API while the only backend points elsewhere: said.
+    r = _report(_spec(tmp_path, backends=elsewhere, judge={"kind": "rubric"}))
+    assert r.ok and any("api.openai.com" in w for w in r.warnings)
+    # Inheriting the backend's endpoint silences it.
+    r = _report(_spec(tmp_path, backends=elsewhere, judge={"kind": "rubric", "base_url": "inherit"}))
+    assert r.ok and not any("api.openai.com" in w for w in r.warnings)
+    # Inheriting with no openai backend to inherit from is an error, not a request to a host called "inherit".
+    r = _report(_spec(tmp_path, judge={"kind": "rubric", "base_url": "inherit"}))
+    assert not r.ok and r.errors[0].startswith("judge: ")
 
 
 def test_raise_for_errors_is_exit_2():

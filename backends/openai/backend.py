@@ -69,10 +69,10 @@ class Backend(FineTuneBackend):
         problems = []
         missing = credentials_problem(self.options)
         if missing:
-            problems.append(f"backend {self.spec.name}: {missing}")
+            problems.append(missing)
         if self.price_per_million()[0] is None:
             problems.append(
-                f"backend {self.spec.name}: note: {self.spec.model} is not in ptst's price table, so estimates show "
+                f"warning: {self.spec.model} is not in ptst's price table, so estimates show "
                 f"no cost; add `prices: {{{self.spec.model}: USD_PER_1M_TOKENS}}` to the backend spec"
             )
         return problems
