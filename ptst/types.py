@@ -12,7 +12,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from pydantic import BaseModel, ConfigDict, Field
 
 from ptst.conversation import Conversation
-from ptst.keys import content_hash
+from ptst.keys import job_key_v1
 
 
 class Frozen(BaseModel):
@@ -98,15 +98,9 @@ class TrainJob(Frozen):
 
     @property
     def key(self) -> str:
-        return content_hash(
-            {
-                "backend": self.backend,
-                "base_model": self.base_model,
-                "train_template": self.train_template,
-                "seed": self.seed,
-                "hyperparameters": self.hyperparameters,
-                "data_hash": self.data_hash,
-            }
+        return job_key_v1(
+            backend=self.backend, base_model=self.base_model, train_template=self.train_template, seed=self.seed,
+            hyperparameters=self.hyperparameters, data_hash=self.data_hash,
         )
 
 
