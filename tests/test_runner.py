@@ -108,7 +108,7 @@ def test_second_process_is_refused(tmp_path, shared, capsys):
     out = tmp_path / "out"
     with RunStore.open(out):
         code = main(["run", str(spec), "--out", str(out)])
-    assert code == 4
+    assert code == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "another ptst process" in errors[0] and str(os.getpid()) in errors[0]
 
@@ -119,7 +119,7 @@ def test_failed_job_is_recorded_and_others_continue(tmp_path, shared):
     raw["backends"][0]["fail_templates"] = ["chat:alpaca"]
     spec.write_text(yaml.safe_dump(raw))
     out = tmp_path / "out"
-    assert main(["run", str(spec), "--out", str(out)]) == 0
+    assert main(["run", str(spec), "--out", str(out)]) == 3
     res = json.loads((out / "results.json").read_text())
     assert [(f["backend"], f["train_template"], f["code"]) for f in res["failed_jobs"]] == [
         ("mock-a", "chat:alpaca", "simulated_failure")
@@ -136,7 +136,7 @@ def test_budget_is_enforced(tmp_path, shared, capsys, monkeypatch):
     monkeypatch.setattr(mock.Backend, "estimate", lambda self, job: Estimate(n_examples=1, usd=10.0))
     spec = write_spec(tmp_path, shared, n_harmful=2, extra={"budget_usd": 5})
     out = tmp_path / "out"
-    assert main(["run", str(spec), "--out", str(out)]) == 3
+    assert main(["run", str(spec), "--out", str(out)]) == 2
     assert "exceeds budget_usd" in capsys.readouterr().err
     assert n_generations(out) == 0
     assert main(["run", str(spec), "--out", str(out), "--yes"]) == 0
