@@ -49,8 +49,24 @@ CellRow = tuple[str, dict[str, Any], int, Sequence[tuple[str, str, str | None]]]
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    """One connection shared by the scheduler's threads (every use is under the store's lock)."""
-    return sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    """One connection shared by the scheduler's threads (every use is under the store's lock). `mode=rw`: never
+    creates the file (a reader must not leave an empty store behind; `_create` makes new ones whole)."""
+    return sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=30, isolation_level=None, check_same_thread=False)
+
+
+def _create(db: Path) -> None:
+    """Make a new store under a temporary name and rename it into place, so `ptst.db` is never seen half-made
+    (a zero-length `ptst.db` is therefore never ours, and is refused)."""
+    tmp = db.with_name(db.name + ".new")
+    tmp.unlink(missing_ok=True)
+    conn = sqlite3.connect(tmp, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.executescript(SCHEMA)
+        conn.execute("INSERT INTO meta VALUES ('key_schema', ?)", (json.dumps(KEY_SCHEMA),))
+    finally:
+        conn.close()
+    os.replace(tmp, db)
 
 
 def _prepare_dir(d: Path) -> None:
@@ -110,6 +126,13 @@ class RunStore:
         try:
             db = d / "ptst.db"
             _check_file(db)
+            if not db.exists():
+                if not lock:
+                    raise UsageError(f"{d}: no run store (ptst.db) here; give the --out directory of a `ptst run`")
+                try:
+                    _create(db)
+                except sqlite3.Error as e:
+                    raise StoreError(f"{db}: cannot create the run store ({e}); free some space or choose another --out") from None
             try:
                 conn = _connect(db)
             except sqlite3.Error as e:
