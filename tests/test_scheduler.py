@@ -172,3 +172,21 @@ def test_max_concurrent_jobs_is_accepted_by_every_backend_and_is_no_key():
     a = create_backend(BackendSpec(kind="mock", model="m", max_concurrent_jobs=3))
     b = create_backend(BackendSpec(kind="mock", model="m"))
     assert backend_identity(a.spec, a) == backend_identity(b.spec, b)
+
+
+def test_plain_progress_prints_lines_not_a_redraw_storm(monkeypatch):
+    from ptst import progress
+
+    lines: list[str] = []
+    monkeypatch.setattr(progress, "log", lines.append)
+    now = {"t": 100.0}
+    with progress.RunProgress({"train": 2, "generate": 100, "judge": 50}, live=False, clock=lambda: now["t"]) as p:
+        for _ in range(100):
+            p.advance("generate")  # a hundred updates at one instant: one line
+        now["t"] += progress.PLAIN_INTERVAL_S
+        p.advance("train")
+        p.spend("train", 1.5)
+        p.spend("judge", None)
+    assert len(lines) == 3  # the first update, one after the interval, and the summary at the end
+    assert lines[0].startswith("[0s] train 0/2 · generate 1/100")
+    assert lines[-1] == "[10s] train 1/2 eta 10s · generate 100/100 · judge 0/50 · spent $1.50+?"
