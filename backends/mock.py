@@ -15,21 +15,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import Field
-
-from ptst.types import Frozen
 from ptst.backends.base import (
-    FineTuneBackend,
     Estimate,
+    FineTuneBackend,
     GenerationConfig,
     JobLedger,
     ModelRef,
     Rendered,
     TrainJob,
 )
+from pydantic import Field
+
 from ptst.conversation import Conversation
 from ptst.errors import JobFailed
 from ptst.templates import BUILTIN
+from ptst.types import Frozen
 
 # TEST-ONLY: when set, the mock appends one line per fine-tuning job started and per response made to this file, so
 # the kill tests can count redone work. Never read anywhere else; off unless a test sets it.

@@ -94,8 +94,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if rows is not None:
         p = out / "export.jsonl"
         with open(p, "w", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         paths.append(p)
     print_tables(results, _console())
     print("wrote " + ", ".join(str(p) for p in paths))

@@ -11,11 +11,17 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ptst.backends.base import BackendSpec, FineTuneBackend
-from ptst.keys import base_model_key_v1, cell_key_v1, generation_key_v1, judgment_key_v1, run_key_v1
-from ptst.types import ModelRef, TrainJob
 from ptst.conversation import Conversation
 from ptst.data import Example, data_hash
+from ptst.keys import (
+    base_model_key_v1,
+    cell_key_v1,
+    generation_key_v1,
+    judgment_key_v1,
+    run_key_v1,
+)
 from ptst.spec import Spec
+from ptst.types import ModelRef, TrainJob
 
 
 @dataclass(frozen=True)

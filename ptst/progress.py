@@ -12,10 +12,17 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Self
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 console = Console(stderr=True, highlight=False)
 STAGES = ("train", "generate", "judge")
@@ -83,7 +90,7 @@ class RunProgress:
         self.bar: Progress | None = _bar() if self.live else None
         self._tasks: dict[str, Any] = {}
 
-    def __enter__(self) -> RunProgress:
+    def __enter__(self) -> Self:
         global _active
         if self.bar is not None:
             self.bar.start()

@@ -15,9 +15,16 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from ptst.backends.base import BackendSpec, FineTuneBackend, create_backend
-from ptst.collect import collect, collect_results, export_rows, item_records, judgment_keys
+from ptst.collect import (
+    collect,
+    collect_results,
+    export_rows,
+    item_records,
+    judgment_keys,
+)
 from ptst.conversation import Conversation
 from ptst.data import DatasetRef, load, sample
 from ptst.errors import BackendError, BudgetExceeded, JobFailed
@@ -267,8 +274,8 @@ class _Graph:
             f"{len(job.examples)} examples)")
         workdir = self.out / "models" / pj.run_key
         workdir.mkdir(parents=True, exist_ok=True)
-        base = dict(key=pj.run_key, backend=job.backend, base_model=job.base_model, train_template=job.train_template,
-                    seed=job.seed)
+        base: dict[str, Any] = {"key": pj.run_key, "backend": job.backend, "base_model": job.base_model,
+                                "train_template": job.train_template, "seed": job.seed}
         try:
             ref = backend.fine_tune(job, self.store, workdir)
         except BackendError as e:  # JobFailed, or the job could not be run at all: recorded, the others go on

@@ -36,7 +36,7 @@ def spec_file(tmp: Path, **over) -> Path:
 
 
 def ptst(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*PTST, *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([*PTST, *args], capture_output=True, text=True, timeout=120, check=False)
 
 
 def user_error(done: subprocess.CompletedProcess, text: str) -> None:
@@ -86,9 +86,9 @@ def test_budget_exceeded_is_2_and_yes_runs(tmp_path):
             "mock.Backend.estimate = lambda self, job: Estimate(n_examples=1, usd=5.0); "
             "from ptst.cli import main; sys.exit(main(sys.argv[1:]))")
     run = [sys.executable, "-c", code, "run", str(spec), "--out", str(tmp_path / "o")]
-    done = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(run, capture_output=True, text=True, timeout=120, check=False)
     user_error(done, "exceeds budget_usd")
-    assert subprocess.run([*run, "--yes"], capture_output=True, text=True, timeout=120).returncode == 0
+    assert subprocess.run([*run, "--yes"], capture_output=True, text=True, timeout=120, check=False).returncode == 0
 
 
 def test_busy_run_folder_is_2_naming_the_holder(tmp_path):
@@ -108,7 +108,7 @@ def test_interrupt_is_130(tmp_path):
             with RunStore.open(out, lock=False) as s:
                 if s.ledger_entries("mock:"):  # both jobs are training
                     break
-        except Exception:  # noqa: BLE001 - the store is still being created
+        except Exception:  # noqa: BLE001, S110 - the store is still being created
             pass
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
@@ -123,5 +123,5 @@ def test_a_bug_is_1_with_its_traceback(tmp_path):
             "mock.Backend.generate = boom\n"
             "from ptst.cli import main; sys.exit(main(sys.argv[1:]))")
     done = subprocess.run([sys.executable, "-c", code, "run", str(spec_file(tmp_path)), "--out", str(tmp_path / "o")],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 1 and "ZeroDivisionError: a bug" in done.stderr and "Traceback" in done.stderr

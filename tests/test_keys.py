@@ -12,9 +12,22 @@ import sqlite3
 from pathlib import Path
 
 from ptst.backends.base import BackendSpec, create_backend
+
 from ptst.conversation import Conversation
-from ptst.keys import GENERATION_V1, HYPERPARAMETERS_V1, KEY_SCHEMA, pinned_fields, run_key_v1
-from ptst.plan import Cell, backend_identity, base_model_key, generation_key, judgment_key
+from ptst.keys import (
+    GENERATION_V1,
+    HYPERPARAMETERS_V1,
+    KEY_SCHEMA,
+    pinned_fields,
+    run_key_v1,
+)
+from ptst.plan import (
+    Cell,
+    backend_identity,
+    base_model_key,
+    generation_key,
+    judgment_key,
+)
 from ptst.types import GenerationConfig, Hyperparameters, LoraSpec, TrainJob
 
 REPO = Path(__file__).resolve().parents[1]

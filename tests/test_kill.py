@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from ptst.backends.mock import CALLS_FILE_ENV
+
 from ptst.runner import REMOTE_GENERATION_CALLS
 
 CMD = [sys.executable, "-m", "ptst", "run"]
@@ -73,7 +73,7 @@ def calls(path: Path) -> Counter:
 def clean(tmp_path_factory) -> tuple[Path, dict]:
     tmp = tmp_path_factory.mktemp("clean")
     spec = write_spec(tmp, latency_ms=8.0, train_seconds=1.0)
-    done = subprocess.run([*CMD, str(spec), "--out", str(tmp / "out")], capture_output=True, text=True)
+    done = subprocess.run([*CMD, str(spec), "--out", str(tmp / "out")], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     return spec, results(tmp / "out")
 
@@ -108,7 +108,7 @@ def test_sigkill_then_resume_redoes_only_work_in_flight(tmp_path, clean, stage):
     in_flight = made_gen - committed_gen  # responses made but not yet committed when the process died
     assert 0 <= in_flight <= REMOTE_GENERATION_CALLS * 2 * 64  # concurrent calls × backends × mock chunk
 
-    done = subprocess.run([*CMD, str(spec), "--out", str(out)], env=env, capture_output=True, text=True)
+    done = subprocess.run([*CMD, str(spec), "--out", str(out)], env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert results(out) == reference  # (a) identical results
     total = calls(counter)
@@ -159,7 +159,7 @@ def test_openai_kill_during_training_and_generation_pays_nothing_twice(tmp_path,
         kill_when(lambda: count(out, GENERATIONS) >= 64)
         chats_at_kill = len(fake.bodies(CHAT))
         in_flight = chats_at_kill - count(out, GENERATIONS)
-        done = subprocess.run([*CMD, str(p), "--out", str(out), "--yes"], env=env, capture_output=True, text=True)
+        done = subprocess.run([*CMD, str(p), "--out", str(out), "--yes"], env=env, capture_output=True, text=True, check=False)
         assert done.returncode == 0, done.stderr
         assert fake.count(CREATE_JOB) == 2 and fake.count(UPLOAD) == 2  # no job created or file uploaded twice
         # a request cut off by the kill reaches the server without a whole body: it was in flight, never answered

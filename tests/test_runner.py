@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import yaml
 
 from ptst.cli import main
@@ -184,6 +183,7 @@ def test_switching_judge_reuses_generations_and_rejudges(tmp_path, shared):
 
 def test_retry_failed_replaces_the_stale_failure(tmp_path, shared, monkeypatch):
     from ptst.backends import mock
+
     from ptst.errors import JobFailed
 
     real = mock.Backend.fine_tune
@@ -216,6 +216,7 @@ def test_retry_failed_replaces_the_stale_failure(tmp_path, shared, monkeypatch):
 
 def test_a_failed_cell_is_recorded_others_go_on_and_a_rerun_clears_it(tmp_path, shared, monkeypatch):
     from ptst.backends import mock
+
     from ptst.collect import run_info
     from ptst.errors import BackendError
 

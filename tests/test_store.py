@@ -47,10 +47,9 @@ def test_ledger_and_jobs_survive_reopen(tmp_path):
 
 def test_chunk_writes_are_atomic(tmp_path):
     with RunStore.open(tmp_path) as s:
-        with pytest.raises(RuntimeError):
-            with s.transaction() as c:
-                c.execute("INSERT INTO generations VALUES ('a', '{}', 'r', 0)")
-                raise RuntimeError("killed mid-chunk")
+        with pytest.raises(RuntimeError), s.transaction() as c:
+            c.execute("INSERT INTO generations VALUES ('a', '{}', 'r', 0)")
+            raise RuntimeError("killed mid-chunk")
         assert s.responses(["a"]) == {}
         s.put_generations([("a", "{}", "r1"), ("b", "{}", "r2")])
         assert s.responses(["a", "b", "c"]) == {"a": "r1", "b": "r2"}
@@ -71,9 +70,8 @@ def test_many_keys_lookup(tmp_path):
 
 def test_empty_store_is_refused_with_how_to_start_over(tmp_path):
     (tmp_path / "ptst.db").write_bytes(b"")
-    with pytest.raises(StoreError) as e:
-        with RunStore.open(tmp_path):
-            pass
+    with pytest.raises(StoreError) as e, RunStore.open(tmp_path):
+        pass
     assert "empty (0 bytes)" in str(e.value) and "delete ptst.db" in str(e.value) and e.value.exit_code == 2
     assert (tmp_path / "ptst.db").stat().st_size == 0  # left as it was
 
@@ -85,9 +83,8 @@ def test_corrupt_store_is_refused_with_how_to_recover(tmp_path):
     raw = bytearray(db.read_bytes())
     raw[:100] = b"\x00" * 100  # the header is gone
     db.write_bytes(bytes(raw))
-    with pytest.raises(StoreError) as e:
-        with RunStore.open(tmp_path):
-            pass
+    with pytest.raises(StoreError) as e, RunStore.open(tmp_path):
+        pass
     assert ".recover" in str(e.value) and "start over" in str(e.value)
     assert db.read_bytes() == bytes(raw)  # never silently replaced
 
@@ -96,9 +93,8 @@ def test_store_of_another_key_schema_is_refused(tmp_path):
     with RunStore.open(tmp_path) as s:
         assert s.get_meta("key_schema") == KEY_SCHEMA
         s.set_meta("key_schema", KEY_SCHEMA + 1)
-    with pytest.raises(StoreError, match=f"key schema v{KEY_SCHEMA + 1}"):
-        with RunStore.open(tmp_path):
-            pass
+    with pytest.raises(StoreError, match=f"key schema v{KEY_SCHEMA + 1}"), RunStore.open(tmp_path):
+        pass
 
 
 def test_a_store_from_before_versioned_keys_is_read_as_v1(tmp_path):
@@ -112,9 +108,8 @@ def test_a_store_from_before_versioned_keys_is_read_as_v1(tmp_path):
 def test_out_path_that_is_a_file_is_a_user_error(tmp_path):
     f = tmp_path / "taken"
     f.write_text("x")
-    with pytest.raises(UsageError, match="is a file, not a directory"):
-        with RunStore.open(f):
-            pass
+    with pytest.raises(UsageError, match="is a file, not a directory"), RunStore.open(f):
+        pass
 
 
 def test_replacing_the_cell_index_is_one_transaction(tmp_path):
@@ -143,8 +138,8 @@ class FullDisk(sqlite3.Connection):
 def test_full_disk_ends_cleanly_and_the_store_still_opens(tmp_path, monkeypatch, capsys):
     import json
 
-    from ptst.cli import main
     from ptst import store as store_mod
+    from ptst.cli import main
 
     spec = _mock_spec(tmp_path)
     out = tmp_path / "out"
