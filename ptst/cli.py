@@ -61,7 +61,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             spec, out, spec_dir=spec_path.resolve().parent, yes=args.yes, retry_failed=args.retry_failed
         )
     except KeyboardInterrupt:
-        print(f"\ninterrupted: completed work is saved in {out}; run the same command again to resume", file=sys.stderr)
+        print(
+            f"\ninterrupted: completed work is saved in {out}; run the same command again to resume (remote "
+            f"fine-tuning jobs keep running meanwhile; `ptst cancel {out}` cancels them)", file=sys.stderr
+        )
         return 130
     paths = write_reports(results, out)
     print_tables(results, _console())

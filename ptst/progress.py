@@ -146,7 +146,7 @@ class RunProgress:
         if self.bar is not None:
             with self._lock:
                 self.bar.update(self._tasks[stage], completed=self.done[stage], total=self.total[stage] or None,
-                                info=self.money() if stage == "train" else "")
+                                info=f"spent {self.money()}" if stage == "train" else "")
         else:
             self._plain()
 

@@ -119,10 +119,10 @@ def run_experiment(
         store.set_meta("judge", {"name": judge.name, "version": judge.version})  # the judge results are read with
 
         planned = {bspec.name: train_jobs(spec, bspec, backend, data) for bspec, backend in backends}
-        usd = _check_budget(spec, store, backends, planned, yes)
+        usd = _check_budget(spec, store, backends, planned, yes, retry_failed)
         if store.get_meta("started_at") is None:
             store.set_meta("started_at", _now())
-        store.set_meta("finished_at", None)
+        store.set_meta("finished_at", None)  # until this run finishes: a killed run reads as unfinished
         graph = _Graph(spec, store, data, judge, out, retry_failed, usd)
         tasks = graph.plan(backends, planned)
         with RunProgress(graph.totals) as progress:
@@ -134,14 +134,18 @@ def run_experiment(
         return collect(store)
 
 
-def _check_budget(spec: Spec, store: RunStore, backends, planned: dict[str, list[PlannedJob]], yes: bool) -> dict[str, float | None]:
-    """Refuse a run whose new jobs are estimated above budget_usd (unless --yes); return each new job's USD."""
+def _check_budget(
+    spec: Spec, store: RunStore, backends, planned: dict[str, list[PlannedJob]], yes: bool, retry_failed: bool
+) -> dict[str, float | None]:
+    """Refuse a run whose jobs to run (new ones, and failed ones with --retry-failed) are estimated above budget_usd
+    (unless --yes); return each such job's USD, recorded as its cost once it produces a model."""
     total = 0.0
     usd: dict[str, float | None] = {}
     unpriced: list[str] = []
     for bspec, backend in backends:
         for pj in planned[bspec.name]:
-            if store.job(pj.run_key) is None:
+            rec = store.job(pj.run_key)
+            if rec is None or (retry_failed and rec.status != "succeeded"):
                 est = backend.estimate(pj.job)
                 usd[pj.run_key] = est.usd
                 if est.usd is None:

@@ -211,7 +211,7 @@ def test_retry_failed_replaces_the_stale_failure(tmp_path, shared, monkeypatch):
     assert res["failed_jobs"] == [] and ("mock-a", "chat:alpaca") in {(r["backend"], r["train_template"]) for r in res["safety"]}
     with RunStore.open(out) as s:
         assert all(j.status == "succeeded" for j in s.jobs()) and len(s.jobs()) == 6
-        assert len(s.costs("train")) == 6
+        assert s.costs("train") == [0.0] * 6  # the retried job's cost is known too
 
 
 def test_a_failed_cell_is_recorded_others_go_on_and_a_rerun_clears_it(tmp_path, shared, monkeypatch):
