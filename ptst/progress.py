@@ -86,6 +86,7 @@ class RunProgress:
         self.usd: dict[str, float | None] = dict.fromkeys(STAGES, 0.0)
         self.started = clock()
         self._last_line = 0.0
+        self._last_text = ""
         self._lock = threading.Lock()
         self.bar: Progress | None = _bar() if self.live else None
         self._tasks: dict[str, Any] = {}
@@ -153,5 +154,7 @@ class RunProgress:
     def _plain(self, force: bool = False) -> None:
         now = self.clock()
         if force or now - self._last_line >= PLAIN_INTERVAL_S:
-            self._last_line = now
-            log(self.line())
+            text = self.line()
+            if text != self._last_text:  # nothing new: no line
+                self._last_line, self._last_text = now, text
+                log(text)

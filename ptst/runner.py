@@ -126,6 +126,8 @@ def run_experiment(
         graph = _Graph(spec, store, data, judge, out, retry_failed, usd)
         tasks = graph.plan(backends, planned)
         with RunProgress(graph.totals) as progress:
+            for usd_done in store.costs("train"):  # money spent by earlier runs on this folder counts too
+                progress.spend("train", usd_done)
             graph.progress = progress
             scheduler = Scheduler(graph.limits)
             scheduler.submit(tasks)
