@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import sqlite3
 from pathlib import Path
 
@@ -110,6 +111,20 @@ def test_out_path_that_is_a_file_is_a_user_error(tmp_path):
     f.write_text("x")
     with pytest.raises(UsageError, match="is a file, not a directory"), RunStore.open(f):
         pass
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through directory permissions")
+def test_out_path_that_is_not_writable_is_a_user_error(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(UsageError, match="not writable"), RunStore.open(locked):
+            pass
+        with pytest.raises(UsageError, match="cannot create the output directory"), RunStore.open(locked / "sub"):
+            pass
+    finally:
+        locked.chmod(0o700)
 
 
 def test_replacing_the_cell_index_is_one_transaction(tmp_path):
