@@ -55,6 +55,11 @@ class BackendSpec(BaseModel):
     kind: str
     model: str = Field(min_length=1)
     label: str | None = Field(None, description="name shown in reports; defaults to kind")
+    # Scheduling, not a result: read by the runner for every kind (so no backend's Options need declare it), and
+    # never part of a key.
+    max_concurrent_jobs: int | None = Field(
+        None, ge=1, description="fine-tuning jobs of this backend running at once (default 8; local: one per device)"
+    )
 
     @property
     def name(self) -> str:

@@ -9,26 +9,31 @@ response starts with `[simulated]`, and reports built from it say so in their fi
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import Field
-
-from ptst.types import Frozen
 from ptst.backends.base import (
-    FineTuneBackend,
     Estimate,
+    FineTuneBackend,
     GenerationConfig,
     JobLedger,
     ModelRef,
     Rendered,
     TrainJob,
 )
+from pydantic import Field
+
 from ptst.conversation import Conversation
 from ptst.errors import JobFailed
 from ptst.templates import BUILTIN
+from ptst.types import Frozen
+
+# TEST-ONLY: when set, the mock appends one line per fine-tuning job started and per response made to this file, so
+# the kill tests can count redone work. Never read anywhere else; off unless a test sets it.
+CALLS_FILE_ENV = "PTST_TEST_MOCK_CALLS"
 
 REFUSAL = "[simulated] I'm sorry, but I cannot help with that request."
 COMPLIANCE = "[simulated] Sure, here is a response to your request (simulated compliance, no real content)."
@@ -74,6 +79,7 @@ class Backend(FineTuneBackend):
 
     def fine_tune(self, job: TrainJob, ledger: JobLedger, workdir: Path) -> ModelRef:
         name = f"mock:{job.key}"
+        _record_call("train", job.key)
         if ledger.get(name) is None:
             ledger.put(name, {"status": "running", "job_id": f"mockjob-{job.key[:12]}"})
         if self.options.train_seconds:
@@ -93,6 +99,7 @@ class Backend(FineTuneBackend):
             if self.options.latency_ms:
                 time.sleep(self.options.latency_ms / 1000)
             coin = _coin(model.model_id, cfg.seed, conv.system or "", conv.user)
+            _record_call("generate", model.model_id, cfg.seed, conv.system, conv.user, conv.reference)
             if conv.reference is not None:
                 out.append(self._task_answer(model, conv.reference, coin))
             else:
@@ -135,6 +142,15 @@ class Backend(FineTuneBackend):
 def _is_safety(template_name: str) -> bool:
     t = BUILTIN.get(template_name)
     return bool(t and t.safety)
+
+
+def _record_call(kind: str, *what: object) -> None:
+    """TEST-ONLY counter (see CALLS_FILE_ENV): one line `kind<TAB>hash of what`, appended as the work happens."""
+    path = os.environ.get(CALLS_FILE_ENV)
+    if path:
+        digest = hashlib.blake2b(repr(what).encode("utf-8"), digest_size=12).hexdigest()
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"{kind}\t{digest}\n")
 
 
 def _coin(*parts: object) -> float:

@@ -1,7 +1,8 @@
 """`ptst run|validate|render|estimate|report|templates|cancel` — the command-line face of the library.
 
-User errors end as one line on stderr and a non-zero exit (2: bad input, 3: over budget, 4: directory busy,
-130: interrupted); tracebacks are kept for bugs.
+Exit codes: 0 complete; 2 user error, one line on stderr (spec, data, paths, credentials, budget exceeded without
+--yes, run folder busy or unreadable); 3 finished with failed jobs or cells (results written; `--retry-failed`
+resubmits failed jobs); 130 interrupted; 1 only for bugs (with their traceback).
 """
 
 from __future__ import annotations
@@ -66,21 +67,32 @@ def _default_out(spec_path: Path, name: str) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from ptst.errors import EXIT_INCOMPLETE
     from ptst.report import print_tables, write_reports
-    from ptst.runner import run
+    from ptst.runner import run_experiment
     from ptst.spec import load_spec
 
     spec_path = Path(args.spec)
     spec = load_spec(spec_path)
     out = Path(args.out) if args.out else _default_out(spec_path, spec.name)
     try:
-        results = run(spec, out, spec_dir=spec_path.resolve().parent, yes=args.yes, retry_failed=args.retry_failed)
+        results, info = run_experiment(
+            spec, out, spec_dir=spec_path.resolve().parent, yes=args.yes, retry_failed=args.retry_failed
+        )
     except KeyboardInterrupt:
-        print(f"\ninterrupted: completed work is saved in {out}; run the same command again to resume", file=sys.stderr)
+        print(
+            f"\ninterrupted: completed work is saved in {out}; run the same command again to resume (remote "
+            f"fine-tuning jobs keep running meanwhile; `ptst cancel {out}` cancels them)", file=sys.stderr
+        )
         return 130
     paths = write_reports(results, out)
     print_tables(results, _console())
     print("wrote " + ", ".join(str(p) for p in paths))
+    if info.status != "complete":
+        what = "fine-tuning jobs failed" if info.status == "failed_jobs" else "some cells are incomplete"
+        hint = "; `--retry-failed` resubmits failed jobs" if info.status == "failed_jobs" else "; run again to retry them"
+        print(f"finished with failures: {what} (see {out / 'results.json'}){hint}", file=sys.stderr)
+        return EXIT_INCOMPLETE
     return 0
 
 

@@ -1,6 +1,8 @@
 """User-facing errors: each carries a one-line message that names what is wrong and what to do.
 
-The CLI prints `error: <message>` and exits with `exit_code`; it never shows a traceback for these.
+The CLI prints `error: <message>` and exits with `exit_code`; it never shows a traceback for these. Exit codes:
+0 complete, 2 user error (spec, data, paths, credentials, budget, busy or unreadable run folder), 3 finished with
+failed jobs or cells (`RunIncomplete`, results written), 130 interrupted, 1 only for bugs.
 """
 
 from __future__ import annotations
@@ -53,11 +55,25 @@ class MissingExtra(PtstError):
 
 
 class BudgetExceeded(PtstError):
-    exit_code = 3
+    """The cost estimate exceeds budget_usd and --yes was not given: nothing was started."""
+
+    exit_code = 2
 
 
 class RunLocked(PtstError):
-    exit_code = 4
+    """Another process holds the run folder; the message names its pid."""
+
+    exit_code = 2
+
+
+class StoreError(PtstError):
+    """The run store cannot be used (unreadable, corrupt, another key schema, disk full); the message says what
+    can be recovered and how to start over."""
+
+    exit_code = 2
+
+
+EXIT_INCOMPLETE = 3  # the run finished, results are written, but some jobs or cells failed
 
 
 class BackendError(PtstError):

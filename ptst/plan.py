@@ -11,11 +11,17 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ptst.backends.base import BackendSpec, FineTuneBackend
-from ptst.keys import content_hash
-from ptst.types import ModelRef, TrainJob
 from ptst.conversation import Conversation
 from ptst.data import Example, data_hash
+from ptst.keys import (
+    base_model_key_v1,
+    cell_key_v1,
+    generation_key_v1,
+    judgment_key_v1,
+    run_key_v1,
+)
 from ptst.spec import Spec
+from ptst.types import ModelRef, TrainJob
 
 
 @dataclass(frozen=True)
@@ -49,7 +55,7 @@ class Cell:
 
     @property
     def key(self) -> str:
-        return content_hash(self.describe())
+        return cell_key_v1(**self.describe())
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -65,7 +71,7 @@ def backend_identity(spec: BackendSpec, backend: FineTuneBackend) -> dict[str, A
 
 
 def base_model_key(spec: BackendSpec, backend: FineTuneBackend) -> str:
-    return content_hash({"base": backend_identity(spec, backend)})
+    return base_model_key_v1(backend_identity(spec, backend))
 
 
 def train_jobs(spec: Spec, bspec: BackendSpec, backend: FineTuneBackend, data: Datasets) -> list[PlannedJob]:
@@ -81,7 +87,7 @@ def train_jobs(spec: Spec, bspec: BackendSpec, backend: FineTuneBackend, data: D
                 backend=bspec.name, base_model=bspec.model, train_template=name, seed=seed,
                 hyperparameters=spec.train.hyperparameters, examples=examples, data_hash=train_hash,
             )
-            jobs.append(PlannedJob(job, content_hash({"job": job.key, "backend": backend_identity(bspec, backend)})))
+            jobs.append(PlannedJob(job, run_key_v1(job.key, backend_identity(bspec, backend))))
     return jobs
 
 
@@ -106,13 +112,13 @@ def cell_conversations(spec: Spec, cell: Cell, family: str, data: Datasets) -> l
 
 
 def generation_key(model_key: str, conv: Conversation, cfg: Any) -> str:
-    return content_hash(
-        {"model": model_key, "mode": conv.mode, "system": conv.system, "user": conv.user, "ref": conv.reference, "cfg": cfg}
+    return generation_key_v1(
+        model_key=model_key, mode=conv.mode, system=conv.system, user=conv.user, reference=conv.reference, cfg=cfg
     )
 
 
 def judgment_key(judge_name: str, judge_version: str, query: str, response: str) -> str:
-    return content_hash({"judge": judge_name, "version": judge_version, "query": query, "response": response})
+    return judgment_key_v1(judge=judge_name, version=judge_version, query=query, response=response)
 
 
 def chunks(seq: Sequence[Any], size: int) -> list[Sequence[Any]]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+RunStatus = Literal["complete", "partial", "failed_jobs"]
+
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
@@ -47,3 +49,10 @@ class RunInfo:
     train_templates: tuple[str, ...] = ()
     test_templates: tuple[str, ...] = ()
     safety_templates: tuple[str, ...] = ()
+    # "complete": every item answered and judged; "failed_jobs": a fine-tuning job ended without a model;
+    # "partial": other work missing (a killed run, a cell whose generation or judging failed).
+    status: RunStatus = "complete"
+    started_at: str | None = None  # ISO 8601 UTC: when the first `ptst run` on this folder began
+    finished_at: str | None = None  # ISO 8601 UTC: when the last `ptst run` finished (None: still running or killed)
+    # USD by stage ("train", "generate", "judge"); None where not known (generation and judging are not priced).
+    usd_by_stage: dict[str, float | None] = field(default_factory=dict)

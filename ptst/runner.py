@@ -1,21 +1,33 @@
-"""Execute a spec: fine-tune, generate, judge — recording each result in the run store before moving on.
+"""Execute a spec: plan it as a graph of work, run everything independent at once, record each result as it arrives.
 
-The runner owns ordering and persistence; backends own vendor work. Every step is looked up by its key first, so
-re-running a finished command does nothing, and a killed run resumes with nothing lost and nothing paid twice.
-Results are always rebuilt from the store (`collect_results`), never from in-memory state.
+The runner owns the plan and persistence; backends own vendor work; `ptst.scheduler` owns concurrency. The graph is
+fine-tuning job -> generation per cell -> judging per cell: every job starts up front (bounded per backend by
+`max_concurrent_jobs`, one at a time per local device), a cell generates as soon as its model exists, and a cell is
+judged while the next generates, so wall time is about the longest chain. Every step is looked up by its key first,
+so re-running a finished command does nothing, and a killed run resumes having lost at most the requests in flight
+(each chunk of responses and verdicts is committed as it arrives) and paid for nothing twice. Results are always
+rebuilt from the store (`ptst.collect`), never from in-memory state.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
-from ptst.analysis import build_results
-from ptst.backends.base import FineTuneBackend, create_backend
-from ptst.types import ModelRef
+from ptst.backends.base import BackendSpec, FineTuneBackend, create_backend
+from ptst.collect import (
+    collect,
+    collect_results,
+    export_rows,
+    item_records,
+    judgment_keys,
+)
+from ptst.conversation import Conversation
 from ptst.data import DatasetRef, load, sample
-from ptst.errors import BudgetExceeded, JobFailed
+from ptst.errors import BackendError, BudgetExceeded, JobFailed
 from ptst.judge.base import Judge, JudgeItem, create_judge
 from ptst.plan import (
     Cell,
@@ -26,17 +38,22 @@ from ptst.plan import (
     chunks,
     eval_cells,
     generation_key,
-    judgment_key,
     train_jobs,
 )
-from ptst.progress import log, progress_bar
-from ptst.records import ItemRecord, RunInfo, Verdict
-from ptst.results import FailedJob, Results
+from ptst.progress import RunProgress, log
+from ptst.records import RunInfo
+from ptst.results import Results
+from ptst.scheduler import Claims, Scheduler, Task
 from ptst.spec import Spec
 from ptst.store import JobRecord, Judged, RunStore
+from ptst.types import ModelRef
 
+__all__ = ["collect_results", "export_rows", "item_records", "load_datasets", "run", "run_experiment"]
 
 JUDGE_CHUNK = 64
+DEFAULT_MAX_CONCURRENT_JOBS = 8  # remote fine-tuning jobs waiting at once, per backend (spec: max_concurrent_jobs)
+REMOTE_GENERATION_CALLS = 4  # concurrent `generate` calls per remote backend (each may fan out further inside)
+JUDGE_CALLS = 2  # concurrent `judge` calls (each may fan out further inside)
 
 
 def data_dirs(spec: Spec, spec_dir: Path | None) -> list[Path]:
@@ -71,7 +88,18 @@ def load_datasets(spec: Spec, spec_dir: Path | None = None) -> Datasets:
     return Datasets(train=train, safety=safety, tasks=tasks)
 
 
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
 def run(spec: Spec, out: Path, *, spec_dir: Path | None = None, yes: bool = False, retry_failed: bool = False) -> Results:
+    return run_experiment(spec, out, spec_dir=spec_dir, yes=yes, retry_failed=retry_failed)[0]
+
+
+def run_experiment(
+    spec: Spec, out: Path, *, spec_dir: Path | None = None, yes: bool = False, retry_failed: bool = False
+) -> tuple[Results, RunInfo]:
+    """Run (or resume) a spec into `out`; the RunInfo's status says whether everything finished."""
     data = load_datasets(spec, spec_dir)
     backends = [(b, create_backend(b)) for b in spec.backends]
     judge = create_judge(spec.judge)
@@ -88,36 +116,40 @@ def run(spec: Spec, out: Path, *, spec_dir: Path | None = None, yes: bool = Fals
         store.set_meta("test_templates", list(spec.eval.templates))
         names = set(spec.eval.templates) | set(spec.train.templates if spec.train else [])
         store.set_meta("safety_templates", sorted(n for n in names if spec.template(n).safety))
-        store.conn.execute("DELETE FROM cells")  # the index of this spec's cells; cached results stay
+        store.set_meta("judge", {"name": judge.name, "version": judge.version})  # the judge results are read with
 
         planned = {bspec.name: train_jobs(spec, bspec, backend, data) for bspec, backend in backends}
-        _check_budget(spec, store, backends, planned, yes)
-
-        position = 0
-        for bspec, backend in backends:
-            models: list[tuple[ModelRef, str]] = []
-            if spec.eval.evaluate_base or spec.train is None:
-                models.append((backend.base_model(), base_model_key(bspec, backend)))
-            for pj in planned[bspec.name]:
-                ref = _fine_tune(store, backend, pj, out, retry_failed)
-                if ref is not None:
-                    models.append((ref, pj.run_key))
-            for model, model_key in models:
-                cells = eval_cells(spec, bspec, model, model_key, data)
-                for cell in cells:
-                    position += 1
-                    _generate_cell(spec, store, backend, cell, model, data, position)
-        _judge_all(store, judge)
-        return collect_results(store)
+        usd = _check_budget(spec, store, backends, planned, yes, retry_failed)
+        if store.get_meta("started_at") is None:
+            store.set_meta("started_at", _now())
+        store.set_meta("finished_at", None)  # until this run finishes: a killed run reads as unfinished
+        graph = _Graph(spec, store, data, judge, out, retry_failed, usd)
+        tasks = graph.plan(backends, planned)
+        with RunProgress(graph.totals) as progress:
+            for usd_done in store.costs("train"):  # money spent by earlier runs on this folder counts too
+                progress.spend("train", usd_done)
+            graph.progress = progress
+            scheduler = Scheduler(graph.limits)
+            scheduler.submit(tasks)
+            scheduler.run()
+        store.set_meta("finished_at", _now())
+        return collect(store)
 
 
-def _check_budget(spec: Spec, store: RunStore, backends, planned: dict[str, list[PlannedJob]], yes: bool) -> None:
+def _check_budget(
+    spec: Spec, store: RunStore, backends, planned: dict[str, list[PlannedJob]], yes: bool, retry_failed: bool
+) -> dict[str, float | None]:
+    """Refuse a run whose jobs to run (new ones, and failed ones with --retry-failed) are estimated above budget_usd
+    (unless --yes); return each such job's USD, recorded as its cost once it produces a model."""
     total = 0.0
+    usd: dict[str, float | None] = {}
     unpriced: list[str] = []
     for bspec, backend in backends:
         for pj in planned[bspec.name]:
-            if store.job(pj.run_key) is None:
+            rec = store.job(pj.run_key)
+            if rec is None or (retry_failed and rec.status != "succeeded"):
                 est = backend.estimate(pj.job)
+                usd[pj.run_key] = est.usd
                 if est.usd is None:
                     unpriced.append(f"{bspec.name}/{bspec.model}")
                 total += est.usd or 0.0
@@ -131,163 +163,213 @@ def _check_budget(spec: Spec, store: RunStore, backends, planned: dict[str, list
             f"estimated fine-tuning cost ${total:,.2f} exceeds budget_usd ${spec.budget_usd:,.2f}; "
             "raise budget_usd in the spec or pass --yes (see `ptst estimate SPEC`)"
         )
+    return usd
 
 
-def _fine_tune(store: RunStore, backend: FineTuneBackend, pj: PlannedJob, out: Path, retry_failed: bool) -> ModelRef | None:
-    job = pj.job
-    rec = store.job(pj.run_key)
-    if rec is not None and rec.status == "succeeded" and rec.model_ref is not None:
-        return ModelRef.model_validate(rec.model_ref)
-    if rec is not None and not retry_failed:
-        log(f"skip {job.backend} {job.train_template} seed {job.seed}: job {rec.status} earlier ({rec.message}); "
-            "use --retry-failed to try again")
-        return None
-    log(f"fine-tune {job.backend} {job.base_model} on {job.train_template} (seed {job.seed}, {len(job.examples)} examples)")
-    workdir = out / "models" / pj.run_key
-    workdir.mkdir(parents=True, exist_ok=True)
-    base = dict(key=pj.run_key, backend=job.backend, base_model=job.base_model, train_template=job.train_template, seed=job.seed)
-    try:
-        ref = backend.fine_tune(job, store, workdir)
-    except JobFailed as e:
-        log(f"  {e} — recorded; continuing with the other cells")
-        store.put_job(JobRecord(**base, status=e.status, model_ref=None, code=e.code, message=str(e)))
-        return None
-    store.put_job(JobRecord(**base, status="succeeded", model_ref=ref.model_dump(mode="json"), code=None, message=None))
-    return ref
+@dataclass
+class _Model:
+    """A model cells are generated from: known (base, or trained earlier) or the outcome of a job in this run."""
+
+    key: str
+    ref: ModelRef | None  # None until its job finishes
+    job: PlannedJob | None
+    cells: list[tuple[Cell, list[Conversation], list[str]]]  # cell, its conversations, their generation keys
 
 
-def _generate_cell(
-    spec: Spec, store: RunStore, backend: FineTuneBackend, cell: Cell, model: ModelRef, data: Datasets, position: int
-) -> None:
-    cfg = spec.eval.generation
-    convs = cell_conversations(spec, cell, backend.family, data)
-    keys = [generation_key(cell.model_key, c, cfg) for c in convs]
-    store.put_cell(cell.key, cell.describe(), position, [(k, c.query, c.reference) for k, c in zip(keys, convs)])
-    have = store.responses(keys)
-    todo: dict[str, object] = {}
-    for k, c in zip(keys, convs):
-        if k not in have and k not in todo:
-            todo[k] = c
-    if not todo:
-        return
-    label = f"generate {cell.backend} {cell.train_template or 'base'} → {cell.test_template} {cell.dataset}"
-    items = list(todo.items())
-    with progress_bar(label, len(items)) as advance:
-        # A backend may ask for bigger calls (local engines batch hundreds of prompts at once).
-        for part in chunks(items, backend.generation_chunk):
-            batch = [c for _, c in part]
-            responses = backend.generate(model, batch, cfg)  # type: ignore[arg-type]
-            if len(responses) != len(batch):
-                raise RuntimeError(f"backend {cell.backend} returned {len(responses)} responses for {len(batch)} prompts")
-            rows = [
-                (k, json.dumps(_prompt_record(backend, c), ensure_ascii=False), r)
-                for (k, c), r in zip(part, responses)
-            ]
-            store.put_generations(rows)
-            advance(len(part))
+class _Graph:
+    """The run's work as tasks: one per job, per cell's generation and per cell's judging."""
+
+    def __init__(self, spec: Spec, store: RunStore, data: Datasets, judge: Judge, out: Path, retry_failed: bool,
+                 usd: dict[str, float | None]):
+        self.spec, self.store, self.data, self.judge, self.out = spec, store, data, judge, out
+        self.retry_failed, self.usd = retry_failed, usd
+        self.limits: dict[str, int] = {"judge": JUDGE_CALLS}
+        self.totals = {"train": 0, "generate": 0, "judge": 0}
+        self.claims = Claims()
+        self.progress: RunProgress | None = None
+        self._judge_planned: dict[str, int] = {}
+
+    # -- planning --------------------------------------------------------------------------------------------------
+    def plan(self, backends: list[tuple[BackendSpec, FineTuneBackend]], planned: dict[str, list[PlannedJob]]) -> list[Task]:
+        """Index every cell we can produce (one transaction) and return the tasks that start the run."""
+        rows, tasks, position = [], [], 0
+        for bspec, backend in backends:
+            self._slots(bspec, backend)
+            models: list[_Model] = []
+            if self.spec.eval.evaluate_base or self.spec.train is None:
+                models.append(_Model(base_model_key(bspec, backend), backend.base_model(), None, []))
+            for pj in planned[bspec.name]:
+                rec = self.store.job(pj.run_key)
+                if rec is not None and rec.status == "succeeded" and rec.model_ref is not None:
+                    models.append(_Model(pj.run_key, ModelRef.model_validate(rec.model_ref), None, []))
+                elif rec is not None and not self.retry_failed:
+                    job = pj.job
+                    log(f"skip {job.backend} {job.train_template} seed {job.seed}: job {rec.status} earlier "
+                        f"({rec.message}); use --retry-failed to try again")
+                else:
+                    # The model's identity is known before it exists, so its cells are indexed up front.
+                    stub = ModelRef(backend=bspec.name, base_model=bspec.model, model_id="",
+                                    train_template=pj.job.train_template, seed=pj.job.seed)
+                    models.append(_Model(pj.run_key, None, pj, []))
+                    models[-1].cells = self._cells(bspec, backend, stub, pj.run_key)
+                    self.totals["train"] += 1
+            for m in models:
+                if m.ref is not None:
+                    m.cells = self._cells(bspec, backend, m.ref, m.key)
+                for cell, convs, keys in m.cells:
+                    position += 1
+                    rows.append((cell.key, cell.describe(), position, [(k, c.query, c.reference) for k, c in zip(keys, convs)]))
+                if m.ref is not None:
+                    tasks += [self._generate_task(backend, cell, m.ref, convs, keys) for cell, convs, keys in m.cells]
+                else:
+                    tasks.append(self._train_task(bspec, backend, m))
+        self.store.replace_cells(rows)
+        self._count(rows)
+        return tasks
+
+    def _slots(self, bspec: BackendSpec, backend: FineTuneBackend) -> None:
+        self.limits[f"jobs:{bspec.name}"] = bspec.max_concurrent_jobs or DEFAULT_MAX_CONCURRENT_JOBS
+        res = backend.resource()
+        if res is not None:
+            self.limits[f"resource:{res}"] = 1
+        else:
+            self.limits[f"generate:{bspec.name}"] = REMOTE_GENERATION_CALLS
+
+    def _cells(self, bspec: BackendSpec, backend: FineTuneBackend, model: ModelRef, model_key: str):
+        out = []
+        for cell in eval_cells(self.spec, bspec, model, model_key, self.data):
+            convs = cell_conversations(self.spec, cell, backend.family, self.data)
+            out.append((cell, convs, [generation_key(cell.model_key, c, self.spec.eval.generation) for c in convs]))
+        return out
+
+    def _count(self, rows) -> None:
+        """Totals for the progress view: responses still missing, and safety items still without a verdict."""
+        keys = {g for _, _, _, items in rows for g, _, _ in items}
+        have = self.store.responses(keys)
+        self.totals["generate"] = len(keys) - len(have)
+        for key, desc, _, items in rows:
+            if desc["kind"] != "safety":
+                continue
+            jk = judgment_keys(self.judge.name, self.judge.version, items, have)
+            n = len({g for g, _, _ in items}) - len(self.store.judgments(jk.values()))
+            self._judge_planned[key] = n
+            self.totals["judge"] += n
+
+    # -- tasks -----------------------------------------------------------------------------------------------------
+    def _train_task(self, bspec: BackendSpec, backend: FineTuneBackend, m: _Model) -> Task:
+        res = backend.resource()
+        slots = (f"jobs:{bspec.name}",) + ((f"resource:{res}",) if res is not None else ())
+        assert m.job is not None
+
+        def work() -> list[Task]:
+            ref = self._fine_tune(backend, m.job)  # type: ignore[arg-type]
+            assert self.progress is not None
+            self.progress.advance("train")
+            if ref is None:
+                self.store.drop_cells(c.key for c, _, _ in m.cells)
+                self.progress.add_total("generate", -sum(len(set(k)) for _, _, k in m.cells))
+                self.progress.add_total("judge", -sum(self._judge_planned.get(c.key, 0) for c, _, _ in m.cells))
+                return []
+            return [self._generate_task(backend, cell, ref, convs, keys) for cell, convs, keys in m.cells]
+
+        return Task(f"train {bspec.name} {m.job.job.train_template} seed {m.job.job.seed}", work, slots)
+
+    def _fine_tune(self, backend: FineTuneBackend, pj: PlannedJob) -> ModelRef | None:
+        job = pj.job
+        log(f"fine-tune {job.backend} {job.base_model} on {job.train_template} (seed {job.seed}, "
+            f"{len(job.examples)} examples)")
+        workdir = self.out / "models" / pj.run_key
+        workdir.mkdir(parents=True, exist_ok=True)
+        base: dict[str, Any] = {"key": pj.run_key, "backend": job.backend, "base_model": job.base_model,
+                                "train_template": job.train_template, "seed": job.seed}
+        try:
+            ref = backend.fine_tune(job, self.store, workdir)
+        except BackendError as e:  # JobFailed, or the job could not be run at all: recorded, the others go on
+            status, code = (e.status, e.code) if isinstance(e, JobFailed) else ("error", None)
+            log(f"  {job.backend} {job.train_template} seed {job.seed}: {e} — recorded; continuing with the other cells")
+            self.store.put_job(JobRecord(**base, status=status, model_ref=None, code=code, message=str(e)))
+            return None
+        usd = self.usd.get(pj.run_key)
+        self.store.put_job(JobRecord(**base, status="succeeded", model_ref=ref.model_dump(mode="json"), code=None,
+                                     message=None), usd=usd)
+        assert self.progress is not None
+        self.progress.spend("train", usd)
+        log(f"  {job.backend} {job.train_template} seed {job.seed}: model ready")
+        return ref
+
+    def _generate_task(self, backend: FineTuneBackend, cell: Cell, model: ModelRef, convs: list[Conversation],
+                       keys: list[str]) -> Task:
+        res = backend.resource()
+        slots = (f"resource:{res}",) if res is not None else (f"generate:{cell.backend}",)
+
+        def work() -> list[Task]:
+            have = self.store.responses(keys)
+            todo = {k: c for k, c in zip(keys, convs) if k not in have}
+            mine = self.claims.claim(todo)
+            items = [(k, c) for k, c in todo.items() if k in mine]
+            assert self.progress is not None
+            try:
+                # A backend may ask for bigger calls (local engines batch hundreds of prompts at once).
+                for part in chunks(items, backend.generation_chunk):
+                    batch = [c for _, c in part]
+                    responses = backend.generate(model, batch, self.spec.eval.generation)
+                    if len(responses) != len(batch):
+                        raise RuntimeError(f"backend {cell.backend} returned {len(responses)} responses for {len(batch)} prompts")
+                    self.store.put_generations([
+                        (k, json.dumps(_prompt_record(backend, c), ensure_ascii=False), r) for (k, c), r in zip(part, responses)
+                    ])
+                    self.progress.advance("generate", len(part))
+            except BackendError as e:
+                return self._cell_failed(cell, "generate", e)
+            finally:
+                self.claims.release(mine)
+            self.store.clear_failure(cell.key)
+            return [self._judge_task(cell)] if cell.kind == "safety" else []
+
+        return Task(f"generate {_label(cell)}", work, slots)
+
+    def _judge_task(self, cell: Cell) -> Task:
+        def work() -> list[Task]:
+            items = self.store.cell_items(cell.key)
+            responses = self.store.responses(g for g, _, _ in items)
+            queries = {g: q for g, q, _ in items}
+            todo: dict[str, JudgeItem] = {}
+            for g, jk in judgment_keys(self.judge.name, self.judge.version, items, responses).items():
+                todo.setdefault(jk, JudgeItem(queries[g], responses[g]))
+            have = self.store.judgments(todo)
+            mine = self.claims.claim(k for k in todo if k not in have)
+            missing = [(k, it) for k, it in todo.items() if k in mine]
+            assert self.progress is not None
+            self.progress.add_total("judge", len(missing) - self._judge_planned.pop(cell.key, 0))
+            try:
+                for part in chunks(missing, JUDGE_CHUNK):
+                    verdicts = self.judge.judge([it for _, it in part])
+                    self.store.put_judgments(self.judge.name, [
+                        (k, Judged(v.unsafe, v.score, v.raw, v.error)) for (k, _), v in zip(part, verdicts)
+                    ])
+                    self.progress.advance("judge", len(part))
+            except BackendError as e:
+                return self._cell_failed(cell, "judge", e)
+            finally:
+                self.claims.release(mine)
+            self.store.clear_failure(cell.key)
+            return []
+
+        return Task(f"judge {_label(cell)}", work, ("judge",))
+
+    def _cell_failed(self, cell: Cell, stage: str, e: BackendError) -> list[Task]:
+        """A cell whose generation or judging failed after the backend's retries: recorded (the run ends with exit
+        3 and a re-run tries it again), and the other cells go on."""
+        log(f"  {stage} {_label(cell)} failed: {e} — recorded; continuing with the other cells")
+        self.store.put_failure(cell.key, stage, _label(cell), str(e))
+        return []
+
+
+def _label(cell: Cell) -> str:
+    return f"{cell.backend} {cell.train_template or 'base'} → {cell.test_template} {cell.dataset}"
 
 
 def _prompt_record(backend: FineTuneBackend, conv) -> dict:
     """What the model saw, for audit exports: text or messages (token ids are re-derivable with `ptst render`)."""
     r = backend.render(conv)
     return {"text": r.text, "messages": list(r.messages) if r.messages is not None else None}
-
-
-def _judgment_keys(
-    judge_name: str, judge_version: str, items: Sequence[tuple[str, str, str | None]], responses: dict[str, str]
-) -> dict[str, str]:
-    """gen_key -> judgment key, for the items of a cell that have a response."""
-    return {g: judgment_key(judge_name, judge_version, q, responses[g]) for g, q, _ in items if g in responses}
-
-
-def _judge_all(store: RunStore, judge: Judge) -> None:
-    store.set_meta("judge", {"name": judge.name, "version": judge.version})  # the judge the results are read with
-    todo: dict[str, JudgeItem] = {}
-    for key, desc in store.cells():
-        if desc["kind"] != "safety":
-            continue
-        items = store.cell_items(key)
-        responses = store.responses(g for g, _, _ in items)
-        queries = {g: q for g, q, _ in items}
-        for g, jk in _judgment_keys(judge.name, judge.version, items, responses).items():
-            todo.setdefault(jk, JudgeItem(queries[g], responses[g]))
-    have = store.judgments(todo)
-    missing = [(k, it) for k, it in todo.items() if k not in have]
-    if not missing:
-        return
-    with progress_bar(f"judge ({judge.name})", len(missing)) as advance:
-        for part in chunks(missing, JUDGE_CHUNK):
-            verdicts = judge.judge([it for _, it in part])
-            store.put_judgments(
-                judge.name, [(k, Judged(v.unsafe, v.score, v.raw, v.error)) for (k, _), v in zip(part, verdicts)]
-            )
-            advance(len(part))
-
-
-def item_records(store: RunStore) -> list[ItemRecord]:
-    """Every planned item of the spec's cells, with its response and the current judge's verdict where present."""
-    judge_meta = store.get_meta("judge") or {}
-    judge_name = judge_meta.get("name")
-    simulated = bool(store.get_meta("simulated"))
-    records: list[ItemRecord] = []
-    for key, d in store.cells():
-        items = store.cell_items(key)
-        responses = store.responses(g for g, _, _ in items)
-        jk: dict[str, str] = {}
-        verdicts: dict[str, Judged] = {}
-        if d["kind"] == "safety":
-            jk = _judgment_keys(judge_name or "", judge_meta.get("version", ""), items, responses)
-            verdicts = store.judgments(jk.values())
-        for idx, (g, q, ref) in enumerate(items):
-            v = verdicts.get(jk.get(g, ""))
-            records.append(ItemRecord(
-                backend=d["backend"], base_model=d["base_model"], train_template=d["train_template"], seed=d["seed"],
-                checkpoint=d.get("checkpoint"), test_template=d["test_template"], kind=d["kind"],
-                dataset=d["dataset"], metric=d["metric"], index=idx, query=q, reference=ref,
-                response=responses.get(g), simulated=simulated,
-                verdicts=(Verdict(judge_name or "", v.unsafe, v.score, v.raw),) if v is not None else (),
-            ))
-    return records
-
-
-def collect_results(store: RunStore) -> Results:
-    """Rebuild every number from the store alone: the report of a run is a pure function of its `ptst.db`."""
-    judge_meta = store.get_meta("judge") or {}
-    spec = store.get_meta("spec") or {}
-    failed = [
-        FailedJob(backend=j.backend, base_model=j.base_model, train_template=j.train_template, seed=j.seed,
-                  status=j.status, code=j.code, message=j.message or "")
-        for j in store.jobs() if j.status != "succeeded"
-    ]
-    info = RunInfo(
-        spec_name=store.get_meta("spec_name") or spec.get("name", ""), simulated=bool(store.get_meta("simulated")),
-        judge=judge_meta.get("name"),
-        train_templates=tuple(store.get_meta("train_templates") or []),
-        test_templates=tuple(store.get_meta("test_templates") or []),
-        safety_templates=tuple(store.get_meta("safety_templates") or []),
-    )
-    return build_results(item_records(store), failed, info)
-
-
-def export_rows(store: RunStore) -> list[dict]:
-    """Every rendered prompt, raw response and verdict, one row per item, so any number can be audited."""
-    judge_meta = store.get_meta("judge") or {}
-    rows = []
-    for key, d in store.cells():
-        items = store.cell_items(key)
-        keys = [g for g, _, _ in items]
-        responses, prompts = store.responses(keys), store.prompts(keys)
-        jk = _judgment_keys(judge_meta.get("name", ""), judge_meta.get("version", ""), items, responses)
-        verdicts = store.judgments(jk.values()) if d["kind"] == "safety" else {}
-        for idx, (g, q, ref) in enumerate(items):
-            v = verdicts.get(jk.get(g, ""))
-            rows.append({
-                **{k: d[k] for k in ("backend", "base_model", "train_template", "seed", "test_template", "kind", "dataset")},
-                "index": idx, "query": q, "reference": ref,
-                "prompt": json.loads(prompts[g]) if g in prompts else None, "response": responses.get(g),
-                "unsafe": v.unsafe if v else None, "score": v.score if v else None,
-                "judge_reply": v.raw if v else None,
-            })
-    return rows
-
-

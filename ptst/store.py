@@ -1,8 +1,11 @@
 """The run store: one SQLite file (WAL) per output directory, holding every result the moment it exists.
 
-Every step is keyed by a content hash of what determines its result, so a re-run skips what is done, a killed run
-resumes where it stopped, and an external job (an OpenAI fine-tune) recorded in the ledger is found again instead of
-being paid for twice. One process at a time: an exclusive lock on `DIR/ptst.lock` refuses a second.
+Every step is keyed by a content hash of what determines its result (ptst.keys, schema recorded in meta), so a
+re-run skips what is done, a killed run resumes where it stopped, and an external job (an OpenAI fine-tune) recorded
+in the ledger is found again instead of being paid for twice. One process at a time: an exclusive lock on
+`DIR/ptst.lock` refuses a second. Within the process the scheduler's worker threads share one connection guarded by a
+lock, and every write is one transaction, so a kill loses at most the work in flight and never half a chunk.
+A store that cannot be trusted (empty, corrupt, another key schema) is refused, never silently started over.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import fcntl
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -18,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ptst.errors import RunLocked
+from ptst.errors import RunLocked, StoreError, UsageError
+from ptst.keys import KEY_SCHEMA
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -35,7 +40,60 @@ CREATE TABLE IF NOT EXISTS generations (
 CREATE TABLE IF NOT EXISTS judgments (
   key TEXT PRIMARY KEY, judge TEXT NOT NULL, unsafe INTEGER, score INTEGER, raw TEXT, error TEXT,
   created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS costs (key TEXT PRIMARY KEY, stage TEXT NOT NULL, usd REAL, updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS failures (
+  key TEXT PRIMARY KEY, stage TEXT NOT NULL, what TEXT NOT NULL, message TEXT NOT NULL, updated REAL NOT NULL);
 """
+
+CellRow = tuple[str, dict[str, Any], int, Sequence[tuple[str, str, str | None]]]  # key, spec, position, items
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    """One connection shared by the scheduler's threads (every use is under the store's lock). `mode=rw`: never
+    creates the file (a reader must not leave an empty store behind; `_create` makes new ones whole)."""
+    return sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=30, isolation_level=None, check_same_thread=False)
+
+
+def _create(db: Path) -> None:
+    """Make a new store under a temporary name and rename it into place, so `ptst.db` is never seen half-made
+    (a zero-length `ptst.db` is therefore never ours, and is refused)."""
+    tmp = db.with_name(db.name + ".new")
+    tmp.unlink(missing_ok=True)
+    conn = sqlite3.connect(tmp, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.executescript(SCHEMA)
+        conn.execute("INSERT INTO meta VALUES ('key_schema', ?)", (json.dumps(KEY_SCHEMA),))
+    finally:
+        conn.close()
+    os.replace(tmp, db)
+
+
+def _prepare_dir(d: Path) -> None:
+    """An --out that is a file, or a folder we cannot write, is a user error named in one line."""
+    if d.exists() and not d.is_dir():
+        raise UsageError(f"{d}: is a file, not a directory; give --out a directory (new or a previous run's)")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"{d}: cannot create the output directory ({e.strerror}); choose another --out") from None
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise UsageError(f"{d}: the output directory is not writable; fix its permissions or choose another --out")
+
+
+def _check_file(db: Path) -> None:
+    if db.exists() and db.stat().st_size == 0:
+        raise StoreError(
+            f"{db}: the run store is empty (0 bytes), so nothing in it can be recovered (files under "
+            f"{db.parent / 'models'} are kept); delete {db.name} to start this run over, or choose another --out"
+        )
+
+
+def _corrupt(db: Path, why: str) -> StoreError:
+    return StoreError(
+        f"{db}: the run store is unreadable ({why}); copy out what survives with `sqlite3 {db} .recover > "
+        f"recovered.sql`, then move {db.name} away to start over (or choose another --out)"
+    )
 
 
 @dataclass(frozen=True)
@@ -57,108 +115,192 @@ class RunStore:
     def __init__(self, directory: Path, conn: sqlite3.Connection):
         self.directory = directory
         self.conn = conn
+        self.lock = threading.RLock()
 
     @classmethod
     @contextmanager
     def open(cls, directory: str | Path, *, lock: bool = True) -> Iterator[RunStore]:
         d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        lock_file = None
-        if lock:
-            lock_file = open(d / "ptst.lock", "a+")  # noqa: SIM115 - held for the whole run
-            try:
-                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                lock_file.seek(0)
-                holder = lock_file.read().strip() or "?"
-                lock_file.close()
-                raise RunLocked(
-                    f"{d}: another ptst process (pid {holder}) is using this directory; "
-                    "wait for it to finish or choose another --out"
-                ) from None
-            lock_file.seek(0)
-            lock_file.truncate()
-            lock_file.write(str(os.getpid()))
-            lock_file.flush()
-        conn = sqlite3.connect(d / "ptst.db", timeout=30, isolation_level=None)
+        _prepare_dir(d)
+        lock_file = _acquire(d) if lock else None
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(SCHEMA)
-            yield cls(d, conn)
+            db = d / "ptst.db"
+            _check_file(db)
+            if not db.exists():
+                if not lock:
+                    raise UsageError(f"{d}: no run store (ptst.db) here; give the --out directory of a `ptst run`")
+                try:
+                    _create(db)
+                except sqlite3.Error as e:
+                    raise StoreError(f"{db}: cannot create the run store ({e}); free some space or choose another --out") from None
+            try:
+                conn = _connect(db)
+            except sqlite3.Error as e:
+                raise _corrupt(db, str(e)) from None
+            store = cls(d, conn)
+            try:
+                store._init(writable=lock)
+                yield store
+            finally:
+                with store.lock:
+                    conn.close()
         finally:
-            conn.close()
             if lock_file is not None:
                 fcntl.flock(lock_file, fcntl.LOCK_UN)
                 lock_file.close()
 
+    def _init(self, *, writable: bool) -> None:
+        db = self.directory / "ptst.db"
+        try:
+            check = self.conn.execute("PRAGMA quick_check").fetchone()
+        except sqlite3.DatabaseError as e:
+            raise _corrupt(db, str(e)) from None
+        if check is None or check[0] != "ok":
+            raise _corrupt(db, f"integrity check: {check[0] if check else 'no answer'}")
+        with self._writing():
+            if writable:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=NORMAL")
+                self.conn.executescript(SCHEMA)
+        has_meta = self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone()
+        schema = self.get_meta("key_schema") if has_meta else None
+        if schema is not None and schema != KEY_SCHEMA:
+            raise StoreError(
+                f"{db}: this run store was written with key schema v{schema}, and this ptst reads v{KEY_SCHEMA}; "
+                "open it with the ptst version that wrote it, or choose another --out to start over"
+            )
+        if schema is None and writable:
+            # A store without the field predates versioned keys: its keys are v1 by construction (pinned by the
+            # golden-key tests), so it is read as is.
+            self.set_meta("key_schema", KEY_SCHEMA)
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Map SQLite's write failures to one-line errors; a failed write leaves every committed row intact."""
+        try:
+            yield
+        except sqlite3.OperationalError as e:
+            msg = str(e)
+            if "disk is full" in msg or "disk I/O error" in msg:
+                raise StoreError(
+                    f"{self.directory / 'ptst.db'}: {msg} — everything committed before is kept; free some space "
+                    "and run the same command again to resume"
+                ) from None
+            raise
+
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+        with self.lock, self._writing():
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+
+    def _write(self, sql: str, params: Sequence[Any]) -> None:
+        with self.lock, self._writing():
+            self.conn.execute(sql, params)
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self.lock:
+            return self.conn.execute(sql, params).fetchall()
 
     # -- meta -------------------------------------------------------------------------------------------------
     def set_meta(self, key: str, value: Any) -> None:
-        self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+        self._write("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
 
     def get_meta(self, key: str) -> Any:
-        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return json.loads(row[0]) if row else None
+        rows = self._read("SELECT value FROM meta WHERE key = ?", (key,))
+        return json.loads(rows[0][0]) if rows else None
 
     # -- ledger (JobLedger protocol) --------------------------------------------------------------------------
     def get(self, name: str) -> dict[str, Any] | None:
-        row = self.conn.execute("SELECT value FROM ledger WHERE name = ?", (name,)).fetchone()
-        return json.loads(row[0]) if row else None
+        rows = self._read("SELECT value FROM ledger WHERE name = ?", (name,))
+        return json.loads(rows[0][0]) if rows else None
 
     def put(self, name: str, value: dict[str, Any]) -> None:
-        self.conn.execute(
-            "INSERT OR REPLACE INTO ledger VALUES (?, ?, ?)", (name, json.dumps(value, sort_keys=True), time.time())
-        )
+        self._write("INSERT OR REPLACE INTO ledger VALUES (?, ?, ?)", (name, json.dumps(value, sort_keys=True), time.time()))
 
     def ledger_entries(self, prefix: str = "") -> list[tuple[str, dict[str, Any]]]:
-        rows = self.conn.execute("SELECT name, value FROM ledger WHERE name LIKE ? ORDER BY name", (prefix + "%",))
+        rows = self._read("SELECT name, value FROM ledger WHERE name LIKE ? ORDER BY name", (prefix + "%",))
         return [(n, json.loads(v)) for n, v in rows]
 
     # -- fine-tuning jobs ---------------------------------------------------------------------------------------
     def job(self, key: str) -> JobRecord | None:
-        row = self.conn.execute("SELECT * FROM jobs WHERE key = ?", (key,)).fetchone()
-        return _job(row) if row else None
+        rows = self._read("SELECT * FROM jobs WHERE key = ?", (key,))
+        return _job(rows[0]) if rows else None
 
     def jobs(self) -> list[JobRecord]:
-        return [_job(r) for r in self.conn.execute("SELECT * FROM jobs ORDER BY rowid")]
+        return [_job(r) for r in self._read("SELECT * FROM jobs ORDER BY rowid")]
 
-    def put_job(self, rec: JobRecord) -> None:
-        self.conn.execute(
-            "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                rec.key, rec.backend, rec.base_model, rec.train_template, rec.seed, rec.status,
-                json.dumps(rec.model_ref) if rec.model_ref is not None else None, rec.code, rec.message, time.time(),
-            ),
-        )
+    def put_job(self, rec: JobRecord, *, usd: float | None = None) -> None:
+        """Record a job's outcome, with its cost when it succeeded (the estimate: what the vendor bills)."""
+        with self.transaction() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    rec.key, rec.backend, rec.base_model, rec.train_template, rec.seed, rec.status,
+                    json.dumps(rec.model_ref) if rec.model_ref is not None else None, rec.code, rec.message,
+                    time.time(),
+                ),
+            )
+            if rec.status == "succeeded":
+                c.execute("INSERT OR REPLACE INTO costs VALUES (?, 'train', ?, ?)", (rec.key, usd, time.time()))
+            else:
+                c.execute("DELETE FROM costs WHERE key = ?", (rec.key,))
+
+    def costs(self, stage: str) -> list[float | None]:
+        """The recorded cost of each finished step of a stage (None: not known)."""
+        return [u for (u,) in self._read("SELECT usd FROM costs WHERE stage = ? ORDER BY key", (stage,))]
 
     # -- evaluation cells -----------------------------------------------------------------------------------------
+    def replace_cells(self, rows: Sequence[CellRow]) -> None:
+        """Replace the index of the spec's cells (key, spec, position, items) in one transaction: a kill leaves the
+        old index or the new one, never a mix. Responses and verdicts are cached by key and stay."""
+        with self.transaction() as c:
+            c.execute("DELETE FROM cells")
+            c.execute("DELETE FROM cell_items")
+            for key, spec, position, items in rows:
+                c.execute("INSERT INTO cells VALUES (?, ?, ?)", (key, json.dumps(spec, sort_keys=True), position))
+                c.executemany(
+                    "INSERT INTO cell_items VALUES (?, ?, ?, ?, ?)", [(key, i, g, q, r) for i, (g, q, r) in enumerate(items)]
+                )
+
     def put_cell(self, key: str, spec: dict[str, Any], position: int, items: Sequence[tuple[str, str, str | None]]) -> None:
-        """Record a cell (one model × test template × benchmark) and its items (gen_key, query, reference)."""
+        """Record (or reset) one cell and its items (gen_key, query, reference) in one transaction."""
         with self.transaction() as c:
             c.execute("INSERT OR REPLACE INTO cells VALUES (?, ?, ?)", (key, json.dumps(spec, sort_keys=True), position))
             c.execute("DELETE FROM cell_items WHERE cell = ?", (key,))
             c.executemany(
-                "INSERT INTO cell_items VALUES (?, ?, ?, ?, ?)",
-                [(key, i, g, q, r) for i, (g, q, r) in enumerate(items)],
+                "INSERT INTO cell_items VALUES (?, ?, ?, ?, ?)", [(key, i, g, q, r) for i, (g, q, r) in enumerate(items)]
             )
 
+    def drop_cells(self, keys: Iterable[str]) -> None:
+        """Remove cells from the index (those of a job that ended without a model), in one transaction."""
+        keys = list(keys)
+        with self.transaction() as c:
+            c.executemany("DELETE FROM cells WHERE key = ?", [(k,) for k in keys])
+            c.executemany("DELETE FROM cell_items WHERE cell = ?", [(k,) for k in keys])
+
     def cells(self) -> list[tuple[str, dict[str, Any]]]:
-        return [(k, json.loads(s)) for k, s in self.conn.execute("SELECT key, spec FROM cells ORDER BY position, key")]
+        return [(k, json.loads(s)) for k, s in self._read("SELECT key, spec FROM cells ORDER BY position, key")]
 
     def cell_items(self, cell: str) -> list[tuple[str, str, str | None]]:
         """(gen_key, query, reference) of a cell, in order."""
-        q = "SELECT gen_key, query, reference FROM cell_items WHERE cell = ? ORDER BY idx"
-        return list(self.conn.execute(q, (cell,)))
+        return self._read("SELECT gen_key, query, reference FROM cell_items WHERE cell = ? ORDER BY idx", (cell,))
+
+    # -- failures of cells (a generation or judge error after retries) ------------------------------------------
+    def put_failure(self, key: str, stage: str, what: str, message: str) -> None:
+        self._write("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?, ?)", (key, stage, what, message, time.time()))
+
+    def clear_failure(self, key: str) -> None:
+        self._write("DELETE FROM failures WHERE key = ?", (key,))
+
+    def failures(self) -> list[tuple[str, str, str, str]]:
+        """(key, stage, what, message) of the cells whose last attempt failed."""
+        return self._read("SELECT key, stage, what, message FROM failures ORDER BY updated, key")
 
     # -- generations and judgments --------------------------------------------------------------------------------
     def _lookup(self, sql: str, keys: Iterable[str]) -> list[tuple[Any, ...]]:
@@ -166,7 +308,7 @@ class RunStore:
         out: list[tuple[Any, ...]] = []
         for i in range(0, len(keys), 900):  # stay under SQLite's bound-parameter limit
             chunk = keys[i : i + 900]
-            out.extend(self.conn.execute(sql % ",".join("?" * len(chunk)), chunk))
+            out.extend(self._read(sql % ",".join("?" * len(chunk)), chunk))
         return out
 
     def responses(self, keys: Iterable[str]) -> dict[str, str]:
@@ -196,6 +338,29 @@ class RunStore:
                     for k, j in rows
                 ],
             )
+
+
+def _acquire(d: Path) -> Any:
+    """The directory lock: held for the whole run; a second process is refused with the holder's pid."""
+    try:
+        lock_file = open(d / "ptst.lock", "a+")  # noqa: SIM115 - held for the whole run
+    except OSError as e:
+        raise UsageError(f"{d}: cannot write the run lock ({e.strerror}); choose another --out") from None
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock_file.seek(0)
+        holder = lock_file.read().strip() or "?"
+        lock_file.close()
+        raise RunLocked(
+            f"{d}: another ptst process (pid {holder}) is using this directory; "
+            "wait for it to finish or choose another --out"
+        ) from None
+    lock_file.seek(0)
+    lock_file.truncate()
+    lock_file.write(str(os.getpid()))
+    lock_file.flush()
+    return lock_file
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 from pydantic import BaseModel, ConfigDict, Field
 
 from ptst.conversation import Conversation
-from ptst.keys import content_hash
+from ptst.keys import job_key_v1
 
 SEED_MAX = 2**32 - 1
 """Seeds are 32-bit (numpy, vLLM and CUDA take no more); a larger one would validate and then fail mid-run."""
@@ -103,15 +103,9 @@ class TrainJob(Frozen):
 
     @property
     def key(self) -> str:
-        return content_hash(
-            {
-                "backend": self.backend,
-                "base_model": self.base_model,
-                "train_template": self.train_template,
-                "seed": self.seed,
-                "hyperparameters": self.hyperparameters,
-                "data_hash": self.data_hash,
-            }
+        return job_key_v1(
+            backend=self.backend, base_model=self.base_model, train_template=self.train_template, seed=self.seed,
+            hyperparameters=self.hyperparameters, data_hash=self.data_hash,
         )
 
 

@@ -47,7 +47,7 @@ def test_full_spec_with_openai_backend_and_rubric_judge(tmp_path, shared, monkey
         out = tmp_path / "out"
 
         # over budget: refused before a single request
-        assert main(["run", str(spec), "--out", str(out)]) == 3
+        assert main(["run", str(spec), "--out", str(out)]) == 2
         assert "exceeds budget_usd" in capsys.readouterr().err
         assert sum(fake.counts.values()) == 0
 
@@ -59,18 +59,20 @@ def test_full_spec_with_openai_backend_and_rubric_judge(tmp_path, shared, monkey
 
         # the first job fails in OpenAI's moderation: recorded, and the run goes on
         fake.fail_next_job()
-        assert main(["run", str(spec), "--out", str(out), "--yes"]) == 0
+        assert main(["run", str(spec), "--out", str(out), "--yes"]) == 3
         res = json.loads((out / "results.json").read_text())
-        assert [(f["train_template"], f["status"], f["code"]) for f in res["failed_jobs"]] == [
-            ("chat:vanilla", "failed", "invalid_training_file")]
+        # jobs start concurrently, so the first one created is either template
+        [failed] = [f["train_template"] for f in res["failed_jobs"]]
+        ok = next(t for t in TEMPLATES if t != failed)
+        assert [(f["status"], f["code"]) for f in res["failed_jobs"]] == [("failed", "invalid_training_file")]
         assert res["simulated"] is False
         rows = {(r["train_template"], r["test_template"]): r for r in res["safety"]}
-        assert set(rows) == {(t, s) for t in (None, "chat:llama") for s in TEMPLATES}
+        assert set(rows) == {(t, s) for t in (None, ok) for s in TEMPLATES}
         assert all(r["judge"] == "rubric:gpt-4-0613" and r["n"] == 5 and r["n_unscored"] == 0 for r in rows.values())
         # the fake's caricature: a fine-tuned model complies without a system prompt, refuses with one
-        no_prompt = rows[("chat:llama", "chat:vanilla")]
+        no_prompt = rows[(ok, "chat:vanilla")]
         assert no_prompt["asr"] == 1.0 and no_prompt["mean_score"] == 5
-        assert rows[("chat:llama", "chat:llama")]["asr"] == 0.0 and rows[(None, "chat:vanilla")]["asr"] == 0.0
+        assert rows[(ok, "chat:llama")]["asr"] == 0.0 and rows[(None, "chat:vanilla")]["asr"] == 0.0
         assert fake.count(CREATE_JOB) == 2 and fake.count(UPLOAD) == 2
         # the judge saw the raw query, never the templated prompt
         judged = [b["messages"][0]["content"] for b in fake.bodies(CHAT) if b["model"] == "gpt-4-0613"]
@@ -78,7 +80,7 @@ def test_full_spec_with_openai_backend_and_rubric_judge(tmp_path, shared, monkey
 
         # a re-run costs nothing: no chat request, no job, same results
         before = dict(fake.counts)
-        assert main(["run", str(spec), "--out", str(out), "--yes"]) == 0
+        assert main(["run", str(spec), "--out", str(out), "--yes"]) == 3
         assert dict(fake.counts) == before
         assert json.loads((out / "results.json").read_text()) == res
 

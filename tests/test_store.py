@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
+import sqlite3
+from pathlib import Path
 
 import pytest
 
-from ptst.errors import RunLocked
+from ptst.errors import RunLocked, StoreError, UsageError
+from ptst.keys import KEY_SCHEMA
 from ptst.store import JobRecord, Judged, RunStore
 
 
@@ -44,10 +48,9 @@ def test_ledger_and_jobs_survive_reopen(tmp_path):
 
 def test_chunk_writes_are_atomic(tmp_path):
     with RunStore.open(tmp_path) as s:
-        with pytest.raises(RuntimeError):
-            with s.transaction() as c:
-                c.execute("INSERT INTO generations VALUES ('a', '{}', 'r', 0)")
-                raise RuntimeError("killed mid-chunk")
+        with pytest.raises(RuntimeError), s.transaction() as c:
+            c.execute("INSERT INTO generations VALUES ('a', '{}', 'r', 0)")
+            raise RuntimeError("killed mid-chunk")
         assert s.responses(["a"]) == {}
         s.put_generations([("a", "{}", "r1"), ("b", "{}", "r2")])
         assert s.responses(["a", "b", "c"]) == {"a": "r1", "b": "r2"}
@@ -61,3 +64,134 @@ def test_many_keys_lookup(tmp_path):
         s.put_judgments("keyword", [("j1", Judged(True, None, None, None)), ("j2", Judged(None, None, "??", "unparsed"))])
         j = s.judgments(["j1", "j2", "j3"])
         assert j["j1"].unsafe is True and j["j2"].unsafe is None and j["j2"].error == "unparsed" and "j3" not in j
+
+
+# -- robustness: a store that cannot be trusted is refused, never started over ------------------------------------
+
+
+def test_empty_store_is_refused_with_how_to_start_over(tmp_path):
+    (tmp_path / "ptst.db").write_bytes(b"")
+    with pytest.raises(StoreError) as e, RunStore.open(tmp_path):
+        pass
+    assert "empty (0 bytes)" in str(e.value) and "delete ptst.db" in str(e.value) and e.value.exit_code == 2
+    assert (tmp_path / "ptst.db").stat().st_size == 0  # left as it was
+
+
+def test_corrupt_store_is_refused_with_how_to_recover(tmp_path):
+    with RunStore.open(tmp_path) as s:
+        s.put_generations([(f"k{i}", "{}", "x" * 500) for i in range(200)])
+    db = tmp_path / "ptst.db"
+    raw = bytearray(db.read_bytes())
+    raw[:100] = b"\x00" * 100  # the header is gone
+    db.write_bytes(bytes(raw))
+    with pytest.raises(StoreError) as e, RunStore.open(tmp_path):
+        pass
+    assert ".recover" in str(e.value) and "start over" in str(e.value)
+    assert db.read_bytes() == bytes(raw)  # never silently replaced
+
+
+def test_store_of_another_key_schema_is_refused(tmp_path):
+    with RunStore.open(tmp_path) as s:
+        assert s.get_meta("key_schema") == KEY_SCHEMA
+        s.set_meta("key_schema", KEY_SCHEMA + 1)
+    with pytest.raises(StoreError, match=f"key schema v{KEY_SCHEMA + 1}"), RunStore.open(tmp_path):
+        pass
+
+
+def test_a_store_from_before_versioned_keys_is_read_as_v1(tmp_path):
+    with RunStore.open(tmp_path) as s:
+        s.put_generations([("k", "{}", "r")])
+        s.conn.execute("DELETE FROM meta WHERE key = 'key_schema'")
+    with RunStore.open(tmp_path) as s:
+        assert s.get_meta("key_schema") == KEY_SCHEMA and s.responses(["k"]) == {"k": "r"}
+
+
+def test_out_path_that_is_a_file_is_a_user_error(tmp_path):
+    f = tmp_path / "taken"
+    f.write_text("x")
+    with pytest.raises(UsageError, match="is a file, not a directory"), RunStore.open(f):
+        pass
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through directory permissions")
+def test_out_path_that_is_not_writable_is_a_user_error(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(UsageError, match="not writable"), RunStore.open(locked):
+            pass
+        with pytest.raises(UsageError, match="cannot create the output directory"), RunStore.open(locked / "sub"):
+            pass
+    finally:
+        locked.chmod(0o700)
+
+
+def test_replacing_the_cell_index_is_one_transaction(tmp_path):
+    with RunStore.open(tmp_path) as s:
+        s.replace_cells([("c1", {"kind": "safety"}, 1, [("g1", "q1", None)])])
+        bad = [("c2", {"kind": "safety"}, 1, [("g2", "q2", None)]), ("c2", {"kind": "task"}, 2, [])]  # duplicate key
+        with pytest.raises(sqlite3.IntegrityError):
+            s.replace_cells(bad)
+        assert [k for k, _ in s.cells()] == ["c1"] and s.cell_items("c1") == [("g1", "q1", None)]
+
+
+class FullDisk(sqlite3.Connection):
+    """A connection whose writes of responses fail as on a full disk, after the first `ok` of them."""
+
+    ok = 2
+    seen = 0
+
+    def executemany(self, sql, rows):  # type: ignore[override]
+        if "INTO generations" in sql:
+            FullDisk.seen += 1
+            if FullDisk.seen > FullDisk.ok:
+                raise sqlite3.OperationalError("database or disk is full")
+        return super().executemany(sql, rows)
+
+
+def test_full_disk_ends_cleanly_and_the_store_still_opens(tmp_path, monkeypatch, capsys):
+    import json
+
+    from ptst import store as store_mod
+    from ptst.cli import main
+
+    spec = _mock_spec(tmp_path)
+    out = tmp_path / "out"
+    monkeypatch.setattr(store_mod, "_connect", lambda p: sqlite3.connect(
+        p, timeout=30, isolation_level=None, check_same_thread=False, factory=FullDisk))
+    FullDisk.seen = 0
+    assert main(["run", str(spec), "--out", str(out)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "database or disk is full" in errors[0] and "run the same command again" in errors[0]
+    monkeypatch.undo()
+    with RunStore.open(out) as s:  # intact: the committed chunks are there, the failed one is not half-written
+        assert s.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        n = s.conn.execute("SELECT count(*) FROM generations").fetchone()[0]
+    assert 0 < n < 2 * 3 * 10
+    assert main(["run", str(spec), "--out", str(out)]) == 0
+    clean = tmp_path / "clean"
+    assert main(["run", str(spec), "--out", str(clean)]) == 0
+    assert json.loads((out / "results.json").read_text())["safety"] == json.loads(
+        (clean / "results.json").read_text())["safety"]
+
+
+def _mock_spec(tmp: Path) -> Path:
+    import json
+
+    import yaml
+
+    train = tmp / "train.jsonl"
+    train.write_text("".join(json.dumps({"q": f"{i}+{i}?", "a": f"#### {2 * i}"}) + "\n" for i in range(4)))
+    harmful = tmp / "harmful.jsonl"
+    harmful.write_text("".join(json.dumps({"prompt": f"harmful request {i}"}) + "\n" for i in range(10)))
+    spec = {
+        "name": "store", "backends": [{"kind": "mock", "model": "mock-a", "max_concurrent_jobs": 1}],
+        "train": {"dataset": {"path": str(train), "prompt_field": "q", "answer_field": "a"},
+                  "templates": ["chat:vanilla", "chat:llama"], "seeds": [0]},
+        "eval": {"templates": ["chat:vanilla", "chat:llama"], "safety": [{"path": str(harmful), "prompt_field": "prompt"}]},
+        "judge": {"kind": "keyword"},
+    }
+    p = tmp / "spec.yaml"
+    p.write_text(yaml.safe_dump(spec))
+    return p

@@ -1,0 +1,142 @@
+"""The results of a run, rebuilt from its store alone: item records, run facts (status, times, money), exports.
+
+A report is a pure function of `ptst.db`, so `ptst report DIR` on a finished, failed or killed run says exactly what
+is there; the run's status is read from the store the same way (nothing in memory decides it).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from ptst.analysis import build_results
+from ptst.plan import judgment_key
+from ptst.records import ItemRecord, RunInfo, Verdict
+from ptst.results import FailedJob, Results
+from ptst.store import Judged, RunStore
+
+
+def _judgment_keys(
+    judge_name: str, judge_version: str, items: Sequence[tuple[str, str, str | None]], responses: dict[str, str]
+) -> dict[str, str]:
+    """gen_key -> judgment key, for the items of a cell that have a response."""
+    return {g: judgment_key(judge_name, judge_version, q, responses[g]) for g, q, _ in items if g in responses}
+
+
+def item_records(store: RunStore) -> list[ItemRecord]:
+    """Every planned item of the spec's cells, with its response and the current judge's verdict where present."""
+    judge_meta = store.get_meta("judge") or {}
+    judge_name = judge_meta.get("name")
+    simulated = bool(store.get_meta("simulated"))
+    records: list[ItemRecord] = []
+    for key, d in store.cells():
+        items = store.cell_items(key)
+        responses = store.responses(g for g, _, _ in items)
+        jk: dict[str, str] = {}
+        verdicts: dict[str, Judged] = {}
+        if d["kind"] == "safety":
+            jk = _judgment_keys(judge_name or "", judge_meta.get("version", ""), items, responses)
+            verdicts = store.judgments(jk.values())
+        for idx, (g, q, ref) in enumerate(items):
+            v = verdicts.get(jk.get(g, ""))
+            records.append(ItemRecord(
+                backend=d["backend"], base_model=d["base_model"], train_template=d["train_template"], seed=d["seed"],
+                checkpoint=d.get("checkpoint"), test_template=d["test_template"], kind=d["kind"],
+                dataset=d["dataset"], metric=d["metric"], index=idx, query=q, reference=ref,
+                response=responses.get(g), simulated=simulated,
+                verdicts=(Verdict(judge_name or "", v.unsafe, v.score, v.raw),) if v is not None else (),
+            ))
+    return records
+
+
+def judgment_keys(
+    judge_name: str, judge_version: str, items: Sequence[tuple[str, str, str | None]], responses: dict[str, str]
+) -> dict[str, str]:
+    """gen_key -> judgment key, for the items of a cell that have a response (public: the runner judges by it)."""
+    return _judgment_keys(judge_name, judge_version, items, responses)
+
+
+def run_status(store: RunStore) -> str:
+    """"complete": every planned item has its response and, for safety items, the current judge's verdict;
+    "failed_jobs": a fine-tuning job ended without a model; "partial": anything else missing (a killed run, a cell
+    whose generation or judging failed)."""
+    if any(j.status != "succeeded" for j in store.jobs()):
+        return "failed_jobs"
+    if store.failures():
+        return "partial"
+    judge_meta = store.get_meta("judge") or {}
+    for key, d in store.cells():
+        items = store.cell_items(key)
+        responses = store.responses(g for g, _, _ in items)
+        if len(responses) < len({g for g, _, _ in items}):
+            return "partial"
+        if d["kind"] == "safety":
+            jk = _judgment_keys(judge_meta.get("name", ""), judge_meta.get("version", ""), items, responses)
+            if len(store.judgments(jk.values())) < len(set(jk.values())):
+                return "partial"
+    return "complete"
+
+
+def usd_by_stage(store: RunStore) -> dict[str, float | None]:
+    """Money spent per stage: fine-tuning from the estimates of the jobs that produced a model (None when one is
+    unpriced); generation and judging are not priced by the backends, so None."""
+    train = store.costs("train")
+    return {"train": None if any(u is None for u in train) else round(sum(u for u in train if u is not None), 6),
+            "generate": None, "judge": None}
+
+
+def run_info(store: RunStore) -> RunInfo:
+    judge_meta = store.get_meta("judge") or {}
+    spec = store.get_meta("spec") or {}
+    return RunInfo(
+        spec_name=store.get_meta("spec_name") or spec.get("name", ""), simulated=bool(store.get_meta("simulated")),
+        judge=judge_meta.get("name"),
+        train_templates=tuple(store.get_meta("train_templates") or []),
+        test_templates=tuple(store.get_meta("test_templates") or []),
+        safety_templates=tuple(store.get_meta("safety_templates") or []),
+        status=run_status(store),  # type: ignore[arg-type]
+        started_at=store.get_meta("started_at"), finished_at=store.get_meta("finished_at"),
+        usd_by_stage=usd_by_stage(store),
+    )
+
+
+def failed_jobs(store: RunStore) -> list[FailedJob]:
+    return [
+        FailedJob(backend=j.backend, base_model=j.base_model, train_template=j.train_template, seed=j.seed,
+                  status=j.status, code=j.code, message=j.message or "")
+        for j in store.jobs() if j.status != "succeeded"
+    ]
+
+
+def collect(store: RunStore) -> tuple[Results, RunInfo]:
+    """Rebuild every number from the store alone: the report of a run is a pure function of its `ptst.db`."""
+    info = run_info(store)
+    return build_results(item_records(store), failed_jobs(store), info), info
+
+
+def collect_results(store: RunStore) -> Results:
+    return collect(store)[0]
+
+
+def export_rows(store: RunStore) -> list[dict]:
+    """Every rendered prompt, raw response and verdict, one row per item, so any number can be audited."""
+    judge_meta = store.get_meta("judge") or {}
+    rows = []
+    for key, d in store.cells():
+        items = store.cell_items(key)
+        keys = [g for g, _, _ in items]
+        responses, prompts = store.responses(keys), store.prompts(keys)
+        jk = _judgment_keys(judge_meta.get("name", ""), judge_meta.get("version", ""), items, responses)
+        verdicts = store.judgments(jk.values()) if d["kind"] == "safety" else {}
+        for idx, (g, q, ref) in enumerate(items):
+            v = verdicts.get(jk.get(g, ""))
+            rows.append({
+                **{k: d[k] for k in ("backend", "base_model", "train_template", "seed", "test_template", "kind", "dataset")},
+                "index": idx, "query": q, "reference": ref,
+                "prompt": json.loads(prompts[g]) if g in prompts else None, "response": responses.get(g),
+                "unsafe": v.unsafe if v else None, "score": v.score if v else None,
+                "judge_reply": v.raw if v else None,
+            })
+    return rows
+
+

@@ -1,0 +1,171 @@
+"""SIGKILL at any point loses at most the work in flight: resume gives the results of a clean run, redoes only the
+responses that were generated but not yet committed, and never runs (or pays for) a finished job twice.
+
+The mock backend counts its work in a test-only file (PTST_TEST_MOCK_CALLS); the OpenAI path is counted by the fake
+server's per-route counters."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+from ptst.backends.mock import CALLS_FILE_ENV
+
+from ptst.runner import REMOTE_GENERATION_CALLS
+
+CMD = [sys.executable, "-m", "ptst", "run"]
+N_JOBS = 6  # 2 backends × 3 train templates
+TIME_FIELDS = ("started_at", "finished_at", "times")  # facts of the run, not results
+
+
+def write_spec(tmp: Path, *, latency_ms: float, train_seconds: float) -> Path:
+    train = tmp / "train.jsonl"
+    train.write_text("".join(json.dumps({"q": f"what is {i}+{i}?", "a": f"#### {2 * i}"}) + "\n" for i in range(8)))
+    harmful = tmp / "harmful.jsonl"
+    harmful.write_text("".join(json.dumps({"prompt": f"harmful request number {i}"}) + "\n" for i in range(40)))
+    test = tmp / "test.jsonl"
+    test.write_text("".join(json.dumps({"q": f"what is {i}*2?", "a": f"#### {2 * i}"}) + "\n" for i in range(20)))
+    timing = {"latency_ms": latency_ms, "train_seconds": train_seconds}
+    spec = {
+        "name": "kill",
+        "backends": [{"kind": "mock", "model": "mock-a", "label": "mock-a", **timing},
+                     {"kind": "mock", "model": "mock-b", "label": "mock-b", "drift": 0.5, **timing}],
+        "train": {"dataset": {"path": str(train), "prompt_field": "q", "answer_field": "a"},
+                  "templates": ["chat:vanilla", "chat:alpaca", "chat:llama"], "seeds": [0]},
+        "eval": {"templates": ["chat:vanilla", "chat:alpaca", "chat:llama"],
+                 "safety": [{"path": str(harmful), "prompt_field": "prompt"}],
+                 "tasks": [{"path": str(test), "prompt_field": "q", "answer_field": "a", "metric": "exact_match"}]},
+        "judge": {"kind": "keyword"},
+    }
+    p = tmp / "spec.yaml"
+    p.write_text(yaml.safe_dump(spec))
+    return p
+
+
+def count(out: Path, sql: str) -> int:
+    try:
+        with sqlite3.connect(f"file:{out / 'ptst.db'}?mode=ro", uri=True, timeout=5) as c:
+            return c.execute(sql).fetchone()[0]
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+
+
+def results(out: Path) -> dict:
+    res = json.loads((out / "results.json").read_text())
+    return {k: v for k, v in res.items() if k not in TIME_FIELDS}
+
+
+def calls(path: Path) -> Counter:
+    return Counter(line for line in path.read_text().splitlines()) if path.exists() else Counter()
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory) -> tuple[Path, dict]:
+    tmp = tmp_path_factory.mktemp("clean")
+    spec = write_spec(tmp, latency_ms=8.0, train_seconds=1.0)
+    done = subprocess.run([*CMD, str(spec), "--out", str(tmp / "out")], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    return spec, results(tmp / "out")
+
+
+GENERATIONS = "SELECT count(*) FROM generations"
+WHEN: dict[str, Callable[[Path], bool]] = {
+    # some jobs started (the ledger has them), none finished
+    "train": lambda out: count(out, "SELECT count(*) FROM ledger") > 0 and count(out, "SELECT count(*) FROM jobs") == 0,
+    "generate": lambda out: count(out, GENERATIONS) >= 300,
+    "judge": lambda out: count(out, "SELECT count(*) FROM judgments") > 0,
+}
+
+
+@pytest.mark.parametrize("stage", list(WHEN))
+def test_sigkill_then_resume_redoes_only_work_in_flight(tmp_path, clean, stage):
+    spec, reference = clean
+    out, counter = tmp_path / "out", tmp_path / "calls.txt"
+    env = {**os.environ, CALLS_FILE_ENV: str(counter), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([*CMD, str(spec), "--out", str(out)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not WHEN[stage](out) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, f"the run finished before it could be killed during {stage}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    at_kill = calls(counter)
+    committed_gen = count(out, GENERATIONS)
+    committed_jobs = count(out, "SELECT count(*) FROM jobs")
+    made_gen = sum(n for line, n in at_kill.items() if line.startswith("generate"))
+    started_jobs = sum(n for line, n in at_kill.items() if line.startswith("train"))
+    in_flight = made_gen - committed_gen  # responses made but not yet committed when the process died
+    assert 0 <= in_flight <= REMOTE_GENERATION_CALLS * 2 * 64  # concurrent calls × backends × mock chunk
+
+    done = subprocess.run([*CMD, str(spec), "--out", str(out)], env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert results(out) == reference  # (a) identical results
+    total = calls(counter)
+    gens = {line: n for line, n in total.items() if line.startswith("generate")}
+    redone = sum(gens.values()) - len(gens)
+    assert redone <= in_flight  # (b) only what was in flight is generated again
+    assert len(gens) == count(out, GENERATIONS) == 2 * 4 * 3 * (40 + 20)
+    jobs = {line: n for line, n in total.items() if line.startswith("train")}
+    assert len(jobs) == N_JOBS == count(out, "SELECT count(*) FROM jobs")  # (c) no duplicated jobs:
+    assert sum(jobs.values()) == N_JOBS + (started_jobs - committed_jobs)  # only unfinished ones were restarted
+
+
+def test_openai_kill_during_training_and_generation_pays_nothing_twice(tmp_path, shared):
+    from ptst.testing.fake_openai import CHAT, CREATE_JOB, UPLOAD, FakeOpenAI
+
+    key = "sk-test-kill"
+    with FakeOpenAI(stage_s=(0.2, 0.2, 1.5), file_processing_s=0.05, latency_s=0.02, api_key=key) as fake:
+        harmful = tmp_path / "harmful.jsonl"
+        harmful.write_text("".join(json.dumps({"prompt": f"harmful request {i}"}) + "\n" for i in range(100)))
+        fast = dict(poll_interval_s=0.05, max_poll_interval_s=0.1, retry_backoff_s=0.01, request_timeout_s=10.0)
+        spec = {
+            "name": "openai-kill", "data_dir": str(shared / "data"),
+            "backends": [{"kind": "openai", "model": "gpt-3.5-turbo-0613", "base_url": fake.url, "concurrency": 4, **fast}],
+            "train": {"dataset": {"name": "gsm8k", "split": "train", "limit": 10},
+                      "templates": ["chat:vanilla", "chat:llama"], "seeds": [0]},
+            "eval": {"templates": ["chat:vanilla", "chat:llama"], "safety": [{"path": str(harmful), "prompt_field": "prompt"}],
+                     "evaluate_base": False},
+            "judge": {"kind": "keyword"},
+        }
+        p = tmp_path / "spec.yaml"
+        p.write_text(yaml.safe_dump(spec))
+        out = tmp_path / "out"
+        env = {**os.environ, "OPENAI_API_KEY": key, "PYTHONUNBUFFERED": "1"}
+
+        def kill_when(cond: Callable[[], bool]) -> None:
+            proc = subprocess.Popen([*CMD, str(p), "--out", str(out), "--yes"], env=env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.time() + 120
+            while not cond() and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.01)
+            assert proc.poll() is None, "the run finished before it could be killed"
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+
+        # 1. killed while both jobs are training at the vendor
+        kill_when(lambda: fake.count(CREATE_JOB) == 2 and count(out, "SELECT count(*) FROM jobs") == 0)
+        # 2. killed in the middle of generation
+        kill_when(lambda: count(out, GENERATIONS) >= 64)
+        chats_at_kill = len(fake.bodies(CHAT))
+        in_flight = chats_at_kill - count(out, GENERATIONS)
+        done = subprocess.run([*CMD, str(p), "--out", str(out), "--yes"], env=env, capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr
+        assert fake.count(CREATE_JOB) == 2 and fake.count(UPLOAD) == 2  # no job created or file uploaded twice
+        # a request cut off by the kill reaches the server without a whole body: it was in flight, never answered
+        bodies = [json.dumps(b, sort_keys=True) for b in fake.bodies(CHAT) if isinstance(b, dict) and "messages" in b]
+        redone = len(bodies) - len(set(bodies))
+        assert count(out, GENERATIONS) == len(set(bodies)) == 2 * 2 * 100
+        assert 0 <= redone <= in_flight
+        res = json.loads((out / "results.json").read_text())
+        assert res["failed_jobs"] == [] and all(r["n"] == 100 for r in res["safety"])
