@@ -206,7 +206,7 @@ def build_results(
     status: str | None = None,
     started_at: str | None = None,
     finished_at: str | None = None,
-    usd_by_stage: Mapping[str, float] | None = None,
+    usd_by_stage: Mapping[str, float | None] | None = None,
     specs: Sequence[Mapping[str, Any]] = (),
 ) -> Results:
     """results.json from item records. The run's own facts (status, times, cost, spec) come as keywords, so the

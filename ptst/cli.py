@@ -111,10 +111,11 @@ def _merged_facts(parts: list[Results]) -> dict[str, Any]:
     if statuses:
         status = next(iter(statuses.values())) if len(set(statuses.values())) == 1 else ", ".join(
             f"{name}: {st}" for name, st in statuses.items())
-    usd: dict[str, float] = {}
+    usd: dict[str, float | None] = {}
     for r in parts:
         for stage, v in r.usd_by_stage.items():
-            usd[stage] = usd.get(stage, 0.0) + v
+            before = usd.get(stage, 0.0)
+            usd[stage] = None if v is None or before is None else before + v  # unpriced anywhere: unknown
     return {
         "status": status,
         "started_at": min((r.started_at for r in parts if r.started_at), default=None),
@@ -126,9 +127,8 @@ def _merged_facts(parts: list[Results]) -> dict[str, Any]:
 def cmd_report(args: argparse.Namespace) -> int:
     """Rebuild one run's reports in place, or merge several runs' records into one comparison under --out."""
     from ptst.analysis import build_results, merge_runs
-    from ptst.records import RunInfo
+    from ptst.collect import collect, export_rows, item_records
     from ptst.report import print_tables, write_reports
-    from ptst.runner import collect_results, export_rows, item_records
     from ptst.store import RunStore
 
     dirs = [_run_dir(d) for d in args.dirs]
@@ -138,13 +138,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     parts, runs, specs, rows = [], [], [], []
     for d in dirs:
         with RunStore.open(d, lock=False) as store:
-            res = collect_results(store)
+            res, info = collect(store)
             parts.append(res)
             if len(dirs) > 1:
-                judge = (store.get_meta("judge") or {}).get("name")
-                info = RunInfo(spec_name=res.spec_name, simulated=res.simulated, judge=judge,
-                               train_templates=tuple(res.train_templates), test_templates=tuple(res.test_templates),
-                               safety_templates=tuple(res.safety_templates))
                 runs.append((item_records(store), res.failed_jobs, info))
                 spec = store.get_meta("spec")
                 specs += res.specs or ([spec] if spec else [])

@@ -111,7 +111,12 @@ def failed_jobs(store: RunStore) -> list[FailedJob]:
 def collect(store: RunStore) -> tuple[Results, RunInfo]:
     """Rebuild every number from the store alone: the report of a run is a pure function of its `ptst.db`."""
     info = run_info(store)
-    return build_results(item_records(store), failed_jobs(store), info), info
+    spec = store.get_meta("spec")
+    results = build_results(
+        item_records(store), failed_jobs(store), info, status=info.status, started_at=info.started_at,
+        finished_at=info.finished_at, usd_by_stage=info.usd_by_stage, specs=[spec] if spec else [],
+    )
+    return results, info
 
 
 def collect_results(store: RunStore) -> Results:

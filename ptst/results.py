@@ -144,7 +144,7 @@ class Results(_Row):
     status: str | None = None  # the run's status ("complete", "failed", ...) as the runner records it
     started_at: str | None = None  # ISO 8601 UTC
     finished_at: str | None = None
-    usd_by_stage: dict[str, float] = {}  # e.g. {"fine_tune": 12.5, "judge": 3.1}
+    usd_by_stage: dict[str, float | None] = {}  # {"train": 12.5, "generate": None, "judge": 3.1}; None: unpriced
     specs: list[dict[str, Any]] = []  # the spec of each run in these results (several after `ptst report A B`)
     summary: list[SafetySummary] = []
     task_summary: list[TaskSummary] = []

@@ -165,9 +165,9 @@ def run_facts(results: Results) -> list[tuple[str, str]]:
     if results.finished_at:
         facts.append(("finished", results.finished_at))
     if results.usd_by_stage:
-        total = sum(results.usd_by_stage.values())
-        stages = ", ".join(f"{k} ${v:,.2f}" for k, v in results.usd_by_stage.items())
-        facts.append(("cost", f"${total:,.2f} ({stages})"))
+        known = [v for v in results.usd_by_stage.values() if v is not None]
+        stages = ", ".join(f"{k} " + ("unpriced" if v is None else f"${v:,.2f}") for k, v in results.usd_by_stage.items())
+        facts.append(("cost", f"${sum(known):,.2f} ({stages})"))
     return facts
 
 
