@@ -51,7 +51,9 @@ from ptst.types import ModelRef
 __all__ = ["collect_results", "export_rows", "item_records", "load_datasets", "run", "run_experiment"]
 
 JUDGE_CHUNK = 64
-DEFAULT_MAX_CONCURRENT_JOBS = 8  # remote fine-tuning jobs waiting at once, per backend (spec: max_concurrent_jobs)
+# Remote fine-tuning jobs waiting at once, per backend: all of them unless the spec says `max_concurrent_jobs` (for
+# accounts with low limits), so the wall time of a grid is the longest job, not the sum.
+DEFAULT_MAX_CONCURRENT_JOBS: int | None = None
 REMOTE_GENERATION_CALLS = 4  # concurrent `generate` calls per remote backend (each may fan out further inside)
 JUDGE_CALLS = 2  # concurrent `judge` calls (each may fan out further inside)
 
@@ -100,9 +102,16 @@ def run_experiment(
     spec: Spec, out: Path, *, spec_dir: Path | None = None, yes: bool = False, retry_failed: bool = False
 ) -> tuple[Results, RunInfo]:
     """Run (or resume) a spec into `out`; the RunInfo's status says whether everything finished."""
+    from ptst.judge.rubric import judge_endpoint_warning, resolve_judge_spec
+    from ptst.preflight import preflight
+
+    preflight(spec, spec_dir).raise_for_errors(spec.name)  # everything checkable is checked before anything is spent
+    warning = judge_endpoint_warning(spec)
+    if warning:
+        log(f"warning: {warning}")
     data = load_datasets(spec, spec_dir)
     backends = [(b, create_backend(b)) for b in spec.backends]
-    judge = create_judge(spec.judge)
+    judge = create_judge(resolve_judge_spec(spec))
     simulated = any(b.simulated for _, b in backends) or judge.simulated
     if simulated:
         from ptst.report import SIMULATED_BANNER
@@ -228,7 +237,9 @@ class _Graph:
         return tasks
 
     def _slots(self, bspec: BackendSpec, backend: FineTuneBackend) -> None:
-        self.limits[f"jobs:{bspec.name}"] = bspec.max_concurrent_jobs or DEFAULT_MAX_CONCURRENT_JOBS
+        limit = bspec.max_concurrent_jobs or DEFAULT_MAX_CONCURRENT_JOBS
+        if limit is not None:
+            self.limits[f"jobs:{bspec.name}"] = limit
         res = backend.resource()
         if res is not None:
             self.limits[f"resource:{res}"] = 1

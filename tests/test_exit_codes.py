@@ -125,3 +125,37 @@ def test_a_bug_is_1_with_its_traceback(tmp_path):
     done = subprocess.run([sys.executable, "-c", code, "run", str(spec_file(tmp_path)), "--out", str(tmp_path / "o")],
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 1 and "ZeroDivisionError: a bug" in done.stderr and "Traceback" in done.stderr
+
+
+def test_rejected_api_key_is_2_naming_the_variable(tmp_path):
+    """A 401 from the API is the user's to fix (a wrong key), not a failed job: exit 2, one line, key not shown."""
+    from ptst.testing.fake_openai import FakeOpenAI
+
+    with FakeOpenAI(api_key="sk-right") as fake:
+        spec = spec_file(tmp_path, backend={"kind": "openai", "model": "gpt-3.5-turbo-0613", "base_url": fake.url})
+        (tmp_path / "train.jsonl").write_text(  # the fine-tuning API needs at least 10 examples
+            "".join(json.dumps({"q": f"{i}+{i}?", "a": f"#### {2 * i}"}) + "\n" for i in range(12)))
+        env = {**os.environ, "OPENAI_API_KEY": "sk-wrong-canary"}
+        done = subprocess.run([*PTST, "run", str(spec), "--out", str(tmp_path / "o"), "--yes"], capture_output=True,
+                              text=True, timeout=120, check=False, env=env)
+    user_error(done, "HTTP 401")
+    assert "OPENAI_API_KEY" in done.stderr and "sk-wrong-canary" not in done.stderr + done.stdout
+
+
+def test_concurrent_jobs_on_one_training_file_upload_it_once(tmp_path):
+    """Three seeds share one training file and start at once: the file is uploaded once, three jobs are created."""
+    from ptst.testing.fake_openai import CREATE_JOB, UPLOAD, FakeOpenAI
+
+    with FakeOpenAI(stage_s=(0.2, 0.2, 0.2)) as fake:
+        spec = spec_file(tmp_path, backend={"kind": "openai", "model": "gpt-3.5-turbo-0613", "base_url": fake.url,
+                                            "poll_interval_s": 0.05})
+        raw = yaml.safe_load(spec.read_text())
+        raw["train"]["templates"], raw["train"]["seeds"] = ["chat:vanilla"], [0, 1, 2]
+        spec.write_text(yaml.safe_dump(raw))
+        (tmp_path / "train.jsonl").write_text(
+            "".join(json.dumps({"q": f"{i}+{i}?", "a": f"#### {2 * i}"}) + "\n" for i in range(12)))
+        env = {**os.environ, "OPENAI_API_KEY": "sk-test"}
+        done = subprocess.run([*PTST, "run", str(spec), "--out", str(tmp_path / "o"), "--yes"], capture_output=True,
+                              text=True, timeout=120, check=False, env=env)
+        assert done.returncode == 0, done.stderr
+        assert fake.count(UPLOAD) == 1 and fake.count(CREATE_JOB) == 3

@@ -7,6 +7,7 @@ uploaded once: its id is kept in the ledger under its content hash and reused by
 from __future__ import annotations
 
 import hashlib
+import threading
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -97,6 +98,15 @@ def training_jsonl(messages: Sequence[list[dict[str, str]]]) -> bytes:
     return "".join(json.dumps({"messages": m}, ensure_ascii=False) + "\n" for m in messages).encode("utf-8")
 
 
+_UPLOAD_LOCKS: dict[str, threading.Lock] = {}
+_UPLOAD_LOCKS_GUARD = threading.Lock()
+
+
+def _upload_lock(key: str) -> threading.Lock:
+    with _UPLOAD_LOCKS_GUARD:
+        return _UPLOAD_LOCKS.setdefault(key, threading.Lock())
+
+
 def upload_training_file(
     client: Any, opts: OpenAIOptions, data: bytes, ledger: JobLedger, workdir: Path, sleep: Callable[[float], None]
 ) -> str:
@@ -108,19 +118,21 @@ def upload_training_file(
     Path(workdir).mkdir(parents=True, exist_ok=True)
     (Path(workdir) / filename).write_bytes(data)  # the exact bytes sent, for audit
     fkey = f"openai-file:{content_hash({'base_url': resolve_base_url(opts), 'sha256': sha})}"
-    rec = ledger.get(fkey)
-    file_obj = None
-    if rec and rec.get("file_id"):
-        try:
-            file_obj = call_with_retries(opts, client.files.retrieve, rec["file_id"])
-        except openai.NotFoundError:
-            file_obj = None  # deleted on the server: upload again
-    if file_obj is None:
-        file_obj = call_with_retries(
-            opts, client.files.create, file=(filename, data, "application/jsonl"), purpose="fine-tune"
-        )
-        ledger.put(fkey, {"file_id": file_obj.id, "sha256": sha, "bytes": len(data), "filename": filename})
-        log(f"  uploaded training file {filename} as {file_obj.id} ({len(data):,} bytes)")
+    # Jobs start concurrently (one per seed shares the same file): one upload per content, the others wait for it.
+    with _upload_lock(fkey):
+        rec = ledger.get(fkey)
+        file_obj = None
+        if rec and rec.get("file_id"):
+            try:
+                file_obj = call_with_retries(opts, client.files.retrieve, rec["file_id"])
+            except openai.NotFoundError:
+                file_obj = None  # deleted on the server: upload again
+        if file_obj is None:
+            file_obj = call_with_retries(
+                opts, client.files.create, file=(filename, data, "application/jsonl"), purpose="fine-tune"
+            )
+            ledger.put(fkey, {"file_id": file_obj.id, "sha256": sha, "bytes": len(data), "filename": filename})
+            log(f"  uploaded training file {filename} as {file_obj.id} ({len(data):,} bytes)")
     file_obj = _wait_processed(client, opts, file_obj, sleep)
     if file_obj.status == "error":
         details = file_obj.status_details or "rejected"

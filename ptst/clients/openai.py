@@ -184,8 +184,10 @@ def call_with_retries(opts: ClientOptions, fn: Callable[..., Any], *args: Any, *
     return Retrying(**retry_kwargs(opts))(fn, *args, **kwargs)
 
 
-def api_error(opts: ClientOptions, what: str, exc: BaseException) -> BackendError:
-    """A one-line BackendError for an API failure (key scrubbed), naming the endpoint and what was being done."""
+def api_error(opts: ClientOptions, what: str, exc: BaseException) -> BackendError | CredentialsError:
+    """A one-line error for an API failure (key scrubbed), naming the endpoint and what was being done. A rejected
+    key (401/403) is the user's to fix, so it is a CredentialsError: the run stops (exit 2) instead of recording
+    every cell as failed."""
     status = getattr(exc, "status_code", None)
     detail = getattr(exc, "message", None) or str(exc) or type(exc).__name__
     head = f"{what} failed at {resolve_base_url(opts)}" + (f" (HTTP {status})" if status else "")
@@ -194,4 +196,5 @@ def api_error(opts: ClientOptions, what: str, exc: BaseException) -> BackendErro
         hint = f"; check the key in {opts.api_key_file or '$' + opts.api_key_env}"
     elif is_transient(exc):
         hint = f" after {opts.max_retries} retries; run the same command again to resume"
-    return BackendError(scrub(f"{head}: {detail.splitlines()[0] if detail else ''}{hint}", opts))
+    message = scrub(f"{head}: {detail.splitlines()[0] if detail else ''}{hint}", opts)
+    return CredentialsError(message) if status in (401, 403) else BackendError(message)
