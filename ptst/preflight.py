@@ -51,7 +51,10 @@ class PreflightError(PtstError):
     def __init__(self, source: str, problems: list[str]):
         self.source = source
         self.problems = problems
-        head = f"{source}: {len(problems)} problem{'s' if len(problems) != 1 else ''} found before anything was spent"
+        if len(problems) == 1:  # one problem: one line, as every user error
+            super().__init__(f"{source}: {problems[0]}")
+            return
+        head = f"{source}: {len(problems)} problems found before anything was spent"
         super().__init__(head + "".join(f"\n  {p}" for p in problems))
 
 

@@ -620,7 +620,7 @@ def test_key_file_is_used_and_never_leaks_into_errors(tmp_path):
     conv = [BUILTIN["chat:vanilla"].apply("q", "openai")]
     with FakeOpenAI(api_key=secret) as fake:
         assert backend(fake, api_key_file=str(tmp_path / "key")).generate(model, conv, GenerationConfig()) == [REFUSAL]
-    with FakeOpenAI(api_key="sk-other") as fake, pytest.raises(BackendError) as e:
+    with FakeOpenAI(api_key="sk-other") as fake, pytest.raises(CredentialsError) as e:
         backend(fake, api_key_file=str(tmp_path / "key")).generate(model, conv, GenerationConfig())
     assert "HTTP 401" in str(e.value) and "check the key in" in str(e.value) and secret not in str(e.value)
 
