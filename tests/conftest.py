@@ -42,3 +42,23 @@ def pytest_configure(config: pytest.Config) -> None:
     # is the one channel both `--long` and a CI job's env can use.
     if config.getoption("--long"):
         os.environ["PTST_FUZZ_LONG"] = "1"
+
+
+_MODULE_NEEDS_SHARED: dict[str, bool] = {}
+
+
+def _reads_shared(item: pytest.Item) -> bool:
+    if "shared" in getattr(item, "fixturenames", ()):
+        return True
+    path = str(item.path)
+    if path not in _MODULE_NEEDS_SHARED:
+        _MODULE_NEEDS_SHARED[path] = "SHARED" in Path(path).read_text(encoding="utf-8")
+    return _MODULE_NEEDS_SHARED[path]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark what reads ../shared, so `-m "not shared"` runs the self-contained part and `-m shared` the rest. Each such
+    test (or its module) skips, saying where it looked, when the data is absent."""
+    for item in items:
+        if _reads_shared(item):
+            item.add_marker(pytest.mark.shared)
