@@ -35,12 +35,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import Field
-
 from ptst.backends.base import GenerationConfig, JobLedger, ModelRef, Rendered, TrainJob
 from ptst.backends.local import LocalBackend, LocalOptions
 from ptst.backends.local.render import TrainingFormError, clean_answer, text_separator, where
 from ptst.backends.local.vllm import generate_vllm
+from pydantic import Field
+
 from ptst.conversation import Conversation
 from ptst.errors import BackendError, require
 
@@ -87,7 +87,7 @@ def resolve_model_dir(model: str, *, download: bool) -> Path:
     hub = require("huggingface_hub", "the hf backend (hub ids)", "local")
     try:
         return Path(hub.snapshot_download(model, local_files_only=True))
-    except Exception as e:  # noqa: BLE001 - not cached or malformed id: both end in the same hint
+    except Exception as e:
         if not download:
             raise ModelSetupError(
                 f"model {model!r} is not a local directory nor in the local Hugging Face cache "
@@ -96,7 +96,7 @@ def resolve_model_dir(model: str, *, download: bool) -> Path:
             ) from None
     try:  # the weights, configs and tokenizer files only (hub repos often carry ONNX/GGUF copies too)
         return Path(hub.snapshot_download(model, allow_patterns=DOWNLOAD_PATTERNS))
-    except Exception as e:  # noqa: BLE001 - network, auth, unknown repo
+    except Exception as e:
         raise ModelSetupError(f"model {model!r} could not be downloaded ({_first_line(e)})") from None
 
 
@@ -160,7 +160,7 @@ class Backend(LocalBackend):
         msgs = [{"role": "system", "content": _PROBE_SYSTEM}, {"role": "user", "content": _PROBE_USER}]
         try:
             text = self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-        except Exception:  # noqa: BLE001 - jinja's TemplateError from raise_exception, or a template's own check
+        except Exception:
             return False
         return _PROBE_SYSTEM in text
 
@@ -194,7 +194,7 @@ class Backend(LocalBackend):
                 msgs, add_generation_prompt=generation_prompt, tokenize=True, return_dict=True
             )
             return [int(i) for i in enc["input_ids"]]
-        except Exception as e:  # noqa: BLE001 - a template's raise_exception or a Jinja error
+        except Exception as e:
             raise TrainingFormError(
                 f"model {self.spec.model}: its chat template failed on a {'/'.join(m['role'] for m in msgs)} "
                 f"conversation ({_first_line(e)})"

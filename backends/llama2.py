@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 from ptst.backends.local import LocalBackend
 from ptst.backends.local.family import FamilyRules, ForeignModel, refuse
 from ptst.backends.local.render import file_sha256, text_separator
+
 from ptst.conversation import Conversation
 from ptst.errors import UsageError, require
 
@@ -117,7 +118,7 @@ def find_tokenizer(model: str, tokenizer: str | None) -> Path:
             hit = try_to_load_from_cache(model, "tokenizer.model")
             if isinstance(hit, str):
                 return Path(hit)
-        except Exception:  # noqa: BLE001 - no hub library or a malformed id: fall through to the hint
+        except Exception:
             pass
     raise UsageError(
         f"no tokenizer.model for llama2 model {model!r} (not in the model directory nor the local HF cache); "

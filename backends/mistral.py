@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 from ptst.backends.local import LocalBackend
 from ptst.backends.local.family import FamilyRules, ForeignModel, model_file, refuse
 from ptst.backends.local.render import file_sha256, text_separator
+
 from ptst.conversation import Conversation
 from ptst.errors import UsageError, require
 
@@ -114,7 +115,7 @@ def _tokenizers(path: str | None) -> tuple[Any, Any]:
             MistralTokenizer.from_file(file, mode=ValidationMode.test),
             MistralTokenizer.from_file(file, mode=ValidationMode.finetuning),
         )
-    except Exception as e:  # noqa: BLE001 - mistral-common raises several kinds for a bad file
+    except Exception as e:
         raise ForeignModel(
             f"tokenizer {file} cannot be loaded by mistral-common ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
             "kind: mistral needs Mistral's tokenizer — for another model family use kind: hf"

@@ -162,7 +162,7 @@ def _in_hf_cache(model: str) -> bool:
         return False
     try:
         return isinstance(try_to_load_from_cache(model, "config.json"), str)
-    except Exception:  # noqa: BLE001 - a malformed id is simply not in the cache
+    except Exception:
         return False
 
 

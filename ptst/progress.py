@@ -70,7 +70,10 @@ def progress_bar(description: str, total: int | None) -> Iterator[Callable[..., 
         task = bar.add_task(description, total=total, info="")
 
         def advance(n: int = 1, info: str | None = None, **_: Any) -> None:
-            bar.update(task, advance=n, **({"info": info} if info is not None else {}))
+            if info is None:
+                bar.update(task, advance=n)
+            else:
+                bar.update(task, advance=n, info=info)
 
         yield advance
 

@@ -147,7 +147,8 @@ def _json_decoder() -> json.JSONDecoder:
     def parse_object(s_and_end, strict, scan_once, object_hook, object_pairs_hook, memo=None):  # type: ignore[no-untyped-def]
         s, start = s_and_end
         try:
-            return json.decoder.JSONObject(s_and_end, strict, scan_once, object_hook, object_pairs_hook, memo)
+            return json.decoder.JSONObject(  # type: ignore[attr-defined]  # the stdlib's own object scanner
+                s_and_end, strict, scan_once, object_hook, object_pairs_hook, memo)
         except _DuplicateJsonKey:
             raise
         except _DuplicateKey as e:

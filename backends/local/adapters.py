@@ -5,6 +5,7 @@ A directory holding the metadata file is a complete adapter; anything else (a cr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -25,10 +26,8 @@ def library_versions() -> dict[str, str]:
 
     out = {}
     for name in ("ptst", "torch", "transformers", "peft", "safetensors", "sentencepiece", "mistral_common"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             out[name] = version(name)
-        except PackageNotFoundError:
-            pass
     return out
 
 

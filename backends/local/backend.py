@@ -14,8 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
-
 from ptst.backends.base import (
     Estimate,
     FineTuneBackend,
@@ -26,14 +24,16 @@ from ptst.backends.base import (
     TrainJob,
 )
 from ptst.backends.local.adapters import ADAPTER_DIR, read_adapter_metadata
-from ptst.backends.local.models import local_model_dir, model_dir_problem
-from ptst.backends.local.resume import checkpoint_dirs
 from ptst.backends.local.data import prepare_examples
 from ptst.backends.local.distributed import launch_distributed
 from ptst.backends.local.generate import Generator, release_generators
+from ptst.backends.local.models import local_model_dir, model_dir_problem
 from ptst.backends.local.render import TrainingFormError, check_prompt_ids, clean_answer, supervised_labels, where
+from ptst.backends.local.resume import checkpoint_dirs
 from ptst.backends.local.train import TrainSettings, train_lora
 from ptst.backends.local.vllm import generate_vllm, release_vllm
+from pydantic import Field
+
 from ptst.conversation import Conversation
 from ptst.errors import BackendError, PtstError
 from ptst.types import Frozen

@@ -42,7 +42,7 @@ def model_file(model: str, name: str) -> Path | None:
 
         hit = try_to_load_from_cache(model, name)
         return Path(hit) if isinstance(hit, str) else None
-    except Exception:  # noqa: BLE001 - no hub library or a malformed id: nothing cached to check
+    except Exception:
         return None
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from ptst.backends.local.adapters import read_adapter_metadata
 from ptst.backends.local.models import free_memory, import_torch, is_oom, load_causal_lm, resolve_device, resolve_dtype
+
 from ptst.errors import BackendError, require
 from ptst.types import GenerationConfig
-
 
 _LIVE: weakref.WeakSet[Generator] = weakref.WeakSet()
 
@@ -132,7 +132,7 @@ class Generator:
                 bs = max(1, bs // 2)
                 self._batch_size = bs
                 continue
-            for j, r in zip(idx, res):
+            for j, r in zip(idx, res, strict=True):
                 out[j] = r
             i += len(idx)
         return [o or [] for o in out]
@@ -223,4 +223,4 @@ def decode_batch(  # type: ignore[no-untyped-def]
         )
         nxt = select_next(out.logits[:, -1], cfg, generator)
     lengths = length.tolist()
-    return [row[:k] for row, k in zip(tokens.tolist(), lengths)]
+    return [row[:k] for row, k in zip(tokens.tolist(), lengths, strict=True)]

@@ -25,7 +25,7 @@ def dropout_lora_a():  # type: ignore[no-untyped-def]
     if _DROPOUT_FN is None:
         torch = import_torch()
 
-        class DropoutLoraA(torch.autograd.Function):
+        class DropoutLoraA(torch.autograd.Function):  # type: ignore[name-defined,misc]  # torch is imported lazily
             @staticmethod
             def forward(ctx, x, mask, a, scale):  # type: ignore[no-untyped-def]
                 ctx.save_for_backward(x, mask, a)
@@ -86,7 +86,7 @@ def install_fast_lora(model) -> int:  # type: ignore[no-untyped-def]
         if isinstance(module, LoraLinear) and not getattr(module, "lora_variant", None) and not module.use_dora.get(
             "default", False
         ):
-            module.forward = types.MethodType(forward, module)
+            module.forward = types.MethodType(forward, module)  # type: ignore[method-assign]  # the point: swap forward
             n += 1
     return n
 

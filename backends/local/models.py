@@ -88,7 +88,7 @@ def local_model_dir(model: str) -> Path:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(model, local_files_only=True))
-    except Exception as e:  # noqa: BLE001 - not cached, malformed id, hub library missing: all the same to the user
+    except Exception as e:
         raise BackendError(
             f"model {model!r} cannot be loaded offline (not a local directory, not in the local Hugging Face cache: "
             f"{first_line(e)}); download it first (huggingface-cli download {model}) or set model: to a local "
@@ -114,7 +114,7 @@ def load_causal_lm(model: str, *, dtype, device: str, attn_implementation: str |
             f"model {model} cannot be loaded from {path} ({first_line(e)}); it must be an HF-format model "
             "directory (config.json + weights)"
         ) from None
-    return m.to(device)
+    return m.to(device)  # type: ignore[arg-type]  # transformers' stub wraps .to oddly
 
 
 def first_line(e: BaseException) -> str:

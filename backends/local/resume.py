@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ptst.backends.local.adapters import read_adapter_metadata
 from ptst.backends.local.models import import_torch
+
 from ptst.keys import content_hash
 
 if TYPE_CHECKING:
@@ -81,7 +82,7 @@ def find_resume_checkpoint(outdir: Path, fingerprint: str, world: int) -> Path |
             continue
         try:
             state = torch.load(state_path, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001, S112 - a torn or foreign file: look at an older checkpoint
+        except Exception:
             continue
         if state.get("fingerprint") == fingerprint:
             return d

@@ -19,12 +19,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
-
 from ptst.backends.local.adapters import ADAPTER_DIR, TRAIN_LOG, read_train_log, save_adapter
 from ptst.backends.local.data import collate, plan_batches
 from ptst.backends.local.lora_dropout import install_fast_lora
-from ptst.backends.local.models import check_transformers, import_torch, is_oom, load_causal_lm, resolve_device, resolve_dtype
+from ptst.backends.local.models import (
+    check_transformers,
+    import_torch,
+    is_oom,
+    load_causal_lm,
+    resolve_device,
+    resolve_dtype,
+)
 from ptst.backends.local.render import IGNORE_INDEX
 from ptst.backends.local.resume import (
     CHECKPOINT_PREFIX,
@@ -34,6 +39,8 @@ from ptst.backends.local.resume import (
     save_trainer_state,
     settings_fingerprint,
 )
+from pydantic import Field
+
 from ptst.errors import BackendError, require
 from ptst.types import Frozen, Hyperparameters
 
@@ -95,7 +102,7 @@ def build_lora_model(settings: TrainSettings, device: str, base=None):  # type: 
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     cfg = LoraConfig(
         r=hp.lora.r,
-        lora_alpha=hp.lora.alpha,
+        lora_alpha=hp.lora.alpha,  # type: ignore[arg-type]  # peft annotates int; a float alpha works and is ours
         lora_dropout=hp.lora.dropout,
         target_modules=list(hp.lora.target_modules),
         bias="none",
@@ -197,7 +204,7 @@ def train_lora(
     from ptst.progress import progress_bar
 
     with contextlib.ExitStack() as stack:
-        advance: Callable[..., None] = (lambda *a, **k: None)
+        advance: Callable[..., None] = _no_progress
         if rank == 0:
             title = f"train {Path(settings.model).name} (LoRA r={hp.lora.r})"
             advance = stack.enter_context(progress_bar(title, total_steps))
@@ -289,3 +296,6 @@ def train_lora(
         save_adapter(model, outdir / ADAPTER_DIR, settings, summary, checkpoints)
     return summary
 
+
+def _no_progress(*_args: Any, **_kwargs: Any) -> None:
+    """Ranks other than 0 show no progress bar."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ptst.backends.local.models import import_torch, local_model_dir, resolve_dtype
+
 from ptst.errors import PtstError
 from ptst.types import GenerationConfig, ModelRef
 
@@ -66,7 +67,7 @@ def release_vllm() -> None:
 
         destroy_model_parallel()
         destroy_distributed_environment()
-    except Exception:  # noqa: BLE001, S110 - older/newer vLLM layouts: the engine object is gone either way
+    except Exception:
         pass
     gc.collect()
     torch = import_torch()

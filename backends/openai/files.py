@@ -7,8 +7,8 @@ uploaded once: its id is kept in the ledger under its content hash and reused by
 from __future__ import annotations
 
 import hashlib
-import threading
 import json
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any

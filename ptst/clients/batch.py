@@ -105,7 +105,7 @@ def batch_chat_completions(
         log(f"  batch {batch.id}: {len(indices)} request(s) sent again synchronously")
         redo = chat_completions(opts, [requests[i] for i in indices], accept=accept, extra_attempts=attempts,
                                 item_errors=item_errors)
-        for i, answer in zip(indices, redo):
+        for i, answer in zip(indices, redo, strict=True):
             out[i] = answer
     return [o if o is not None else "" for o in out]
 

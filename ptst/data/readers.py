@@ -196,7 +196,7 @@ def _read_csv(path: Path, delimiter: str, columns: Sequence[str] | None) -> Iter
                 f"{where}: {len(record)} values but {len(header)} columns ({', '.join(header)}); "
                 "quote values that contain the delimiter"
             )
-        yield where, dict(zip(header, record))
+        yield where, dict(zip(header, record, strict=True))
 
 
 def _read_txt(path: Path) -> Iterator[Row]:
@@ -214,17 +214,19 @@ def _read_parquet(path: Path) -> Iterator[Row]:
     try:
         import pyarrow.parquet as pq
 
-        read = lambda: pq.read_table(path).to_pylist()
+        def read() -> list[dict[str, Any]]:
+            return pq.read_table(path).to_pylist()  # type: ignore[no-any-return]
     except ImportError:
         try:
             import pandas as pd
 
-            read = lambda: pd.read_parquet(path).to_dict("records")
+            def read() -> list[dict[str, Any]]:
+                return pd.read_parquet(path).to_dict("records")  # type: ignore[no-any-return]
         except ImportError:
             raise DataError(f"{path}: reading parquet needs pyarrow: pip install pyarrow (or 'ptst[hub]')") from None
     try:
         records = read()
-    except Exception as e:  # noqa: BLE001 - any failure of the parquet library on a bad file becomes one line
+    except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         what = "not a parquet file" if magic != b"PAR1" else "a damaged or truncated parquet file"
         raise DataError(f"{path}: {what} ({first}); re-export it, or give the data as .jsonl or .csv") from None

@@ -120,8 +120,11 @@ def _judgment(reply: str | ChatFailure, attempts: int) -> Judgment:
 class SpecLike(Protocol):
     """What these functions read of a `ptst.spec.Spec` (the judge never imports the spec or the backends)."""
 
-    judge: JudgeSpec
-    backends: Sequence[Any]
+    @property
+    def judge(self) -> JudgeSpec: ...
+
+    @property
+    def backends(self) -> Sequence[Any]: ...
 
 
 def _openai_endpoints(spec: SpecLike) -> dict[str, dict[str, Any]]:

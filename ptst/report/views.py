@@ -187,7 +187,7 @@ def hyperparameters(spec: dict[str, Any]) -> list[tuple[str, str]]:
         for k, v in d.items():
             if isinstance(v, dict):
                 flat(f"{prefix}{k}.", v)
-            elif v is not None and v != [] and v != ():
+            elif v is not None and v not in ([], ()):
                 out.append((prefix + k, ", ".join(map(str, v)) if isinstance(v, list | tuple) else str(v)))
 
     flat("", train.get("hyperparameters") or {})

@@ -150,9 +150,10 @@ def handle_jobs(fake: FakeOpenAI, method: str, rest: list[str], query: dict[str,
             if m:
                 jobs = [j for j in jobs if (j.params.get("metadata") or {}).get(m.group(1)) == values[0]]
         return 200, list_page([job_json(fake, j) for j in jobs], query), {}
-    job = fake.jobs.get(rest[0]) if rest else None
-    if job is None:
+    found = fake.jobs.get(rest[0]) if rest else None
+    if found is None:
         return 404, error_body(f"Could not find fine-tune job {rest[0] if rest else ''}", "invalid_request_error"), {}
+    job = found
     if method == "GET" and len(rest) == 1:
         return 200, job_json(fake, job), {}
     if method == "GET" and rest[1:] == ["checkpoints"]:

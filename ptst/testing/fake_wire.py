@@ -26,7 +26,7 @@ def list_page(
 ) -> dict[str, Any]:
     """Cursor pagination as the API does it: `after` is the id of the last item of the previous page. Some lists
     (checkpoints) also carry `first_id`/`last_id`."""
-    after = (query.get("after") or [None])[0]
+    after: str | None = (query.get("after") or [None])[0]  # type: ignore[list-item]
     if after is not None:
         ids = [i["id"] for i in items]
         items = items[ids.index(after) + 1:] if after in ids else []
@@ -44,5 +44,6 @@ def multipart_fields(body: bytes, ctype: str) -> dict[str, tuple[str | None, byt
     for part in msg.iter_parts() if msg.is_multipart() else []:
         name = part.get_param("name", header="content-disposition")
         if name:
-            out[str(name)] = (part.get_filename(), part.get_payload(decode=True) or b"")
+            payload = part.get_payload(decode=True)
+            out[str(name)] = (part.get_filename(), payload if isinstance(payload, bytes) else b"")
     return out
