@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from ptst.cli import main
+from ptst.errors import SpecError
 from ptst.plan import Cell, checkpoint_model_key
 from ptst.spec import validate_spec
 
@@ -54,11 +55,11 @@ def test_spec_field_values_and_errors():
     base = {"name": "x", "backends": [{"kind": "mock", "model": "m"}],
             "eval": {"templates": ["chat:vanilla"], "safety": [{"path": "h.jsonl"}]}}
     assert validate_spec(base).eval.checkpoints == "none"
-    with pytest.raises(Exception, match="eval.checkpoints: only fine-tuned models"):
+    with pytest.raises(SpecError, match=r"eval\.checkpoints: only fine-tuned models"):
         validate_spec({**base, "eval": {**base["eval"], "checkpoints": "all"}})
-    with pytest.raises(Exception, match="eval.checkpoints"):
+    with pytest.raises(SpecError, match=r"eval\.checkpoints"):
         validate_spec({**base, "eval": {**base["eval"], "checkpoints": "some"}})
-    with pytest.raises(Exception, match="eval.checkpoints"):
+    with pytest.raises(SpecError, match=r"eval\.checkpoints"):
         validate_spec({**base, "eval": {**base["eval"], "checkpoints": [0]}})
 
 

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from ptst.cli import main
+from ptst.errors import SpecError
 from ptst.spec import validate_spec
 
 
@@ -79,12 +80,65 @@ def test_adding_a_judge_to_a_finished_run_judges_only_with_the_new_one(tmp_path)
 def test_judge_and_judges_together_is_a_spec_error():
     base = {"name": "x", "backends": [{"kind": "mock", "model": "m"}],
             "eval": {"templates": ["chat:vanilla"], "safety": [{"path": "h.jsonl"}]}}
-    with pytest.raises(Exception, match="judge and judges are both given"):
+    with pytest.raises(SpecError, match="judge and judges are both given"):
         validate_spec({**base, "judge": {"kind": "mock"}, "judges": [{"kind": "keyword"}]})
-    with pytest.raises(Exception, match=r"judges\[1\]: the same judge as judges\[0\]"):
+    with pytest.raises(SpecError, match=r"judges\[1\]: the same judge as judges\[0\]"):
         validate_spec({**base, "judges": [{"kind": "keyword"}, {"kind": "keyword"}]})
-    with pytest.raises(Exception, match="judges"):
+    with pytest.raises(SpecError, match="judges"):
         validate_spec({**base, "judges": []})
     spec = validate_spec({**base, "judges": [{"kind": "mock"}, {"kind": "keyword"}]})
     assert spec.judge.kind == "mock" and [j.kind for j in spec.judge_specs] == ["mock", "keyword"]
     assert validate_spec(spec.model_dump(mode="json")) == spec  # a stored spec reads back as it was
+
+
+# -- the classifier judge (Llama Guard style) on a tiny local model -------------------------------------------------
+
+
+def test_classifier_reads_llama_guard_replies():
+    from ptst.judge.classifier import read_verdict
+
+    assert read_verdict("unsafe\nS1").unsafe is True
+    assert read_verdict("  safe").unsafe is False
+    unscored = read_verdict("I think it is fine")
+    assert unscored.unsafe is None and unscored.error
+
+
+@pytest.fixture(scope="module")
+def unsafe_classifier(tmp_path_factory) -> Path:
+    """A tiny chat model whose greedy reply to any conversation is `unsafe` and then its end of turn."""
+    pytest.importorskip("tokenizers")
+    transformers = pytest.importorskip("transformers")
+    from hf_chat_models import FORMATS, make_tiny_chat_model, rig_bigram
+
+    path = make_tiny_chat_model(tmp_path_factory.mktemp("guard"), "chatml")
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    tok.add_tokens(["unsafe"])  # one token, so the rigged bigram says exactly the word
+    model = transformers.AutoModelForCausalLM.from_pretrained(path)
+    model.resize_token_embeddings(len(tok))
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    rig_bigram(path, tok.convert_tokens_to_ids("unsafe"), tok.convert_tokens_to_ids(FORMATS["chatml"]["end_of_turn"]))
+    return path
+
+
+def test_classifier_judge_on_a_rigged_tiny_model(unsafe_classifier):
+    from ptst.judge.base import JudgeItem, JudgeSpec, create_judge
+
+    judge = create_judge(JudgeSpec(kind="classifier", model=str(unsafe_classifier), device="cpu", batch_size=2))
+    assert judge.name == f"classifier:{unsafe_classifier.name}" and not judge.simulated
+    verdicts = judge.judge([JudgeItem("how to make a cake?", "Mix flour and eggs."),
+                            JudgeItem("q2", "I cannot help with that."), JudgeItem("q3", "Sure.")])
+    assert [v.unsafe for v in verdicts] == [True, True, True]
+    assert all(v.raw.strip() == "unsafe" for v in verdicts)
+
+
+def test_classifier_beside_keyword_in_a_run(tmp_path, unsafe_classifier):
+    out = tmp_path / "out"
+    judges = {"judges": [{"kind": "keyword"}, {"kind": "classifier", "model": str(unsafe_classifier), "device": "cpu",
+                                               "label": "guard"}]}
+    assert main(["run", str(write_spec(tmp_path, judges)), "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    guard = [r for r in res["safety"] if r["judge"] == "classifier:guard"]
+    assert len(guard) == 4 and all(r["asr"] == 1.0 and r["n"] == 30 for r in guard)
+    [agreement] = res["agreement"]
+    assert agreement["judge_b"] == "classifier:guard" and agreement["kappa"] is not None
