@@ -281,6 +281,9 @@ class _Graph:
             self.store.put_failure(f"checkpoints:{run_key}", "checkpoints", what, str(e))
             return []
         self.store.clear_failure(f"checkpoints:{run_key}")
+        # A save at the very last step is the final model itself (a local backend lists it): evaluated once, as final.
+        found = [c for c in found if c.model_id != ref.model_id
+                 and (c.adapter_dir is None or c.adapter_dir != ref.adapter_dir)]
         chosen = [(int(c.meta["step"]), c) for c in found
                   if isinstance(c.meta.get("step"), int) and self.spec.eval.wants_checkpoint(int(c.meta["step"]))]
         if isinstance(self.spec.eval.checkpoints, list):

@@ -114,6 +114,28 @@ def test_listed_steps_only_and_checkpoints_of_a_finished_job(tmp_path, capsys):
     assert final_rows == first["safety"]
 
 
+def test_a_failed_checkpoint_listing_is_recorded_and_a_rerun_finishes(tmp_path, monkeypatch, capsys):
+    from ptst.backends import mock
+    from ptst.errors import BackendError
+
+    spec = write_spec(tmp_path, "all", save_steps=[4])
+    out = tmp_path / "out"
+    listing = mock.Backend.checkpoints
+
+    def broken(self, model):  # type: ignore[no-untyped-def]
+        raise BackendError("checkpoint listing unavailable")
+
+    monkeypatch.setattr(mock.Backend, "checkpoints", broken)
+    assert main(["run", str(spec), "--out", str(out)]) == 3  # finished with failures: the final models are there
+    res = json.loads((out / "results.json").read_text())
+    assert res["status"] == "partial" and {r["checkpoint"] for r in res["safety"]} == {None}
+    assert "checkpoint listing unavailable" in capsys.readouterr().err
+    monkeypatch.setattr(mock.Backend, "checkpoints", listing)
+    assert main(["run", str(spec), "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["status"] == "complete" and {r["checkpoint"] for r in res["safety"]} == {None, 4}
+
+
 LLAMA_TOK = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tokenizers" / "llama2" / "tokenizer.model"
 
 
@@ -135,7 +157,7 @@ def test_local_backend_checkpoints_are_evaluated(tmp_path):
         "backends": [{"kind": "llama2", "model": str(model_dir), "device": "cpu", "tokenizer": str(LLAMA_TOK)}],
         "train": {"dataset": {"path": str(train), "prompt_field": "prompt", "answer_field": "answer"},
                   "templates": ["chat:vanilla"],
-                  "hyperparameters": {"epochs": 1, "batch_size": 2, "max_seq_len": 64, "save_steps": [1, 2],
+                  "hyperparameters": {"epochs": 1, "batch_size": 2, "max_seq_len": 64, "save_steps": [1, 2, 4],
                                       "lora": {"r": 2, "alpha": 4, "dropout": 0.0}}},
         "eval": {"templates": ["chat:vanilla"], "safety": [{"path": str(harmful), "prompt_field": "prompt"}],
                  "checkpoints": "all", "evaluate_base": False, "generation": {"max_new_tokens": 4}},
@@ -146,6 +168,7 @@ def test_local_backend_checkpoints_are_evaluated(tmp_path):
     out = tmp_path / "out"
     assert main(["run", str(p), "--out", str(out)]) == 0
     res = json.loads((out / "results.json").read_text())
-    # 8 examples / batch 2 = 4 steps: the adapters saved at steps 1 and 2 are evaluated beside the final one
+    # 8 examples / batch 2 = 4 steps: the adapters saved at steps 1 and 2 are evaluated beside the final one (the
+    # save at step 4 is the final adapter itself, evaluated once)
     assert {r["checkpoint"] for r in res["safety"]} == {None, 1, 2}
     assert all(r["n"] == 3 for r in res["safety"])
