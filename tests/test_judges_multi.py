@@ -142,3 +142,13 @@ def test_classifier_beside_keyword_in_a_run(tmp_path, unsafe_classifier):
     assert len(guard) == 4 and all(r["asr"] == 1.0 and r["n"] == 30 for r in guard)
     [agreement] = res["agreement"]
     assert agreement["judge_b"] == "classifier:guard" and agreement["kappa"] is not None
+
+
+def test_every_judge_is_checked_before_anything_is_spent(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("PTST_TEST_RUBRIC_KEY", raising=False)
+    rubric = {"kind": "rubric", "model": "gpt-4-0613", "api_key_env": "PTST_TEST_RUBRIC_KEY",
+              "base_url": "http://127.0.0.1:9/v1"}
+    spec = write_spec(tmp_path, {"judges": [{"kind": "keyword"}, rubric]})
+    assert main(["run", str(spec), "--out", str(tmp_path / "out")]) == 2
+    assert "PTST_TEST_RUBRIC_KEY" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "ptst.db").exists()
