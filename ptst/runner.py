@@ -3,7 +3,8 @@
 The runner owns the plan and persistence; backends own vendor work; `ptst.scheduler` owns concurrency. The graph is
 fine-tuning job -> generation per cell -> judging per cell: every job starts up front (bounded per backend by
 `max_concurrent_jobs`, one at a time per local device), a cell generates as soon as its model exists, and a cell is
-judged while the next generates, so wall time is about the longest chain. Every step is looked up by its key first,
+judged (by every judge of the spec) while the next generates, so wall time is about the longest chain. With
+`eval.checkpoints`, a finished job's saved checkpoints join the graph as models of their own. Every step is looked up by its key first,
 so re-running a finished command does nothing, and a killed run resumes having lost at most the requests in flight
 (each chunk of responses and verdicts is committed as it arrives) and paid for nothing twice. Results are always
 rebuilt from the store (`ptst.collect`), never from in-memory state.
@@ -193,8 +194,6 @@ class _Model:
     job: PlannedJob | None
     cells: list[CellWork]
     checkpoint: int | None = None  # the training step of an intermediate checkpoint
-
-
 
 
 class _Graph:
