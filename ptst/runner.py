@@ -4,9 +4,9 @@ The runner owns the plan and persistence; backends own vendor work; `ptst.schedu
 fine-tuning job -> generation per cell -> judging per cell: every job starts up front (bounded per backend by
 `max_concurrent_jobs`, one at a time per local device), a cell generates as soon as its model exists, and a cell is
 judged (by every judge of the spec) while the next generates, so wall time is about the longest chain. With
-`eval.checkpoints`, a finished job's saved checkpoints join the graph as models of their own. Every step is looked up by its key first,
-so re-running a finished command does nothing, and a killed run resumes having lost at most the requests in flight
-(each chunk of responses and verdicts is committed as it arrives) and paid for nothing twice. Results are always
+`eval.checkpoints`, a finished job's saved checkpoints join the graph as models of their own. Every step is looked
+up by its key first, so re-running a finished command does nothing, and a killed run resumes having lost at most the
+requests in flight (each chunk of responses and verdicts is committed as it arrives) and paid for nothing twice. Results are always
 rebuilt from the store (`ptst.collect`), never from in-memory state.
 """
 
