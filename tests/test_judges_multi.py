@@ -152,3 +152,9 @@ def test_every_judge_is_checked_before_anything_is_spent(tmp_path, monkeypatch, 
     assert main(["run", str(spec), "--out", str(tmp_path / "out")]) == 2
     assert "PTST_TEST_RUBRIC_KEY" in capsys.readouterr().err
     assert not (tmp_path / "out" / "ptst.db").exists()
+
+
+def test_a_classifier_judge_without_its_model_folder_is_refused_up_front(tmp_path, capsys):
+    spec = write_spec(tmp_path, {"judges": [{"kind": "keyword"}, {"kind": "classifier", "model": str(tmp_path / "no")}]})
+    assert main(["run", str(spec), "--out", str(tmp_path / "out")]) == 2
+    assert "is not a folder" in capsys.readouterr().err and not (tmp_path / "out" / "ptst.db").exists()
