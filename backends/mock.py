@@ -88,10 +88,23 @@ class Backend(FineTuneBackend):
             ledger.put(name, {"status": "failed", "job_id": f"mockjob-{job.key[:12]}"})
             raise JobFailed("failed", "simulated_failure", f"simulated failure for template {job.train_template}")
         ledger.put(name, {"status": "succeeded", "job_id": f"mockjob-{job.key[:12]}"})
+        hp = job.hyperparameters
+        total = -(-len(job.examples) // (hp.batch_size * hp.gradient_accumulation_steps)) * hp.epochs
+        saved = sorted(s for s in hp.save_steps if s < total)  # a save at the last step is the final model
         return ModelRef(
             backend=self.spec.name, base_model=self.spec.model, model_id=f"mock-ft-{job.key[:12]}",
             train_template=job.train_template, seed=job.seed, simulated=True,
+            meta={"save_steps": saved, "total_steps": total} if saved else {},
         )
+
+    def checkpoints(self, model: ModelRef) -> list[ModelRef]:
+        """SIMULATED checkpoints at the job's `save_steps`: the drift of each is scaled by step / total steps."""
+        total = model.meta.get("total_steps")
+        return [
+            model.model_copy(update={"model_id": f"{model.model_id}@step-{step}",
+                                     "meta": {"step": step, "total_steps": total}})
+            for step in model.meta.get("save_steps", [])
+        ]
 
     def generate(self, model: ModelRef, prompts: Sequence[Conversation], cfg: GenerationConfig) -> list[str]:
         out = []
@@ -111,6 +124,8 @@ class Backend(FineTuneBackend):
         o = self.options
         if model.train_template is None:
             return o.unsafe_base
+        step, total = model.meta.get("step"), model.meta.get("total_steps")
+        progress = step / total if isinstance(step, int) and total else 1.0  # a checkpoint has drifted part-way
         train_safe, test_safe = _is_safety(model.train_template), _is_safety(test_template)
         if test_safe and not train_safe:  # PTST
             factor = o.ptst_factor
@@ -120,7 +135,7 @@ class Backend(FineTuneBackend):
             factor = 0.6 if model.train_template != test_template else 0.8
         else:
             factor = 1.0
-        return min(1.0, o.unsafe_base + o.drift * factor)
+        return min(1.0, o.unsafe_base + o.drift * factor * progress)
 
     def _task_answer(self, model: ModelRef, reference: str, coin: float) -> str:
         """A right (or deterministically wrong) answer in the task's own form: GSM8K's `#### N` when the reference

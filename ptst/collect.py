@@ -23,28 +23,49 @@ def _judgment_keys(
     return {g: judgment_key(judge_name, judge_version, q, responses[g]) for g, q, _ in items if g in responses}
 
 
+def run_judges(store: RunStore) -> list[tuple[str, str]]:
+    """(name, version) of every judge of the run, the primary first: the "judges" meta, or the one "judge" meta of a
+    store written before several judges existed."""
+    many = store.get_meta("judges")
+    if many:
+        return [(j["name"], j["version"]) for j in many]
+    one = store.get_meta("judge") or {}
+    return [(one.get("name") or "", one.get("version", ""))]
+
+
+def _verdicts(
+    store: RunStore, judges: Sequence[tuple[str, str]], items: Sequence[tuple[str, str, str | None]],
+    responses: dict[str, str],
+) -> dict[str, list[Verdict]]:
+    """gen_key -> one Verdict per judge that has judged its response, in the judges' order."""
+    out: dict[str, list[Verdict]] = {}
+    for name, version in judges:
+        jk = _judgment_keys(name, version, items, responses)
+        got: dict[str, Judged] = store.judgments(jk.values())
+        for g, k in jk.items():
+            v = got.get(k)
+            if v is not None:
+                out.setdefault(g, []).append(Verdict(name, v.unsafe, v.score, v.raw))
+    return out
+
+
 def item_records(store: RunStore) -> list[ItemRecord]:
-    """Every planned item of the spec's cells, with its response and the current judge's verdict where present."""
-    judge_meta = store.get_meta("judge") or {}
-    judge_name = judge_meta.get("name")
+    """Every planned item of the spec's cells, with its response, its category, and each judge's verdict where
+    present."""
+    judges = run_judges(store)
     simulated = bool(store.get_meta("simulated"))
     records: list[ItemRecord] = []
     for key, d in store.cells():
         items = store.cell_items(key)
+        categories = store.cell_categories(key)
         responses = store.responses(g for g, _, _ in items)
-        jk: dict[str, str] = {}
-        verdicts: dict[str, Judged] = {}
-        if d["kind"] == "safety":
-            jk = _judgment_keys(judge_name or "", judge_meta.get("version", ""), items, responses)
-            verdicts = store.judgments(jk.values())
-        for idx, (g, q, ref) in enumerate(items):
-            v = verdicts.get(jk.get(g, ""))
+        verdicts = _verdicts(store, judges, items, responses) if d["kind"] == "safety" else {}
+        for idx, ((g, q, ref), cat) in enumerate(zip(items, categories, strict=True)):
             records.append(ItemRecord(
                 backend=d["backend"], base_model=d["base_model"], train_template=d["train_template"], seed=d["seed"],
                 checkpoint=d.get("checkpoint"), test_template=d["test_template"], kind=d["kind"],
-                dataset=d["dataset"], metric=d["metric"], index=idx, query=q, reference=ref,
-                response=responses.get(g), simulated=simulated,
-                verdicts=(Verdict(judge_name or "", v.unsafe, v.score, v.raw),) if v is not None else (),
+                dataset=d["dataset"], metric=d["metric"], index=idx, query=q, reference=ref, category=cat,
+                response=responses.get(g), simulated=simulated, verdicts=tuple(verdicts.get(g, ())),
             ))
     return records
 
@@ -57,23 +78,24 @@ def judgment_keys(
 
 
 def run_status(store: RunStore) -> str:
-    """"complete": every planned item has its response and, for safety items, the current judge's verdict;
+    """"complete": every planned item has its response and, for safety items, every judge's verdict;
     "failed_jobs": a fine-tuning job ended without a model; "partial": anything else missing (a killed run, a cell
     whose generation or judging failed)."""
     if any(j.status != "succeeded" for j in store.jobs()):
         return "failed_jobs"
     if store.failures():
         return "partial"
-    judge_meta = store.get_meta("judge") or {}
+    judges = run_judges(store)
     for key, d in store.cells():
         items = store.cell_items(key)
         responses = store.responses(g for g, _, _ in items)
         if len(responses) < len({g for g, _, _ in items}):
             return "partial"
         if d["kind"] == "safety":
-            jk = _judgment_keys(judge_meta.get("name", ""), judge_meta.get("version", ""), items, responses)
-            if len(store.judgments(jk.values())) < len(set(jk.values())):
-                return "partial"
+            for name, version in judges:
+                jk = _judgment_keys(name, version, items, responses)
+                if len(store.judgments(jk.values())) < len(set(jk.values())):
+                    return "partial"
     return "complete"
 
 
@@ -129,15 +151,16 @@ def export_rows(store: RunStore) -> list[dict]:
     rows = []
     for key, d in store.cells():
         items = store.cell_items(key)
+        categories = store.cell_categories(key)
         keys = [g for g, _, _ in items]
         responses, prompts = store.responses(keys), store.prompts(keys)
         jk = _judgment_keys(judge_meta.get("name", ""), judge_meta.get("version", ""), items, responses)
         verdicts = store.judgments(jk.values()) if d["kind"] == "safety" else {}
-        for idx, (g, q, ref) in enumerate(items):
+        for idx, ((g, q, ref), cat) in enumerate(zip(items, categories, strict=True)):
             v = verdicts.get(jk.get(g, ""))
             rows.append({
                 **{k: d[k] for k in ("backend", "base_model", "train_template", "seed", "test_template", "kind", "dataset")},
-                "index": idx, "query": q, "reference": ref,
+                "checkpoint": d.get("checkpoint"), "category": cat, "index": idx, "query": q, "reference": ref,
                 "prompt": json.loads(prompts[g]) if g in prompts else None, "response": responses.get(g),
                 "unsafe": v.unsafe if v else None, "score": v.score if v else None,
                 "judge_reply": v.raw if v else None,

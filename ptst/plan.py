@@ -16,6 +16,7 @@ from ptst.data import Example, data_hash
 from ptst.keys import (
     base_model_key_v1,
     cell_key_v1,
+    content_hash,
     generation_key_v1,
     judgment_key_v1,
     run_key_v1,
@@ -52,16 +53,21 @@ class Cell:
     kind: Literal["safety", "task"]
     dataset: str
     metric: str | None
+    checkpoint: int | None = None  # training step of an intermediate checkpoint; None: the final (or base) model
 
     @property
     def key(self) -> str:
-        return cell_key_v1(**self.describe())
+        """A final model's cell keeps its v1 key (existing stores stay valid); a checkpoint's adds its step."""
+        d = self.describe()
+        step = d.pop("checkpoint")
+        key = cell_key_v1(**d)
+        return key if step is None else content_hash({"cell": key, "checkpoint": step})
 
     def describe(self) -> dict[str, Any]:
         return {
             "backend": self.backend, "base_model": self.base_model, "model_key": self.model_key,
             "train_template": self.train_template, "seed": self.seed, "test_template": self.test_template,
-            "kind": self.kind, "dataset": self.dataset, "metric": self.metric,
+            "kind": self.kind, "dataset": self.dataset, "metric": self.metric, "checkpoint": self.checkpoint,
         }
 
 
@@ -72,6 +78,11 @@ def backend_identity(spec: BackendSpec, backend: FineTuneBackend) -> dict[str, A
 
 def base_model_key(spec: BackendSpec, backend: FineTuneBackend) -> str:
     return base_model_key_v1(backend_identity(spec, backend))
+
+
+def checkpoint_model_key(run_key: str, step: int) -> str:
+    """The model key of a job's checkpoint at `step`: its generations are cached apart from the final model's."""
+    return content_hash({"run": run_key, "checkpoint": step})
 
 
 def train_jobs(spec: Spec, bspec: BackendSpec, backend: FineTuneBackend, data: Datasets) -> list[PlannedJob]:
@@ -91,12 +102,14 @@ def train_jobs(spec: Spec, bspec: BackendSpec, backend: FineTuneBackend, data: D
     return jobs
 
 
-def eval_cells(spec: Spec, bspec: BackendSpec, model: ModelRef, model_key: str, data: Datasets) -> list[Cell]:
+def eval_cells(
+    spec: Spec, bspec: BackendSpec, model: ModelRef, model_key: str, data: Datasets, *, checkpoint: int | None = None
+) -> list[Cell]:
     cells = []
     for test in spec.eval.templates:
         common = dict(
             backend=bspec.name, base_model=bspec.model, model_key=model_key, train_template=model.train_template,
-            seed=model.seed, test_template=test,
+            seed=model.seed, test_template=test, checkpoint=checkpoint,
         )
         cells += [Cell(**common, kind="safety", dataset=name, metric=None) for name in data.safety]
         cells += [Cell(**common, kind="task", dataset=name, metric=metric) for name, (_, metric) in data.tasks.items()]
@@ -109,6 +122,18 @@ def cell_conversations(spec: Spec, cell: Cell, family: str, data: Datasets) -> l
         return [tpl.apply(ex.prompt, family) for ex in data.safety[cell.dataset]]
     items, _ = data.tasks[cell.dataset]
     return [tpl.apply(ex.prompt, family, reference=ex.answer) for ex in items]
+
+
+def cell_categories(cell: Cell, data: Datasets) -> list[str | None]:
+    """Each item's category (DirectHarm4's `category` column) where the benchmark has one, for per-category rows."""
+    if cell.kind != "safety":
+        return [None] * len(data.tasks[cell.dataset][0])
+    return [_category(ex) for ex in data.safety[cell.dataset]]
+
+
+def _category(ex: Example) -> str | None:
+    cat = ex.meta.get("category")
+    return None if cat is None or str(cat).strip() == "" else str(cat)
 
 
 def generation_key(model_key: str, conv: Conversation, cfg: Any) -> str:

@@ -208,6 +208,16 @@ def _check_backend(i: int, bspec: BackendSpec, found: _Findings) -> None:
 
 
 def _check_judge(spec: Spec, found: _Findings) -> None:
+    for judge in spec.judge_specs:  # with `judges: [...]`, each one as if it were the spec's judge
+        _check_one_judge(spec.model_copy(update={"judge": judge}), found)
+
+
+def _check_one_judge(spec: Spec, found: _Findings) -> None:
+    if spec.judge.kind == "classifier":
+        model = str(spec.judge.options.get("model", ""))
+        if not Path(model).expanduser().is_dir():
+            found.errors.append(f"judge.model: {model} is not a folder; give the classifier's local model folder")
+        return
     if spec.judge.kind == "mock":
         found.warnings.append("judge: the mock judge is a simulation; every verdict is labelled simulated")
         return

@@ -3,14 +3,16 @@
 The runner owns the plan and persistence; backends own vendor work; `ptst.scheduler` owns concurrency. The graph is
 fine-tuning job -> generation per cell -> judging per cell: every job starts up front (bounded per backend by
 `max_concurrent_jobs`, one at a time per local device), a cell generates as soon as its model exists, and a cell is
-judged while the next generates, so wall time is about the longest chain. Every step is looked up by its key first,
-so re-running a finished command does nothing, and a killed run resumes having lost at most the requests in flight
-(each chunk of responses and verdicts is committed as it arrives) and paid for nothing twice. Results are always
+judged (by every judge of the spec) while the next generates, so wall time is about the longest chain. With
+`eval.checkpoints`, a finished job's saved checkpoints join the graph as models of their own. Every step is looked
+up by its key first, so re-running a finished command does nothing, and a killed run resumes having lost at most the
+requests in flight (each chunk of responses and verdicts is committed as it arrives) and paid for nothing twice. Results are always
 rebuilt from the store (`ptst.collect`), never from in-memory state.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -34,7 +36,9 @@ from ptst.plan import (
     Datasets,
     PlannedJob,
     base_model_key,
+    cell_categories,
     cell_conversations,
+    checkpoint_model_key,
     chunks,
     eval_cells,
     generation_key,
@@ -111,8 +115,9 @@ def run_experiment(
         log(f"warning: {warning}")
     data = load_datasets(spec, spec_dir)
     backends = [(b, create_backend(b)) for b in spec.backends]
-    judge = create_judge(resolve_judge_spec(spec))
-    simulated = any(b.simulated for _, b in backends) or judge.simulated
+    # Each judge resolved on its own (a rubric judge's `base_url: inherit`); the first is the primary judge.
+    judges = [create_judge(resolve_judge_spec(spec.model_copy(update={"judge": js}))) for js in spec.judge_specs]
+    simulated = any(b.simulated for _, b in backends) or any(j.simulated for j in judges)
     if simulated:
         from ptst.report import SIMULATED_BANNER
 
@@ -125,14 +130,16 @@ def run_experiment(
         store.set_meta("test_templates", list(spec.eval.templates))
         names = set(spec.eval.templates) | set(spec.train.templates if spec.train else [])
         store.set_meta("safety_templates", sorted(n for n in names if spec.template(n).safety))
-        store.set_meta("judge", {"name": judge.name, "version": judge.version})  # the judge results are read with
+        # the judges results are read with; "judge" (the primary) is what a single-judge reader knows
+        store.set_meta("judge", {"name": judges[0].name, "version": judges[0].version})
+        store.set_meta("judges", [{"name": j.name, "version": j.version} for j in judges])
 
         planned = {bspec.name: train_jobs(spec, bspec, backend, data) for bspec, backend in backends}
         usd = _check_budget(spec, store, backends, planned, yes, retry_failed)
         if store.get_meta("started_at") is None:
             store.set_meta("started_at", _now())
         store.set_meta("finished_at", None)  # until this run finishes: a killed run reads as unfinished
-        graph = _Graph(spec, store, data, judge, out, retry_failed, usd)
+        graph = _Graph(spec, store, data, judges, out, retry_failed, usd)
         tasks = graph.plan(backends, planned)
         with RunProgress(graph.totals) as progress:
             for usd_done in store.costs("train"):  # money spent by earlier runs on this folder counts too
@@ -175,6 +182,9 @@ def _check_budget(
     return usd
 
 
+CellWork = tuple[Cell, list[Conversation], list[str]]  # a cell, its conversations, their generation keys
+
+
 @dataclass
 class _Model:
     """A model cells are generated from: known (base, or trained earlier) or the outcome of a job in this run."""
@@ -182,26 +192,28 @@ class _Model:
     key: str
     ref: ModelRef | None  # None until its job finishes
     job: PlannedJob | None
-    cells: list[tuple[Cell, list[Conversation], list[str]]]  # cell, its conversations, their generation keys
+    cells: list[CellWork]
+    checkpoint: int | None = None  # the training step of an intermediate checkpoint
 
 
 class _Graph:
     """The run's work as tasks: one per job, per cell's generation and per cell's judging."""
 
-    def __init__(self, spec: Spec, store: RunStore, data: Datasets, judge: Judge, out: Path, retry_failed: bool,
-                 usd: dict[str, float | None]):
-        self.spec, self.store, self.data, self.judge, self.out = spec, store, data, judge, out
+    def __init__(self, spec: Spec, store: RunStore, data: Datasets, judges: list[Judge], out: Path,
+                 retry_failed: bool, usd: dict[str, float | None]):
+        self.spec, self.store, self.data, self.judges, self.out = spec, store, data, judges, out
         self.retry_failed, self.usd = retry_failed, usd
         self.limits: dict[str, int] = {"judge": JUDGE_CALLS}
         self.totals = {"train": 0, "generate": 0, "judge": 0}
         self.claims = Claims()
         self.progress: RunProgress | None = None
         self._judge_planned: dict[str, int] = {}
+        self._positions = itertools.count(1)  # next() is atomic: train tasks index checkpoint cells concurrently
 
     # -- planning --------------------------------------------------------------------------------------------------
     def plan(self, backends: list[tuple[BackendSpec, FineTuneBackend]], planned: dict[str, list[PlannedJob]]) -> list[Task]:
         """Index every cell we can produce (one transaction) and return the tasks that start the run."""
-        rows, tasks, position = [], [], 0
+        rows, tasks = [], []
         for bspec, backend in backends:
             self._slots(bspec, backend)
             models: list[_Model] = []
@@ -210,7 +222,10 @@ class _Graph:
             for pj in planned[bspec.name]:
                 rec = self.store.job(pj.run_key)
                 if rec is not None and rec.status == "succeeded" and rec.model_ref is not None:
-                    models.append(_Model(pj.run_key, ModelRef.model_validate(rec.model_ref), None, []))
+                    ref = ModelRef.model_validate(rec.model_ref)
+                    models.append(_Model(pj.run_key, ref, None, []))
+                    for step, ck in self._checkpoints(backend, ref, pj.run_key):
+                        models.append(_Model(checkpoint_model_key(pj.run_key, step), ck, None, [], step))
                 elif rec is not None and not self.retry_failed:
                     job = pj.job
                     log(f"skip {job.backend} {job.train_template} seed {job.seed}: job {rec.status} earlier "
@@ -224,16 +239,16 @@ class _Graph:
                     self.totals["train"] += 1
             for m in models:
                 if m.ref is not None:
-                    m.cells = self._cells(bspec, backend, m.ref, m.key)
-                for cell, convs, keys in m.cells:
-                    position += 1
-                    rows.append((cell.key, cell.describe(), position, [(k, c.query, c.reference) for k, c in zip(keys, convs)]))
+                    m.cells = self._cells(bspec, backend, m.ref, m.key, m.checkpoint)
+                rows += [self._row(cell, convs, keys) for cell, convs, keys in m.cells]
                 if m.ref is not None:
                     tasks += [self._generate_task(backend, cell, m.ref, convs, keys) for cell, convs, keys in m.cells]
                 else:
                     tasks.append(self._train_task(bspec, backend, m))
         self.store.replace_cells(rows)
-        self._count(rows)
+        gen, judge = self._count(rows)
+        self.totals["generate"] += gen
+        self.totals["judge"] += judge
         return tasks
 
     def _slots(self, bspec: BackendSpec, backend: FineTuneBackend) -> None:
@@ -246,25 +261,62 @@ class _Graph:
         else:
             self.limits[f"generate:{bspec.name}"] = REMOTE_GENERATION_CALLS
 
-    def _cells(self, bspec: BackendSpec, backend: FineTuneBackend, model: ModelRef, model_key: str):
+    def _row(self, cell: Cell, convs: list[Conversation], keys: list[str]):
+        """A cell's index row; positions follow the plan, checkpoints found later after every planned cell."""
+        cats = cell_categories(cell, self.data)
+        return (cell.key, cell.describe(), next(self._positions),
+                [(k, c.query, c.reference, cat) for k, c, cat in zip(keys, convs, cats, strict=True)])
+
+    def _checkpoints(self, backend: FineTuneBackend, ref: ModelRef, run_key: str) -> list[tuple[int, ModelRef]]:
+        """The checkpoints of a fine-tuned model the spec asks for (`eval.checkpoints`), as (step, model). Listing
+        them can fail (a vendor's API): recorded as a failure of the run, and the final model is evaluated anyway."""
+        if self.spec.eval.checkpoints == "none":
+            return []
+        what = f"checkpoints of {ref.backend} {ref.train_template} seed {ref.seed}"
+        try:
+            found = backend.checkpoints(ref)
+        except BackendError as e:
+            log(f"  listing the {what} failed: {e} — recorded; continuing with the final model")
+            self.store.put_failure(f"checkpoints:{run_key}", "checkpoints", what, str(e))
+            return []
+        self.store.clear_failure(f"checkpoints:{run_key}")
+        # A save at the very last step is the final model itself (a local backend lists it): evaluated once, as final.
+        found = [c for c in found if c.model_id != ref.model_id
+                 and (c.adapter_dir is None or c.adapter_dir != ref.adapter_dir)]
+        chosen = [(int(c.meta["step"]), c) for c in found
+                  if isinstance(c.meta.get("step"), int) and self.spec.eval.wants_checkpoint(int(c.meta["step"]))]
+        if isinstance(self.spec.eval.checkpoints, list):
+            missing = sorted(set(self.spec.eval.checkpoints) - {s for s, _ in chosen})
+            if missing:
+                log(f"warning: no checkpoint at step(s) {', '.join(map(str, missing))} among the {what} "
+                    f"(saved: {', '.join(str(c.meta.get('step')) for c in found) or 'none'})")
+        return chosen
+
+    def _cells(self, bspec: BackendSpec, backend: FineTuneBackend, model: ModelRef, model_key: str,
+               checkpoint: int | None = None) -> list[CellWork]:
         out = []
-        for cell in eval_cells(self.spec, bspec, model, model_key, self.data):
+        for cell in eval_cells(self.spec, bspec, model, model_key, self.data, checkpoint=checkpoint):
             convs = cell_conversations(self.spec, cell, backend.family, self.data)
             out.append((cell, convs, [generation_key(cell.model_key, c, self.spec.eval.generation) for c in convs]))
         return out
 
-    def _count(self, rows) -> None:
-        """Totals for the progress view: responses still missing, and safety items still without a verdict."""
-        keys = {g for _, _, _, items in rows for g, _, _ in items}
+    def _count(self, rows) -> tuple[int, int]:
+        """Totals for the progress view: responses still missing, and safety items still without each judge's
+        verdict."""
+        keys = {it[0] for _, _, _, items in rows for it in items}
         have = self.store.responses(keys)
-        self.totals["generate"] = len(keys) - len(have)
+        total_judge = 0
         for key, desc, _, items in rows:
             if desc["kind"] != "safety":
                 continue
-            jk = judgment_keys(self.judge.name, self.judge.version, items, have)
-            n = len({g for g, _, _ in items}) - len(self.store.judgments(jk.values()))
+            n = 0
+            triples = [it[:3] for it in items]
+            for judge in self.judges:
+                jk = judgment_keys(judge.name, judge.version, triples, have)
+                n += len({g for g, _, _ in triples}) - len(self.store.judgments(jk.values()))
             self._judge_planned[key] = n
-            self.totals["judge"] += n
+            total_judge += n
+        return len(keys) - len(have), total_judge
 
     # -- tasks -----------------------------------------------------------------------------------------------------
     def _train_task(self, bspec: BackendSpec, backend: FineTuneBackend, m: _Model) -> Task:
@@ -281,9 +333,25 @@ class _Graph:
                 self.progress.add_total("generate", -sum(len(set(k)) for _, _, k in m.cells))
                 self.progress.add_total("judge", -sum(self._judge_planned.get(c.key, 0) for c, _, _ in m.cells))
                 return []
-            return [self._generate_task(backend, cell, ref, convs, keys) for cell, convs, keys in m.cells]
+            tasks = [self._generate_task(backend, cell, ref, convs, keys) for cell, convs, keys in m.cells]
+            return tasks + self._checkpoint_tasks(bspec, backend, ref, m.job.run_key)  # type: ignore[union-attr]
 
         return Task(f"train {bspec.name} {m.job.job.train_template} seed {m.job.job.seed}", work, slots)
+
+    def _checkpoint_tasks(self, bspec: BackendSpec, backend: FineTuneBackend, ref: ModelRef, run_key: str) -> list[Task]:
+        """After a job: index the cells of the checkpoints the spec asks for, and return their generation tasks."""
+        tasks: list[Task] = []
+        for step, ck in self._checkpoints(backend, ref, run_key):
+            cells = self._cells(bspec, backend, ck, checkpoint_model_key(run_key, step), step)
+            rows = [self._row(cell, convs, keys) for cell, convs, keys in cells]
+            for key, desc, position, items in rows:
+                self.store.put_cell(key, desc, position, items)
+            gen, judge = self._count(rows)
+            assert self.progress is not None
+            self.progress.add_total("generate", gen)
+            self.progress.add_total("judge", judge)
+            tasks += [self._generate_task(backend, cell, ck, convs, keys) for cell, convs, keys in cells]
+        return tasks
 
     def _fine_tune(self, backend: FineTuneBackend, pj: PlannedJob) -> ModelRef | None:
         job = pj.job
@@ -344,21 +412,25 @@ class _Graph:
             items = self.store.cell_items(cell.key)
             responses = self.store.responses(g for g, _, _ in items)
             queries = {g: q for g, q, _ in items}
-            todo: dict[str, JudgeItem] = {}
-            for g, jk in judgment_keys(self.judge.name, self.judge.version, items, responses).items():
-                todo.setdefault(jk, JudgeItem(queries[g], responses[g]))
-            have = self.store.judgments(todo)
-            mine = self.claims.claim(k for k in todo if k not in have)
-            missing = [(k, it) for k, it in todo.items() if k in mine]
+            todo: list[tuple[Judge, dict[str, JudgeItem]]] = []
+            for judge in self.judges:  # every judge judges every response, each cached under its own name+version
+                mine_todo: dict[str, JudgeItem] = {}
+                for g, jk in judgment_keys(judge.name, judge.version, items, responses).items():
+                    mine_todo.setdefault(jk, JudgeItem(queries[g], responses[g]))
+                todo.append((judge, mine_todo))
+            have = self.store.judgments(k for _, t in todo for k in t)
+            mine = self.claims.claim(k for _, t in todo for k in t if k not in have)
+            missing = [(judge, [(k, it) for k, it in t.items() if k in mine]) for judge, t in todo]
             assert self.progress is not None
-            self.progress.add_total("judge", len(missing) - self._judge_planned.pop(cell.key, 0))
+            self.progress.add_total("judge", sum(len(m) for _, m in missing) - self._judge_planned.pop(cell.key, 0))
             try:
-                for part in chunks(missing, JUDGE_CHUNK):
-                    verdicts = self.judge.judge([it for _, it in part])
-                    self.store.put_judgments(self.judge.name, [
-                        (k, Judged(v.unsafe, v.score, v.raw, v.error)) for (k, _), v in zip(part, verdicts)
-                    ])
-                    self.progress.advance("judge", len(part))
+                for judge, judge_missing in missing:
+                    for part in chunks(judge_missing, JUDGE_CHUNK):
+                        verdicts = judge.judge([it for _, it in part])
+                        self.store.put_judgments(judge.name, [
+                            (k, Judged(v.unsafe, v.score, v.raw, v.error)) for (k, _), v in zip(part, verdicts)
+                        ])
+                        self.progress.advance("judge", len(part))
             except BackendError as e:
                 return self._cell_failed(cell, "judge", e)
             finally:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ptst.backends.base import BackendSpec
 from ptst.backends.registry import backend_class
@@ -56,6 +56,14 @@ class EvalSpec(_Model):
     tasks: list[DatasetRef] = Field(default_factory=list)
     generation: GenerationConfig = GenerationConfig()
     evaluate_base: bool = Field(True, description="also evaluate each base model before fine-tuning (reference row)")
+    # Intermediate checkpoints of each fine-tuned model, evaluated like final models (the paper's early-stopping
+    # comparison): "none", "all" the backend saved, or the listed training steps.
+    checkpoints: Literal["none", "all"] | list[Annotated[int, Field(ge=1)]] = Field(
+        "none", description="evaluate saved checkpoints too: none, all, or a list of training steps"
+    )
+
+    def wants_checkpoint(self, step: int) -> bool:
+        return self.checkpoints == "all" or (isinstance(self.checkpoints, list) and step in self.checkpoints)
 
 
 class Spec(_Model):
@@ -64,6 +72,9 @@ class Spec(_Model):
     train: TrainSpec | None = None
     eval: EvalSpec
     judge: JudgeSpec = JudgeSpec()
+    # Several judges (each safety response judged by every one; results get rows per judge and their agreement).
+    # The first is the primary judge: `judge` is set to it, so everything that reads one judge reads the primary.
+    judges: list[JudgeSpec] | None = Field(None, min_length=1, description="several judges; the first is primary")
     templates: list[Template] = Field(default_factory=list, description="user-defined templates")
     budget_usd: float | None = Field(None, ge=0)
     data_dir: str | None = Field(None, description="folder searched for local copies of registry datasets")
@@ -76,6 +87,20 @@ class Spec(_Model):
         if dup:
             raise ValueError(f"backend name {dup[0]!r} is used twice; give each entry a distinct 'label'")
         return v
+
+    @model_validator(mode="after")
+    def _one_judge_field(self) -> Spec:
+        if self.judges is None:
+            return self
+        if "judge" in self.model_fields_set and self.judge != self.judges[0]:
+            raise ValueError("judge and judges are both given; list every judge under judges (the first is primary)")
+        object.__setattr__(self, "judge", self.judges[0])  # a dump re-validates: judge == judges[0] is accepted
+        return self
+
+    @property
+    def judge_specs(self) -> list[JudgeSpec]:
+        """Every judge of the run, the primary first."""
+        return list(self.judges) if self.judges is not None else [self.judge]
 
     @property
     def custom_templates(self) -> dict[str, Template]:
@@ -161,6 +186,12 @@ def _semantic_problems(spec: Spec) -> list[str]:
                 f"eval.tasks[{i}]: no task metric for {task.display_name()!r}; "
                 "known task metrics: gsm8k (exact_match); for a path dataset give metric: exact_match"
             )
+    if spec.eval.checkpoints != "none" and spec.train is None:
+        problems.append("eval.checkpoints: only fine-tuned models have checkpoints; add a train section or remove it")
+    kinds = [(j.kind, sorted(j.options.items(), key=str)) for j in spec.judge_specs]
+    for i, k in enumerate(kinds):
+        if k in kinds[:i]:
+            problems.append(f"judges[{i}]: the same judge as judges[{kinds.index(k)}]; remove one")
     if not spec.eval.safety and not spec.eval.tasks:
         problems.append("eval: give at least one safety benchmark (eval.safety) or task (eval.tasks)")
     return problems

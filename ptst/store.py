@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE TABLE IF NOT EXISTS cells (key TEXT PRIMARY KEY, spec TEXT NOT NULL, position INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS cell_items (
   cell TEXT NOT NULL, idx INTEGER NOT NULL, gen_key TEXT NOT NULL, query TEXT NOT NULL, reference TEXT,
-  PRIMARY KEY (cell, idx));
+  category TEXT, PRIMARY KEY (cell, idx));
 CREATE TABLE IF NOT EXISTS generations (
   key TEXT PRIMARY KEY, prompt TEXT NOT NULL, response TEXT NOT NULL, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS judgments (
@@ -45,7 +45,14 @@ CREATE TABLE IF NOT EXISTS failures (
   key TEXT PRIMARY KEY, stage TEXT NOT NULL, what TEXT NOT NULL, message TEXT NOT NULL, updated REAL NOT NULL);
 """
 
-CellRow = tuple[str, dict[str, Any], int, Sequence[tuple[str, str, str | None]]]  # key, spec, position, items
+# An item: (gen_key, query, reference) or (gen_key, query, reference, category).
+Item = tuple[str, str, str | None] | tuple[str, str, str | None, str | None]
+CellRow = tuple[str, dict[str, Any], int, Sequence[Item]]  # key, spec, position, items
+_INSERT_ITEM = "INSERT INTO cell_items (cell, idx, gen_key, query, reference, category) VALUES (?, ?, ?, ?, ?, ?)"
+
+
+def _item_rows(key: str, items: Sequence[Item]) -> list[tuple[Any, ...]]:
+    return [(key, i, it[0], it[1], it[2], it[3] if len(it) > 3 else None) for i, it in enumerate(items)]  # type: ignore[misc]
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -162,6 +169,8 @@ class RunStore:
                 self.conn.execute("PRAGMA journal_mode=WAL")
                 self.conn.execute("PRAGMA synchronous=NORMAL")
                 self.conn.executescript(SCHEMA)
+                if not self._has_category():  # a store made before per-category rows: the column is added
+                    self.conn.execute("ALTER TABLE cell_items ADD COLUMN category TEXT")
         has_meta = self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone()
         schema = self.get_meta("key_schema") if has_meta else None
         if schema is not None and schema != KEY_SCHEMA:
@@ -173,6 +182,10 @@ class RunStore:
             # A store without the field predates versioned keys: its keys are v1 by construction (pinned by the
             # golden-key tests), so it is read as is.
             self.set_meta("key_schema", KEY_SCHEMA)
+
+    def _has_category(self) -> bool:
+        with self.lock:
+            return any(r[1] == "category" for r in self.conn.execute("PRAGMA table_info(cell_items)").fetchall())
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
@@ -264,18 +277,14 @@ class RunStore:
             c.execute("DELETE FROM cell_items")
             for key, spec, position, items in rows:
                 c.execute("INSERT INTO cells VALUES (?, ?, ?)", (key, json.dumps(spec, sort_keys=True), position))
-                c.executemany(
-                    "INSERT INTO cell_items VALUES (?, ?, ?, ?, ?)", [(key, i, g, q, r) for i, (g, q, r) in enumerate(items)]
-                )
+                c.executemany(_INSERT_ITEM, _item_rows(key, items))
 
-    def put_cell(self, key: str, spec: dict[str, Any], position: int, items: Sequence[tuple[str, str, str | None]]) -> None:
-        """Record (or reset) one cell and its items (gen_key, query, reference) in one transaction."""
+    def put_cell(self, key: str, spec: dict[str, Any], position: int, items: Sequence[Item]) -> None:
+        """Record (or reset) one cell and its items (gen_key, query, reference[, category]) in one transaction."""
         with self.transaction() as c:
             c.execute("INSERT OR REPLACE INTO cells VALUES (?, ?, ?)", (key, json.dumps(spec, sort_keys=True), position))
             c.execute("DELETE FROM cell_items WHERE cell = ?", (key,))
-            c.executemany(
-                "INSERT INTO cell_items VALUES (?, ?, ?, ?, ?)", [(key, i, g, q, r) for i, (g, q, r) in enumerate(items)]
-            )
+            c.executemany(_INSERT_ITEM, _item_rows(key, items))
 
     def drop_cells(self, keys: Iterable[str]) -> None:
         """Remove cells from the index (those of a job that ended without a model), in one transaction."""
@@ -290,6 +299,12 @@ class RunStore:
     def cell_items(self, cell: str) -> list[tuple[str, str, str | None]]:
         """(gen_key, query, reference) of a cell, in order."""
         return self._read("SELECT gen_key, query, reference FROM cell_items WHERE cell = ? ORDER BY idx", (cell,))
+
+    def cell_categories(self, cell: str) -> list[str | None]:
+        """Each item's category, in order (all None in a store opened read-only from before the column existed)."""
+        if not self._has_category():
+            return [None] * len(self.cell_items(cell))
+        return [c for (c,) in self._read("SELECT category FROM cell_items WHERE cell = ? ORDER BY idx", (cell,))]
 
     # -- failures of cells (a generation or judge error after retries) ------------------------------------------
     def put_failure(self, key: str, stage: str, what: str, message: str) -> None:

@@ -52,8 +52,9 @@ def test_plugin_runs_a_spec_end_to_end(installed_plugin: None, tmp_path: Path) -
     spec = load_spec(spec_path)
     results = run(spec, tmp_path / "out", spec_dir=spec_path.parent)
     assert results.simulated  # the toy backend declares itself a simulation, and results say so
-    base = [r for r in results.safety if r.train_template is None]
-    tuned = [r for r in results.safety if r.train_template is not None]
+    whole = [r for r in results.safety if r.category is None]  # whole-benchmark rows (per-category rows beside them)
+    base = [r for r in whole if r.train_template is None]
+    tuned = [r for r in whole if r.train_template is not None]
     assert len(base) == 2 and len(tuned) == 4  # base + 2 train templates, x 2 test templates
     # The base model always refuses; the "fine-tuned" one replays math answers, which the keyword judge counts unsafe.
     assert all(r.asr == 0.0 for r in base)

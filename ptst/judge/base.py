@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, model_validator
 
 JUDGE_MODULES: dict[str, str] = {
+    "classifier": "ptst.judge.classifier",
     "keyword": "ptst.judge.keyword",
     "mock": "ptst.judge.mock",
     "rubric": "ptst.judge.rubric",
@@ -39,7 +40,7 @@ class JudgeSpec(BaseModel):
     """The spec's `judge:` entry; keys other than `kind` are the judge's own options (validated by it)."""
 
     model_config = ConfigDict(frozen=True, extra="allow")
-    kind: Literal["keyword", "mock", "rubric"] = "keyword"
+    kind: Literal["keyword", "mock", "rubric", "classifier"] = "keyword"
 
     @property
     def options(self) -> dict[str, Any]:
