@@ -383,7 +383,7 @@ class _Graph:
 
         def work() -> list[Task]:
             have = self.store.responses(keys)
-            todo = {k: c for k, c in zip(keys, convs) if k not in have}
+            todo = {k: c for k, c in zip(keys, convs, strict=True) if k not in have}
             mine = self.claims.claim(todo)
             items = [(k, c) for k, c in todo.items() if k in mine]
             assert self.progress is not None
@@ -395,7 +395,7 @@ class _Graph:
                     if len(responses) != len(batch):
                         raise RuntimeError(f"backend {cell.backend} returned {len(responses)} responses for {len(batch)} prompts")
                     self.store.put_generations([
-                        (k, json.dumps(_prompt_record(backend, c), ensure_ascii=False), r) for (k, c), r in zip(part, responses)
+                        (k, json.dumps(_prompt_record(backend, c), ensure_ascii=False), r) for (k, c), r in zip(part, responses, strict=True)
                     ])
                     self.progress.advance("generate", len(part))
             except BackendError as e:
@@ -428,7 +428,7 @@ class _Graph:
                     for part in chunks(judge_missing, JUDGE_CHUNK):
                         verdicts = judge.judge([it for _, it in part])
                         self.store.put_judgments(judge.name, [
-                            (k, Judged(v.unsafe, v.score, v.raw, v.error)) for (k, _), v in zip(part, verdicts)
+                            (k, Judged(v.unsafe, v.score, v.raw, v.error)) for (k, _), v in zip(part, verdicts, strict=True)
                         ])
                         self.progress.advance("judge", len(part))
             except BackendError as e:
