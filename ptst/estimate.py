@@ -208,7 +208,7 @@ def estimate_run(
                 if store is not None:
                     keys = [generation_key(model_key, c, cfg) for c in convs]
                     have = store.responses(set(keys))
-                    todo = [c for c, k in zip(convs, keys) if k not in have]
+                    todo = [c for c, k in zip(convs, keys, strict=True) if k not in have]
                     judged_todo = todo
                     if cell.kind == "safety" and judge_id is not None and len(todo) < len(convs):
                         judged_todo = todo + _unjudged(store, judge_id, convs, keys, have)
@@ -271,7 +271,7 @@ def _unjudged(store: Any, judge_id: tuple[str, str], convs: Sequence[Conversatio
     """Generated conversations without the current judge's verdict (judging them is still to pay)."""
     from ptst.collect import judgment_keys
 
-    items = [(k, c.query, c.reference) for k, c in zip(keys, convs)]
+    items = [(k, c.query, c.reference) for k, c in zip(keys, convs, strict=True)]
     jk = judgment_keys(judge_id[0], judge_id[1], items, have)
     done = store.judgments(jk.values())
-    return [c for c, k in zip(convs, keys) if k in jk and jk[k] not in done]
+    return [c for c, k in zip(convs, keys, strict=True) if k in jk and jk[k] not in done]

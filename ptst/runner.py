@@ -154,7 +154,7 @@ def run_experiment(
         store.set_meta("judge", {"name": judge.name, "version": judge.version})  # the judge results are read with
 
         planned = {bspec.name: train_jobs(spec, bspec, backend, data) for bspec, backend in backends}
-        usd = _check_budget(spec, store, backends, planned, yes, retry_failed, data)
+        usd = _check_budget(spec, store, backends, planned, yes, retry_failed, data=data)
         if store.get_meta("started_at") is None:
             store.set_meta("started_at", _now())
         store.set_meta("finished_at", None)  # until this run finishes: a killed run reads as unfinished
@@ -173,7 +173,7 @@ def run_experiment(
 
 def _check_budget(
     spec: Spec, store: RunStore, backends, planned: dict[str, list[PlannedJob]], yes: bool, retry_failed: bool,
-    data: Datasets | None = None,
+    *, data: Datasets | None = None,
 ) -> dict[str, float | None]:
     """Refuse a run whose remaining work (jobs to run, generations and verdicts missing from the store) is estimated
     above budget_usd, or cannot be priced, unless --yes; return each job-to-run's USD, recorded as its cost once it

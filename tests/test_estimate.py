@@ -148,3 +148,41 @@ def test_local_backend_reports_gpu_hours_with_the_assumption(tmp_path, capsys):
     assert est["gpu_hours"] == pytest.approx((billed / TRAIN_TOKENS_PER_S + 4 * MAX_NEW / DECODE_TOKENS_PER_S) / 3600,
                                              abs=1e-3)
     assert GPU_ASSUMPTION in est["notes"]
+
+
+def test_a_resumed_run_is_estimated_for_what_is_missing_only(tmp_path, monkeypatch):
+    import sqlite3
+
+    from ptst.backends.base import create_backend
+    from ptst.estimate import estimate_run
+    from ptst.plan import train_jobs
+    from ptst.runner import load_datasets
+    from ptst.spec import load_spec
+    from ptst.store import RunStore
+    from ptst.testing.fake_openai import FakeOpenAI
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-fake")
+    with FakeOpenAI() as fake:
+        judge = {"kind": "rubric", "model": "gpt-4-0613", "max_tokens": 50, "base_url": fake.url}
+        path = write_spec(tmp_path, backend={"kind": "mock", "model": "m"}, judge=judge, train=False)
+        spec = load_spec(path)
+        data = load_datasets(spec, path.parent)
+        backends = [(b, create_backend(b)) for b in spec.backends]
+        planned = {b.name: train_jobs(spec, b, be, data) for b, be in backends}
+        out = tmp_path / "out"
+
+        def estimate():
+            with RunStore.open(out) as store:
+                return estimate_run(spec, data, backends, planned, store=store)
+
+        before = estimate()
+        assert (before.generations, before.judge_calls) == (2, 2) and before.usd_by_stage["judge"] > 0
+        assert main(["run", str(path), "--out", str(out)]) == 0
+        done = estimate()
+        assert (done.generations, done.judge_calls, done.usd) == (0, 0, 0.0)
+        with sqlite3.connect(out / "ptst.db") as c:
+            c.execute("DELETE FROM judgments")
+        # responses kept, verdicts lost: only the judging is still to pay, at the same price as before
+        again = estimate()
+        assert (again.generations, again.judge_calls) == (0, 2)
+        assert again.usd_by_stage["judge"] == before.usd_by_stage["judge"]

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO
+from test_metrics_bertscore import tiny_bert  # noqa: F401  (a fixture: the chatdoctor spec's metric model)
 
 from ptst.errors import SpecError
 from ptst.spec import load_spec
-from test_metrics_bertscore import tiny_bert  # noqa: F401  (a fixture: the chatdoctor spec's metric model)
 
 PAPER = REPO / "examples" / "paper"
 
