@@ -104,9 +104,9 @@ def test_an_adapter_of_another_base_model_is_refused(tmp_path, capsys):
     b = create_backend(BackendSpec(kind="llama2", model="meta-llama/Llama-2-7b-chat-hf", adapter=str(d)))
     problems = b.preflight()
     assert any("trained on some/other-model" in p and "set `model: some/other-model`" in p for p in problems)
-    from ptst.errors import BackendError
+    from ptst.errors import UsageError
 
-    with pytest.raises(BackendError, match="trained on some/other-model"):
+    with pytest.raises(UsageError, match="trained on some/other-model"):
         b.base_model()
 
 

@@ -35,7 +35,7 @@ from ptst.backends.local.render import TrainingFormError, check_prompt_ids, clea
 from ptst.backends.local.train import TrainSettings, train_lora
 from ptst.backends.local.vllm import generate_vllm, release_vllm
 from ptst.conversation import Conversation
-from ptst.errors import BackendError, PtstError
+from ptst.errors import BackendError, PtstError, UsageError
 from ptst.types import Frozen
 
 
@@ -160,7 +160,7 @@ class LocalBackend(FineTuneBackend):
         adapter or one trained on another base model."""
         problem = self._adapter_problem()
         if problem is not None:
-            raise BackendError(problem)
+            raise UsageError(problem)
         return read_adapter_metadata(Path(self.options.adapter or "")) or {}
 
     def _adapter_problem(self) -> str | None:
