@@ -220,22 +220,21 @@ def estimate_run(
                 if openai:
                     assert counter is not None
                     p = price[fine_tuned]
-                    if p is None:
+                    if p is None and todo:
                         stages["generate"].add(None)
-                        if todo:
-                            notes.append(f"no chat price for {bspec.model}{' (fine-tuned)' if fine_tuned else ''}: "
-                                         "generation cost unknown; add it to ptst/resources/prices.json")
-                    else:
+                        notes.append(f"no chat price for {bspec.model}{' (fine-tuned)' if fine_tuned else ''}: "
+                                     "generation cost unknown; add it to ptst/resources/prices.json")
+                    elif p is not None:
                         tin = sum(counter.messages(c) for c in todo) * times
                         stages["generate"].add(_usd(tin, len(todo) * times * cfg.max_new_tokens, p, batch))
-                elif not (local or backend.simulated):
+                elif todo and not (local or backend.simulated):
                     stages["generate"].add(None)  # a plugin's remote API: its prices are not ptst's to know
                 if cell.kind == "safety" and rubric is not None:
                     n = len(judged_todo) * times
                     n_judge += n
-                    if judge_price is None:
+                    if judge_price is None and n:
                         stages["judge"].add(None)
-                    else:
+                    elif judge_price is not None:
                         assert judge_counter is not None
                         tin = sum(judge_counter.judge(c.query) + cfg.max_new_tokens for c in judged_todo) * times
                         stages["judge"].add(_usd(tin, n * rubric.max_tokens, judge_price, rubric.batch))
@@ -247,7 +246,8 @@ def estimate_run(
         if judge_price is None:
             notes.append(f"no chat price for judge model {rubric.model}: judging cost unknown")
         notes.append(f"judge {rubric.model}: each call priced as the rubric prompt + a response of max_new_tokens "
-                     f"({cfg.max_new_tokens}) in, the judge's max_tokens ({rubric.max_tokens}) out (lower it to tighten the bound); "
+                     f"({cfg.max_new_tokens}) in, the judge's max_tokens ({rubric.max_tokens}) out (lower it to "
+                     "tighten the bound); "
                      "parse retries not counted"
                      + ("; Batch API, half price" if rubric.batch else ""))
     if any(_is_openai(b) for _, b in backends):
