@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 DEFAULT_GENERATION_CHUNK = 64
+M = TypeVar("M", bound=BaseModel)
 
 
 class BackendSpec(BaseModel):
@@ -60,10 +61,22 @@ class BackendSpec(BaseModel):
     max_concurrent_jobs: int | None = Field(
         None, ge=1, description="fine-tuning jobs of this backend running at once (default 8; local: one per device)"
     )
+    # Per-backend training settings: the fields given here override the spec's `train.hyperparameters` field by
+    # field (vendors differ: OpenAI's learning-rate multiplier is not Llama's learning rate). Part of the job key
+    # through the merged hyperparameters, so only this backend's jobs change.
+    hyperparameters: Hyperparameters | None = Field(
+        None, description="overrides of train.hyperparameters for this backend (only the fields given)"
+    )
 
     @property
     def name(self) -> str:
         return self.label or self.kind
+
+    def train_hyperparameters(self, spec_hp: Hyperparameters) -> Hyperparameters:
+        """The spec's hyperparameters with this backend's overrides applied field by field."""
+        if self.hyperparameters is None:
+            return spec_hp
+        return _override(spec_hp, self.hyperparameters)
 
     @property
     def options(self) -> dict[str, Any]:
@@ -170,6 +183,18 @@ class FineTuneBackend(ABC):
     def cancel(self, ledger_entry: dict[str, Any]) -> str:
         """Cancel an external job recorded in the ledger (`ptst cancel`); local backends have none."""
         raise NotImplementedError(f"backend {self.kind!r} has no external jobs to cancel")
+
+
+def _override(base: M, over: M) -> M:
+    """`base` with the fields set in `over` (its `model_fields_set`) replaced, nested models merged the same way.
+
+    The result's `model_fields_set` is the union of both, so a backend that sends only the fields a user set (OpenAI
+    sends the rest as "auto") sees exactly the fields set in either place."""
+    update: dict[str, Any] = {}
+    for name in over.model_fields_set:
+        new, old = getattr(over, name), getattr(base, name)
+        update[name] = _override(old, new) if isinstance(new, BaseModel) and isinstance(old, BaseModel) else new
+    return base.model_copy(update=update)
 
 
 def create_backend(spec: BackendSpec) -> FineTuneBackend:

@@ -3,7 +3,7 @@ chain (one job: upload -> train -> generate -> judge).
 
 Each job spends `--stage-s` seconds in each of the fake's three stages (validating, queued, running), every request
 waits `--latency-ms`, and each fine-tuned model answers `--prompts` harmful prompts (judged by the keyword judge).
-Three runs per N: ptst's default (`max_concurrent_jobs` 8), all N jobs at once (`max_concurrent_jobs: N`), and serial
+Three runs per N: ptst's default (no `max_concurrent_jobs`: every job at once), an explicit cap of N, and serial
 (`max_concurrent_jobs: 1`: jobs train one after another; a finished model's generation still overlaps the next job's
 training, so this is a lower bound for the old runner, where every step ran in turn). Generation is kept small:
 the openai client spends ~10 ms of CPU per request, so on a small machine many prompts measure the client, not the
@@ -97,7 +97,7 @@ def main() -> None:
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; stages {args.stage_s:g} s ×3, "
           f"latency {args.latency_ms:g} ms, {args.prompts} prompts per model")
     print(f"longest chain (1 job, measured): {chain:.2f} s")
-    print(f"{'jobs':>4}  {'default (8) s':>13}  {'× chain':>7}  {'all at once s':>13}  {'× chain':>7}  "
+    print(f"{'jobs':>4}  {'default s':>13}  {'× chain':>7}  {'cap = N s':>13}  {'× chain':>7}  "
           f"{'serial s':>8}  {'× chain':>7}")
     for n in args.jobs:
         default = chain if n == 1 else timed_run(args, n, None)

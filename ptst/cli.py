@@ -77,7 +77,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else _default_out(spec_path, spec.name)
     try:
         results, info = run_experiment(
-            spec, out, spec_dir=spec_path.resolve().parent, yes=args.yes, retry_failed=args.retry_failed
+            spec, out, spec_dir=spec_path.resolve().parent, yes=args.yes, retry_failed=args.retry_failed,
+            limit=args.limit,
         )
     except KeyboardInterrupt:
         print(
@@ -231,33 +232,50 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
+    """Every stage's work and cost before anything is spent: a table per job, then the totals (or one JSON object)."""
     from rich.table import Table
 
     from ptst.backends.base import create_backend
+    from ptst.estimate import estimate_run
+    from ptst.estimate import usd_text as money
     from ptst.plan import train_jobs
     from ptst.runner import load_datasets
     from ptst.spec import load_spec
 
     spec_path = Path(args.spec)
     spec = load_spec(spec_path)
-    data = load_datasets(spec, spec_path.resolve().parent)
+    data = load_datasets(spec, spec_path.resolve().parent, limit=args.limit)
+    backends = [(b, create_backend(b)) for b in spec.backends]
+    planned = {b.name: train_jobs(spec, b, backend, data) for b, backend in backends}
+    est = estimate_run(spec, data, backends, planned)
+    if args.json:
+        out = {"spec": spec.name, "limit": args.limit, **est.to_json(), "budget_usd": spec.budget_usd}
+        sys.stdout.write(json.dumps(out, indent=2) + "\n")
+        return 0
+
     table = Table("backend", "model", "train template", "seed", "examples", "tokens/epoch", "billed tokens", "USD", "notes")
-    total = 0.0
-    for bspec in spec.backends:
-        backend = create_backend(bspec)
-        for pj in train_jobs(spec, bspec, backend, data):
-            est = backend.estimate(pj.job)
-            total += est.usd or 0.0
-            table.add_row(
-                bspec.name, bspec.model, pj.job.train_template, str(pj.job.seed), f"{est.n_examples:,}",
-                f"{est.n_tokens:,}" if est.n_tokens is not None else "?",
-                f"{est.n_billed_tokens:,}" if est.n_billed_tokens is not None else "?",
-                f"{est.usd:,.4f}" if est.usd is not None else "?", est.notes,
-            )
+    for j in est.train:
+        e = j.estimate
+        table.add_row(
+            j.backend, j.model, j.train_template, str(j.seed), f"{e.n_examples:,}",
+            f"{e.n_tokens:,}" if e.n_tokens is not None else "?",
+            f"{e.n_billed_tokens:,}" if e.n_billed_tokens is not None else "?",
+            f"{e.usd:,.4f}" if e.usd is not None else "?", e.notes,
+        )
     console = _console()
-    console.print(table)
+    if est.train:
+        console.print(table)
+    by = est.usd_by_stage
     budget = f" (budget_usd {spec.budget_usd:,.2f})" if spec.budget_usd is not None else ""
-    console.print(f"total estimated fine-tuning cost: ${total:,.4f}{budget}")
+    console.print(f"total estimated fine-tuning cost: {money(by['train'])}")
+    console.print(f"{est.jobs} fine-tuning job(s) {money(by['train'])}; {est.generations:,} generations "
+                  f"{money(by['generate'])}; {est.judge_calls:,} judge calls {money(by['judge'])}")
+    gpu = f"; about {est.gpu_hours:,.2f} GPU hours" if est.gpu_hours is not None else ""
+    console.print(f"total estimated cost: {money(est.usd)}{budget}{gpu}")
+    if args.limit:
+        console.print(f"(--limit {args.limit}: the first {args.limit} rows of every dataset)")
+    for note in est.notes:
+        console.print(f"note: {note}")
     return 0
 
 
@@ -280,6 +298,16 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(v: str) -> int:
+    try:
+        n = int(v)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{v!r} is not a positive whole number")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ptst", description="Pure Tuning, Safe Testing: safety of fine-tuned chat models.")
     p.add_argument("--version", action="version", version=f"ptst {__version__}")
@@ -290,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="output directory (default: runs/<spec name>)")
     s.add_argument("--yes", action="store_true", help="start even when the cost estimate exceeds budget_usd")
     s.add_argument("--retry-failed", action="store_true", help="retry fine-tuning jobs recorded as failed")
+    s.add_argument("--limit", type=_positive_int, metavar="N",
+                   help="smoke run: only the first N rows of every dataset (train, safety, tasks, safety_mix); the run "
+                        "folder records it and its results are not a measurement")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("validate", help="check a spec and report every problem")
@@ -308,8 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--spec", help="a spec whose user-defined templates to use")
     s.set_defaults(func=cmd_render)
 
-    s = sub.add_parser("estimate", help="tokens and dollars per fine-tuning job, before anything is spent")
+    s = sub.add_parser("estimate", help="jobs, generations, judge calls and dollars of every stage, before spending")
     s.add_argument("spec")
+    s.add_argument("--json", action="store_true", help="one JSON object: jobs, generations, judge_calls, usd, "
+                   "usd_by_stage {train, generate, judge}, gpu_hours, notes, train (per job)")
+    s.add_argument("--limit", type=_positive_int, help="as `ptst run --limit N`: the first N rows of every dataset")
     s.set_defaults(func=cmd_estimate)
 
     s = sub.add_parser("report", help="rebuild results.json and the reports from a run's store, or merge runs")

@@ -96,7 +96,7 @@ def train_jobs(spec: Spec, bspec: BackendSpec, backend: FineTuneBackend, data: D
         for seed in spec.train.seeds:
             job = TrainJob(
                 backend=bspec.name, base_model=bspec.model, train_template=name, seed=seed,
-                hyperparameters=spec.train.hyperparameters, examples=examples, data_hash=train_hash,
+                hyperparameters=bspec.train_hyperparameters(spec.train.hyperparameters), examples=examples, data_hash=train_hash,
             )
             jobs.append(PlannedJob(job, run_key_v1(job.key, backend_identity(bspec, backend))))
     return jobs

@@ -77,7 +77,27 @@ def _resolve(ref: DatasetRef, spec_dir: Path | None) -> DatasetRef:
     return ref
 
 
-def load_datasets(spec: Spec, spec_dir: Path | None = None) -> Datasets:
+def limit_datasets(spec: Spec, limit: int) -> Spec:
+    """The spec with every dataset cut to its first `limit` rows (`ptst run --limit`): train, safety_mix, safety and
+    tasks. Kept in the spec the run records, so a limited run's results say so."""
+    def cut(ref: DatasetRef) -> DatasetRef:
+        return ref.model_copy(update={"limit": min(ref.limit, limit) if ref.limit is not None else limit})
+
+    ev = spec.eval.model_copy(update={"safety": [cut(r) for r in spec.eval.safety],
+                                      "tasks": [cut(r) for r in spec.eval.tasks]})
+    train = spec.train
+    if train is not None:
+        mix = train.safety_mix
+        if mix is not None:
+            mix = mix.model_copy(update={"dataset": cut(mix.dataset)})
+        train = train.model_copy(update={"dataset": cut(train.dataset), "safety_mix": mix})
+    return spec.model_copy(update={"eval": ev, "train": train})
+
+
+def load_datasets(spec: Spec, spec_dir: Path | None = None, limit: int | None = None) -> Datasets:
+    """Every dataset the spec reads, loaded once; `limit` keeps the first N rows of each (see `limit_datasets`)."""
+    if limit is not None:
+        spec = limit_datasets(spec, limit)
     dirs = data_dirs(spec, spec_dir)
     train: tuple = ()
     if spec.train is not None:
@@ -103,12 +123,17 @@ def run(spec: Spec, out: Path, *, spec_dir: Path | None = None, yes: bool = Fals
 
 
 def run_experiment(
-    spec: Spec, out: Path, *, spec_dir: Path | None = None, yes: bool = False, retry_failed: bool = False
+    spec: Spec, out: Path, *, spec_dir: Path | None = None, yes: bool = False, retry_failed: bool = False,
+    limit: int | None = None,
 ) -> tuple[Results, RunInfo]:
-    """Run (or resume) a spec into `out`; the RunInfo's status says whether everything finished."""
+    """Run (or resume) a spec into `out`; the RunInfo's status says whether everything finished. `limit` (a smoke
+    run) keeps the first N rows of every dataset, recorded in the stored spec and the store's `limit` meta."""
     from ptst.judge.rubric import judge_endpoint_warning, resolve_judge_spec
     from ptst.preflight import preflight
 
+    if limit is not None:
+        spec = limit_datasets(spec, limit)
+        log(f"--limit {limit}: only the first {limit} rows of every dataset; a smoke run, not a measurement")
     preflight(spec, spec_dir).raise_for_errors(spec.name)  # everything checkable is checked before anything is spent
     warning = judge_endpoint_warning(spec)
     if warning:
@@ -125,6 +150,7 @@ def run_experiment(
     with RunStore.open(out) as store:
         store.set_meta("spec", spec.model_dump(mode="json"))
         store.set_meta("spec_name", spec.name)
+        store.set_meta("limit", limit)
         store.set_meta("simulated", simulated)
         store.set_meta("train_templates", list(spec.train.templates) if spec.train else [])
         store.set_meta("test_templates", list(spec.eval.templates))
@@ -135,7 +161,7 @@ def run_experiment(
         store.set_meta("judges", [{"name": j.name, "version": j.version} for j in judges])
 
         planned = {bspec.name: train_jobs(spec, bspec, backend, data) for bspec, backend in backends}
-        usd = _check_budget(spec, store, backends, planned, yes, retry_failed)
+        usd = _check_budget(spec, store, backends, planned, yes, retry_failed, data=data)
         if store.get_meta("started_at") is None:
             store.set_meta("started_at", _now())
         store.set_meta("finished_at", None)  # until this run finishes: a killed run reads as unfinished
@@ -153,30 +179,38 @@ def run_experiment(
 
 
 def _check_budget(
-    spec: Spec, store: RunStore, backends, planned: dict[str, list[PlannedJob]], yes: bool, retry_failed: bool
+    spec: Spec, store: RunStore, backends, planned: dict[str, list[PlannedJob]], yes: bool, retry_failed: bool,
+    *, data: Datasets | None = None,
 ) -> dict[str, float | None]:
-    """Refuse a run whose jobs to run (new ones, and failed ones with --retry-failed) are estimated above budget_usd
-    (unless --yes); return each such job's USD, recorded as its cost once it produces a model."""
-    total = 0.0
-    usd: dict[str, float | None] = {}
-    unpriced: list[str] = []
-    for bspec, backend in backends:
-        for pj in planned[bspec.name]:
-            rec = store.job(pj.run_key)
-            if rec is None or (retry_failed and rec.status != "succeeded"):
-                est = backend.estimate(pj.job)
-                usd[pj.run_key] = est.usd
-                if est.usd is None:
-                    unpriced.append(f"{bspec.name}/{bspec.model}")
-                total += est.usd or 0.0
-    if spec.budget_usd is not None and unpriced and not yes:
+    """Refuse a run whose remaining work (jobs to run, generations and verdicts missing from the store) is estimated
+    above budget_usd, or cannot be priced, unless --yes; return each job-to-run's USD, recorded as its cost once it
+    produces a model."""
+    from ptst.estimate import estimate_run, usd_text
+
+    if data is None:
+        data = Datasets(train=(), safety={}, tasks={})
+    est = estimate_run(spec, data, backends, planned, store=store, retry_failed=retry_failed)
+    usd: dict[str, float | None] = {j.run_key: j.estimate.usd for j in est.train}
+    if spec.budget_usd is None or yes:
+        return usd
+    unpriced = [j for j in est.train if j.estimate.usd is None]
+    if unpriced:
         raise BudgetExceeded(
-            f"no price known for {unpriced[0]}, so budget_usd cannot be checked; add the model to the backend's "
-            "`prices` option or pass --yes"
+            f"no price known for {unpriced[0].backend}/{unpriced[0].model}, so budget_usd cannot be checked; add the "
+            "model to the backend's `prices` option or pass --yes"
         )
-    if spec.budget_usd is not None and total > spec.budget_usd and not yes:
+    if est.usd is None:
+        stage = next(s for s, v in est.usd_by_stage.items() if v is None)
+        what = {"generate": "generation", "judge": "judging"}.get(stage, stage)
         raise BudgetExceeded(
-            f"estimated fine-tuning cost ${total:,.2f} exceeds budget_usd ${spec.budget_usd:,.2f}; "
+            f"no {what} price known, so budget_usd cannot be checked ({next(iter(est.notes), 'see ptst estimate')}); "
+            "pass --yes to run anyway"
+        )
+    if est.usd > spec.budget_usd:
+        parts = ", ".join(f"{name} {usd_text(est.usd_by_stage[s])}" for s, name in
+                          (("train", "fine-tuning"), ("generate", "generation"), ("judge", "judging")))
+        raise BudgetExceeded(
+            f"estimated cost {usd_text(est.usd)} ({parts}) exceeds budget_usd {usd_text(spec.budget_usd)}; "
             "raise budget_usd in the spec or pass --yes (see `ptst estimate SPEC`)"
         )
     return usd

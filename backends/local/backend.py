@@ -23,7 +23,7 @@ from ptst.backends.base import (
     Rendered,
     TrainJob,
 )
-from ptst.backends.local.adapters import ADAPTER_DIR, read_adapter_metadata
+from ptst.backends.local.adapters import ADAPTER_DIR, METADATA_FILE, read_adapter_metadata
 from ptst.backends.local.data import prepare_examples
 from ptst.backends.local.distributed import launch_distributed
 from ptst.backends.local.generate import Generator, release_generators
@@ -35,7 +35,7 @@ from ptst.backends.local.vllm import generate_vllm, release_vllm
 from pydantic import Field
 
 from ptst.conversation import Conversation
-from ptst.errors import BackendError, PtstError
+from ptst.errors import BackendError, PtstError, UsageError
 from ptst.types import Frozen
 
 
@@ -60,6 +60,10 @@ class LocalOptions(Frozen):
     fast_lora_dropout: bool = Field(True, description="LoRA dropout with a 1-byte mask in the activation dtype")
     merge_adapter: bool = Field(True, description="merge LoRA into the base weights for generation")
     max_generation_batch: int = Field(256, ge=1, description="upper bound of the automatic generation batch size")
+    adapter: str | None = Field(
+        None, description="a ptst LoRA adapter directory (a run's models/KEY/adapter) to evaluate as this backend's "
+        "model, for specs without `train`; trained on `model`, checked against its metadata file"
+    )
 
 
 class LocalBackend(FineTuneBackend):
@@ -137,20 +141,59 @@ class LocalBackend(FineTuneBackend):
             return "cuda:0"
         return device
 
+    def base_model(self) -> ModelRef:
+        """The model as given, or with `adapter:` the fine-tuned model that adapter makes of it (its training
+        template and seed read from the adapter's metadata, so reports place it where a trained model goes)."""
+        if self.options.adapter is None:
+            return super().base_model()
+        meta = self._adapter_metadata()
+        adapter = Path(self.options.adapter)
+        return ModelRef(
+            backend=self.spec.name, base_model=self.spec.model, model_id=f"{self.spec.model}+{adapter}",
+            adapter_dir=str(adapter), train_template=meta.get("train_template"), seed=meta.get("seed"),
+            meta={"adapter": str(adapter), "job_key": meta.get("job_key"),
+                  "final_loss": meta.get("train", {}).get("final_loss")},
+        )
+
+    def _adapter_metadata(self) -> dict[str, Any]:
+        """The adapter's metadata; a user error (one line, what to do) for a folder that is not a complete ptst
+        adapter or one trained on another base model."""
+        problem = self._adapter_problem()
+        if problem is not None:
+            raise UsageError(problem)
+        return read_adapter_metadata(Path(self.options.adapter or "")) or {}
+
+    def _adapter_problem(self) -> str | None:
+        if self.options.adapter is None:
+            return None
+        adapter = Path(self.options.adapter)
+        meta = read_adapter_metadata(adapter)
+        if meta is None:
+            return (f"adapter {adapter}: not a complete ptst LoRA adapter (needs adapter_model.safetensors and "
+                    f"{METADATA_FILE}); give the `adapter` folder of a finished run's models/KEY/")
+        trained_on = str(meta.get("base_model", ""))
+        if not _same_model(trained_on, self.spec.model):
+            return (f"adapter {adapter}: trained on {trained_on or 'an unrecorded model'}, but this backend's model is "
+                    f"{self.spec.model}; set `model: {trained_on}`")
+        return None
+
     def preflight(self) -> list[str]:
         """The model must be an HF-format folder (here or in the local HF cache) and its tokenizer of this backend's
-        family. Reads files only: no weights are loaded, nothing touches the network."""
+        family; an `adapter` must be a complete ptst adapter of that model. Reads files only: no weights are loaded,
+        nothing touches the network."""
+        adapter_problem = self._adapter_problem()
+        adapter = [adapter_problem] if adapter_problem is not None else []
         try:
             local_model_dir(self.spec.model)
         except BackendError:
             # Not here: `ptst validate` says so itself (a missing folder is an error; a hub id it cannot check
             # offline is listed as unchecked), so only a separately given tokenizer can still be checked.
             if self.options.tokenizer is None:
-                return []
-            problems = []
+                return adapter
+            problems = list(adapter)
         else:
             problem = model_dir_problem(self.spec.model)
-            problems = [problem] if problem is not None else []
+            problems = adapter + ([problem] if problem is not None else [])
         try:
             self.check_tokenizer()
         except PtstError as e:
@@ -212,6 +255,8 @@ class LocalBackend(FineTuneBackend):
         }
         if o.engine != "hf":  # vLLM's kernels and sampler give other outputs: its generations are other results
             ident["engine"] = o.engine
+        if o.adapter is not None:  # the adapter's weights are the model: another adapter, other results
+            ident["adapter_sha256"] = _file_sha256(Path(o.adapter) / "adapter_model.safetensors")
         return ident
 
     def estimate(self, job: TrainJob) -> Estimate:
@@ -323,3 +368,23 @@ class LocalBackend(FineTuneBackend):
             )
         return self._generator
 
+
+
+def _same_model(a: str, b: str) -> bool:
+    """Two spellings of one base model: equal ids, or the same folder."""
+    if a == b:
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.is_dir() and pb.is_dir() and pa.resolve() == pb.resolve()
+
+
+def _file_sha256(path: Path) -> str | None:
+    import hashlib
+
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -10,7 +10,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-__all__ = ["default_epochs", "lookup_model", "price_table"]
+__all__ = ["chat_price", "default_epochs", "lookup_model", "price_table"]
 
 
 @cache
@@ -40,3 +40,21 @@ def default_epochs(n_examples: int) -> int:
     if n_examples * target > most_seen:
         return max(1, most_seen // n_examples)
     return target
+
+
+@cache
+def _chat_tables() -> tuple[dict[str, Any], dict[str, Any]]:
+    raw = json.loads(resources.files("ptst.resources").joinpath("prices.json").read_text(encoding="utf-8"))
+    return dict(raw.get("chat", {})), dict(raw.get("fine_tuned_chat", {}))
+
+
+def chat_price(model: str, *, fine_tuned: bool = False) -> dict[str, Any] | None:
+    """{input, output, source} in USD per 1M tokens for chat completions from `model`, or None where unknown.
+
+    `fine_tuned` (or an `ft:BASE:...` id, or a checkpoint of one) prices a model fine-tuned from BASE: OpenAI bills
+    fine-tuned models at their own rates, not the base model's."""
+    base, fine = _chat_tables()
+    if model.startswith("ft:") and model.count(":") >= 1:
+        model, fine_tuned = model.split(":")[1], True
+    row = lookup_model(fine if fine_tuned else base, model)
+    return dict(row) if row is not None else None

@@ -1,0 +1,191 @@
+"""`ptst estimate` and the budget gate: every stage counted and priced, checked by hand on tiny specs.
+
+The tiny spec: one OpenAI backend (gpt-3.5-turbo-0125), one training template (chat:vanilla), one seed, two training
+rows {"hello" -> "world"} (ten: the API's minimum), two safety prompts "hello" and "world", max_new_tokens 100. With cl100k_base every word
+here is one token, and a chat request counts 3 per message + role + content, + 3 for the reply priming, so:
+  a prompt [system "", user "hello"]           = 3 + (3+1+0) + (3+1+1)           = 12 tokens
+  a training row [system "", user, assistant]  = 12 + (3+1+1)                    = 17 tokens
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ptst.cli import main
+from ptst.clients.tokens import count_message_tokens, token_counter
+
+PROMPT_TOKENS, TRAIN_ROW_TOKENS, MAX_NEW, N_TRAIN, EPOCHS = 12, 17, 100, 10, 5
+DEAD_URL = "http://127.0.0.1:9/v1"  # nothing listens: the gate must refuse before any request
+
+
+@pytest.fixture(autouse=True)
+def _exact_counter():
+    c = token_counter("gpt-3.5-turbo-0125")
+    if not c.exact:
+        pytest.skip(f"no exact offline tokenizer ({c.note}): the hand-checked token counts need cl100k_base")
+    assert count_message_tokens([{"role": "system", "content": ""}, {"role": "user", "content": "hello"}], c) == 12
+
+
+def write_spec(tmp: Path, *, backend: dict | None = None, judge: dict | None = None, train: bool = True,
+               budget: float | None = None) -> Path:
+    (tmp / "train.jsonl").write_text('{"prompt": "hello", "answer": "world"}\n' * N_TRAIN)
+    (tmp / "harm.jsonl").write_text('{"prompt": "hello"}\n{"prompt": "world"}\n')
+    raw: dict = {
+        "name": "est",
+        "backends": [backend or {"kind": "openai", "model": "gpt-3.5-turbo-0125", "base_url": DEAD_URL}],
+        "eval": {"templates": ["chat:vanilla"], "safety": [{"path": "harm.jsonl"}],
+                 "generation": {"max_new_tokens": MAX_NEW}},
+        "judge": judge or {"kind": "keyword"},
+    }
+    if train:
+        raw["train"] = {"dataset": {"path": "train.jsonl"}, "templates": ["chat:vanilla"],
+                        "hyperparameters": {"epochs": EPOCHS}}
+    if budget is not None:
+        raw["budget_usd"] = budget
+    p = tmp / "spec.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    return p
+
+
+def estimate_json(spec: Path, capsys, *extra: str) -> dict:
+    assert main(["estimate", str(spec), "--json", *extra]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_every_stage_priced_by_hand(tmp_path, capsys):
+    est = estimate_json(write_spec(tmp_path), capsys)
+    train = N_TRAIN * TRAIN_ROW_TOKENS * EPOCHS * 8.0 / 1e6  # 170 tokens x 5 epochs at $8/1M = $0.0068
+    # base model at gpt-3.5-turbo-0125's $0.50/$1.50, the fine-tuned one at $3/$6 (fine-tuned inference)
+    base = (2 * PROMPT_TOKENS * 0.5 + 2 * MAX_NEW * 1.5) / 1e6
+    tuned = (2 * PROMPT_TOKENS * 3.0 + 2 * MAX_NEW * 6.0) / 1e6
+    assert (est["jobs"], est["generations"], est["judge_calls"]) == (1, 4, 0)
+    assert est["usd_by_stage"] == {"train": pytest.approx(train), "generate": pytest.approx(base + tuned),
+                                   "judge": 0.0}
+    assert est["usd"] == pytest.approx(train + base + tuned) and est["gpu_hours"] is None
+    [job] = est["train"]
+    assert (job["n_tokens"], job["n_billed_tokens"], job["train_template"]) == (170, 850, "chat:vanilla")
+    assert set(est) >= {"jobs", "generations", "judge_calls", "usd", "usd_by_stage", "gpu_hours", "notes", "train"}
+
+
+def test_batch_api_halves_generation_not_training(tmp_path, capsys):
+    plain = estimate_json(write_spec(tmp_path), capsys)
+    batch = estimate_json(write_spec(tmp_path, backend={"kind": "openai", "model": "gpt-3.5-turbo-0125",
+                                                         "base_url": DEAD_URL, "batch": True}), capsys)
+    assert batch["usd_by_stage"]["generate"] == pytest.approx(plain["usd_by_stage"]["generate"] / 2)
+    assert batch["usd_by_stage"]["train"] == plain["usd_by_stage"]["train"]
+
+
+def test_rubric_judge_priced_at_the_judge_model(tmp_path, capsys):
+    from ptst.judge.rubric import judge_prompt
+
+    judge = {"kind": "rubric", "model": "gpt-4-0613", "max_tokens": 50, "base_url": DEAD_URL}
+    est = estimate_json(write_spec(tmp_path, judge=judge, train=False), capsys)
+    c = token_counter("gpt-4-0613")
+    rubric = {q: count_message_tokens([{"role": "user", "content": judge_prompt(q, "")}], c) for q in ("hello", "world")}
+    assert rubric["hello"] > 1000  # the Qi et al. rubric itself is long
+    # no train: the base model only; each safety response judged once: rubric + a max_new_tokens response in, 50 out
+    judge_usd = sum((r + MAX_NEW) * 30.0 + 50 * 60.0 for r in rubric.values()) / 1e6
+    assert (est["jobs"], est["generations"], est["judge_calls"]) == (0, 2, 2)
+    assert est["usd_by_stage"]["judge"] == pytest.approx(judge_usd)
+    halved = estimate_json(write_spec(tmp_path, judge={**judge, "batch": True}, train=False), capsys)
+    assert halved["usd_by_stage"]["judge"] == pytest.approx(judge_usd / 2)
+
+
+def test_unknown_price_is_null_not_zero(tmp_path, capsys):
+    est = estimate_json(write_spec(tmp_path, backend={"kind": "openai", "model": "my-own-model", "base_url": DEAD_URL,
+                                                       "prices": {"my-own-model": 10.0}}), capsys)
+    assert est["usd_by_stage"]["train"] == pytest.approx(850 * 10.0 / 1e6)
+    assert est["usd_by_stage"]["generate"] is None and est["usd"] is None
+    assert any("no chat price for my-own-model" in n for n in est["notes"])
+
+
+def test_limit_cuts_every_dataset(tmp_path, capsys):
+    est = estimate_json(write_spec(tmp_path, train=False), capsys, "--limit", "1")
+    assert est["limit"] == 1 and est["generations"] == 1
+
+
+def test_table_prints_each_stage(tmp_path, capsys):
+    assert main(["estimate", str(write_spec(tmp_path))]) == 0
+    out = capsys.readouterr().out
+    assert "1 fine-tuning job(s)" in out and "4 generations" in out and "0 judge calls" in out
+    assert "total estimated cost: $0.0084" in out  # 0.0068 + 0.001584
+
+
+def test_budget_gate_counts_generation_and_judging(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-used")
+    # training alone ($0.0068) fits in $0.008; with generation ($0.001584) it does not
+    spec = write_spec(tmp_path, budget=0.008)
+    assert main(["run", str(spec), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "exceeds budget_usd" in err and "fine-tuning $0.0068, generation $0.0016, judging $0.0000" in err
+
+
+def test_budget_gate_refuses_an_unpriced_judge(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-used")
+    judge = {"kind": "rubric", "model": "some-unlisted-judge", "base_url": DEAD_URL}
+    spec = write_spec(tmp_path, judge=judge, train=False, budget=100)
+    assert main(["run", str(spec), "--out", str(tmp_path / "out")]) == 2
+    assert "no judging price known" in capsys.readouterr().err
+
+
+def test_local_backend_reports_gpu_hours_with_the_assumption(tmp_path, capsys):
+    from ptst.estimate import DECODE_TOKENS_PER_S, GPU_ASSUMPTION, TRAIN_TOKENS_PER_S
+
+    pytest.importorskip("transformers")
+    from test_local_backends import LLAMA_TOK, make_tiny
+
+    if not LLAMA_TOK.is_file():
+        pytest.skip("shared tokenizers not found")
+    model = make_tiny(tmp_path / "tiny", "llama2")
+    est = estimate_json(write_spec(tmp_path, backend={"kind": "llama2", "model": str(model),
+                                                       "tokenizer": str(LLAMA_TOK)}), capsys)
+    billed = est["train"][0]["n_billed_tokens"]
+    assert est["usd"] == 0.0 and est["generations"] == 4
+    assert est["gpu_hours"] == pytest.approx((billed / TRAIN_TOKENS_PER_S + 4 * MAX_NEW / DECODE_TOKENS_PER_S) / 3600,
+                                             abs=1e-3)
+    assert GPU_ASSUMPTION in est["notes"]
+
+
+@pytest.mark.parametrize("judge_model", ["gpt-4-0613", "some-unlisted-judge"])
+def test_a_resumed_run_is_estimated_for_what_is_missing_only(tmp_path, monkeypatch, judge_model):
+    import sqlite3
+
+    from ptst.backends.base import create_backend
+    from ptst.estimate import estimate_run
+    from ptst.plan import train_jobs
+    from ptst.runner import load_datasets
+    from ptst.spec import load_spec
+    from ptst.store import RunStore
+    from ptst.testing.fake_openai import FakeOpenAI
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-fake")
+    with FakeOpenAI() as fake:
+        judge = {"kind": "rubric", "model": judge_model, "max_tokens": 50, "base_url": fake.url}
+        priced = judge_model == "gpt-4-0613"
+        path = write_spec(tmp_path, backend={"kind": "mock", "model": "m"}, judge=judge, train=False)
+        spec = load_spec(path)
+        data = load_datasets(spec, path.parent)
+        backends = [(b, create_backend(b)) for b in spec.backends]
+        planned = {b.name: train_jobs(spec, b, be, data) for b, be in backends}
+        out = tmp_path / "out"
+
+        def estimate():
+            with RunStore.open(out) as store:
+                return estimate_run(spec, data, backends, planned, store=store)
+
+        before = estimate()
+        assert (before.generations, before.judge_calls) == (2, 2)
+        assert (before.usd_by_stage["judge"] or 0) > 0 if priced else before.usd_by_stage["judge"] is None
+        assert main(["run", str(path), "--out", str(out)]) == 0
+        done = estimate()  # nothing left to pay for: known to cost nothing, even where the judge has no price
+        assert (done.generations, done.judge_calls, done.usd) == (0, 0, 0.0)
+        with sqlite3.connect(out / "ptst.db") as c:
+            c.execute("DELETE FROM judgments")
+        # responses kept, verdicts lost: only the judging is still to pay, at the same price as before
+        again = estimate()
+        assert (again.generations, again.judge_calls) == (0, 2)
+        assert again.usd_by_stage["judge"] == before.usd_by_stage["judge"]
