@@ -21,7 +21,7 @@ import pytest
 import yaml
 from ptst.backends.mock import CALLS_FILE_ENV
 
-from ptst.runner import REMOTE_GENERATION_CALLS
+from ptst.graph import REMOTE_GENERATION_CALLS
 
 CMD = [sys.executable, "-m", "ptst", "run"]
 N_JOBS = 6  # 2 backends × 3 train templates
