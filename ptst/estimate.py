@@ -143,11 +143,13 @@ class _Counter:
 
 def _n_checkpoints(spec: Spec, backend: FineTuneBackend, pj: PlannedJob) -> int:
     """Intermediate checkpoints a job's model will be evaluated at, when the spec evaluates checkpoints."""
-    if not getattr(spec.eval, "checkpoints", None):
+    wanted = spec.eval.checkpoints
+    if wanted == "none":
         return 0
     if _is_openai(backend):
-        return OPENAI_CHECKPOINTS
-    return len(pj.job.hyperparameters.save_steps)
+        return OPENAI_CHECKPOINTS if wanted == "all" else min(len(wanted), OPENAI_CHECKPOINTS)
+    saved = pj.job.hyperparameters.save_steps
+    return len(saved) if wanted == "all" else len(set(saved) & set(wanted))
 
 
 def estimate_run(
@@ -252,7 +254,7 @@ def estimate_run(
                      + ("; Batch API, half price" if rubric.batch else ""))
     if any(_is_openai(b) for _, b in backends):
         notes.append(f"generation priced with every response at max_new_tokens ({cfg.max_new_tokens}): an upper bound")
-    if getattr(spec.eval, "checkpoints", None):
+    if spec.eval.checkpoints != "none":
         notes.append(f"checkpoints: each job's intermediate checkpoints are evaluated too (OpenAI: "
                      f"{OPENAI_CHECKPOINTS} assumed; local: one per save_steps entry)")
     gpu_hours = None

@@ -189,3 +189,19 @@ def test_a_resumed_run_is_estimated_for_what_is_missing_only(tmp_path, monkeypat
         again = estimate()
         assert (again.generations, again.judge_calls) == (0, 2)
         assert again.usd_by_stage["judge"] == before.usd_by_stage["judge"]
+
+
+def test_checkpoints_add_their_generations(tmp_path, capsys):
+    """eval.checkpoints: each evaluated checkpoint generates like a final model (OpenAI keeps 2 intermediate ones;
+    a local or mock backend has one per save step, or the listed steps it saved)."""
+    spec = write_spec(tmp_path)
+    raw = yaml.safe_load(spec.read_text())
+    plain = estimate_json(spec, capsys)["generations"]  # base + final model, 2 prompts each
+    raw["eval"]["checkpoints"] = "all"
+    spec.write_text(yaml.safe_dump(raw))
+    assert estimate_json(spec, capsys)["generations"] == plain + 2 * 2
+    raw["backends"] = [{"kind": "mock", "model": "m"}]
+    raw["train"]["hyperparameters"]["save_steps"] = [1, 2, 3]
+    raw["eval"]["checkpoints"] = [2, 3, 9]  # 9 was never saved
+    spec.write_text(yaml.safe_dump(raw))
+    assert estimate_json(spec, capsys)["generations"] == plain + 2 * 2

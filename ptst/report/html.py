@@ -38,6 +38,7 @@ th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right;white-space:nowr
 th.row,td.l{text-align:left}
 td.ptst{background:#e6f5e6;border:2px dashed #1b7837}
 td.diag{outline:2px solid #000;outline-offset:-3px;font-weight:bold}
+td.wrap{white-space:normal;min-width:14em;max-width:24em;text-align:left}
 .note{color:#555;font-size:.9em}
 img{max-width:100%;display:block}
 pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:.85em}
@@ -50,14 +51,15 @@ def _png(data: bytes, alt: str) -> str:
     return f'<img alt="{e(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode("ascii")}">'
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
-    """A plain table; the first `left` columns are left-aligned (labels), the rest right-aligned (numbers)."""
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1, wrap: int | None = None) -> str:
+    """A plain table; the first `left` columns are left-aligned (labels), the rest right-aligned (numbers); column
+    `wrap` (a list of per-seed tests, say) may wrap instead of widening the page."""
+
+    def td(i: int) -> str:
+        return '<td class="wrap">' if i == wrap else '<td class="l">' if i < left else "<td>"
+
     head = "".join(f'<th class="row">{e(h)}</th>' if i < left else f"<th>{e(h)}</th>" for i, h in enumerate(header))
-    left_td = '<td class="l">'
-    body = "".join(
-        "<tr>" + "".join(f"{left_td if i < left else '<td>'}{e(c)}</td>" for i, c in enumerate(r)) + "</tr>"
-        for r in rows
-    )
+    body = "".join("<tr>" + "".join(f"{td(i)}{e(c)}</td>" for i, c in enumerate(r)) + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -94,7 +96,7 @@ def _ptst(results: Results) -> list[str]:
              "it: ASR mean ± sample std over seeds. McNemar: exact two-sided test, PTST against same-template on the "
              "same prompts (b: unsafe only under PTST, c: only under the same template).</p>"),
             _table(["backend", "benchmark", "judge", "PTST (train → test)", "PTST ASR", "same-template ASR",
-                    "base ASR", "McNemar p"], rows, left=4)]
+                    "base ASR", "McNemar p"], rows, left=4, wrap=7)]
 
 
 def _categories(results: Results) -> list[str]:
