@@ -243,22 +243,10 @@ def load(
 
     `require_answer` is for training data and tasks: every row must have a non-empty answer.
     """
-    if ref.path is not None:
-        return load_file(
-            Path(ref.path),
-            prompt_field=ref.prompt_field,
-            answer_field=ref.answer_field,
-            require_answer=require_answer,
-            limit=ref.limit,
-        )
+    local = _load_here(ref, data_dirs, require_answer, ref.limit, announce=True)
+    if local is not None:
+        return local
     info, split, fields = _registry_parts(ref, require_answer)
-    found = locate(ref, data_dirs)
-    if found is not None:
-        p, cand = found
-        if cand.note:
-            log(f"note: {info.name}: {cand.note}")
-        rows = _transformed(_renamed(read_rows(p, cand.columns), cand.rename), info)
-        return rows_to_examples(rows, fields, label=str(p), require_answer=require_answer, limit=ref.limit)
     hub_problem = _hub_problem(info)
     if hub_problem is None:
         try:
@@ -270,6 +258,30 @@ def load(
             label = f"dataset {info.name!r} ({split})"
             return rows_to_examples(rows, fields, label=label, require_answer=require_answer, limit=ref.limit)
     raise DataError(_not_found_message(info, split, search_dirs(data_dirs), info.local_candidates(split), hub_problem))
+
+
+def _load_here(
+    ref: DatasetRef, data_dirs: Sequence[Path], require_answer: bool, limit: int | None, *, announce: bool
+) -> list[Example] | None:
+    """The examples of a dataset that is on this machine (a path, or a registry dataset's local copy); None when it
+    would have to come from the hub."""
+    if ref.path is not None:
+        return load_file(
+            Path(ref.path),
+            prompt_field=ref.prompt_field,
+            answer_field=ref.answer_field,
+            require_answer=require_answer,
+            limit=limit,
+        )
+    info, _, fields = _registry_parts(ref, require_answer)
+    found = locate(ref, data_dirs)
+    if found is None:
+        return None
+    p, cand = found
+    if announce and cand.note:
+        log(f"note: {info.name}: {cand.note}")
+    rows = _transformed(_renamed(read_rows(p, cand.columns), cand.rename), info)
+    return rows_to_examples(rows, fields, label=str(p), require_answer=require_answer, limit=limit)
 
 
 PREVIEW_ROWS = 100
@@ -286,20 +298,10 @@ def preview(
     first ones, a registry dataset with neither a local copy nor a way to reach the hub.
     """
     limit = min(ref.limit, rows) if ref.limit is not None else rows
-    if ref.path is not None:
-        return load_file(
-            Path(ref.path),
-            prompt_field=ref.prompt_field,
-            answer_field=ref.answer_field,
-            require_answer=require_answer,
-            limit=limit,
-        )
-    info, split, fields = _registry_parts(ref, require_answer)
-    found = locate(ref, data_dirs)
-    if found is not None:
-        p, cand = found
-        rows_ = _transformed(_renamed(read_rows(p, cand.columns), cand.rename), info)
-        return rows_to_examples(rows_, fields, label=str(p), require_answer=require_answer, limit=limit)
+    local = _load_here(ref, data_dirs, require_answer, limit, announce=False)
+    if local is not None:
+        return local
+    info, split, _ = _registry_parts(ref, require_answer)
     hub_problem = _hub_problem(info)
     if hub_problem is None and importlib.util.find_spec("datasets") is None:
         hub_problem = "the 'datasets' package is not installed (pip install 'ptst[hub]')"
