@@ -119,6 +119,8 @@ def test_sigkill_then_resume_redoes_only_work_in_flight(tmp_path, clean, stage):
     jobs = {line: n for line, n in total.items() if line.startswith("train")}
     assert len(jobs) == N_JOBS == count(out, "SELECT count(*) FROM jobs")  # (c) no duplicated jobs:
     assert sum(jobs.values()) == N_JOBS + (started_jobs - committed_jobs)  # only unfinished ones were restarted
+    print(f"\nkill during {stage}: in flight {in_flight}, redone {redone}, "
+          f"jobs restarted {sum(jobs.values()) - N_JOBS} (unfinished at the kill {started_jobs - committed_jobs})")
 
 
 def test_openai_kill_during_training_and_generation_pays_nothing_twice(tmp_path, shared):
@@ -167,5 +169,6 @@ def test_openai_kill_during_training_and_generation_pays_nothing_twice(tmp_path,
         redone = len(bodies) - len(set(bodies))
         assert count(out, GENERATIONS) == len(set(bodies)) == 2 * 2 * 100
         assert 0 <= redone <= in_flight
+        print(f"\nopenai kill: in flight {in_flight}, redone {redone}, jobs created {fake.count(CREATE_JOB)} for 2")
         res = json.loads((out / "results.json").read_text())
         assert res["failed_jobs"] == [] and all(r["n"] == 100 for r in res["safety"])
