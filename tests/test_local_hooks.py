@@ -129,3 +129,22 @@ def test_vllm_helpers(tmp_path):
     (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 16}))
     assert vllm.adapter_rank(str(tmp_path)) == 16 and vllm.adapter_rank(None) is None
     vllm.release_vllm()  # nothing loaded: a no-op
+
+
+def test_estimate_scales_a_sample_of_a_large_training_set(tmp_path):
+    """Above ESTIMATE_SAMPLE examples the estimate renders an evenly spaced sample and scales its token count."""
+    from ptst.backends.local.backend import ESTIMATE_SAMPLE
+    from ptst.conversation import Conversation
+    from ptst.types import TrainJob
+
+    b = backend("llama2", tmp_path / "not-needed")
+
+    def job(n: int) -> TrainJob:
+        conv = Conversation(mode="chat", system=None, user="What is 2 + 2?", answer="#### 4", query="q")
+        return TrainJob(backend="llama2", base_model="m", train_template="chat:vanilla", seed=0,
+                        hyperparameters=Hyperparameters(), examples=(conv,) * n, data_hash="d")
+
+    one = b.estimate(job(1)).n_tokens
+    small, large = b.estimate(job(ESTIMATE_SAMPLE)), b.estimate(job(3 * ESTIMATE_SAMPLE + 7))
+    assert one and small.n_tokens == one * ESTIMATE_SAMPLE and "scaled" not in small.notes
+    assert large.n_tokens == one * (3 * ESTIMATE_SAMPLE + 7) and "scaled from" in large.notes
