@@ -38,7 +38,6 @@ from ptst.conversation import Conversation
 from ptst.errors import BackendError, PtstError, UsageError
 from ptst.types import Frozen
 
-
 ESTIMATE_SAMPLE = 500  # examples rendered by `estimate` at most (see there)
 
 
