@@ -96,8 +96,8 @@ class Backend(FineTuneBackend):
             backend=self.spec.name, base_model=self.spec.model, model_id=f"mock-ft-{job.key[:12]}",
             train_template=job.train_template, seed=job.seed, simulated=True,
             # SIMULATED loss curve (the ModelRef is marked simulated, so reports label it); see ptst.training_loss
-            meta={**({"save_steps": saved, "total_steps": total} if saved else {}),
-                  "loss": loss_summary(simulated_curve(total, start=1.8 + 0.4 * _coin("loss", job.key)), steps=total)},
+            meta={**({"save_steps": saved, "total_steps": total} if saved else {}), "loss": loss_summary(
+                simulated_curve(total, start=1.8 + 0.4 * _coin("loss", job.key)), steps=total)},
         )
 
     def checkpoints(self, model: ModelRef) -> list[ModelRef]:
