@@ -5,6 +5,7 @@ train log in tests/test_local_backends.py.)"""
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -87,7 +88,7 @@ def test_mock_run_has_one_job_row_per_job_with_a_simulated_decreasing_curve(mock
         assert j["status"] == "succeeded" and j["simulated"] is True and j["model_id"].startswith("mock-ft-")
         losses = [v for _, v in j["loss_curve"]]
         assert [s for s, _ in j["loss_curve"]] == list(range(1, j["steps"] + 1))
-        assert all(a > b for a, b in zip(losses, losses[1:], strict=False)), losses
+        assert all(a > b for a, b in pairwise(losses)), losses
         assert j["final_loss"] == pytest.approx(losses[-1])  # under ten steps: the last value
 
 
