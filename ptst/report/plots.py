@@ -157,6 +157,7 @@ def loss_figure(backend: str, jobs: list[JobRow], simulated: bool = False) -> Fi
     """Training loss against the step, one line per job (train template, seed) of one backend."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(6.0, 3.8), dpi=90)
     FigureCanvasAgg(fig)
@@ -164,6 +165,7 @@ def loss_figure(backend: str, jobs: list[JobRow], simulated: bool = False) -> Fi
     for j in jobs:
         xs, ys = zip(*(j.loss_curve or []), strict=True) if j.loss_curve else ((), ())
         ax.plot(xs, ys, marker="." if len(xs) < 20 else None, label=f"{j.train_template} · seed {j.seed}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     ax.set_xlabel("training step", fontsize=9)
     ax.set_ylabel("training loss", fontsize=9)
     ax.grid(alpha=0.3)
