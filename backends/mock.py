@@ -29,6 +29,7 @@ from pydantic import Field
 from ptst.conversation import Conversation
 from ptst.errors import JobFailed
 from ptst.templates import BUILTIN
+from ptst.training_loss import loss_summary, simulated_curve
 from ptst.types import Frozen
 
 # TEST-ONLY: when set, the mock appends one line per fine-tuning job started and per response made to this file, so
@@ -94,7 +95,9 @@ class Backend(FineTuneBackend):
         return ModelRef(
             backend=self.spec.name, base_model=self.spec.model, model_id=f"mock-ft-{job.key[:12]}",
             train_template=job.train_template, seed=job.seed, simulated=True,
-            meta={"save_steps": saved, "total_steps": total} if saved else {},
+            # SIMULATED loss curve (the ModelRef is marked simulated, so reports label it); see ptst.training_loss
+            meta={**({"save_steps": saved, "total_steps": total} if saved else {}), "loss": loss_summary(
+                simulated_curve(total, start=1.8 + 0.4 * _coin("loss", job.key)), steps=total)},
         )
 
     def checkpoints(self, model: ModelRef) -> list[ModelRef]:

@@ -151,7 +151,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         results = parts[0]  # exactly what `ptst run` wrote: the report of a run is a function of its store
     else:
         records, failed, info = merge_runs(runs)
-        results = build_results(records, failed, info, specs=specs, **_merged_facts(parts))
+        results = build_results(records, failed, info, specs=specs, **_merged_facts(parts)).model_copy(
+            update={"jobs": [j for p in parts for j in p.jobs]})
     paths = write_reports(results, out)
     if args.export:
         p = out / "export.jsonl"

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from ptst.analysis import build_results
 from ptst.plan import judgment_key
 from ptst.records import ItemRecord, RunInfo, Verdict
-from ptst.results import FailedJob, Results
+from ptst.results import FailedJob, JobRow, Results
 from ptst.store import Judged, RunStore
 
 
@@ -130,6 +130,23 @@ def failed_jobs(store: RunStore) -> list[FailedJob]:
     ]
 
 
+def job_rows(store: RunStore) -> list[JobRow]:
+    """Every fine-tuning job with its training loss, read from the stored ModelRef's `meta["loss"]` (what the backend
+    recorded at the end of fine_tune; see ptst.training_loss). A job without one has null loss fields."""
+    rows = []
+    for j in store.jobs():
+        ref = j.model_ref or {}
+        loss = (ref.get("meta") or {}).get("loss") or {}
+        curve = loss.get("curve")
+        rows.append(JobRow(
+            backend=j.backend, base_model=j.base_model, train_template=j.train_template, seed=j.seed,
+            status=j.status, model_id=ref.get("model_id"), steps=loss.get("steps"),
+            final_loss=loss.get("final_loss"), loss_curve=[(int(s), float(v)) for s, v in curve] if curve else None,
+            simulated=bool(ref.get("simulated")),
+        ))
+    return sorted(rows, key=lambda r: (r.backend, r.base_model, r.train_template, r.seed))
+
+
 def collect(store: RunStore) -> tuple[Results, RunInfo]:
     """Rebuild every number from the store alone: the report of a run is a pure function of its `ptst.db`."""
     info = run_info(store)
@@ -137,7 +154,7 @@ def collect(store: RunStore) -> tuple[Results, RunInfo]:
     results = build_results(
         item_records(store), failed_jobs(store), info, status=info.status, started_at=info.started_at,
         finished_at=info.finished_at, usd_by_stage=info.usd_by_stage, specs=[spec] if spec else [],
-    )
+    ).model_copy(update={"jobs": job_rows(store)})
     return results, info
 
 

@@ -129,6 +129,26 @@ class FailedJob(_Row):
     message: str
 
 
+class JobRow(_Row):
+    """One fine-tuning job and its training loss (see ptst.training_loss for how `final_loss` is taken).
+
+    `final_loss` is the mean of the last 10% of the logged steps (the last value with fewer than ten); `loss_curve`
+    is [[step, loss], ...] down-sampled to at most 50 points. Both are None where the backend gives no loss (a failed
+    job, a run stored before losses were recorded). `simulated`: the mock's made-up curve, not a measurement.
+    """
+
+    backend: str
+    base_model: str
+    train_template: str
+    seed: int
+    status: str  # "succeeded" | "failed" | "cancelled" | "error"
+    model_id: str | None
+    steps: int | None
+    final_loss: float | None
+    loss_curve: list[tuple[int, float]] | None
+    simulated: bool = False
+
+
 class Results(_Row):
     ptst_version: str
     spec_name: str
@@ -150,3 +170,4 @@ class Results(_Row):
     task_summary: list[TaskSummary] = []
     comparisons: list[Comparison] = []
     agreement: list[Agreement] = []
+    jobs: list[JobRow] = []  # one row per fine-tuning job, with its training loss

@@ -118,6 +118,16 @@ def trained_llama(tiny_llama, tmp_path_factory):
     return b, job, workdir, ref, ledger
 
 
+def test_fine_tune_records_the_train_logs_loss_in_the_model_ref(trained_llama):
+    """ModelRef.meta["loss"] (what the store keeps and results.json `jobs[]` shows) is the train log's, step by
+    step; under ten steps the final loss is the last logged value."""
+    _, _, workdir, ref, _ = trained_llama
+    log = read_log(workdir)
+    loss = ref.meta["loss"]
+    assert loss["curve"] == [[r["step"], r["loss"]] for r in log]
+    assert loss["steps"] == 8 and loss["final_loss"] == log[-1]["loss"]
+
+
 def test_fine_tune_lowers_the_loss_and_saves_the_adapter(trained_llama):
     b, job, workdir, ref, ledger = trained_llama
     log = read_log(workdir)

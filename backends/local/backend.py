@@ -23,7 +23,7 @@ from ptst.backends.base import (
     Rendered,
     TrainJob,
 )
-from ptst.backends.local.adapters import ADAPTER_DIR, METADATA_FILE, read_adapter_metadata
+from ptst.backends.local.adapters import ADAPTER_DIR, METADATA_FILE, TRAIN_LOG, read_adapter_metadata, read_train_log
 from ptst.backends.local.data import prepare_examples
 from ptst.backends.local.distributed import launch_distributed
 from ptst.backends.local.generate import Generator, release_generators
@@ -334,7 +334,8 @@ class LocalBackend(FineTuneBackend):
             adapter_dir=str(workdir / ADAPTER_DIR),
             train_template=job.train_template,
             seed=job.seed,
-            meta={"checkpoints": meta.get("checkpoints", {}), "final_loss": meta.get("train", {}).get("final_loss")},
+            meta={"checkpoints": meta.get("checkpoints", {}), "final_loss": meta.get("train", {}).get("final_loss"),
+                  "loss": _logged_loss(workdir, meta)},
         )
 
     def generate(self, model: ModelRef, prompts: Sequence[Conversation], cfg: GenerationConfig) -> list[str]:
@@ -398,3 +399,12 @@ def _file_sha256(path: Path) -> str | None:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _logged_loss(workdir: Path, meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The job's loss summary (see ptst.training_loss) from its own `train_log.jsonl`, one record per step."""
+    from ptst.training_loss import loss_summary
+
+    log = read_train_log(workdir / TRAIN_LOG)
+    return loss_summary(((r["step"], r["loss"]) for r in log if "step" in r and "loss" in r),
+                        steps=meta.get("train", {}).get("steps"))

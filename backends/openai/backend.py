@@ -41,6 +41,7 @@ from ptst.clients.tokens import token_counter
 from ptst.conversation import Conversation
 from ptst.errors import JobFailed
 from ptst.progress import log
+from ptst.training_loss import loss_summary
 
 
 class Backend(FineTuneBackend):
@@ -158,6 +159,9 @@ class Backend(FineTuneBackend):
                 ledger.put(name, entry)
             label = f"fine-tune {self.spec.model} {job.train_template} seed {job.seed}"
             remote = jobs.wait_for_job(client, opts, remote, label, self._sleep)
+            if remote.status == "succeeded":
+                points, total = jobs.loss_points(client, opts, remote.id)
+                entry["loss"] = loss_summary(points, steps=total)  # kept in the ledger: a resumed run reads it there
         except KeyboardInterrupt:
             if entry.get("job_id"):
                 log(f"interrupted: OpenAI job {entry['job_id']} keeps running; run the same `ptst run SPEC --out DIR` "
@@ -187,7 +191,7 @@ class Backend(FineTuneBackend):
         return ModelRef(
             backend=self.spec.name, base_model=self.spec.model, model_id=entry["fine_tuned_model"],
             train_template=job.train_template, seed=job.seed,
-            meta={"job_id": entry.get("job_id"), "training_file": entry.get("file_id")},
+            meta={"job_id": entry.get("job_id"), "training_file": entry.get("file_id"), "loss": entry.get("loss")},
         )
 
     def checkpoints(self, model: ModelRef) -> list[ModelRef]:

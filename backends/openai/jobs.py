@@ -189,6 +189,32 @@ def _show_events(client: Any, opts: OpenAIOptions, j: Any, seen: set[str]) -> st
     return info
 
 
+def loss_points(client: Any, opts: OpenAIOptions, job_id: str) -> tuple[list[tuple[int, float]], int | None]:
+    """(step, train_loss) of every `metrics` event of a job (all pages), and the job's total steps where the events
+    say it; ([], None) when the events cannot be read (the job's model is fine: only its loss curve is missing)."""
+    points: list[tuple[int, float]] = []
+    total: int | None = None
+    try:
+        page = call_with_retries(opts, client.fine_tuning.jobs.list_events, job_id, limit=100)
+        events = list(page.data)
+        while page.has_next_page():
+            page = call_with_retries(opts, page.get_next_page)
+            events.extend(page.data)
+    except Exception as e:
+        if is_openai_error(e):
+            return [], None
+        raise
+    for ev in events:
+        data = getattr(ev, "data", None)
+        if getattr(ev, "type", None) != "metrics" or not isinstance(data, dict):
+            continue
+        if isinstance(data.get("step"), (int, float)) and isinstance(data.get("train_loss"), (int, float)):
+            points.append((int(data["step"]), float(data["train_loss"])))
+            if isinstance(data.get("total_steps"), (int, float)):
+                total = int(data["total_steps"])
+    return points, total
+
+
 def list_checkpoints(client: Any, opts: OpenAIOptions, job_id: str) -> list[Any]:
     """Every `fine_tuning.job.checkpoint` of a job (all pages, each fetched with retries), oldest step first."""
     page = call_with_retries(opts, client.fine_tuning.jobs.checkpoints.list, job_id, limit=100)

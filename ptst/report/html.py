@@ -19,14 +19,18 @@ from ptst.report.grids import (
     row_label,
     seeds_note,
 )
-from ptst.report.plots import heatmap_png, progress_png
+from ptst.report.plots import heatmap_png, loss_png, progress_png
 from ptst.report.views import (
+    TRAINING_COLUMNS,
+    TRAINING_NOTE,
     category_tables,
     hyperparameters,
+    loss_views,
     progress_views,
     ptst_lines,
     run_facts,
     summary_text,
+    training_rows,
 )
 from ptst.results import Results
 
@@ -120,6 +124,18 @@ def _progress(results: Results, sim: bool) -> list[str]:
     return out
 
 
+def _training(results: Results, sim: bool) -> list[str]:
+    """A table of jobs with their final loss, then one loss-vs-step figure per backend."""
+    if not results.jobs:
+        return []
+    out = ["<h2>Training</h2>", f'<p class="note">{e(TRAINING_NOTE)}.</p>',
+           _table(TRAINING_COLUMNS, training_rows(results), left=5)]
+    for backend, jobs in loss_views(results).items():
+        simulated = sim or any(j.simulated for j in jobs)
+        out.append(_png(loss_png(backend, jobs, simulated), f"training loss {backend}"))
+    return out
+
+
 def _agreement(results: Results) -> list[str]:
     if not results.agreement:
         return []
@@ -169,7 +185,7 @@ def render_html(results: Results, grids: Sequence[Grid] | None = None) -> str:
             out.append(grid_table(g))
         if kind == "safety":
             out += _categories(results)
-    out += _progress(results, sim) + _agreement(results)
+    out += _progress(results, sim) + _agreement(results) + _training(results, sim)
     if not grids:
         out.append("<p>No results yet.</p>")
     if results.failed_jobs:

@@ -19,6 +19,8 @@ from ptst.report.grids import (
 )
 from ptst.report.views import (
     FINAL,
+    TRAINING_COLUMNS,
+    TRAINING_NOTE,
     category_tables,
     hyperparameters,
     mean_text,
@@ -26,6 +28,7 @@ from ptst.report.views import (
     ptst_lines,
     run_facts,
     summary_text,
+    training_rows,
 )
 from ptst.results import Results
 
@@ -100,6 +103,12 @@ def agreement_section(results: Results) -> list[str]:
     return ["## Judge agreement", ""] + _table(header, rows)
 
 
+def training_section(results: Results) -> list[str]:
+    if not results.jobs:
+        return []
+    return ["## Training", "", TRAINING_NOTE + ".", ""] + _table(TRAINING_COLUMNS, training_rows(results))
+
+
 def spec_section(results: Results) -> list[str]:
     out = []
     for spec in results.specs:
@@ -131,7 +140,7 @@ def render_markdown(results: Results, grids: Sequence[Grid] | None = None) -> st
                 lines += _grid(g)
         if kind == "safety":
             lines += category_section(results)
-    lines += progress_section(results) + agreement_section(results)
+    lines += progress_section(results) + agreement_section(results) + training_section(results)
     if not grids:
         lines += ["No results yet.", ""]
     if results.failed_jobs:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from ptst.report.grids import MISSING, PTST_MARK, Grid, col_label, row_label
 from ptst.report.views import Progress
+from ptst.results import JobRow
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -150,3 +151,31 @@ def progress_figure(view: Progress, simulated: bool = False) -> Figure:
 
 def progress_png(view: Progress, simulated: bool = False) -> bytes:
     return _png(progress_figure(view, simulated))
+
+
+def loss_figure(backend: str, jobs: list[JobRow], simulated: bool = False) -> Figure:
+    """Training loss against the step, one line per job (train template, seed) of one backend."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(6.0, 3.8), dpi=90)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for j in jobs:
+        xs, ys = zip(*(j.loss_curve or []), strict=True) if j.loss_curve else ((), ())
+        ax.plot(xs, ys, marker="." if len(xs) < 20 else None, label=f"{j.train_template} · seed {j.seed}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
+    ax.set_xlabel("training step", fontsize=9)
+    ax.set_ylabel("training loss", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title((f"{SIMULATED_TITLE} · " if simulated else "") + f"{backend} · training loss", fontsize=10)
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.14, top=0.88)
+    if simulated:
+        _watermark(fig)
+    return fig
+
+
+def loss_png(backend: str, jobs: list[JobRow], simulated: bool = False) -> bytes:
+    return _png(loss_figure(backend, jobs, simulated))

@@ -22,11 +22,13 @@ from ptst.report.grids import (
 )
 from ptst.report.views import (
     FINAL,
+    TRAINING_COLUMNS,
     category_tables,
     mean_text,
     progress_views,
     ptst_lines,
     summary_text,
+    training_rows,
 )
 from ptst.results import Results
 
@@ -189,6 +191,23 @@ def _print_agreement(results: Results, console: Console) -> None:
     console.print()
 
 
+def _print_training(results: Results, console: Console) -> None:
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    if not results.jobs:
+        return
+    console.print(Text("Training (final loss: mean of the last 10% of steps)", style="bold"))
+    table = Table(box=box.SIMPLE_HEAD)
+    for i, name in enumerate(TRAINING_COLUMNS):
+        table.add_column(Text(name), justify="right" if i >= 5 else "left", overflow="fold")
+    for row in training_rows(results):
+        table.add_row(*row)
+    console.print(table)
+    console.print()
+
+
 def print_tables(results: Results, console: Console) -> None:
     """Everything a terminal shows after a run: banner, PTST summary, grids, per-category and per-checkpoint
     tables, judge agreement, legend, failed jobs. Figures and the spec are in report.html / report.md."""
@@ -205,6 +224,7 @@ def print_tables(results: Results, console: Console) -> None:
     _print_categories(results, console)
     _print_progress(results, console)
     _print_agreement(results, console)
+    _print_training(results, console)
     if grids:
         console.print(Text(legend(results), style="dim"))
     for j in results.failed_jobs:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ptst.report.grids import MISSING
-from ptst.results import Comparison, Results, SafetySummary, TaskSummary
+from ptst.results import Comparison, JobRow, Results, SafetySummary, TaskSummary
 
 FINAL = "final"
 
@@ -153,6 +153,27 @@ def progress_views(results: Results) -> list[Progress]:
                       t.value_mean) for t in tasks]),
         ))
     return views
+
+
+TRAINING_COLUMNS = ["backend", "base model", "train template", "seed", "status", "steps", "final loss"]
+TRAINING_NOTE = "final loss: mean training loss over the last 10% of steps (the last step's with fewer than ten)"
+
+
+def training_rows(results: Results) -> list[list[str]]:
+    """The "Training" table: one row per fine-tuning job; a loss the backend did not give shows as —."""
+    return [[j.backend, j.base_model, j.train_template, str(j.seed), j.status,
+             MISSING if j.steps is None else str(j.steps),
+             MISSING if j.final_loss is None else f"{j.final_loss:.4f}" + (" (simulated)" if j.simulated else "")]
+            for j in results.jobs]
+
+
+def loss_views(results: Results) -> dict[str, list[JobRow]]:
+    """backend -> its jobs that have a loss curve: one loss-vs-step figure per backend."""
+    out: dict[str, list[JobRow]] = {}
+    for j in results.jobs:
+        if j.loss_curve:
+            out.setdefault(j.backend, []).append(j)
+    return out
 
 
 def run_facts(results: Results) -> list[tuple[str, str]]:
