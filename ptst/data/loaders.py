@@ -250,13 +250,12 @@ def load(
     hub_problem = _hub_problem(info)
     if hub_problem is None:
         try:
-            rows = _hub_rows(info, ref.config or info.config, split, cache_dir)
+            hub_rows = _hub_rows(info, ref.config or info.config, split, cache_dir)
         except _HubUnavailable as e:
             hub_problem = str(e)
         else:
-            rows = _transformed(rows, info)
             label = f"dataset {info.name!r} ({split})"
-            return rows_to_examples(rows, fields, label=label, require_answer=require_answer, limit=ref.limit)
+            return rows_to_examples(_transformed(hub_rows, info), fields, label=label, require_answer=require_answer, limit=ref.limit)
     raise DataError(_not_found_message(info, split, search_dirs(data_dirs), info.local_candidates(split), hub_problem))
 
 
