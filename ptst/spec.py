@@ -57,7 +57,7 @@ class TrainSpec(_Model):
     templates: list[str] = Field(min_length=1)
     hyperparameters: Hyperparameters = Hyperparameters()
     # One mix, none, or several (each its own set of jobs: "with and without in one spec"; null/"none" = no mix).
-    safety_mix: SafetyMix | None | list[SafetyMix | None] = None
+    safety_mix: SafetyMix | list[SafetyMix | None] | None = None
     seeds: list[Seed] = Field(default=[0], min_length=1)
 
     @field_validator("safety_mix", mode="before")
