@@ -13,7 +13,16 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ptst.backends.base import BackendSpec
 from ptst.backends.registry import backend_class
@@ -52,12 +61,19 @@ def _no_mix(value: Any) -> Any:
     return None if isinstance(value, str) and value.strip().lower() == "none" else value
 
 
+# One mix or a list; the discriminator picks the arm by shape, so an error is reported once, at the field's own path.
+Mixes = Annotated[
+    Annotated[SafetyMix, Tag("union:one")] | Annotated[list[SafetyMix | None], Tag("union:list")],
+    Discriminator(lambda v: "union:list" if isinstance(v, list) else "union:one"),
+]
+
+
 class TrainSpec(_Model):
     dataset: DatasetRef
     templates: list[str] = Field(min_length=1)
     hyperparameters: Hyperparameters = Hyperparameters()
     # One mix, none, or several (each its own set of jobs: "with and without in one spec"; null/"none" = no mix).
-    safety_mix: SafetyMix | list[SafetyMix | None] | None = None
+    safety_mix: Mixes | None = None
     seeds: list[Seed] = Field(default=[0], min_length=1)
 
     @field_validator("safety_mix", mode="before")
@@ -145,7 +161,7 @@ class Spec(_Model):
 
 
 # Location parts pydantic adds for validator functions and union arms; not field names.
-_UNION_TAG = re.compile(r"^(function-|constrained-|literal\[)|^(int|str|float|bool|none)$")
+_UNION_TAG = re.compile(r"^(function-|constrained-|literal\[|union:)|^(int|str|float|bool|none)$")
 
 
 def _pydantic_problems(err: ValidationError, prefix: tuple[Any, ...] = ()) -> list[str]:

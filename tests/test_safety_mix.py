@@ -60,7 +60,9 @@ def test_spec_takes_a_list_of_mixes_with_none_spelled_out(tmp_path):
     assert [m.name for m in single.train.mixes if m] == ["safety-tuned-llamas"]  # the label defaults to the dataset
     for bad, says in ((["none", None], "no-mix (null) is listed twice"),
                       ([MIX, {**MIX, "n": 5}], "mix 'in-dist' is listed twice"),
-                      ([], "give at least one mix")):
+                      ([], "give at least one mix"),
+                      (["none", {**MIX, "n": 0}], "train.safety_mix[1].n: Input should be greater than or equal to 1"),
+                      ({**MIX, "n": 0}, "train.safety_mix.n: Input should be greater than or equal to 1")):
         with pytest.raises(SpecError) as e:
             validate_spec(_raw(tmp_path, bad))
         assert "train.safety_mix" in str(e.value) and says in str(e.value)
