@@ -113,8 +113,17 @@ def test_mock_run_with_two_mixes_has_rows_and_a_grid_for_each(tmp_path):
     assert sorted((c["safety_mix"] or "") for c in res["comparisons"]) == ["", "in-dist"]
     report = (out / "report.md").read_text()
     assert "· mix none —" in report and "· mix in-dist —" in report
-    assert report.index(BASE := "base (no fine-tuning)") < report.index("· mix in-dist")
-    assert report.count(BASE) >= 4  # the base model is the reference row of every mix's grid
+    grid = report[report.index("· mix in-dist —"):]
+    grid = grid[:grid.index("\n\n", grid.index("|"))]  # the in-dist grid: its title to the end of its table
+    assert "base (no fine-tuning)" in grid  # the base model is the reference row of every mix's grid
+    # the PTST summary: a line per mix, each beside its own same-template cell
+    from ptst.report.views import ptst_lines
+    from ptst.results import Results
+
+    lines = ptst_lines(Results.model_validate(res))
+    assert sorted(ln.train_template for ln in lines) == ["chat:vanilla · mix in-dist", "chat:vanilla · mix none"]
+    for ln in lines:
+        assert ln.same is not None and ln.same.safety_mix == ln.ptst.safety_mix and len(ln.tests) == 1
 
 
 def test_a_single_mix_report_keeps_its_titles(tmp_path):
