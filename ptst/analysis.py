@@ -32,7 +32,7 @@ from ptst.results import (
 
 def _cell_id(r: ItemRecord) -> tuple[object, ...]:
     return (r.backend, r.base_model, r.train_template, r.seed, r.checkpoint, r.test_template, r.kind, r.dataset,
-            r.metric)
+            r.metric, r.safety_mix)
 
 
 def group_cells(records: Sequence[ItemRecord]) -> dict[tuple[object, ...], list[ItemRecord]]:
@@ -77,6 +77,7 @@ def safety_row(items: Sequence[ItemRecord], judge: str, category: str | None = N
         benchmark=first.dataset, judge=judge, n=len(scored), n_unsafe=n_unsafe, asr=asr, asr_ci95=ci,
         mean_score=round(sum(scores) / len(scores), 4) if scores else None,
         n_unscored=len(got) - len(scored), checkpoint=first.checkpoint, category=category,
+        safety_mix=first.safety_mix,
     )
 
 
@@ -91,6 +92,7 @@ def task_row(items: Sequence[ItemRecord]) -> TaskRow:
         test_template=first.test_template, seed=first.seed, simulated=first.simulated,
         task=first.dataset, metric=first.metric or "", n=mv.n, value=_r4(mv.value),
         ci95=round_ci(mv.ci95) if mv.ci95 is not None else None, checkpoint=first.checkpoint,
+        safety_mix=first.safety_mix,
     )
 
 
@@ -103,16 +105,17 @@ def summarise_safety(rows: Sequence[SafetyRow]) -> list[SafetySummary]:
     groups: dict[tuple[Any, ...], list[float]] = {}
     for r in rows:
         key = (r.backend, r.base_model, r.train_template, r.test_template, r.benchmark, r.judge, r.checkpoint,
-               r.category)
+               r.category, r.safety_mix)
         vals = groups.setdefault(key, [])
         if r.n:
             vals.append(r.n_unsafe / r.n)  # the exact rate, not the 4-decimal `asr`, so nothing is rounded twice
     out = []
-    for (backend, base, train, test, bench, judge, ckpt, cat), vals in groups.items():
+    for (backend, base, train, test, bench, judge, ckpt, cat, mix), vals in groups.items():
         out.append(SafetySummary(
             backend=backend, base_model=base, train_template=train, test_template=test, benchmark=bench,
             judge=judge, checkpoint=ckpt, category=cat, n_seeds=len(vals),
             asr_mean=_r4(sum(vals) / len(vals)) if vals else None, asr_std=_r4(seed_summary(vals).std),
+            safety_mix=mix,
         ))
     return out
 
@@ -120,20 +123,22 @@ def summarise_safety(rows: Sequence[SafetyRow]) -> list[SafetySummary]:
 def summarise_tasks(rows: Sequence[TaskRow]) -> list[TaskSummary]:
     groups: dict[tuple[Any, ...], list[float]] = {}
     for r in rows:
-        key = (r.backend, r.base_model, r.train_template, r.test_template, r.task, r.metric, r.checkpoint)
+        key = (r.backend, r.base_model, r.train_template, r.test_template, r.task, r.metric, r.checkpoint,
+               r.safety_mix)
         vals = groups.setdefault(key, [])
         if r.value is not None:
             vals.append(r.value)
     return [
         TaskSummary(backend=b, base_model=m, train_template=tr, test_template=te, task=t, metric=metric,
                     checkpoint=ck, n_seeds=len(vals), value_mean=_r4(sum(vals) / len(vals)) if vals else None,
-                    value_std=_r4(seed_summary(vals).std))
-        for (b, m, tr, te, t, metric, ck), vals in groups.items()
+                    value_std=_r4(seed_summary(vals).std), safety_mix=mix)
+        for (b, m, tr, te, t, metric, ck, mix), vals in groups.items()
     ]
 
 
 def _outcomes(records: Sequence[ItemRecord]) -> dict[tuple[Any, ...], dict[int, bool]]:
-    """(backend, base model, train, seed, checkpoint, test, benchmark, judge) -> {item index: unsafe}, scored only."""
+    """(backend, base model, train, seed, checkpoint, test, benchmark, judge, safety mix) -> {item index: unsafe},
+    scored only."""
     out: dict[tuple[Any, ...], dict[int, bool]] = {}
     for r in records:
         if r.kind != "safety" or r.response is None:
@@ -141,7 +146,7 @@ def _outcomes(records: Sequence[ItemRecord]) -> dict[tuple[Any, ...], dict[int, 
         for v in r.verdicts:
             if v.unsafe is not None:
                 key = (r.backend, r.base_model, r.train_template, r.seed, r.checkpoint, r.test_template, r.dataset,
-                       v.judge)
+                       v.judge, r.safety_mix)
                 out.setdefault(key, {})[r.index] = v.unsafe
     return out
 
@@ -153,10 +158,10 @@ def compare_ptst(records: Sequence[ItemRecord], safety_templates: Sequence[str])
     outcomes = _outcomes(records)
     rows = []
     for key, ptst in outcomes.items():
-        backend, base, train, seed, ckpt, test, bench, judge = key
+        backend, base, train, seed, ckpt, test, bench, judge, mix = key
         if train is None or train in safe or test not in safe:
             continue
-        same = outcomes.get((backend, base, test, seed, ckpt, test, bench, judge))
+        same = outcomes.get((backend, base, test, seed, ckpt, test, bench, judge, mix))  # same mix: like for like
         if same is None:
             continue
         common = sorted(ptst.keys() & same.keys())  # queries scored in both cells: the pairs
@@ -167,7 +172,7 @@ def compare_ptst(records: Sequence[ItemRecord], safety_templates: Sequence[str])
             backend=backend, base_model=base, benchmark=bench, judge=judge, seed=seed, checkpoint=ckpt,
             train_template=train, test_template=test, n=n,
             ptst_asr=_rate(sum(first), n)[0], same_asr=_rate(sum(second), n)[0],
-            b=test_result.b, c=test_result.c, p_value=round(test_result.p, 6),
+            b=test_result.b, c=test_result.c, p_value=round(test_result.p, 6), safety_mix=mix,
         ))
     return rows
 

@@ -66,6 +66,7 @@ def item_records(store: RunStore) -> list[ItemRecord]:
                 checkpoint=d.get("checkpoint"), test_template=d["test_template"], kind=d["kind"],
                 dataset=d["dataset"], metric=d["metric"], index=idx, query=q, reference=ref, category=cat,
                 response=responses.get(g), simulated=simulated, verdicts=tuple(verdicts.get(g, ())),
+                safety_mix=d.get("safety_mix"),
             ))
     return records
 
@@ -177,7 +178,7 @@ def export_rows(store: RunStore) -> list[dict]:
             v = verdicts.get(jk.get(g, ""))
             rows.append({
                 **{k: d[k] for k in ("backend", "base_model", "train_template", "seed", "test_template", "kind", "dataset")},
-                "checkpoint": d.get("checkpoint"), "category": cat, "index": idx, "query": q, "reference": ref,
+                "checkpoint": d.get("checkpoint"), "safety_mix": d.get("safety_mix"), "category": cat, "index": idx, "query": q, "reference": ref,
                 "prompt": json.loads(prompts[g]) if g in prompts else None, "response": responses.get(g),
                 "unsafe": v.unsafe if v else None, "score": v.score if v else None,
                 "judge_reply": v.raw if v else None,

@@ -58,6 +58,7 @@ class ModelNode:
     job: PlannedJob | None
     cells: list[CellWork]
     checkpoint: int | None = None  # the training step of an intermediate checkpoint
+    safety_mix: str | None = None  # the label of the safety mix it was fine-tuned with
 
 
 class Graph:
@@ -87,9 +88,10 @@ class Graph:
                 rec = self.store.job(pj.run_key)
                 if rec is not None and rec.status == "succeeded" and rec.model_ref is not None:
                     ref = ModelRef.model_validate(rec.model_ref)
-                    models.append(ModelNode(pj.run_key, ref, None, []))
+                    models.append(ModelNode(pj.run_key, ref, None, [], None, pj.safety_mix))
                     for step, ck in self._checkpoints(backend, ref, pj.run_key):
-                        models.append(ModelNode(checkpoint_model_key(pj.run_key, step), ck, None, [], step))
+                        models.append(ModelNode(checkpoint_model_key(pj.run_key, step), ck, None, [], step,
+                                                pj.safety_mix))
                 elif rec is not None and not self.retry_failed:
                     job = pj.job
                     log(f"skip {job.backend} {job.train_template} seed {job.seed}: job {rec.status} earlier "
@@ -98,12 +100,12 @@ class Graph:
                     # The model's identity is known before it exists, so its cells are indexed up front.
                     stub = ModelRef(backend=bspec.name, base_model=bspec.model, model_id="",
                                     train_template=pj.job.train_template, seed=pj.job.seed)
-                    models.append(ModelNode(pj.run_key, None, pj, []))
-                    models[-1].cells = self._cells(bspec, backend, stub, pj.run_key)
+                    models.append(ModelNode(pj.run_key, None, pj, [], None, pj.safety_mix))
+                    models[-1].cells = self._cells(bspec, backend, stub, pj.run_key, safety_mix=pj.safety_mix)
                     self.totals["train"] += 1
             for m in models:
                 if m.ref is not None:
-                    m.cells = self._cells(bspec, backend, m.ref, m.key, m.checkpoint)
+                    m.cells = self._cells(bspec, backend, m.ref, m.key, m.checkpoint, safety_mix=m.safety_mix)
                 rows += [self._row(cell, convs, keys) for cell, convs, keys in m.cells]
                 if m.ref is not None:
                     tasks += [self._generate_task(backend, cell, m.ref, convs, keys) for cell, convs, keys in m.cells]
@@ -157,9 +159,10 @@ class Graph:
         return chosen
 
     def _cells(self, bspec: BackendSpec, backend: FineTuneBackend, model: ModelRef, model_key: str,
-               checkpoint: int | None = None) -> list[CellWork]:
+               checkpoint: int | None = None, *, safety_mix: str | None = None) -> list[CellWork]:
         out = []
-        for cell in eval_cells(self.spec, bspec, model, model_key, self.data, checkpoint=checkpoint):
+        for cell in eval_cells(self.spec, bspec, model, model_key, self.data, checkpoint=checkpoint,
+                               safety_mix=safety_mix):
             convs = cell_conversations(self.spec, cell, backend.family, self.data)
             out.append((cell, convs, [generation_key(cell.model_key, c, self.spec.eval.generation) for c in convs]))
         return out
@@ -198,15 +201,17 @@ class Graph:
                 self.progress.add_total("judge", -sum(self._judge_planned.get(c.key, 0) for c, _, _ in m.cells))
                 return []
             tasks = [self._generate_task(backend, cell, ref, convs, keys) for cell, convs, keys in m.cells]
-            return tasks + self._checkpoint_tasks(bspec, backend, ref, m.job.run_key)  # type: ignore[union-attr]
+            return tasks + self._checkpoint_tasks(bspec, backend, ref, m.job.run_key,  # type: ignore[union-attr]
+                                                  m.safety_mix)
 
         return Task(f"train {bspec.name} {m.job.job.train_template} seed {m.job.job.seed}", work, slots)
 
-    def _checkpoint_tasks(self, bspec: BackendSpec, backend: FineTuneBackend, ref: ModelRef, run_key: str) -> list[Task]:
+    def _checkpoint_tasks(self, bspec: BackendSpec, backend: FineTuneBackend, ref: ModelRef, run_key: str,
+                          safety_mix: str | None = None) -> list[Task]:
         """After a job: index the cells of the checkpoints the spec asks for, and return their generation tasks."""
         tasks: list[Task] = []
         for step, ck in self._checkpoints(backend, ref, run_key):
-            cells = self._cells(bspec, backend, ck, checkpoint_model_key(run_key, step), step)
+            cells = self._cells(bspec, backend, ck, checkpoint_model_key(run_key, step), step, safety_mix=safety_mix)
             rows = [self._row(cell, convs, keys) for cell, convs, keys in cells]
             for key, desc, position, items in rows:
                 self.store.put_cell(key, desc, position, items)

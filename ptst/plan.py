@@ -32,12 +32,18 @@ class Datasets:
     train: tuple[Example, ...]
     safety: dict[str, tuple[Example, ...]]
     tasks: dict[str, tuple[tuple[Example, ...], str]]  # name -> (items, metric)
+    # (mix label, training examples) per safety mix of the spec (label None: no mix); empty: `train` alone, unlabelled.
+    train_mixes: tuple[tuple[str | None, tuple[Example, ...]], ...] = ()
+
+    def mixes(self) -> tuple[tuple[str | None, tuple[Example, ...]], ...]:
+        return self.train_mixes or ((None, self.train),)
 
 
 @dataclass(frozen=True)
 class PlannedJob:
     job: TrainJob
     run_key: str  # job key + the backend's identity: the store's key for this job
+    safety_mix: str | None = None  # the label of the safety mix in its data; None: no mix
 
 
 @dataclass(frozen=True)
@@ -54,11 +60,15 @@ class Cell:
     dataset: str
     metric: str | None
     checkpoint: int | None = None  # training step of an intermediate checkpoint; None: the final (or base) model
+    safety_mix: str | None = None  # the safety mix of the model's training data (label); None: none, or the base model
 
     @property
     def key(self) -> str:
-        """A final model's cell keeps its v1 key (existing stores stay valid); a checkpoint's adds its step."""
+        """A final model's cell keeps its v1 key (existing stores stay valid); a checkpoint's adds its step. The safety
+        mix is not hashed: it is already in the model key (the mix's examples are in the job's data hash), so cells
+        of different mixes never collide and a single-mix spec keeps its keys."""
         d = self.describe()
+        d.pop("safety_mix")
         step = d.pop("checkpoint")
         key = cell_key_v1(**d)
         return key if step is None else content_hash({"cell": key, "checkpoint": step})
@@ -68,6 +78,7 @@ class Cell:
             "backend": self.backend, "base_model": self.base_model, "model_key": self.model_key,
             "train_template": self.train_template, "seed": self.seed, "test_template": self.test_template,
             "kind": self.kind, "dataset": self.dataset, "metric": self.metric, "checkpoint": self.checkpoint,
+            "safety_mix": self.safety_mix,
         }
 
 
@@ -89,27 +100,30 @@ def train_jobs(spec: Spec, bspec: BackendSpec, backend: FineTuneBackend, data: D
     if spec.train is None:
         return []
     jobs = []
-    train_hash = data_hash(list(data.train))  # one pass over the data, not one per template and seed
-    for name in spec.train.templates:
-        tpl = spec.template(name)
-        examples = tuple(tpl.apply(ex.prompt, backend.family, answer=ex.answer) for ex in data.train)
-        for seed in spec.train.seeds:
-            job = TrainJob(
-                backend=bspec.name, base_model=bspec.model, train_template=name, seed=seed,
-                hyperparameters=bspec.train_hyperparameters(spec.train.hyperparameters), examples=examples, data_hash=train_hash,
-            )
-            jobs.append(PlannedJob(job, run_key_v1(job.key, backend_identity(bspec, backend))))
+    for mix, train in data.mixes():  # each safety mix is its own set of jobs (its examples change the data hash)
+        train_hash = data_hash(list(train))  # one pass over the data, not one per template and seed
+        for name in spec.train.templates:
+            tpl = spec.template(name)
+            examples = tuple(tpl.apply(ex.prompt, backend.family, answer=ex.answer) for ex in train)
+            for seed in spec.train.seeds:
+                job = TrainJob(
+                    backend=bspec.name, base_model=bspec.model, train_template=name, seed=seed,
+                    hyperparameters=bspec.train_hyperparameters(spec.train.hyperparameters), examples=examples,
+                    data_hash=train_hash,
+                )
+                jobs.append(PlannedJob(job, run_key_v1(job.key, backend_identity(bspec, backend)), mix))
     return jobs
 
 
 def eval_cells(
-    spec: Spec, bspec: BackendSpec, model: ModelRef, model_key: str, data: Datasets, *, checkpoint: int | None = None
+    spec: Spec, bspec: BackendSpec, model: ModelRef, model_key: str, data: Datasets, *, checkpoint: int | None = None,
+    safety_mix: str | None = None,
 ) -> list[Cell]:
     cells = []
     for test in spec.eval.templates:
         common = dict(
             backend=bspec.name, base_model=bspec.model, model_key=model_key, train_template=model.train_template,
-            seed=model.seed, test_template=test, checkpoint=checkpoint,
+            seed=model.seed, test_template=test, checkpoint=checkpoint, safety_mix=safety_mix,
         )
         cells += [Cell(**common, kind="safety", dataset=name, metric=None) for name in data.safety]
         cells += [Cell(**common, kind="task", dataset=name, metric=metric) for name, (_, metric) in data.tasks.items()]

@@ -104,8 +104,10 @@ def _dataset_roles(spec: Spec) -> list[tuple[str, DatasetRef, bool]]:
     roles: list[tuple[str, DatasetRef, bool]] = []
     if spec.train is not None:
         roles.append(("train.dataset", spec.train.dataset, True))
-        if spec.train.safety_mix is not None:
-            roles.append(("train.safety_mix.dataset", spec.train.safety_mix.dataset, True))
+        several = isinstance(spec.train.safety_mix, list)
+        for i, mix in enumerate(spec.train.mixes):
+            if mix is not None:
+                roles.append((f"train.safety_mix{f'[{i}]' if several else ''}.dataset", mix.dataset, True))
     roles += [(f"eval.safety[{i}]", ref, False) for i, ref in enumerate(spec.eval.safety)]
     roles += [(f"eval.tasks[{i}]", ref, True) for i, ref in enumerate(spec.eval.tasks)]
     return roles

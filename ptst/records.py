@@ -37,6 +37,7 @@ class ItemRecord:
     response: str | None = None  # None: not generated (yet)
     verdicts: tuple[Verdict, ...] = field(default_factory=tuple)
     simulated: bool = False
+    safety_mix: str | None = None  # label of the safety mix in the model's training data; None: none (or base model)
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ class SafetyRow(_Row):
     simulated: bool = False
     checkpoint: int | None = None  # training step of an intermediate checkpoint; None: the final model
     category: str | None = None  # a benchmark category (DirectHarm4's); None: the whole benchmark
+    safety_mix: str | None = None  # the label of the safety mix in the fine-tuning data; None: no mix (or base model)
 
 
 class TaskRow(_Row):
@@ -53,6 +54,7 @@ class TaskRow(_Row):
     simulated: bool = False
     checkpoint: int | None = None
     category: str | None = None
+    safety_mix: str | None = None  # the label of the safety mix in the fine-tuning data; None: no mix (or base model)
 
 
 class SafetySummary(_Row):
@@ -69,6 +71,7 @@ class SafetySummary(_Row):
     n_seeds: int  # seeds with a scored response
     asr_mean: float | None
     asr_std: float | None  # sample standard deviation (n - 1); None for fewer than two seeds
+    safety_mix: str | None = None  # the label of the safety mix in the fine-tuning data; None: no mix (or base model)
 
 
 class TaskSummary(_Row):
@@ -82,6 +85,7 @@ class TaskSummary(_Row):
     n_seeds: int
     value_mean: float | None
     value_std: float | None
+    safety_mix: str | None = None  # the label of the safety mix in the fine-tuning data; None: no mix (or base model)
 
 
 class Comparison(_Row):
@@ -105,6 +109,7 @@ class Comparison(_Row):
     b: int  # unsafe only in the PTST cell
     c: int  # unsafe only in the same-template cell
     p_value: float  # two-sided exact McNemar
+    safety_mix: str | None = None  # the label of the safety mix in the fine-tuning data; None: no mix (or base model)
 
 
 class Agreement(_Row):

@@ -36,7 +36,7 @@ from ptst.progress import RunProgress, log
 from ptst.records import RunInfo
 from ptst.results import Results
 from ptst.scheduler import Scheduler
-from ptst.spec import Spec
+from ptst.spec import SafetyMix, Spec
 from ptst.store import RunStore
 
 __all__ = ["collect_results", "export_rows", "item_records", "load_datasets", "run", "run_experiment"]
@@ -67,9 +67,11 @@ def limit_datasets(spec: Spec, limit: int) -> Spec:
                                       "tasks": [cut(r) for r in spec.eval.tasks]})
     train = spec.train
     if train is not None:
-        mix = train.safety_mix
-        if mix is not None:
-            mix = mix.model_copy(update={"dataset": cut(mix.dataset)})
+        def cut_mix(mix: SafetyMix | None) -> SafetyMix | None:
+            return None if mix is None else mix.model_copy(update={"dataset": cut(mix.dataset)})
+
+        m = train.safety_mix
+        mix = [cut_mix(x) for x in m] if isinstance(m, list) else cut_mix(m)
         train = train.model_copy(update={"dataset": cut(train.dataset), "safety_mix": mix})
     return spec.model_copy(update={"eval": ev, "train": train})
 
@@ -80,18 +82,22 @@ def load_datasets(spec: Spec, spec_dir: Path | None = None, limit: int | None = 
         spec = limit_datasets(spec, limit)
     dirs = data_dirs(spec, spec_dir)
     train: tuple = ()
+    mixes: list[tuple[str | None, tuple]] = []
     if spec.train is not None:
-        train = tuple(load(_resolve(spec.train.dataset, spec_dir), data_dirs=dirs, require_answer=True))
-        if spec.train.safety_mix is not None:
-            mix = load(_resolve(spec.train.safety_mix.dataset, spec_dir), data_dirs=dirs, require_answer=True)
-            n = spec.train.safety_mix.n
-            train += tuple(sample(mix, n, seed=0) if n is not None and n < len(mix) else mix)
+        base = tuple(load(_resolve(spec.train.dataset, spec_dir), data_dirs=dirs, require_answer=True))
+        for m in spec.train.mixes:
+            added: tuple = ()
+            if m is not None:
+                rows = load(_resolve(m.dataset, spec_dir), data_dirs=dirs, require_answer=True)
+                added = tuple(sample(rows, m.n, seed=0) if m.n is not None and m.n < len(rows) else rows)
+            mixes.append((None if m is None else m.name, base + added))
+        train = mixes[0][1]
     safety = {ref.display_name(): tuple(load(_resolve(ref, spec_dir), data_dirs=dirs)) for ref in spec.eval.safety}
     tasks = {
         ref.display_name(): (tuple(load(_resolve(ref, spec_dir), data_dirs=dirs, require_answer=True)), ref.metric_name() or "")
         for ref in spec.eval.tasks
     }
-    return Datasets(train=train, safety=safety, tasks=tasks)
+    return Datasets(train=train, safety=safety, tasks=tasks, train_mixes=tuple(mixes))
 
 
 def _now() -> str:

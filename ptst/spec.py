@@ -13,7 +13,16 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ptst.backends.base import BackendSpec
 from ptst.backends.registry import backend_class
@@ -40,14 +49,55 @@ class SafetyMix(_Model):
 
     dataset: DatasetRef
     n: int | None = Field(None, ge=1, description="how many to mix in (deterministic sample); all if null")
+    label: str | None = Field(None, min_length=1, description="its name in results (safety_mix); the dataset's if null")
+
+    @property
+    def name(self) -> str:
+        return self.label or self.dataset.display_name()
+
+
+def _no_mix(value: Any) -> Any:
+    """`"none"` is a spelling of null in a list of mixes (YAML users write it so the list reads as a comparison)."""
+    return None if isinstance(value, str) and value.strip().lower() == "none" else value
+
+
+# One mix or a list; the discriminator picks the arm by shape, so an error is reported once, at the field's own path.
+Mixes = Annotated[
+    Annotated[SafetyMix, Tag("union:one")] | Annotated[list[SafetyMix | None], Tag("union:list")],
+    Discriminator(lambda v: "union:list" if isinstance(v, list) else "union:one"),
+]
 
 
 class TrainSpec(_Model):
     dataset: DatasetRef
     templates: list[str] = Field(min_length=1)
     hyperparameters: Hyperparameters = Hyperparameters()
-    safety_mix: SafetyMix | None = None
+    # One mix, none, or several (each its own set of jobs: "with and without in one spec"; null/"none" = no mix).
+    safety_mix: Mixes | None = None
     seeds: list[Seed] = Field(default=[0], min_length=1)
+
+    @field_validator("safety_mix", mode="before")
+    @classmethod
+    def _none_spelled(cls, v: Any) -> Any:
+        return [_no_mix(m) for m in v] if isinstance(v, list) else _no_mix(v)
+
+    @field_validator("safety_mix")
+    @classmethod
+    def _distinct_mixes(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("give at least one mix (null or \"none\" for fine-tuning without one)")
+            names = [m.name if m is not None else None for m in v]
+            dup = next((n for i, n in enumerate(names) if n in names[:i]), "")
+            if dup != "":
+                what = f"mix {dup!r} is listed twice" if dup is not None else "no-mix (null) is listed twice"
+                raise ValueError(f"{what}; give each mix a distinct 'label'")
+        return v
+
+    @property
+    def mixes(self) -> list[SafetyMix | None]:
+        """Every mix of the spec, in order: one entry (possibly None) unless safety_mix is a list."""
+        return list(self.safety_mix) if isinstance(self.safety_mix, list) else [self.safety_mix]
 
 
 class EvalSpec(_Model):
@@ -111,7 +161,7 @@ class Spec(_Model):
 
 
 # Location parts pydantic adds for validator functions and union arms; not field names.
-_UNION_TAG = re.compile(r"^(function-|constrained-|literal\[)|^(int|str|float|bool|none)$")
+_UNION_TAG = re.compile(r"^(function-|constrained-|literal\[|union:)|^(int|str|float|bool|none)$")
 
 
 def _pydantic_problems(err: ValidationError, prefix: tuple[Any, ...] = ()) -> list[str]:

@@ -64,12 +64,15 @@ class Grid:
     safety_templates: frozenset[str]
     show_model: bool = False  # the run has several base models on this backend: name the model in titles
     show_judge: bool = False  # the run has several judges: name the judge in titles
+    safety_mix: str | None = None  # the safety mix of the fine-tuned rows (label); None: no mix
+    show_mix: bool = False  # the run compares several safety mixes: one grid per mix, named in the title
 
     @property
     def title(self) -> str:
         who = f"{self.backend} ({self.base_model})" if self.show_model else self.backend
         judge = f" [{self.judge}]" if self.show_judge and self.judge else ""
-        return f"{who} · {self.name}{judge} — {self.metric} % (95% CI)"
+        mix = f" · mix {self.safety_mix or 'none'}" if self.show_mix else ""
+        return f"{who} · {self.name}{judge}{mix} — {self.metric} % (95% CI)"
 
     def mark(self, row: str | None, col: str) -> Mark:
         """PTST: fine-tuned without a safety prompt, tested with one. Diagonal: same template both times."""
@@ -141,13 +144,17 @@ def build_grids(results: Results) -> list[Grid]:
     for row in every:
         models_of.setdefault(row.backend, set()).add(row.base_model)
     several_judges = len({s.judge for s in safety}) > 1
+    # Several safety mixes: a grid per mix, the base model (fine-tuned with no mix at all) in each as the reference.
+    mixes = list(dict.fromkeys(r.safety_mix for r in every if r.train_template is not None))
+    several_mixes = len(mixes) > 1
     groups: dict[tuple, list] = {}
-    for s in safety:
-        groups.setdefault(("safety", s.backend, s.base_model, s.benchmark, "ASR", s.judge), []).append(s)
-    for t in tasks:
-        groups.setdefault(("task", t.backend, t.base_model, t.task, t.metric, None), []).append(t)
+    for row in every:
+        what = (("safety", row.benchmark, "ASR", row.judge) if isinstance(row, SafetyRow)
+                else ("task", row.task, row.metric, None))
+        for mix in (mixes or [None]) if row.train_template is None else [row.safety_mix]:
+            groups.setdefault((what[0], row.backend, row.base_model, *what[1:], mix), []).append(row)
 
-    for (kind, backend, base_model, name, metric, judge), members in groups.items():
+    for (kind, backend, base_model, name, metric, judge, mix), members in groups.items():
         by_cell: dict[tuple[str | None, str], list] = {}
         for m in members:
             by_cell.setdefault((m.train_template, m.test_template), []).append(m)
@@ -160,7 +167,8 @@ def build_grids(results: Results) -> list[Grid]:
         aggregate = safety_cell if kind == "safety" else task_cell
         cells = {key: aggregate(v) for key, v in by_cell.items()}
         grids.append(Grid(kind, backend, base_model, name, metric, judge, tuple(rows), tuple(cols), cells, safe,
-                          show_model=len(models_of[backend]) > 1, show_judge=several_judges and kind == "safety"))
+                          show_model=len(models_of[backend]) > 1, show_judge=several_judges and kind == "safety",
+                          safety_mix=mix, show_mix=several_mixes))
     return grids
 
 

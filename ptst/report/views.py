@@ -52,18 +52,22 @@ class PtstLine:
 
 def ptst_lines(results: Results) -> list[PtstLine]:
     safe = set(results.safety_templates)
-    final = {(s.backend, s.base_model, s.benchmark, s.judge, s.train_template, s.test_template): s
+    final = {(s.backend, s.base_model, s.benchmark, s.judge, s.train_template, s.test_template, s.safety_mix): s
              for s in results.summary if s.checkpoint is None and s.category is None}
+    # Several safety mixes: a line per mix, against the same-template cell of that mix; the mix named after the train
+    # template (the base model, never fine-tuned, is every mix's reference).
+    several_mixes = len({s.safety_mix for s in results.summary if s.train_template is not None}) > 1
     lines = []
-    for (backend, model, bench, judge, train, test), s in final.items():
+    for (backend, model, bench, judge, train, test, mix), s in final.items():
         if train is None or train in safe or test not in safe:
             continue
         tests = tuple(c for c in results.comparisons if c.checkpoint is None and (
-            c.backend, c.base_model, c.benchmark, c.judge, c.train_template, c.test_template)
-            == (backend, model, bench, judge, train, test))
-        lines.append(PtstLine(backend, model, bench, judge, train, test, s,
-                              final.get((backend, model, bench, judge, test, test)),
-                              final.get((backend, model, bench, judge, None, test)), tests))
+            c.backend, c.base_model, c.benchmark, c.judge, c.train_template, c.test_template, c.safety_mix)
+            == (backend, model, bench, judge, train, test, mix))
+        label = f"{train} · mix {mix or 'none'}" if several_mixes else train
+        lines.append(PtstLine(backend, model, bench, judge, label, test, s,
+                              final.get((backend, model, bench, judge, test, test, mix)),
+                              final.get((backend, model, bench, judge, None, test, None)), tests))
     return lines
 
 
@@ -92,7 +96,8 @@ def category_tables(results: Results) -> list[CategoryTable]:
         table = CategoryTable(backend, model, bench, judge, cats)
         by_cell: dict[str, dict[str | None, SafetySummary]] = {}
         for s in members:
-            label = f"{s.train_template or 'base'} → {s.test_template}"
+            mix = f" · mix {s.safety_mix}" if s.safety_mix is not None else ""
+            label = f"{s.train_template or 'base'}{mix} → {s.test_template}"
             by_cell.setdefault(label, {})[s.category] = s
         table.rows.extend(by_cell.items())
         tables.append(table)
