@@ -16,10 +16,10 @@ from ptst.results import FailedJob, JobRow, Results
 from ptst.store import Judged, RunStore
 
 
-def _judgment_keys(
+def judgment_keys(
     judge_name: str, judge_version: str, items: Sequence[tuple[str, str, str | None]], responses: dict[str, str]
 ) -> dict[str, str]:
-    """gen_key -> judgment key, for the items of a cell that have a response."""
+    """gen_key -> judgment key, for the items of a cell that have a response (the runner judges by it too)."""
     return {g: judgment_key(judge_name, judge_version, q, responses[g]) for g, q, _ in items if g in responses}
 
 
@@ -40,7 +40,7 @@ def _verdicts(
     """gen_key -> one Verdict per judge that has judged its response, in the judges' order."""
     out: dict[str, list[Verdict]] = {}
     for name, version in judges:
-        jk = _judgment_keys(name, version, items, responses)
+        jk = judgment_keys(name, version, items, responses)
         got: dict[str, Judged] = store.judgments(jk.values())
         for g, k in jk.items():
             v = got.get(k)
@@ -71,32 +71,19 @@ def item_records(store: RunStore) -> list[ItemRecord]:
     return records
 
 
-def judgment_keys(
-    judge_name: str, judge_version: str, items: Sequence[tuple[str, str, str | None]], responses: dict[str, str]
-) -> dict[str, str]:
-    """gen_key -> judgment key, for the items of a cell that have a response (public: the runner judges by it)."""
-    return _judgment_keys(judge_name, judge_version, items, responses)
-
-
-def run_status(store: RunStore) -> str:
+def run_status(store: RunStore, records: Sequence[ItemRecord] | None = None) -> str:
     """"complete": every planned item has its response and, for safety items, every judge's verdict;
     "failed_jobs": a fine-tuning job ended without a model; "partial": anything else missing (a killed run, a cell
-    whose generation or judging failed)."""
+    whose generation or judging failed). Read from the item records (gathered here unless given), so `collect`
+    walks the store once."""
     if any(j.status != "succeeded" for j in store.jobs()):
         return "failed_jobs"
     if store.failures():
         return "partial"
-    judges = run_judges(store)
-    for key, d in store.cells():
-        items = store.cell_items(key)
-        responses = store.responses(g for g, _, _ in items)
-        if len(responses) < len({g for g, _, _ in items}):
+    n_judges = len(run_judges(store))
+    for r in item_records(store) if records is None else records:
+        if r.response is None or (r.kind == "safety" and len(r.verdicts) < n_judges):
             return "partial"
-        if d["kind"] == "safety":
-            for name, version in judges:
-                jk = _judgment_keys(name, version, items, responses)
-                if len(store.judgments(jk.values())) < len(set(jk.values())):
-                    return "partial"
     return "complete"
 
 
@@ -108,7 +95,7 @@ def usd_by_stage(store: RunStore) -> dict[str, float | None]:
             "generate": None, "judge": None}
 
 
-def run_info(store: RunStore) -> RunInfo:
+def run_info(store: RunStore, records: Sequence[ItemRecord] | None = None) -> RunInfo:
     judge_meta = store.get_meta("judge") or {}
     spec = store.get_meta("spec") or {}
     return RunInfo(
@@ -117,7 +104,7 @@ def run_info(store: RunStore) -> RunInfo:
         train_templates=tuple(store.get_meta("train_templates") or []),
         test_templates=tuple(store.get_meta("test_templates") or []),
         safety_templates=tuple(store.get_meta("safety_templates") or []),
-        status=run_status(store),  # type: ignore[arg-type]
+        status=run_status(store, records),  # type: ignore[arg-type]
         started_at=store.get_meta("started_at"), finished_at=store.get_meta("finished_at"),
         usd_by_stage=usd_by_stage(store),
     )
@@ -150,10 +137,11 @@ def job_rows(store: RunStore) -> list[JobRow]:
 
 def collect(store: RunStore) -> tuple[Results, RunInfo]:
     """Rebuild every number from the store alone: the report of a run is a pure function of its `ptst.db`."""
-    info = run_info(store)
+    records = item_records(store)
+    info = run_info(store, records)
     spec = store.get_meta("spec")
     results = build_results(
-        item_records(store), failed_jobs(store), info, status=info.status, started_at=info.started_at,
+        records, failed_jobs(store), info, status=info.status, started_at=info.started_at,
         finished_at=info.finished_at, usd_by_stage=info.usd_by_stage, specs=[spec] if spec else [],
     ).model_copy(update={"jobs": job_rows(store)})
     return results, info
@@ -172,7 +160,7 @@ def export_rows(store: RunStore) -> list[dict]:
         categories = store.cell_categories(key)
         keys = [g for g, _, _ in items]
         responses, prompts = store.responses(keys), store.prompts(keys)
-        jk = _judgment_keys(judge_meta.get("name", ""), judge_meta.get("version", ""), items, responses)
+        jk = judgment_keys(judge_meta.get("name", ""), judge_meta.get("version", ""), items, responses)
         verdicts = store.judgments(jk.values()) if d["kind"] == "safety" else {}
         for idx, ((g, q, ref), cat) in enumerate(zip(items, categories, strict=True)):
             v = verdicts.get(jk.get(g, ""))
