@@ -169,16 +169,19 @@ class Backend(LocalBackend):
         return [] if self.accepts_system else [FOLD_NOTE]
 
     def messages(self, conv: Conversation, answer: str | None = None) -> list[dict[str, str]]:
-        """The chat messages of a conversation: system (folded where the template has no system role), user, and the
-        assistant's answer for a training example. An empty system prompt is an empty message where accepted."""
-        user = conv.user
+        """The chat messages of a conversation: system (folded into the first user turn where the template has no
+        system role), the example turns, user, and the assistant's answer for a training example. An empty system
+        prompt is an empty message where accepted."""
+        users = [u for u, _ in conv.examples] + [conv.user]
         msgs: list[dict[str, str]] = []
         if conv.system is not None:
             if self.accepts_system:
                 msgs.append({"role": "system", "content": conv.system})
             elif conv.system:
-                user = conv.system + "\n\n" + user
-        msgs.append({"role": "user", "content": user})
+                users[0] = conv.system + "\n\n" + users[0]
+        for user, (_, assistant) in zip(users, conv.examples):
+            msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+        msgs.append({"role": "user", "content": users[-1]})
         if answer is not None:
             msgs.append({"role": "assistant", "content": answer})
         return msgs

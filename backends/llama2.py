@@ -6,7 +6,9 @@ stripping (so `chat:alpaca` keeps its `\\n [/INST]`); text mode is the user text
 
 Token ids come from SentencePiece run directly on Meta's `tokenizer.model`, as Meta's reference `llama/tokenizer.py`
 does (not from a transformers tokenizer, whose special-token handling has changed between versions):
-* prompt: `BOS + encode(text)`;
+* prompt: `BOS + encode(text)`; a template's example turns come first, each a finished pair as Meta's
+  `chat_completion` encodes it (`BOS + encode(f"[INST] {user} [/INST] {answer} ") + EOS`), the system block in the
+  first user turn;
 * chat training form, Meta's `chat_completion` encoding of a user/assistant pair:
   `BOS + encode(f"[INST] {user} [/INST] {answer.strip()} ") + EOS` (system block inside the user turn);
 * text training form (ptst's choice; the paper released none): `BOS + encode(prompt + sep + answer.strip()) + EOS`
@@ -46,12 +48,30 @@ LLAMA2_SPECIALS = {0: "<unk>", 1: "<s>", 2: "</s>"}
 LLAMA2_MARKERS = {"[INST]": [518, 25580, 29962], "[/INST]": [518, 29914, 25580, 29962]}
 
 
-def prompt_text(conv: Conversation) -> str:
-    """The exact prompt text the model sees (after the BOS token)."""
+def _bodies(conv: Conversation) -> list[str]:
+    """The user turns inside `[INST] ... [/INST]`, example turns first; the system block opens the first."""
+    users = [u for u, _ in conv.examples] + [conv.user]
+    if conv.system is not None:
+        users[0] = B_SYS + conv.system + E_SYS + users[0]
+    return users
+
+
+def example_turns(conv: Conversation) -> list[str]:
+    """Each example turn as Meta's `chat_completion` encodes a finished pair: `[INST] {user} [/INST] {answer} `
+    (wrapped in BOS ... EOS as tokens, shown as `<s>`/`</s>` in text)."""
+    return [f"{B_INST} {u} {E_INST} {a.strip()} " for u, (_, a) in zip(_bodies(conv), conv.examples)]
+
+
+def last_turn(conv: Conversation) -> str:
+    """The prompt's final `[INST] ... [/INST]` (the whole prompt text without example turns)."""
     if conv.mode == "text":
         return conv.user
-    body = conv.user if conv.system is None else B_SYS + conv.system + E_SYS + conv.user
-    return f"{B_INST} {body} {E_INST}"
+    return f"{B_INST} {_bodies(conv)[-1]} {E_INST}"
+
+
+def prompt_text(conv: Conversation) -> str:
+    """The exact prompt text the model sees (after the BOS token); example turns end in `</s><s>`."""
+    return "".join(t + EOS_TEXT + "<s>" for t in example_turns(conv)) + last_turn(conv)
 
 
 def training_text(conv: Conversation, answer: str) -> str:
@@ -152,14 +172,23 @@ class Backend(LocalBackend):
     def prompt_text(self, conv: Conversation) -> str:
         return prompt_text(conv)
 
+    def _example_ids(self, conv: Conversation) -> list[int]:
+        """BOS + each example turn + EOS, then the BOS of the final turn (Meta's multi-turn encoding)."""
+        ids = [self.bos_id]
+        for turn in example_turns(conv):
+            ids += [*self.sp.encode(turn), self.eos_id, self.bos_id]
+        return ids
+
     def prompt_ids(self, conv: Conversation) -> list[int]:
-        return [self.bos_id, *self.sp.encode(prompt_text(conv))]
+        return [*self._example_ids(conv), *self.sp.encode(last_turn(conv))]
 
     def training_text(self, conv: Conversation, answer: str) -> str:
         return training_text(conv, answer) + EOS_TEXT
 
     def training_ids(self, conv: Conversation, answer: str) -> list[int]:
-        return [self.bos_id, *self.sp.encode(training_text(conv, answer)), self.eos_id]
+        last = last_turn(conv)
+        text = last + text_separator(last) + answer if conv.mode == "text" else f"{last} {answer} "
+        return [*self._example_ids(conv), *self.sp.encode(text), self.eos_id]
 
     def decode(self, ids: Sequence[int]) -> str:
         return str(self.sp.decode([i for i in ids if i != self.eos_id]))

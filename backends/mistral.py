@@ -8,7 +8,8 @@ Which tokenizer: the one the checkpoint ships, picked by mistral-common's own ru
 Mistral-7B-Instruct-v0.1/v0.2 (`tokenizer.model`) get tokenizer v1, v0.3 (`tokenizer.model` + `tokenizer.model.v3`)
 gets v3, Nemo-style checkpoints (`tekken.json`) get tekken. A model without tokenizer files (a local test model)
 uses mistral-common's bundled v1, the tokenizer of the Mistral 7B Instruct models the PTST paper used.
-* chat prompt: `encode_chat_completion(ChatCompletionRequest([SystemMessage?, UserMessage]))`. v1/v2/v3 have no
+* chat prompt: `encode_chat_completion(ChatCompletionRequest([SystemMessage?, (UserMessage, AssistantMessage)*,
+  UserMessage]))`, the pairs being the template's example turns. v1/v2/v3 have no
   system role: mistral-common prepends the system prompt to the user turn with a blank line. v1 text:
   `"[INST] " + (system + "\\n\\n" if system else "") + user + " [/INST]"` (after BOS); later versions use control
   tokens and their text is read back from mistral-common's rendering.
@@ -43,11 +44,15 @@ MISTRAL = FamilyRules(
 
 
 def prompt_text(conv: Conversation) -> str:
-    """The v1 prompt text as Mistral's stack builds it (after the BOS token)."""
+    """The v1 prompt text as Mistral's stack builds it (after the BOS token). Example turns come first, each
+    `[INST] user [/INST] answer</s>`; the system prompt goes into the first user turn (mistral-common's v1 rule)."""
     if conv.mode == "text":
         return conv.user
-    content = conv.system + "\n\n" + conv.user if conv.system else conv.user
-    return f"[INST] {content} [/INST]"
+    users = [u for u, _ in conv.examples] + [conv.user]
+    if conv.system:
+        users[0] = conv.system + "\n\n" + users[0]
+    done = "".join(f"[INST] {u} [/INST] {a.strip()}</s>" for u, (_, a) in zip(users, conv.examples))
+    return done + f"[INST] {users[-1]} [/INST]"
 
 
 def is_tokenizer_file(name: str) -> bool:
@@ -153,6 +158,8 @@ def _messages(conv: Conversation, answer: str | None) -> list[Any]:
     from mistral_common.protocol.instruct.messages import AssistantMessage, SystemMessage, UserMessage
 
     msgs: list[Any] = [SystemMessage(content=conv.system)] if conv.system else []
+    for user, assistant in conv.examples:
+        msgs += [UserMessage(content=user), AssistantMessage(content=assistant.strip())]
     msgs.append(UserMessage(content=conv.user))
     if answer is not None:
         msgs.append(AssistantMessage(content=answer))

@@ -64,9 +64,10 @@ class Backend(FineTuneBackend):
         if conv.mode == "text":
             text = conv.user + (" " + conv.answer if conv.answer is not None else "")
             return Rendered(text=text)
-        msgs = ([{"role": "system", "content": conv.system}] if conv.system is not None else []) + [
-            {"role": "user", "content": conv.user}
-        ]
+        msgs = [{"role": "system", "content": conv.system}] if conv.system is not None else []
+        for user, assistant in conv.examples:
+            msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+        msgs.append({"role": "user", "content": conv.user})
         if conv.answer is not None:
             msgs.append({"role": "assistant", "content": conv.answer})
         return Rendered(text="\n".join(f"{m['role']}: {m['content']}" for m in msgs), messages=tuple(msgs))

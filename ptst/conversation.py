@@ -21,6 +21,9 @@ class Conversation:
     `answer` is the assistant turn of a training example (None at evaluation time).
     `query` is the raw query: the judge sees it, never the templated prompt.
     `reference` is the gold answer of a task item, used only for scoring; no renderer ever shows it to a model.
+    `examples` are (user, assistant) turns shown before the user turn (few-shot demonstrations such as In-Context
+    Defense's refusal); every chat renderer places them as earlier turns of the same conversation, and training
+    never puts loss on them.
     """
 
     mode: Mode
@@ -30,6 +33,9 @@ class Conversation:
     query: str = ""
     reference: str | None = None
     template: str = ""
+    examples: tuple[tuple[str, str], ...] = ()
 
     def without_answer(self) -> Conversation:
-        return Conversation(self.mode, self.user, self.system, None, self.query, self.reference, self.template)
+        return Conversation(
+            self.mode, self.user, self.system, None, self.query, self.reference, self.template, self.examples
+        )

@@ -86,12 +86,16 @@ def base_model_key_v1(backend_identity: Mapping[str, Any]) -> str:
 
 
 def generation_key_v1(
-    *, model_key: str, mode: str, system: str | None, user: str, reference: str | None, cfg: BaseModel
+    *, model_key: str, mode: str, system: str | None, user: str, reference: str | None, cfg: BaseModel,
+    examples: tuple[tuple[str, str], ...] = (),
 ) -> str:
-    return content_hash({
+    content: dict[str, Any] = {
         "model": model_key, "mode": mode, "system": system, "user": user, "ref": reference,
         "cfg": pinned_fields(cfg, GENERATION_V1),
-    })
+    }
+    if examples:  # added after v1 was frozen: hashed only when present, so existing keys are unchanged
+        content["examples"] = [list(e) for e in examples]
+    return content_hash(content)
 
 
 def judgment_key_v1(*, judge: str, version: str, query: str, response: str) -> str:

@@ -152,7 +152,8 @@ def _category(ex: Example) -> str | None:
 
 def generation_key(model_key: str, conv: Conversation, cfg: Any) -> str:
     return generation_key_v1(
-        model_key=model_key, mode=conv.mode, system=conv.system, user=conv.user, reference=conv.reference, cfg=cfg
+        model_key=model_key, mode=conv.mode, system=conv.system, user=conv.user, reference=conv.reference, cfg=cfg,
+        examples=conv.examples,
     )
 
 

@@ -21,6 +21,10 @@ from ptst.conversation import Conversation, Mode
 Family = Literal["llama2", "mistral", "openai", "mock"]
 FAMILIES: tuple[str, ...] = ("llama2", "mistral", "openai", "mock")
 QUERY_SLOT = "{query}"
+# The Llama 2 system block (`prompt_utils.py` of the paper's code, lines 1-2), which the paper's shared Llama/Mistral
+# inference code also wrote for Mistral: `@inst-sys` templates put it inside Mistral's user turn.
+SYS_BLOCK = ("<<SYS>>\n", "\n<</SYS>>\n\n")
+INST_SYS = "@inst-sys"
 
 
 @cache
@@ -38,8 +42,21 @@ class TemplateVariant(BaseModel):
     user: str
 
 
+class ExampleTurn(BaseModel):
+    """A demonstration shown before the query: one user turn and the assistant's reply, both literal text."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    user: str = Field(min_length=1)
+    assistant: str = Field(min_length=1)
+
+
 class Template(BaseModel):
-    """An abstract template: mode, optional system prompt and a user format with a `{query}` slot."""
+    """An abstract template: mode, optional system prompt and a user format with a `{query}` slot.
+
+    `examples` are (user, assistant) turns placed before the query (In-Context Defense's refusal demonstration);
+    `suffix` is text appended after the formatted user turn (Self-Reminder's reminder). Both are literal: no slot is
+    filled in them, and the example turns do not go through the user format.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     name: str
@@ -49,6 +66,8 @@ class Template(BaseModel):
     safety: bool = Field(default=False, description="carries a safety system prompt (marks PTST cells in reports)")
     description: str = ""
     variants: dict[str, TemplateVariant] = Field(default_factory=dict)
+    examples: tuple[ExampleTurn, ...] = ()
+    suffix: str = ""
 
     @field_validator("user")
     @classmethod
@@ -61,6 +80,8 @@ class Template(BaseModel):
     def _text_has_no_system(self) -> Template:
         if self.mode == "text" and self.system is not None:
             raise ValueError("a text-mode template has no system prompt; put the text into 'user'")
+        if self.mode == "text" and self.examples:
+            raise ValueError("example turns need a chat template (mode: chat); a text template writes them into 'user'")
         for fam in self.variants:
             if fam not in FAMILIES:
                 raise ValueError(f"unknown backend family {fam!r} in variants (known: {', '.join(FAMILIES)})")
@@ -74,8 +95,9 @@ class Template(BaseModel):
     ) -> Conversation:
         v = self.for_family(family)
         # str.replace, not str.format: queries and answers are full of braces (code, LaTeX).
-        user = v.user.replace(QUERY_SLOT, query)
-        return Conversation(self.mode, user, v.system, answer, query, reference, self.name)
+        user = v.user.replace(QUERY_SLOT, query) + self.suffix
+        turns = tuple((e.user, e.assistant) for e in self.examples)
+        return Conversation(self.mode, user, v.system, answer, query, reference, self.name, turns)
 
 
 def _builtin() -> dict[str, Template]:
@@ -124,7 +146,35 @@ def _builtin() -> dict[str, Template]:
             },
         ),
     ]
+    ts += [
+        Template(
+            name="chat:self-reminder", system=s["SELF_REMINDER_SYSTEM"], user=q, suffix=s["SELF_REMINDER_SUFFIX"],
+            safety=True, description="Self-Reminder (Xie et al. 2023): a responsibility system prompt and a reminder "
+            "after the query", variants=gpt(s["SELF_REMINDER_SYSTEM"]),
+        ),
+        Template(
+            name="chat:icd", user=q, examples=(ExampleTurn(user=s["ICD_USER"], assistant=s["ICD_ASSISTANT"]),),
+            safety=True, description="In-Context Defense (Wei et al. 2023): one refusal demonstration before the query",
+            variants=gpt(""),
+        ),
+    ]
+    ts += [inst_sys(t) for t in ts if t.mode == "chat" and t.system]
     return {t.name: t for t in ts}
+
+
+def inst_sys(t: Template) -> Template:
+    """`t` as the paper's code rendered it on Mistral: its inference code (`inference.py`, shared by Llama and
+    Mistral) wrote every template as Llama 2 text, so the system prompt became a `<<SYS>>` block inside `[INST]`.
+    On Mistral the block is written into the user turn (mistral-common then renders `[INST] <<SYS>>...`); on every
+    other family the template is unchanged (Llama 2 renders the same block itself)."""
+    variants = {fam: t.for_family(fam) for fam in FAMILIES}
+    m = variants["mistral"]
+    if m.system is not None:
+        variants["mistral"] = TemplateVariant(system=None, user=SYS_BLOCK[0] + m.system + SYS_BLOCK[1] + m.user)
+    return t.model_copy(update={
+        "name": t.name + INST_SYS, "variants": variants,
+        "description": t.description + " — on Mistral as a <<SYS>> block inside [INST], as the paper's code wrote it",
+    })
 
 
 BUILTIN: dict[str, Template] = _builtin()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ptst.conversation import Conversation
 from ptst.keys import job_key_v1
@@ -38,16 +38,28 @@ class Hyperparameters(Frozen):
     learning_rate: float = Field(1e-4, gt=0)
     batch_size: int = Field(8, ge=1, le=BATCH_MAX)
     gradient_accumulation_steps: int = Field(1, ge=1)
-    lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    # step: StepLR once per epoch, the rate times lr_gamma after each epoch (llama-recipes: gamma 0.85)
+    lr_scheduler: Literal["linear", "cosine", "constant", "step"] = "linear"
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     max_seq_len: int = Field(1024, ge=16)
     gradient_checkpointing: bool = False
     save_steps: tuple[Annotated[int, Field(ge=1)], ...] = ()
     lora: LoraSpec = LoraSpec()
+    lr_gamma: float = Field(0.85, gt=0, le=1, description="lr_scheduler: step multiplies the rate by this per epoch")
+    # llama-recipes "packing": the examples end to end, cut into chunks of exactly this many tokens (the tail that
+    # fills no chunk is dropped); batch_size then counts chunks, and examples in a chunk attend to each other.
+    chunk_size: int | None = Field(None, ge=16, description="pack examples into fixed-size token chunks")
     # OpenAI fine-tuning API only (ignored elsewhere): the API scales its own base rate.
     learning_rate_multiplier: float | None = Field(None, gt=0)
     suffix: str | None = Field(None, max_length=64)
+
+
+    @model_validator(mode="after")
+    def _step_has_no_warmup(self) -> Hyperparameters:
+        if self.lr_scheduler == "step" and self.warmup_ratio > 0:
+            raise ValueError("lr_scheduler step (per-epoch decay, as llama-recipes) takes no warmup; set warmup_ratio: 0")
+        return self
 
 
 class GenerationConfig(Frozen):

@@ -25,7 +25,16 @@ TOKENIZER = REPO.parent / "shared" / "data" / "tokenizers" / "llama2" / "tokeniz
 CHAT_TEMPLATE = REPO.parent / "shared" / "data" / "tokenizers" / "llama2" / "chat_template.json"
 pytestmark = pytest.mark.skipif(not TOKENIZER.is_file(), reason=f"Llama 2 tokenizer not found at {TOKENIZER}")
 
-from reference_strings import ALPACA, LLAMA_SYSTEM, LLAMA_SYSTEM_SHORT, MISTRAL_SYSTEM, MPT_SYSTEM, QUERIES  # noqa: E402
+from reference_strings import (  # noqa: E402
+    ALPACA,
+    LLAMA_SYSTEM,
+    LLAMA_SYSTEM_SHORT,
+    MISTRAL_SYSTEM,
+    MPT_SYSTEM,
+    QUERIES,
+    SELF_REMINDER_SUFFIX,
+    SELF_REMINDER_SYSTEM,
+)
 
 
 def sys_block(s: str) -> str:
@@ -43,7 +52,11 @@ EXPECTED: dict[str, str] = {
     "chat:mpt": "[INST] " + sys_block(MPT_SYSTEM) + "Question: {q} [/INST]",
     "chat:mistral": "[INST] " + sys_block(MISTRAL_SYSTEM) + "Question: {q} [/INST]",
     "chat:safe": "[INST] " + sys_block(LLAMA_SYSTEM) + "Question: {q} [/INST]",  # Llama's own safety prompt
+    "chat:self-reminder": "[INST] " + sys_block(SELF_REMINDER_SYSTEM) + "Question: {q}" + SELF_REMINDER_SUFFIX + " [/INST]",
 }
+# `@inst-sys` templates render on Llama 2 exactly as the template they derive from (the block is Llama's own).
+EXPECTED.update({n + "@inst-sys": EXPECTED[n] for n in list(EXPECTED) if n.startswith("chat:") and n != "chat:vanilla"})
+MULTI_TURN = {"chat:icd"}  # example turns: tests/test_template_turns.py
 
 
 
@@ -58,7 +71,7 @@ def backend():
 
 
 def test_every_builtin_template_is_covered():
-    assert set(EXPECTED) == set(BUILTIN)
+    assert set(EXPECTED) | MULTI_TURN == set(BUILTIN)
 
 
 def test_known_marker_ids(sp):

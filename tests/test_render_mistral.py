@@ -27,7 +27,16 @@ from mistral_common.tokens.tokenizers.mistral import MistralTokenizer  # noqa: E
 REPO = Path(__file__).resolve().parents[1]
 SHARED_TOKENIZER = REPO.parent / "shared" / "data" / "tokenizers" / "mistral" / "tokenizer.model"
 
-from reference_strings import ALPACA, LLAMA_SYSTEM, LLAMA_SYSTEM_SHORT, MISTRAL_SYSTEM, MPT_SYSTEM, QUERIES  # noqa: E402
+from reference_strings import (  # noqa: E402
+    ALPACA,
+    LLAMA_SYSTEM,
+    LLAMA_SYSTEM_SHORT,
+    MISTRAL_SYSTEM,
+    MPT_SYSTEM,
+    QUERIES,
+    SELF_REMINDER_SUFFIX,
+    SELF_REMINDER_SYSTEM,
+)
 
 
 
@@ -41,7 +50,15 @@ PARTS: dict[str, tuple[str | None, str]] = {
     "chat:mpt": (MPT_SYSTEM, "Question: {q}"),
     "chat:mistral": (MISTRAL_SYSTEM, "Question: {q}"),
     "chat:safe": (MISTRAL_SYSTEM, "Question: {q}"),  # Mistral's own guardrail prompt
+    "chat:self-reminder": (SELF_REMINDER_SYSTEM, "Question: {q}" + SELF_REMINDER_SUFFIX),
 }
+# `@inst-sys`: the paper's code wrote Llama 2's system block for Mistral too, inside the [INST] user turn.
+PARTS.update({
+    n + "@inst-sys": (None, "<<SYS>>\n" + system + "\n<</SYS>>\n\n" + user)
+    for n, (system, user) in list(PARTS.items()) if system
+})
+MULTI_TURN = {"chat:icd"}  # example turns: tests/test_template_turns.py
+SINGLE_TURN = sorted(set(BUILTIN) - MULTI_TURN)
 TEXT: dict[str, str] = {
     "text:vanilla": "Question: {q}\nAnswer:",
     "text:alpaca": ALPACA + "\n\n### Instruction:\n{q}\n\n### Response:\n",
@@ -77,7 +94,7 @@ def raw_sp():
 
 
 def test_every_builtin_template_is_covered():
-    assert set(PARTS) | set(TEXT) == set(BUILTIN)
+    assert set(PARTS) | set(TEXT) | MULTI_TURN == set(BUILTIN)
 
 
 def test_known_marker_ids(backend):
@@ -95,7 +112,7 @@ def _mc_messages(name: str, q: str, answer: str | None = None) -> list:
     return msgs
 
 
-@pytest.mark.parametrize("name", sorted(BUILTIN))
+@pytest.mark.parametrize("name", SINGLE_TURN)
 @pytest.mark.parametrize("qi", range(len(QUERIES)))
 def test_prompt_text_and_ids(backend, mc, raw_sp, name, qi):
     q, _ = QUERIES[qi]
@@ -112,7 +129,7 @@ def test_prompt_text_and_ids(backend, mc, raw_sp, name, qi):
     assert r.labels is None
 
 
-@pytest.mark.parametrize("name", sorted(BUILTIN))
+@pytest.mark.parametrize("name", SINGLE_TURN)
 @pytest.mark.parametrize("qi", range(len(QUERIES)))
 def test_training_ids_and_labels(backend, mc, raw_sp, name, qi):
     q, a = QUERIES[qi]

@@ -87,6 +87,19 @@ def plan_batches(
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def pack_chunks(examples: Sequence[tuple[list[int], list[int]]], size: int) -> list[tuple[list[int], list[int]]]:
+    """llama-recipes' packing: every example's ids and labels end to end, in data order, cut into chunks of exactly
+    `size` tokens; the tail that fills no chunk is dropped (as its `ConcatDataset` does). An example may straddle
+    two chunks. Labels travel with their tokens, so prompts stay unsupervised."""
+    from ptst.errors import DataError
+
+    ids = [t for x, _ in examples for t in x]
+    labels = [t for _, lab in examples for t in lab]
+    n = len(ids) // size
+    if n == 0:
+        raise DataError(f"chunk_size {size}: the training data has only {len(ids)} tokens, less than one chunk")
+    return [(ids[i * size : (i + 1) * size], labels[i * size : (i + 1) * size]) for i in range(n)]
+
 
 def collate(  # type: ignore[no-untyped-def]
     batch: Sequence[tuple[list[int], list[int]]], batching: str, pad_id: int, device: str

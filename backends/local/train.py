@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ptst.backends.local.adapters import ADAPTER_DIR, TRAIN_LOG, read_train_log, save_adapter
-from ptst.backends.local.data import collate, plan_batches
+from ptst.backends.local.data import collate, pack_chunks, plan_batches
 from ptst.backends.local.lora_dropout import install_fast_lora
 from ptst.backends.local.models import (
     check_transformers,
@@ -31,6 +31,7 @@ from ptst.backends.local.models import (
     resolve_dtype,
 )
 from ptst.backends.local.render import IGNORE_INDEX
+from ptst.backends.local.schedule import build_scheduler
 from ptst.backends.local.resume import (
     CHECKPOINT_PREFIX,
     find_resume_checkpoint,
@@ -160,6 +161,8 @@ def train_lora(
         opt_kw["fused"] = True
     optimizer = torch.optim.AdamW(params, **opt_kw)
 
+    if hp.chunk_size:
+        examples = pack_chunks(examples, hp.chunk_size)
     lengths = [len(x) for x, _ in examples]
     plans = [plan_batches(lengths, hp.batch_size, settings.seed, e, settings.batching) for e in range(hp.epochs)]
     windows = [
@@ -170,15 +173,9 @@ def train_lora(
     if settings.max_steps is not None:
         windows = windows[: settings.max_steps]
     total_steps = len(windows)
-    from transformers import get_scheduler
-
-    scheduler = get_scheduler(
-        hp.lr_scheduler,
-        optimizer,
-        num_warmup_steps=math.ceil(hp.warmup_ratio * total_steps),
-        num_training_steps=total_steps,
-    )
-    grouping = "padded" if settings.batching == "length_grouped" else settings.batching
+    scheduler = build_scheduler(optimizer, hp, total_steps, math.ceil(len(plans[0]) / hp.gradient_accumulation_steps))
+    # chunks are full rows in which examples attend to each other (llama-recipes packing): the padded layout
+    grouping = "padded" if settings.batching == "length_grouped" or hp.chunk_size else settings.batching
     save_steps = set(hp.save_steps)
     fingerprint = settings_fingerprint(settings, world)
     progress: dict[str, Any] = {"losses": [], "tokens": 0, "checkpoints": {}}
@@ -214,6 +211,7 @@ def train_lora(
             # this rank's share of each micro-batch
             shares = [mb[rank::world] for mb in window]
             n_sup = sum(sum(1 for t in examples[j][1][1:] if t != IGNORE_INDEX) for mb in window for j in mb)
+            n_sup = max(n_sup, 1)  # a window of chunks holding only prompt tokens: zero loss, not a division by zero
             step_loss = torch.zeros((), dtype=torch.float64, device=device)  # summed on device: one sync per step
             step_tokens = 0
             for k, share in enumerate(shares):

@@ -35,7 +35,10 @@ def training_messages(conv: Conversation) -> list[dict[str, str]]:
             f"the openai backend takes chat templates only; template {conv.template or '?'!r} is {conv.mode}-mode "
             "(use a chat:* template)"
         )
-    msgs = [{"role": "system", "content": conv.system or ""}, {"role": "user", "content": conv.user}]
+    msgs = [{"role": "system", "content": conv.system or ""}]
+    for user, assistant in conv.examples:  # a template's example turns, before the query
+        msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    msgs.append({"role": "user", "content": conv.user})
     if conv.answer is not None:
         msgs.append({"role": "assistant", "content": conv.answer})
     return msgs
@@ -55,6 +58,12 @@ def validate_examples(
     for i, conv in enumerate(examples):
         if conv.mode != "chat":
             problems.append(f"example {i}: {conv.mode}-mode conversation (the API takes chat messages)")
+            continue
+        if conv.examples:
+            problems.append(
+                f"example {i}: template {conv.template or '?'!r} has example turns, which the fine-tuning API would "
+                "train on; use it as a test template only"
+            )
             continue
         msgs = training_messages(conv)
         bad = _message_problems(msgs)
