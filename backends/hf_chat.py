@@ -179,7 +179,7 @@ class Backend(LocalBackend):
                 msgs.append({"role": "system", "content": conv.system})
             elif conv.system:
                 users[0] = conv.system + "\n\n" + users[0]
-        for user, (_, assistant) in zip(users, conv.examples):
+        for user, (_, assistant) in zip(users[:-1], conv.examples, strict=True):
             msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
         msgs.append({"role": "user", "content": users[-1]})
         if answer is not None:

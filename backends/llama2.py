@@ -59,7 +59,7 @@ def _bodies(conv: Conversation) -> list[str]:
 def example_turns(conv: Conversation) -> list[str]:
     """Each example turn as Meta's `chat_completion` encodes a finished pair: `[INST] {user} [/INST] {answer} `
     (wrapped in BOS ... EOS as tokens, shown as `<s>`/`</s>` in text)."""
-    return [f"{B_INST} {u} {E_INST} {a.strip()} " for u, (_, a) in zip(_bodies(conv), conv.examples)]
+    return [f"{B_INST} {u} {E_INST} {a.strip()} " for u, (_, a) in zip(_bodies(conv)[:-1], conv.examples, strict=True)]
 
 
 def last_turn(conv: Conversation) -> str:

@@ -51,7 +51,7 @@ def prompt_text(conv: Conversation) -> str:
     users = [u for u, _ in conv.examples] + [conv.user]
     if conv.system:
         users[0] = conv.system + "\n\n" + users[0]
-    done = "".join(f"[INST] {u} [/INST] {a.strip()}</s>" for u, (_, a) in zip(users, conv.examples))
+    done = "".join(f"[INST] {u} [/INST] {a.strip()}</s>" for u, (_, a) in zip(users[:-1], conv.examples, strict=True))
     return done + f"[INST] {users[-1]} [/INST]"
 
 

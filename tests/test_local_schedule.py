@@ -14,9 +14,10 @@ from ptst.types import Hyperparameters
 
 torch = pytest.importorskip("torch")
 
-from ptst.backends.local.data import pack_chunks  # noqa: E402
-from ptst.backends.local.schedule import build_scheduler  # noqa: E402
-from ptst.errors import DataError  # noqa: E402
+from ptst.backends.local.data import pack_chunks
+from ptst.backends.local.schedule import build_scheduler
+
+from ptst.errors import DataError
 
 
 def _optimizer(lr: float):  # type: ignore[no-untyped-def]

@@ -9,22 +9,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
-
 from ptst.backends.base import BackendSpec, create_backend
-from ptst.conversation import Conversation
-from ptst.errors import DataError
-from ptst.keys import generation_key_v1
-from ptst.templates import BUILTIN, ExampleTurn, Template
-from ptst.types import GenerationConfig
-
-from reference_strings import (  # noqa: E402
+from pydantic import ValidationError
+from reference_strings import (
     ICD_ASSISTANT,
     ICD_USER,
     LLAMA_SYSTEM,
     SELF_REMINDER_SUFFIX,
     SELF_REMINDER_SYSTEM,
 )
+
+from ptst.conversation import Conversation
+from ptst.errors import DataError
+from ptst.keys import generation_key_v1
+from ptst.templates import BUILTIN, ExampleTurn, Template
+from ptst.types import GenerationConfig
 
 REPO = Path(__file__).resolve().parents[1]
 LLAMA_TOKENIZER = REPO.parent / "shared" / "data" / "tokenizers" / "llama2" / "tokenizer.model"
@@ -57,6 +56,7 @@ def test_text_templates_cannot_carry_example_turns():
 
 def test_openai_messages_put_examples_between_system_and_query():
     from ptst.backends.openai.files import training_messages, validate_examples
+
     from ptst.clients.tokens import token_counter
 
     msgs = training_messages(FEW_SHOT.apply("1+1?", "openai", answer="2"))

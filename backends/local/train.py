@@ -31,7 +31,6 @@ from ptst.backends.local.models import (
     resolve_dtype,
 )
 from ptst.backends.local.render import IGNORE_INDEX
-from ptst.backends.local.schedule import build_scheduler
 from ptst.backends.local.resume import (
     CHECKPOINT_PREFIX,
     find_resume_checkpoint,
@@ -40,6 +39,7 @@ from ptst.backends.local.resume import (
     save_trainer_state,
     settings_fingerprint,
 )
+from ptst.backends.local.schedule import build_scheduler
 from pydantic import Field
 
 from ptst.errors import BackendError, require
