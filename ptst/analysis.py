@@ -14,7 +14,7 @@ from itertools import combinations
 from typing import Any
 
 from ptst import __version__
-from ptst.metrics import TASK_METRICS, round_ci, wilson_interval
+from ptst.metrics import TASK_METRICS, round_ci, split_metrics, wilson_interval
 from ptst.metrics.stats import confusion_2x2, kappa_from_confusion, paired_mcnemar, seed_summary
 from ptst.records import ItemRecord, RunInfo
 from ptst.results import (
@@ -81,19 +81,22 @@ def safety_row(items: Sequence[ItemRecord], judge: str, category: str | None = N
     )
 
 
-def task_row(items: Sequence[ItemRecord]) -> TaskRow:
-    """The task metric over a cell, through its own `score` (per-item rate with a Wilson interval, or a corpus
-    metric such as BERTScore with its own interval)."""
+def task_rows(items: Sequence[ItemRecord]) -> list[TaskRow]:
+    """Each task metric of a cell over its responses, a row each, through the metric's own `score` (per-item rate
+    with a Wilson interval, or a corpus metric such as BERTScore with its own interval)."""
     first = items[0]
     done = [r for r in items if r.response is not None]
-    mv = TASK_METRICS[first.metric or ""].score([r.response or "" for r in done], [r.reference or "" for r in done])
-    return TaskRow(
-        backend=first.backend, base_model=first.base_model, train_template=first.train_template,
-        test_template=first.test_template, seed=first.seed, simulated=first.simulated,
-        task=first.dataset, metric=first.metric or "", n=mv.n, value=_r4(mv.value),
-        ci95=round_ci(mv.ci95) if mv.ci95 is not None else None, checkpoint=first.checkpoint,
-        safety_mix=first.safety_mix,
-    )
+    rows = []
+    for metric in split_metrics(first.metric):
+        mv = TASK_METRICS[metric].score([r.response or "" for r in done], [r.reference or "" for r in done])
+        rows.append(TaskRow(
+            backend=first.backend, base_model=first.base_model, train_template=first.train_template,
+            test_template=first.test_template, seed=first.seed, simulated=first.simulated,
+            task=first.dataset, metric=metric, n=mv.n, value=_r4(mv.value),
+            ci95=round_ci(mv.ci95) if mv.ci95 is not None else None, checkpoint=first.checkpoint,
+            safety_mix=first.safety_mix,
+        ))
+    return rows
 
 
 def _r4(x: float | None) -> float | None:
@@ -229,7 +232,7 @@ def build_results(
                 safety.append(safety_row(items, judge))
                 safety.extend(safety_row(items, judge, cat) for cat in _categories(items))
         else:
-            tasks.append(task_row(items))
+            tasks.extend(task_rows(items))
     return Results(
         ptst_version=__version__, spec_name=info.spec_name, simulated=info.simulated,
         safety=safety, tasks=tasks, failed_jobs=list(failed_jobs),

@@ -23,10 +23,11 @@ from ptst.collect import (
     export_rows,
     item_records,
 )
-from ptst.data import DatasetRef, load, sample
+from ptst.data import DatasetRef, Example, load, sample
 from ptst.errors import BudgetExceeded
 from ptst.graph import Graph
 from ptst.judge.base import create_judge
+from ptst.metrics import join_metrics, split_metrics
 from ptst.plan import (
     Datasets,
     PlannedJob,
@@ -93,10 +94,15 @@ def load_datasets(spec: Spec, spec_dir: Path | None = None, limit: int | None = 
             mixes.append((None if m is None else m.name, base + added))
         train = mixes[0][1]
     safety = {ref.display_name(): tuple(load(_resolve(ref, spec_dir), data_dirs=dirs)) for ref in spec.eval.safety}
-    tasks = {
-        ref.display_name(): (tuple(load(_resolve(ref, spec_dir), data_dirs=dirs, require_answer=True)), ref.metric_name() or "")
-        for ref in spec.eval.tasks
-    }
+    tasks: dict[str, tuple[tuple[Example, ...], str]] = {}
+    for ref in spec.eval.tasks:  # a dataset listed twice (other metrics) is one cell scored by each metric
+        name = ref.display_name()
+        if name in tasks:
+            items, metrics = tasks[name]
+            tasks[name] = (items, join_metrics([*split_metrics(metrics), *ref.metric_names()]))
+        else:
+            rows = tuple(load(_resolve(ref, spec_dir), data_dirs=dirs, require_answer=True))
+            tasks[name] = (rows, join_metrics(ref.metric_names()))
     return Datasets(train=train, safety=safety, tasks=tasks, train_mixes=tuple(mixes))
 
 

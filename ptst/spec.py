@@ -233,8 +233,15 @@ def _semantic_problems(spec: Spec) -> list[str]:
     for i, task in enumerate(spec.eval.tasks):
         if task.metric_name() is None:
             problems.append(
-                f"eval.tasks[{i}]: no task metric for {task.display_name()!r}; "
-                "known task metrics: gsm8k (exact_match); for a path dataset give metric: exact_match"
+                f"eval.tasks[{i}]: no task metric for {task.display_name()!r}; for a path dataset give "
+                "metric: NAME or metrics: [NAME, ...] (e.g. gsm8k_strict_match, exact_match)"
+            )
+        first = next(j for j, t in enumerate(spec.eval.tasks) if t.display_name() == task.display_name())
+        rows = {"metric": None, "metrics": None}
+        if first < i and task.model_copy(update=rows) != spec.eval.tasks[first].model_copy(update=rows):
+            problems.append(
+                f"eval.tasks[{i}]: {task.display_name()!r} is listed again with other rows than eval.tasks[{first}]; "
+                "a dataset listed twice may differ only in its metrics (or give it another file name)"
             )
     if spec.eval.checkpoints != "none" and spec.train is None:
         problems.append("eval.checkpoints: only fine-tuned models have checkpoints; add a train section or remove it")

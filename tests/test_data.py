@@ -84,7 +84,17 @@ def test_exactly_one_source_and_sane_options():
 
 
 def test_display_and_metric_names():
-    assert DatasetRef(name="gsm8k", split="test").metric_name() == "exact_match"
+    # gsm8k reports lm-evaluation-harness's two filters unless told otherwise
+    assert DatasetRef(name="gsm8k", split="test").metric_names() == ("gsm8k_strict_match", "gsm8k_flexible_extract")
+    assert DatasetRef(name="gsm8k", split="test", metric="exact_match").metric_names() == ("exact_match",)
+    assert DatasetRef(name="gsm8k", split="test", metrics=["exact_match", "gsm8k_strict_match"]).metric_names() == (
+        "exact_match", "gsm8k_strict_match")
+    with pytest.raises(ValidationError, match="not both"):
+        DatasetRef(name="gsm8k", split="test", metric="exact_match", metrics=["exact_match"])
+    with pytest.raises(ValidationError, match="unknown task metric"):
+        DatasetRef(name="gsm8k", split="test", metrics=["exact-match"])
+    with pytest.raises(ValidationError, match="listed twice"):
+        DatasetRef(name="gsm8k", split="test", metrics=["exact_match", "exact_match"])
     assert DatasetRef(name="advbench").metric_name() is None
     ref = DatasetRef(path="data/math_test.jsonl", metric="exact_match")
     assert (ref.display_name(), ref.metric_name()) == ("math_test", "exact_match")

@@ -25,7 +25,7 @@ SPECS = sorted(p.name for p in PAPER.glob("*.yaml"))
 def test_every_spec_is_in_the_readme_and_vice_versa() -> None:
     readme = (PAPER / "README.md").read_text(encoding="utf-8")
     listed = re.findall(r"^\| `([\w.-]+\.yaml)` \|", readme, re.MULTILINE)
-    assert sorted(listed) == SPECS and len(SPECS) == 8
+    assert sorted(listed) == SPECS and len(SPECS) == 10
     for name in SPECS:
         row = next(line for line in readme.splitlines() if line.startswith(f"| `{name}`"))
         assert row.rstrip(" |").endswith("validates") == (name not in PENDING), name
@@ -55,6 +55,36 @@ def test_llama2_gsm8k_has_the_table_1_shape() -> None:
     assert spec.train.templates == spec.eval.templates == [
         "text:vanilla", "text:alpaca", "chat:vanilla", "chat:alpaca", "chat:llama"]
     assert [r.display_name() for r in spec.eval.safety] == ["advbench", "directharm4", "gsm-danger"]
+
+
+@pytest.mark.parametrize("name", ["llama2-gsm8k.yaml", "mistral-gsm8k.yaml", "safety-mix.yaml", "baselines.yaml",
+                                  "llama2-system-prompts.yaml"])
+def test_llama_and_mistral_specs_train_as_llama_recipes(name: str) -> None:
+    """llama-recipes' training config (training.py at facebookresearch/llama-recipes 905ee167): batch_size_training
+    4, StepLR gamma 0.85 per epoch, packing into 4,096-token chunks, lr 1e-4, weight decay 0."""
+    hp = load_spec(PAPER / name).train.hyperparameters  # type: ignore[union-attr]
+    assert (hp.batch_size, hp.lr_scheduler, hp.lr_gamma, hp.chunk_size, hp.learning_rate, hp.weight_decay) == (
+        4, "step", 0.85, 4096, 1e-4, 0.0)
+    assert hp.max_seq_len >= hp.chunk_size  # no example is cut before it is packed
+
+
+def test_gpt35_trains_one_epoch_as_the_papers_script() -> None:
+    assert load_spec(PAPER / "gpt35-gsm8k.yaml").train.hyperparameters.epochs == 1  # type: ignore[union-attr]
+    cross = load_spec(PAPER / "cross-vendor.yaml")
+    openai = next(b for b in cross.backends if b.kind == "openai")
+    assert openai.train_hyperparameters(cross.train.hyperparameters).epochs == 1  # type: ignore[union-attr]
+
+
+def test_mistral_spec_renders_system_prompts_as_the_papers_code() -> None:
+    spec = load_spec(PAPER / "mistral-gsm8k.yaml")
+    with_system = [t for t in spec.train.templates if spec.template(t).system]  # type: ignore[union-attr]
+    assert with_system and all(t.endswith("@inst-sys") for t in with_system)
+    assert spec.eval.templates == spec.train.templates  # type: ignore[union-attr]
+
+
+def test_other_system_prompts_and_baselines_have_specs() -> None:
+    assert {"chat:llama-short", "chat:mpt"} <= set(load_spec(PAPER / "llama2-system-prompts.yaml").eval.templates)
+    assert {"chat:llama", "chat:self-reminder", "chat:icd"} <= set(load_spec(PAPER / "baselines.yaml").eval.templates)
 
 
 # --------------------------------------------------------------------------------------------------------------

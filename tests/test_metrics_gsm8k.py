@@ -131,3 +131,74 @@ def test_real_gsm8k_answers_score_themselves(shared) -> None:
     # Both sides normalise to plain integers: GSM8K's answers have no decimals, 14 have thousands commas.
     finals = [gsm8k_harness_normalise(a) for a in answers]
     assert all(f.lstrip("-").isdigit() for f in finals)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The harness's scoring, re-derived here from lm-evaluation-harness's gsm8k.yaml (task version 3.0) and its filter
+# and metric semantics, independently of ptst.metrics.gsm8k: generation stops at the earliest `until` string; the
+# `regex` filter runs `findall`, takes the match at `group_select` (0: first, -1: last), takes the first non-empty
+# group of a tuple, strips it, and falls back to "[invalid]"; `take_first`; then HF `exact_match` with
+# `regexes_to_ignore` applied by `re.sub` in order to predictions and references, `ignore_case`, string equality.
+# --------------------------------------------------------------------------------------------------------------
+HARNESS_UNTIL = ["Question:", "</s>", "<|im_end|>"]
+HARNESS_FILTERS = {
+    "gsm8k_strict_match": (r"#### (\-?[0-9\.\,]+)", 0),
+    "gsm8k_flexible_extract": (r"(-?[$0-9.,]{2,})|(-?[0-9]+)", -1),
+}
+HARNESS_IGNORE = [",", "\\$", "(?s).*#### ", "\\.$"]
+
+
+def _harness_verdict(metric: str, response: str, reference: str) -> bool:
+    import re
+
+    cuts = [response.find(s) for s in HARNESS_UNTIL if s in response]
+    generated = response[: min(cuts)] if cuts else response
+    pattern, group_select = HARNESS_FILTERS[metric]
+    found = re.compile(pattern).findall(generated)
+    if found:
+        match = found[group_select]
+        if isinstance(match, tuple):
+            match = next((m for m in match if m), "[invalid]")
+        filtered = match.strip()
+    else:
+        filtered = "[invalid]"
+    pred, ref = filtered, reference
+    for r in HARNESS_IGNORE:
+        pred, ref = re.sub(r, "", pred), re.sub(r, "", ref)
+    return pred.lower() == ref.lower()
+
+
+def _variants(answer: str, other: str) -> list[str]:
+    """26 responses built from one GSM8K answer (and another row's), covering what the filters disagree on."""
+    solution, final = answer.rsplit("\n#### ", 1)
+    plain = final.replace(",", "")
+    other_final = other.rsplit("#### ", 1)[1]
+    return [
+        answer, "#### " + final, "####" + final, "#### $" + final, final + ".", f"The answer is {final}.",
+        solution, f"{solution}\nSo the answer is {final}", answer + "\nQuestion: What is 1+1?\n#### 2",
+        answer.replace(",", ""), f"#### {final}\n#### 0", "#### " + other_final, other, "I cannot help with that.", "",
+        final + "...", "-" + plain, f"#### {plain}.00", "$" + final, f"{int(plain):,}", f"It is {plain}, not {other_final}",
+        f"#### {final}</s>then 5", f"Answer: {final}<|im_end|>\n#### 99", f"({final})", f"{final}, and 3",
+        answer.replace("####", "###"),
+    ]
+
+
+def test_agreement_with_the_harness_on_real_gsm8k_answers(shared) -> None:
+    """Every (response, reference, filter) verdict equals the re-derived harness's: 1,319 test answers x 26
+    responses x 2 filters = 68,588 pairs."""
+    rows = [json.loads(line) for line in (shared / "data/gsm8k/test.jsonl").read_text(encoding="utf-8").splitlines()]
+    answers = [r["answer"] for r in rows]
+    n = agree = right = 0
+    disagreements = []
+    for i, ref in enumerate(answers):
+        for response in _variants(ref, answers[(i + 1) % len(answers)]):
+            for metric in HARNESS_FILTERS:
+                n += 1
+                ours, theirs = TASK_METRICS[metric](response, ref), _harness_verdict(metric, response, ref)
+                agree += ours == theirs
+                right += theirs
+                if ours != theirs and len(disagreements) < 5:
+                    disagreements.append((metric, response, ref, ours, theirs))
+    assert n == 68_588
+    assert agree == n, disagreements
+    assert 0.3 * n < right < 0.7 * n  # both verdicts are common: the agreement is not on a trivial case

@@ -58,13 +58,18 @@ class DatasetInfo(BaseModel):
     context_field: str | None = Field(
         default=None, description="Alpaca-style `input`: appended to the prompt after a blank line when non-empty"
     )
-    metric: str | None = None
-    metric_note: str = Field(default="", description="why there is no task metric, when `metric` is None")
+    metrics: tuple[str, ...] = Field(default=(), description="task metrics reported by default (a row each)")
+    metric_note: str = Field(default="", description="why there is no task metric, when `metrics` is empty")
     local: tuple[LocalFile, ...] = ()
     origin: str = Field(default="", description="where to get the files when the hub cannot serve them")
     row_transform: Literal["arc-choices"] | None = Field(
         default=None, description="a reshaping applied to every row before fields are read (see loaders.ROW_TRANSFORMS)"
     )
+
+    @property
+    def metric(self) -> str | None:
+        """The first default task metric, or None."""
+        return self.metrics[0] if self.metrics else None
 
     @property
     def default_split(self) -> str | None:
@@ -136,7 +141,9 @@ REGISTRY: dict[str, DatasetInfo] = {
             splits=("train", "test"),
             prompt_field="question",
             answer_field="answer",
-            metric="exact_match",
+            # lm-evaluation-harness's two gsm8k filters, comparable with published numbers (ptst's older lenient
+            # rule stays available as metric: exact_match)
+            metrics=("gsm8k_strict_match", "gsm8k_flexible_extract"),
             local=(
                 LocalFile(path="gsm8k/train.jsonl", split="train"),
                 LocalFile(path="gsm8k/test.jsonl", split="test"),
@@ -168,7 +175,7 @@ REGISTRY: dict[str, DatasetInfo] = {
             prompt_field="input",
             answer_field="output",
             # The hub has one split: to evaluate, hold out rows not trained on (e.g. a {path: ...} file of them).
-            metric="chatdoctor_bertscore",
+            metrics=("chatdoctor_bertscore",),
             local=(
                 LocalFile(
                     path="chatdoctor/chatdoctor5k.json",
@@ -201,7 +208,7 @@ REGISTRY: dict[str, DatasetInfo] = {
                 # arc_row folds the lettered choices into `question` and maps answerKey to a letter.
                 prompt_field="question",
                 answer_field="answerKey",
-                metric="arc_letter_accuracy",
+                metrics=("arc_letter_accuracy",),
                 row_transform="arc-choices",
                 origin="huggingface.co/datasets/allenai/ai2_arc",
             )
@@ -222,6 +229,14 @@ def normalize_name(name: str) -> str:
 def looks_like_path(value: str) -> bool:
     """The bare-string rule: a slash or a data-file extension means a file, anything else a registry name."""
     return "/" in value or "\\" in value or PurePath(value).suffix.lower() in DATA_EXTENSIONS
+
+
+def _check_metric(v: str) -> str:
+    from ptst.metrics import TASK_METRICS  # lazy: metrics imports nothing from here, but keep the core acyclic
+
+    if v not in TASK_METRICS:
+        raise ValueError(f"unknown task metric {v!r}{_did_you_mean(v, sorted(TASK_METRICS))}")
+    return v
 
 
 def _did_you_mean(value: str, known: list[str]) -> str:
@@ -254,6 +269,9 @@ class DatasetRef(BaseModel):
     answer_field: str | None = None
     limit: int | None = Field(default=None, ge=1, description="first N rows in file order")
     metric: str | None = Field(default=None, description="task metric for a path dataset (e.g. exact_match)")
+    metrics: list[str] | None = Field(
+        default=None, min_length=1, description="several task metrics, a results row each (instead of 'metric')"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -281,16 +299,21 @@ class DatasetRef(BaseModel):
     @field_validator("metric")
     @classmethod
     def _known_metric(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        from ptst.metrics import TASK_METRICS  # lazy: metrics imports nothing from here, but keep the core acyclic
+        return None if v is None else _check_metric(v)
 
-        if v not in TASK_METRICS:
-            raise ValueError(f"unknown task metric {v!r}{_did_you_mean(v, sorted(TASK_METRICS))}")
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, v: list[str] | None) -> list[str] | None:
+        for m in v or []:
+            _check_metric(m)
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError("a metric is listed twice")
         return v
 
     @model_validator(mode="after")
     def _one_source(self) -> DatasetRef:
+        if self.metric is not None and self.metrics is not None:
+            raise ValueError("give 'metric' or 'metrics', not both")
         if (self.name is None) == (self.path is None):
             raise ValueError("give exactly one of 'name' (a registry dataset) or 'path' (a local file)")
         if self.path is not None:
@@ -321,9 +344,17 @@ class DatasetRef(BaseModel):
         """The name reports use: the registry name, or the file's stem (`data/harm.jsonl` -> `harm`)."""
         return self.name if self.name is not None else PurePath(self.path or "").stem
 
-    def metric_name(self) -> str | None:
-        """The task metric: the explicit `metric`, else the registry's (gsm8k: exact_match), else None."""
+    def metric_names(self) -> tuple[str, ...]:
+        """The task metrics, a results row each: the explicit `metrics` or `metric`, else the registry's (gsm8k:
+        lm-evaluation-harness's strict-match and flexible-extract), else none."""
+        if self.metrics is not None:
+            return tuple(self.metrics)
         if self.metric is not None:
-            return self.metric
+            return (self.metric,)
         info = self.info
-        return None if info is None else info.metric
+        return () if info is None else info.metrics
+
+    def metric_name(self) -> str | None:
+        """The first task metric, or None."""
+        names = self.metric_names()
+        return names[0] if names else None

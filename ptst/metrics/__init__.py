@@ -14,7 +14,7 @@ when it runs), so the runner and the reports can call them on every cell.
 from __future__ import annotations
 
 from ptst.metrics.arc import arc_letter_accuracy, arc_row, extract_arc_letter, format_arc_prompt
-from ptst.metrics.base import CorpusMetric, ItemMetric, MetricValue, TaskMetric
+from ptst.metrics.base import CorpusMetric, ItemMetric, MetricValue, TaskMetric, join_metrics, split_metrics
 from ptst.metrics.chatdoctor import BertScore, MetricUnavailable, bertscore, chatdoctor_bertscore
 from ptst.metrics.gsm8k import (
     cut_at_stop,
@@ -86,11 +86,13 @@ __all__ = [
     "gsm8k_reference",
     "gsm8k_strict_filter",
     "gsm8k_strict_match",
+    "join_metrics",
     "mcnemar_p",
     "mean",
     "paired_mcnemar",
     "rate",
     "round_ci",
     "seed_summary",
+    "split_metrics",
     "wilson_interval",
 ]

@@ -78,3 +78,14 @@ class CorpusMetric:
     def score(self, responses: Sequence[str], references: Sequence[str]) -> MetricValue:
         _aligned(self.name, responses, references)
         return self.corpus(responses, references)
+
+
+def join_metrics(names: Sequence[str]) -> str:
+    """A task cell's metrics as one string (order kept, repeats dropped): one cell's responses are generated once
+    and scored by each metric, a results row each. A single metric is its own name, so such cells keep their key."""
+    return ",".join(dict.fromkeys(names))
+
+
+def split_metrics(joined: str | None) -> tuple[str, ...]:
+    """The metrics of a task cell, from `join_metrics`'s string."""
+    return tuple(m for m in (joined or "").split(",") if m)
