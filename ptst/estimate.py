@@ -119,13 +119,13 @@ class _Counter:
         from ptst.clients.tokens import token_counter
 
         self.counter = token_counter(model)
-        self._seen: dict[tuple[str | None, str], int] = {}
+        self._seen: dict[tuple[object, ...], int] = {}
 
     def messages(self, conv: Conversation) -> int:
         from ptst.backends.openai.files import training_messages
         from ptst.clients.tokens import count_message_tokens
 
-        key = (conv.system, conv.user)
+        key = (conv.system, conv.user, conv.examples)  # example turns (In-Context Defense) are prompt tokens too
         if key not in self._seen:
             self._seen[key] = count_message_tokens(training_messages(conv.without_answer()), self.counter)
         return self._seen[key]

@@ -101,8 +101,8 @@ def load_datasets(spec: Spec, spec_dir: Path | None = None, limit: int | None = 
             items, metrics = tasks[name]
             tasks[name] = (items, join_metrics([*split_metrics(metrics), *ref.metric_names()]))
         else:
-            rows = tuple(load(_resolve(ref, spec_dir), data_dirs=dirs, require_answer=True))
-            tasks[name] = (rows, join_metrics(ref.metric_names()))
+            items = tuple(load(_resolve(ref, spec_dir), data_dirs=dirs, require_answer=True))
+            tasks[name] = (items, join_metrics(ref.metric_names()))
     return Datasets(train=train, safety=safety, tasks=tasks, train_mixes=tuple(mixes))
 
 

@@ -173,7 +173,7 @@ def inst_sys(t: Template) -> Template:
         variants["mistral"] = TemplateVariant(system=None, user=SYS_BLOCK[0] + m.system + SYS_BLOCK[1] + m.user)
     return t.model_copy(update={
         "name": t.name + INST_SYS, "variants": variants,
-        "description": t.description + " — on Mistral as a <<SYS>> block inside [INST], as the paper's code wrote it",
+        "description": t.description + "; Mistral: <<SYS>> in [INST] as the paper's code",
     })
 
 
