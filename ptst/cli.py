@@ -301,7 +301,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """`ptst list WHAT`: a table (or JSON rows) read from the registries."""
-    from ptst.listing import LISTINGS, templates
+    from ptst.listing import LISTINGS, render, templates
 
     if args.what == "templates" and args.spec:
         from ptst.spec import load_spec
@@ -312,16 +312,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(json.dumps([dict(zip(headers, r, strict=True)) for r in rows], indent=2) + "\n")
         return 0
-    from rich import box
-    from rich.table import Table
-
-    table = Table(*headers[:-1], box=box.SIMPLE_HEAD)
-    for h in headers[:-1]:
-        table.columns[headers.index(h)].no_wrap = True
-    table.add_column(headers[-1], overflow="fold", ratio=1)  # the description wraps, the names never do
-    for r in rows:
-        table.add_row(*r)
-    _console().print(table)
+    console = _console()
+    console.print("\n".join(render(headers, rows, console.width)), markup=False, highlight=False)
     return 0
 
 
@@ -453,6 +445,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    finally:
+        from ptst import progress
+
+        progress.set_quiet(False)  # --quiet is one command's (main is also called in-process, by tests)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,10 +3,10 @@ epilogs), kept here so ptst.cli stays about what each command does."""
 
 from __future__ import annotations
 
-DESCRIPTION = (
-    "Pure Tuning, Safe Testing: fine-tune chat models under one set of prompt templates, test them under another, "
-    "and report attack success rate and task score for every pair."
-)
+DESCRIPTION = """\
+Pure Tuning, Safe Testing: fine-tune chat models under one set of prompt
+templates, test them under another, and report attack success rate and task
+score for every pair."""
 
 OVERVIEW = """\
 start here:

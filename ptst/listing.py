@@ -80,6 +80,21 @@ def backends() -> tuple[list[str], list[list[str]]]:
     return ["kind", "source", "description"], rows
 
 
+def render(headers: list[str], rows: list[list[str]], width: int) -> list[str]:
+    """A listing as text within `width`: the short columns aligned on one line, the description (the last column)
+    wrapped and indented below each row, so names are never cut and nothing is wider than the terminal."""
+    import textwrap
+
+    short = [[str(c) for c in r[:-1]] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in short)) for i, h in enumerate(headers[:-1])]
+    out = ["  ".join(h.ljust(w) for h, w in zip(headers[:-1], widths, strict=True)).rstrip()]
+    for r, full in zip(short, rows, strict=True):
+        line = "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        out += textwrap.wrap(line, width, subsequent_indent="  ", break_on_hyphens=False) or [""]
+        out += textwrap.wrap(full[-1], width, initial_indent="    ", subsequent_indent="    ")
+    return out
+
+
 LISTINGS: dict[str, Callable[[], tuple[list[str], list[list[str]]]]] = {
     "datasets": datasets, "metrics": metrics, "judges": judges, "templates": templates, "backends": backends,
 }

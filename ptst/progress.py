@@ -264,7 +264,8 @@ class RunProgress:
 
     def _eta(self, stage: str, elapsed: float) -> str:
         d, t = self.done[stage], self.total[stage]
-        return f" eta {duration((t - d) * elapsed / d)}" if 0 < d < t and elapsed > 0 else ""
+        worked = d - self.failed[stage]  # skipped work took no time: the rate is the work actually done
+        return f" eta {duration((t - d) * elapsed / worked)}" if worked > 0 and d < t and elapsed > 0 else ""
 
     def line(self) -> str:
         """The plain summary: each stage's done/total, ETA and money, then the backends' bars."""

@@ -304,8 +304,7 @@ def summary_line(results: Results, out: Path) -> str:
     safety = {(r.backend, r.train_template, r.test_template, r.benchmark, r.seed, r.checkpoint)
               for r in results.safety if r.category is None}
     tasks = {(r.backend, r.train_template, r.test_template, r.task, r.seed, r.checkpoint) for r in results.tasks}
-    known = [v for v in results.usd_by_stage.values() if v is not None]
-    usd = f"${sum(known):,.2f}" + ("+?" if len(known) < len(results.usd_by_stage) else "")
+    usd = " ".join(f"{stage} ${v:,.2f}" for stage, v in results.usd_by_stage.items() if v is not None) or "unpriced"
     failed = f", {len(results.failed_jobs)} failed job(s)" if results.failed_jobs else ""
     sim = " (simulated)" if results.simulated else ""
     return (f"ptst: {results.spec_name} {results.status or 'done'}{sim}: {len(results.jobs)} job(s), "
