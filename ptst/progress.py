@@ -17,6 +17,7 @@ keeps only warnings and errors.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,7 +30,6 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     TextColumn,
-    TimeElapsedColumn,
     TimeRemainingColumn,
 )
 
@@ -52,10 +52,12 @@ def is_quiet() -> bool:
 
 
 def log(message: str) -> None:
-    """A line for the user on stderr, wrapped to the terminal's width. Quiet: only warnings and errors."""
+    """A line for the user on stderr, wrapped to the terminal's width (or `COLUMNS` when set); in a log with no width
+    given, one line per message, so it can be searched. Quiet: only warnings and errors."""
     if _silenced or (_quiet and not message.lstrip().startswith(("warning", "error"))):
         return
-    console.print(message, markup=False, highlight=False)
+    wrap = console.is_terminal or "COLUMNS" in os.environ
+    console.print(message, markup=False, highlight=False, soft_wrap=not wrap)
 
 
 def duration(seconds: float) -> str:
@@ -68,15 +70,28 @@ def duration(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
+DESCRIPTION_WIDTH = 22
+"""A bar's name is cut in the middle past this, so a live view fits an 80-column terminal with its numbers whole."""
+
+
+def _short(text: str, width: int = DESCRIPTION_WIDTH) -> str:
+    """`train a-very-lo…short seed 2`: the start and the end of a long name (the end says which seed/step)."""
+    if len(text) <= width:
+        return text
+    keep = width - 1
+    return text[: keep - keep // 2] + "…" + text[len(text) - keep // 2:]
+
+
 def _bar() -> Progress:
+    from rich.table import Column
+
     return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(bar_width=16),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
+        TextColumn("{task.description}", table_column=Column(no_wrap=True, overflow="ellipsis")),
+        BarColumn(bar_width=10),
+        MofNCompleteColumn(table_column=Column(no_wrap=True)),
         TextColumn("eta"),
         TimeRemainingColumn(compact=True),
-        TextColumn("{task.fields[info]}"),
+        TextColumn("{task.fields[info]}", table_column=Column(no_wrap=True, overflow="ellipsis", max_width=26)),
         console=console,
         transient=False,
         disable=not console.is_terminal or _quiet,
@@ -91,7 +106,7 @@ def progress_bar(description: str, total: int | None) -> Iterator[Callable[..., 
         yield lambda n=1, info=None, **_: None
         return
     if view is not None and view.bar is not None:
-        task = view.bar.add_task("  " + description, total=total, info="")
+        task = view.bar.add_task("  " + _short(description, DESCRIPTION_WIDTH - 2), total=total, info="")
         try:
             yield lambda n=1, info=None, **_: view.bar.update(  # type: ignore[union-attr]
                 task, advance=n, **({"info": info} if info is not None else {})
@@ -108,7 +123,7 @@ def progress_bar(description: str, total: int | None) -> Iterator[Callable[..., 
         return
     bar = _bar()
     with bar:
-        task = bar.add_task(description, total=total, info="")
+        task = bar.add_task(_short(description), total=total, info="")
 
         def advance(n: int = 1, info: str | None = None, **_: Any) -> None:
             if info is None:
@@ -251,7 +266,7 @@ class RunProgress:
             return "cost unpriced"
         t = self.total[stage]
         so_far = expected * (self.done[stage] / t if t else 1.0)
-        return f"≈${so_far:,.2f} of ${expected:,.2f}" if expected else "spent $0.00"
+        return f"≈${so_far:,.2f}/${expected:,.2f}" if expected else "spent $0.00"
 
     def _info(self, stage: str) -> str:
         failed = f" · {self.failed[stage]} failed" if self.failed[stage] else ""

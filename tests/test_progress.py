@@ -51,7 +51,7 @@ def test_eta_and_expected_money_per_stage(lines):
         p.advance("train")  # 1 of 4 in 20 s: 60 s to go
         p.spend("train", 0.5)
         p.advance("generate", 25)  # a quarter of the generations: a quarter of their expected dollar
-    assert lines[-1] == ("[20s] train 1/4 eta 1m00s spent $0.50 | generate 25/100 eta 1m00s ≈$0.25 of $1.00 | "
+    assert lines[-1] == ("[20s] train 1/4 eta 1m00s spent $0.50 | generate 25/100 eta 1m00s ≈$0.25/$1.00 | "
                          "judge 0/50 cost unpriced")
 
 
