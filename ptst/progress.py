@@ -304,6 +304,9 @@ class RunProgress:
 
     def _tick_loop(self) -> None:
         while not self._stop.wait(1.0):
+            with self._lock:  # the closing line and a last tick never cross
+                if self._stop.is_set():
+                    return
             self.tick()
 
     def _plain(self, force: bool = False) -> None:
