@@ -107,6 +107,9 @@ def spec_schema() -> dict[str, Any]:
     from ptst.spec import Spec
 
     schema = _shorthands(Spec.model_json_schema())
+    mix = schema.get("$defs", {}).get("TrainSpec", {}).get("properties", {}).get("safety_mix", {})
+    if isinstance(mix.get("anyOf"), list):
+        mix["anyOf"].append(_NO_MIX)  # `safety_mix: none`
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema.setdefault("title", "ptst experiment spec")
     return schema

@@ -92,6 +92,9 @@ def test_schema_is_json_schema_the_example_specs_satisfy(capsys):
     for path in specs:
         errors = [e.message for e in validator.iter_errors(yaml.safe_load(path.read_text()))]
         assert errors == [], path.name
+    none_mix = yaml.safe_load((REPO / "examples" / "quickstart.yaml").read_text())
+    none_mix["train"]["safety_mix"] = "none"
+    assert validator.is_valid(none_mix)
     bad = yaml.safe_load((REPO / "examples" / "quickstart.yaml").read_text())
     bad["eval"]["generation"]["max_tokens"] = 3  # what `ptst validate` calls an unknown field
     assert not validator.is_valid(bad)
