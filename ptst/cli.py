@@ -1,8 +1,9 @@
-"""`ptst run|validate|render|estimate|report|templates|cancel` — the command-line face of the library.
+"""`ptst run|validate|render|estimate|report|templates|cancel|list|schema` — the command-line face of the library.
 
 Exit codes: 0 complete; 2 user error, one line on stderr (spec, data, paths, credentials, budget exceeded without
---yes, run folder busy or unreadable); 3 finished with failed jobs or cells (results written; `--retry-failed`
-resubmits failed jobs); 130 interrupted; 1 only for bugs (with their traceback).
+--yes, run folder busy or unreadable; `ptst` with no command, which prints the help); 3 finished with failed jobs or
+cells (results written; `--retry-failed` resubmits failed jobs); 130 interrupted; 1 only for bugs (with their
+traceback). Help texts and examples are in ptst.cli_help, `--set` in ptst.overrides, `list`/`schema` in ptst.listing.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ptst import __version__
+from ptst.cli_help import ALL_TABLES_HELP, DESCRIPTION, EXAMPLES, OVERVIEW, QUIET_HELP, SET_HELP
 from ptst.errors import PtstError, UsageError
 
 if TYPE_CHECKING:
@@ -28,10 +30,9 @@ DEFAULT_MODELS = {
 
 
 def _console():
-    from rich.console import Console
+    from ptst.report.terminal import terminal_console
 
-    # In a pipe or CI log there is no terminal width to respect: keep tables on one line per row.
-    return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+    return terminal_console()
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -40,7 +41,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from ptst.spec import load_spec
 
     spec_path = Path(args.spec)
-    spec = load_spec(spec_path)
+    spec = load_spec(spec_path, args.set)
     report = preflight(spec, spec_path.resolve().parent)
     for line in report.errors:
         print(f"error: {line}", file=sys.stderr)
@@ -67,18 +68,21 @@ def _default_out(spec_path: Path, name: str) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from ptst import progress
     from ptst.errors import EXIT_INCOMPLETE
     from ptst.report import print_tables, write_reports
+    from ptst.report.terminal import summary_line
     from ptst.runner import run_experiment
     from ptst.spec import load_spec
 
+    progress.set_quiet(args.quiet)
     spec_path = Path(args.spec)
-    spec = load_spec(spec_path)
+    spec = load_spec(spec_path, args.set)
     out = Path(args.out) if args.out else _default_out(spec_path, spec.name)
     try:
         results, info = run_experiment(
             spec, out, spec_dir=spec_path.resolve().parent, yes=args.yes, retry_failed=args.retry_failed,
-            limit=args.limit,
+            limit=args.limit, overrides=args.set,
         )
     except KeyboardInterrupt:
         print(
@@ -86,9 +90,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"fine-tuning jobs keep running meanwhile; `ptst cancel {out}` cancels them)", file=sys.stderr
         )
         return 130
-    paths = write_reports(results, out)
-    print_tables(results, _console())
-    print("wrote " + ", ".join(str(p) for p in paths))
+    with progress.step("writing reports"):
+        paths = write_reports(results, out)
+    if args.quiet:
+        print(summary_line(results, out))
+    else:
+        print_tables(results, _console(), all_tables=args.all_tables)
+        _console().print("wrote " + ", ".join(str(p) for p in paths) + f"\nopen {out / 'report.html'} to see the "
+                         "report", markup=False)
     if info.status != "complete":
         what = "fine-tuning jobs failed" if info.status == "failed_jobs" else "some cells are incomplete"
         hint = "; `--retry-failed` resubmits failed jobs" if info.status == "failed_jobs" else "; run again to retry them"
@@ -127,11 +136,14 @@ def _merged_facts(parts: list[Results]) -> dict[str, Any]:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Rebuild one run's reports in place, or merge several runs' records into one comparison under --out."""
+    from ptst import progress
     from ptst.analysis import build_results, merge_runs
     from ptst.collect import collect, export_rows, item_records
     from ptst.report import print_tables, write_reports
+    from ptst.report.terminal import summary_line
     from ptst.store import RunStore
 
+    progress.set_quiet(args.quiet)
     dirs = [_run_dir(d) for d in args.dirs]
     if len(dirs) > 1 and not args.out:
         raise UsageError(f"{len(dirs)} run directories given: say where the merged report goes with --out DIR")
@@ -152,15 +164,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     else:
         records, failed, info = merge_runs(runs)
         results = build_results(records, failed, info, specs=specs, **_merged_facts(parts)).model_copy(
-            update={"jobs": [j for p in parts for j in p.jobs]})
-    paths = write_reports(results, out)
+            update={"jobs": [j for p in parts for j in p.jobs],
+                    "overrides": [f"{p.spec_name}: {o}" for p in parts for o in p.overrides]})
+    with progress.step("writing reports"):
+        paths = write_reports(results, out)
     if args.export:
         p = out / "export.jsonl"
         with open(p, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         paths.append(p)
-    print_tables(results, _console())
-    print("wrote " + ", ".join(str(p) for p in paths))
+    if args.quiet:
+        print(summary_line(results, out))
+        return 0
+    print_tables(results, _console(), all_tables=args.all_tables)
+    _console().print("wrote " + ", ".join(str(p) for p in paths) + f"\nopen {out / 'report.html'} to see the report",
+                     markup=False)
     return 0
 
 
@@ -244,13 +262,14 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     from ptst.spec import load_spec
 
     spec_path = Path(args.spec)
-    spec = load_spec(spec_path)
+    spec = load_spec(spec_path, args.set)
     data = load_datasets(spec, spec_path.resolve().parent, limit=args.limit)
     backends = [(b, create_backend(b)) for b in spec.backends]
     planned = {b.name: train_jobs(spec, b, backend, data) for b, backend in backends}
     est = estimate_run(spec, data, backends, planned)
     if args.json:
-        out = {"spec": spec.name, "limit": args.limit, **est.to_json(), "budget_usd": spec.budget_usd}
+        out = {"spec": spec.name, "limit": args.limit, **est.to_json(), "budget_usd": spec.budget_usd,
+               "overrides": list(args.set)}
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
         return 0
 
@@ -277,6 +296,31 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         console.print(f"(--limit {args.limit}: the first {args.limit} rows of every dataset)")
     for note in est.notes:
         console.print(f"note: {note}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """`ptst list WHAT`: a table (or JSON rows) read from the registries."""
+    from ptst.listing import LISTINGS, render, templates
+
+    if args.what == "templates" and args.spec:
+        from ptst.spec import load_spec
+
+        headers, rows = templates(load_spec(args.spec).custom_templates)
+    else:
+        headers, rows = LISTINGS[args.what]()
+    if args.json:
+        sys.stdout.write(json.dumps([dict(zip(headers, r, strict=True)) for r in rows], indent=2) + "\n")
+        return 0
+    console = _console()
+    console.print("\n".join(render(headers, rows, console.width)), markup=False, highlight=False)
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from ptst.listing import spec_schema
+
+    sys.stdout.write(json.dumps(spec_schema(), indent=2) + "\n")
     return 0
 
 
@@ -310,28 +354,38 @@ def _positive_int(v: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ptst", description="Pure Tuning, Safe Testing: safety of fine-tuned chat models.")
+    raw = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(prog="ptst", description=DESCRIPTION, epilog=OVERVIEW, formatter_class=raw)
     p.add_argument("--version", action="version", version=f"ptst {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    s = sub.add_parser("run", help="run an experiment spec (resumable)")
-    s.add_argument("spec")
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, epilog=EXAMPLES.get(name), formatter_class=raw)
+
+    spec_help = "the experiment spec (.yaml, .yml, .toml or .json)"
+    s = add("run", "run an experiment spec (resumable)")
+    s.add_argument("spec", help=spec_help)
     s.add_argument("--out", help="output directory (default: runs/<spec name>)")
     s.add_argument("--yes", action="store_true", help="start even when the cost estimate exceeds budget_usd")
     s.add_argument("--retry-failed", action="store_true", help="retry fine-tuning jobs recorded as failed")
     s.add_argument("--limit", type=_positive_int, metavar="N",
                    help="smoke run: only the first N rows of every dataset (train, safety, tasks, safety_mix); the run "
                         "folder records it and its results are not a measurement")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+    s.add_argument("--quiet", "-q", action="store_true", help=QUIET_HELP)
+    s.add_argument("--all-tables", action="store_true", help=ALL_TABLES_HELP)
     s.set_defaults(func=cmd_run)
 
-    s = sub.add_parser("validate", help="check a spec and report every problem")
-    s.add_argument("spec")
+    s = add("validate", "check a spec and report every problem")
+    s.add_argument("spec", help=spec_help)
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     s.set_defaults(func=cmd_validate)
 
-    s = sub.add_parser("render", help="print exactly what a backend's model sees")
-    s.add_argument("--backend", required=True, choices=sorted([*DEFAULT_MODELS, "hf"]))
-    s.add_argument("--template", required=True)
-    s.add_argument("--query", required=True)
+    s = add("render", "print exactly what a backend's model sees")
+    s.add_argument("--backend", required=True, choices=sorted([*DEFAULT_MODELS, "hf"]), help="the backend kind")
+    s.add_argument("--template", required=True, metavar="NAME",
+                   help="a template name (ptst list templates), or a user-defined one with --spec")
+    s.add_argument("--query", required=True, metavar="TEXT", help="the user's request, as a dataset row gives it")
     s.add_argument("--answer", help="render the training form (prompt + answer) with its loss mask")
     s.add_argument("--tokens", action="store_true", help="also print token ids and labels (-100 = no loss)")
     s.add_argument("--json", action="store_true", help="one JSON object: text, messages, input_ids, labels")
@@ -340,31 +394,49 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--spec", help="a spec whose user-defined templates to use")
     s.set_defaults(func=cmd_render)
 
-    s = sub.add_parser("estimate", help="jobs, generations, judge calls and dollars of every stage, before spending")
-    s.add_argument("spec")
+    s = add("estimate", "jobs, generations, judge calls and dollars of every stage, before spending")
+    s.add_argument("spec", help=spec_help)
     s.add_argument("--json", action="store_true", help="one JSON object: jobs, generations, judge_calls, usd, "
                    "usd_by_stage {train, generate, judge}, gpu_hours, notes, train (per job)")
     s.add_argument("--limit", type=_positive_int, help="as `ptst run --limit N`: the first N rows of every dataset")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     s.set_defaults(func=cmd_estimate)
 
-    s = sub.add_parser("report", help="rebuild results.json and the reports from a run's store, or merge runs")
+    s = add("report", "rebuild results.json and the reports from a run's store, or merge runs")
     s.add_argument("dirs", nargs="+", metavar="DIR", help="run directories; several are merged into one comparison")
     s.add_argument("--out", help="where to write the reports (default: the run directory; required for several)")
     s.add_argument("--export", choices=["jsonl"], help="also write every prompt, response and verdict")
+    s.add_argument("--quiet", "-q", action="store_true", help=QUIET_HELP)
+    s.add_argument("--all-tables", action="store_true", help=ALL_TABLES_HELP)
     s.set_defaults(func=cmd_report)
 
-    s = sub.add_parser("templates", help="list the available templates")
+    s = add("templates", "list the available templates")
     s.add_argument("--spec", help="also list a spec's user-defined templates")
     s.set_defaults(func=cmd_templates)
 
-    s = sub.add_parser("cancel", help="cancel a run's external fine-tuning jobs (OpenAI)")
-    s.add_argument("dir")
+    s = add("cancel", "cancel a run's external fine-tuning jobs (OpenAI)")
+    s.add_argument("dir", metavar="DIR", help="the run directory (the --out of `ptst run`)")
     s.set_defaults(func=cmd_cancel)
+
+    from ptst.listing import WHAT
+
+    s = add("list", "list what a spec can name: datasets, metrics, judges, templates or backends")
+    s.add_argument("what", choices=WHAT, metavar="{" + ",".join(WHAT) + "}", help="what to list")
+    s.add_argument("--json", action="store_true", help="JSON rows instead of a table")
+    s.add_argument("--spec", help="templates: also list this spec's user-defined templates")
+    s.set_defaults(func=cmd_list)
+
+    s = add("schema", "print the spec's JSON Schema (for editor completion and checking)")
+    s.set_defaults(func=cmd_schema)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # `ptst` alone: the help, on stdout, and exit 2 (no command is a usage error)
+        parser.print_help()
+        return 2
     try:
         return int(args.func(args))
     except PtstError as e:
@@ -373,6 +445,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    finally:
+        from ptst import progress
+
+        progress.set_quiet(False)  # --quiet is one command's (main is also called in-process, by tests)
 
 
 if __name__ == "__main__":  # pragma: no cover

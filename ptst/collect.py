@@ -143,7 +143,7 @@ def collect(store: RunStore) -> tuple[Results, RunInfo]:
     results = build_results(
         records, failed_jobs(store), info, status=info.status, started_at=info.started_at,
         finished_at=info.finished_at, usd_by_stage=info.usd_by_stage, specs=[spec] if spec else [],
-    ).model_copy(update={"jobs": job_rows(store)})
+    ).model_copy(update={"jobs": job_rows(store), "overrides": list(store.get_meta("overrides") or [])})
     return results, info
 
 

@@ -197,8 +197,8 @@ class Graph:
             self.progress.advance("train")
             if ref is None:
                 self.store.drop_cells(c.key for c, _, _ in m.cells)
-                self.progress.add_total("generate", -sum(len(set(k)) for _, _, k in m.cells))
-                self.progress.add_total("judge", -sum(self._judge_planned.get(c.key, 0) for c, _, _ in m.cells))
+                self.progress.skip("generate", sum(len(set(k)) for _, _, k in m.cells))
+                self.progress.skip("judge", sum(self._judge_planned.pop(c.key, 0) for c, _, _ in m.cells))
                 return []
             tasks = [self._generate_task(backend, cell, ref, convs, keys) for cell, convs, keys in m.cells]
             return tasks + self._checkpoint_tasks(bspec, backend, ref, m.job.run_key,  # type: ignore[union-attr]
@@ -256,6 +256,7 @@ class Graph:
             mine = self.claims.claim(todo)
             items = [(k, c) for k, c in todo.items() if k in mine]
             assert self.progress is not None
+            generated = 0
             try:
                 # A backend may ask for bigger calls (local engines batch hundreds of prompts at once).
                 for part in chunks(items, backend.generation_chunk):
@@ -267,7 +268,10 @@ class Graph:
                         (k, json.dumps(_prompt_record(backend, c), ensure_ascii=False), r) for (k, c), r in zip(part, responses, strict=True)
                     ])
                     self.progress.advance("generate", len(part))
+                    generated += len(part)
             except BackendError as e:
+                self.progress.skip("generate", len(items) - generated)
+                self.progress.skip("judge", self._judge_planned.pop(cell.key, 0))  # its judging will not run
                 return self._cell_failed(cell, "generate", e)
             finally:
                 self.claims.release(mine)
@@ -291,7 +295,9 @@ class Graph:
             mine = self.claims.claim(k for _, t in todo for k in t if k not in have)
             missing = [(judge, [(k, it) for k, it in t.items() if k in mine]) for judge, t in todo]
             assert self.progress is not None
-            self.progress.add_total("judge", sum(len(m) for _, m in missing) - self._judge_planned.pop(cell.key, 0))
+            # The total was fixed at planning (responses to give a verdict); verdicts found in the cache or being
+            # given by another cell count as done here, so the total never shrinks as the run goes.
+            planned, judged = self._judge_planned.pop(cell.key, 0), 0
             try:
                 for judge, judge_missing in missing:
                     for part in chunks(judge_missing, JUDGE_CHUNK):
@@ -299,12 +305,15 @@ class Graph:
                         self.store.put_judgments(judge.name, [
                             (k, Judged(v.unsafe, v.score, v.raw, v.error)) for (k, _), v in zip(part, verdicts, strict=True)
                         ])
-                        self.progress.advance("judge", len(part))
+                        self.progress.advance("judge", min(len(part), max(planned - judged, 0)))
+                        judged += len(part)
             except BackendError as e:
+                self.progress.skip("judge", planned - judged)
                 return self._cell_failed(cell, "judge", e)
             finally:
                 self.claims.release(mine)
             self.store.clear_failure(cell.key)
+            self.progress.advance("judge", planned - judged)
             return []
 
         return Task(f"judge {_label(cell)}", work, ("judge",))

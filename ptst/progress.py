@@ -1,13 +1,23 @@
 """Progress display for a run, on stderr via rich: one live view of every stage, safe to update from worker threads.
 
 A run's stages (train, generate, judge) advance at once, so the runner shows one view with each stage's done/total,
-ETA and the money spent so far (`RunProgress`). Backends' own bars (`progress_bar`: a job's training steps, an upload)
-join that view as extra rows while it is live, since a terminal holds one live display at a time. In a pipe or CI
-log nothing is redrawn: the view prints a plain summary line at most every `PLAIN_INTERVAL_S` seconds and at the end.
+its ETA and its money (`RunProgress`). The totals are fixed when the run is planned: the judge's total counts safety
+responses to be given a verdict, and a verdict found in the cache (the same query and response judged in another
+cell) counts as done rather than shrinking the total; work that cannot happen because its job or cell failed counts
+as done and is shown as failed. Only checkpoints found after training (`eval.checkpoints`) add to the totals.
+Backends' own bars (`progress_bar`: a job's training steps, an upload) join the view as extra rows while it is live,
+since a terminal holds one live display at a time.
+
+In a pipe or CI log nothing is redrawn: a plain line (each stage's done/total, ETA and money, and the backends'
+bars) is printed at most every `PLAIN_INTERVAL_S` seconds, also while nothing advances (a long training job), and
+once at the end. After Ctrl-C the live view is cleared and replaced by one plain line, and stray worker threads
+(daemons, still finishing a request) print nothing more, so no bar is drawn twice. `set_quiet(True)` (`--quiet`)
+keeps only warnings and errors.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +30,6 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     TextColumn,
-    TimeElapsedColumn,
     TimeRemainingColumn,
 )
 
@@ -29,23 +38,63 @@ STAGES = ("train", "generate", "judge")
 PLAIN_INTERVAL_S = 10.0
 
 _active: RunProgress | None = None  # the run's live view, which backends' bars join
+_quiet = False  # --quiet: warnings and errors only
+_silenced = False  # after Ctrl-C: daemon workers still running must not draw over the shell prompt
+
+
+def set_quiet(quiet: bool) -> None:
+    global _quiet
+    _quiet = quiet
+
+
+def is_quiet() -> bool:
+    return _quiet
 
 
 def log(message: str) -> None:
-    console.print(message, markup=False, soft_wrap=True)
+    """A line for the user on stderr, wrapped to the terminal's width (or `COLUMNS` when set); in a log with no width
+    given, one line per message, so it can be searched. Quiet: only warnings and errors."""
+    if _silenced or (_quiet and not message.lstrip().startswith(("warning", "error"))):
+        return
+    wrap = console.is_terminal or "COLUMNS" in os.environ
+    console.print(message, markup=False, highlight=False, soft_wrap=not wrap)
+
+
+def duration(seconds: float) -> str:
+    """`45s`, `3m05s`, `2h04m`: short enough for a progress line."""
+    s = int(max(seconds, 0))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+DESCRIPTION_WIDTH = 22
+"""A bar's name is cut in the middle past this, so a live view fits an 80-column terminal with its numbers whole."""
+
+
+def _short(text: str, width: int = DESCRIPTION_WIDTH) -> str:
+    """`train a-very-lo…short seed 2`: the start and the end of a long name (the end says which seed/step)."""
+    if len(text) <= width:
+        return text
+    keep = width - 1
+    return text[: keep - keep // 2] + "…" + text[len(text) - keep // 2:]
 
 
 def _bar() -> Progress:
+    from rich.table import Column
+
     return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
+        TextColumn("{task.description}", table_column=Column(no_wrap=True, overflow="ellipsis")),
+        BarColumn(bar_width=10),
+        MofNCompleteColumn(table_column=Column(no_wrap=True)),
+        TextColumn("eta"),
+        TimeRemainingColumn(compact=True),
+        TextColumn("{task.fields[info]}", table_column=Column(no_wrap=True, overflow="ellipsis", max_width=26)),
         console=console,
         transient=False,
-        disable=not console.is_terminal,
+        disable=not console.is_terminal or _quiet,
     )
 
 
@@ -53,8 +102,11 @@ def _bar() -> Progress:
 def progress_bar(description: str, total: int | None) -> Iterator[Callable[..., None]]:
     """Yield `advance(n=1, info="...")`; `info` is shown after the bar (loss, tokens/s, retries...)."""
     view = _active
+    if _silenced or _quiet:
+        yield lambda n=1, info=None, **_: None
+        return
     if view is not None and view.bar is not None:
-        task = view.bar.add_task("  " + description, total=total, info="")
+        task = view.bar.add_task("  " + _short(description, DESCRIPTION_WIDTH - 2), total=total, info="")
         try:
             yield lambda n=1, info=None, **_: view.bar.update(  # type: ignore[union-attr]
                 task, advance=n, **({"info": info} if info is not None else {})
@@ -62,12 +114,16 @@ def progress_bar(description: str, total: int | None) -> Iterator[Callable[..., 
         finally:
             view.bar.remove_task(task)
         return
-    if view is not None:  # a plain (non-terminal) run view: backends' bars stay silent, the summary line covers them
-        yield lambda n=1, info=None, **_: None
+    if view is not None:  # a plain (non-terminal) run view: the bar's state joins the periodic line
+        key = view.sub_open(description, total)
+        try:
+            yield lambda n=1, info=None, **_: view.sub_advance(key, n, info)
+        finally:
+            view.sub_close(key)
         return
     bar = _bar()
     with bar:
-        task = bar.add_task(description, total=total, info="")
+        task = bar.add_task(_short(description), total=total, info="")
 
         def advance(n: int = 1, info: str | None = None, **_: Any) -> None:
             if info is None:
@@ -78,45 +134,96 @@ def progress_bar(description: str, total: int | None) -> Iterator[Callable[..., 
         yield advance
 
 
-class RunProgress:
-    """Done/total, ETA and money per stage. Thread-safe: workers call `advance`, `add_total` and `spend`."""
+@contextmanager
+def step(what: str) -> Iterator[None]:
+    """A visible step with no count (writing the reports): a spinner on a terminal, a line before and after in a
+    log, nothing when quiet."""
+    if _quiet:
+        yield
+        return
+    started = time.monotonic()
+    if console.is_terminal:
+        with console.status(what + "…"):
+            yield
+    else:
+        log(what + "…")
+        yield
+    log(f"{what}: done in {time.monotonic() - started:.1f}s")
 
-    def __init__(self, totals: dict[str, int], *, live: bool | None = None, clock: Callable[[], float] = time.monotonic):
-        self.live = console.is_terminal if live is None else live
+
+class RunProgress:
+    """Done/total, ETA and money per stage. Thread-safe: workers call `advance`, `skip`, `add_total` and `spend`.
+
+    `expected_usd`: the estimate of each stage's cost (ptst.estimate) — a stage whose spend the run cannot observe
+    (generation and judging are billed per request, not reported back) shows that estimate pro rata, marked `≈`.
+    """
+
+    def __init__(self, totals: dict[str, int], *, live: bool | None = None, clock: Callable[[], float] = time.monotonic,
+                 expected_usd: dict[str, float | None] | None = None, ticker: bool | None = None):
+        self.live = (console.is_terminal if live is None else live) and not _quiet
         self.clock = clock
         self.total = {s: totals.get(s, 0) for s in STAGES}
         self.done = dict.fromkeys(STAGES, 0)
+        self.failed = dict.fromkeys(STAGES, 0)
         self.usd: dict[str, float | None] = dict.fromkeys(STAGES, 0.0)
+        self.expected = dict(expected_usd or {})
         self.started = clock()
-        self._last_line = 0.0
+        self._last_line: float | None = None
         self._last_text = ""
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self.bar: Progress | None = _bar() if self.live else None
         self._tasks: dict[str, Any] = {}
+        self._subs: dict[int, list[Any]] = {}  # plain mode: backends' bars, [description, done, total, info]
+        self._sub_ids = iter(range(1 << 62))
+        self._ticker = (not self.live and not _quiet) if ticker is None else ticker
+        self._stop = threading.Event()
 
     def __enter__(self) -> Self:
-        global _active
+        global _active, _silenced
+        _silenced = False
         if self.bar is not None:
             self.bar.start()
             for s in STAGES:
-                self._tasks[s] = self.bar.add_task(s, total=self.total[s] or None, info="")
+                self._tasks[s] = self.bar.add_task(f"{s:<8}", total=self.total[s] or None, info=self._info(s))
         _active = self
+        if self._ticker:
+            threading.Thread(target=self._tick_loop, name="ptst:progress", daemon=True).start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        global _active
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        global _active, _silenced
         _active = None
+        self._stop.set()
+        interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
+        if interrupted:
+            _silenced = True  # the run's daemon threads may still be finishing a request: they stay quiet
         if self.bar is not None:
+            if interrupted:
+                self.bar.live.transient = True  # clear the live rows; the plain line below says where it stopped
             self.bar.stop()
-        else:
+            if interrupted:
+                console.print(self.line(), markup=False, highlight=False)
+        elif not _quiet:
             self._plain(force=True)
 
+    # -- updates from workers ------------------------------------------------------------------------------------
     def advance(self, stage: str, n: int = 1) -> None:
+        if n <= 0:
+            return
         with self._lock:
-            self.done[stage] += n
+            self.done[stage] = min(self.done[stage] + n, max(self.total[stage], self.done[stage]))
         self._refresh(stage)
 
+    def skip(self, stage: str, n: int) -> None:
+        """Work that will not happen (its job or cell failed): counted done, shown as failed; the total stays."""
+        if n <= 0:
+            return
+        with self._lock:
+            self.failed[stage] += n
+        self.advance(stage, n)
+
     def add_total(self, stage: str, n: int) -> None:
+        """More work found while running (checkpoints listed after training)."""
         if not n:
             return
         with self._lock:
@@ -130,34 +237,87 @@ class RunProgress:
             self.usd[stage] = None if cur is None or usd is None else cur + usd
         self._refresh(stage)
 
+    # plain mode: backends' bars ----------------------------------------------------------------------------------
+    def sub_open(self, description: str, total: int | None) -> int:
+        with self._lock:
+            key = next(self._sub_ids)
+            self._subs[key] = [description, 0, total, None]
+            return key
+
+    def sub_advance(self, key: int, n: int, info: str | None) -> None:
+        with self._lock:
+            sub = self._subs.get(key)
+            if sub is not None:
+                sub[1] += n
+                sub[3] = info if info is not None else sub[3]
+        self._plain()
+
+    def sub_close(self, key: int) -> None:
+        with self._lock:
+            self._subs.pop(key, None)
+
+    # -- text ----------------------------------------------------------------------------------------------------
+    def _money(self, stage: str) -> str:
+        spent = self.usd[stage]
+        if stage == "train" or spent != 0.0:  # observed spend (or None: a step was unpriced)
+            return "spent " + ("unpriced" if spent is None else f"${spent:,.2f}")
+        expected = self.expected.get(stage, 0.0)
+        if expected is None:
+            return "cost unpriced"
+        t = self.total[stage]
+        so_far = expected * (self.done[stage] / t if t else 1.0)
+        return f"≈${so_far:,.2f}/${expected:,.2f}" if expected else "spent $0.00"
+
+    def _info(self, stage: str) -> str:
+        failed = f" · {self.failed[stage]} failed" if self.failed[stage] else ""
+        return self._money(stage) + failed
+
     def money(self) -> str:
         known = [u for u in self.usd.values() if u is not None]
         unknown = any(u is None for u in self.usd.values())
         return f"${sum(known):,.2f}" + ("+?" if unknown else "")
 
+    def _eta(self, stage: str, elapsed: float) -> str:
+        d, t = self.done[stage], self.total[stage]
+        worked = d - self.failed[stage]  # skipped work took no time: the rate is the work actually done
+        return f" eta {duration((t - d) * elapsed / worked)}" if worked > 0 and d < t and elapsed > 0 else ""
+
     def line(self) -> str:
-        """The plain summary: each stage's done/total and ETA, and the money spent so far."""
+        """The plain summary: each stage's done/total, ETA and money, then the backends' bars."""
         elapsed = self.clock() - self.started
-        parts = []
         with self._lock:
-            for s in STAGES:
-                d, t = self.done[s], self.total[s]
-                eta = f" eta {int((t - d) * elapsed / d)}s" if 0 < d < t else ""
-                parts.append(f"{s} {d}/{t}{eta}")
-        return f"[{int(elapsed)}s] " + " · ".join(parts) + f" · spent {self.money()}"
+            parts = [f"{s} {self.done[s]}/{self.total[s]}{self._eta(s, elapsed)} {self._info(s)}" for s in STAGES]
+            subs = [f"{d} {n}/{t if t is not None else '?'}" + (f" {i}" if i else "") for d, n, t, i in self._subs.values()]
+        return f"[{duration(elapsed)}] " + " | ".join(parts + subs)
 
     def _refresh(self, stage: str) -> None:
         if self.bar is not None:
             with self._lock:
                 self.bar.update(self._tasks[stage], completed=self.done[stage], total=self.total[stage] or None,
-                                info=f"spent {self.money()}" if stage == "train" else "")
+                                info=self._info(stage))
         else:
             self._plain()
 
+    def tick(self) -> None:
+        """Print the plain line if the interval has passed (called by the ticker thread; tests call it)."""
+        self._plain()
+
+    def _tick_loop(self) -> None:
+        while not self._stop.wait(1.0):
+            with self._lock:  # the closing line and a last tick never cross
+                if self._stop.is_set():
+                    return
+            self.tick()
+
     def _plain(self, force: bool = False) -> None:
-        now = self.clock()
-        if force or now - self._last_line >= PLAIN_INTERVAL_S:
+        if self.bar is not None or _quiet or _silenced:
+            return
+        with self._lock:
+            now = self.clock()
+            if not force and self._last_line is not None and now - self._last_line < PLAIN_INTERVAL_S:
+                return
             text = self.line()
-            if text != self._last_text:  # nothing new: no line
-                self._last_line, self._last_text = now, text
-                log(text)
+            if text == self._last_text:  # nothing new: no line
+                return
+            self._last_line, self._last_text = now, text
+        log(text)

@@ -176,3 +176,4 @@ class Results(_Row):
     comparisons: list[Comparison] = []
     agreement: list[Agreement] = []
     jobs: list[JobRow] = []  # one row per fine-tuning job, with its training loss
+    overrides: list[str] = []  # `--set KEY=VALUE` given on the command line, applied to the spec file (in order)

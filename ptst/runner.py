@@ -13,6 +13,7 @@ Results are always rebuilt from the store (`ptst.collect`), never from in-memory
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -116,7 +117,7 @@ def run(spec: Spec, out: Path, *, spec_dir: Path | None = None, yes: bool = Fals
 
 def run_experiment(
     spec: Spec, out: Path, *, spec_dir: Path | None = None, yes: bool = False, retry_failed: bool = False,
-    limit: int | None = None,
+    limit: int | None = None, overrides: Sequence[str] = (),
 ) -> tuple[Results, RunInfo]:
     """Run (or resume) a spec into `out`; the RunInfo's status says whether everything finished. `limit` (a smoke
     run) keeps the first N rows of every dataset, recorded in the stored spec and the store's `limit` meta."""
@@ -143,6 +144,7 @@ def run_experiment(
         store.set_meta("spec", spec.model_dump(mode="json"))
         store.set_meta("spec_name", spec.name)
         store.set_meta("limit", limit)
+        store.set_meta("overrides", list(overrides))  # the `--set KEY=VALUE`s already applied to `spec`
         store.set_meta("simulated", simulated)
         store.set_meta("train_templates", list(spec.train.templates) if spec.train else [])
         store.set_meta("test_templates", list(spec.eval.templates))
@@ -153,13 +155,14 @@ def run_experiment(
         store.set_meta("judges", [{"name": j.name, "version": j.version} for j in judges])
 
         planned = {bspec.name: train_jobs(spec, bspec, backend, data) for bspec, backend in backends}
-        usd = _check_budget(spec, store, backends, planned, yes, retry_failed, data=data)
+        expected: dict[str, float | None] = {}
+        usd = _check_budget(spec, store, backends, planned, yes, retry_failed, data=data, stages=expected)
         if store.get_meta("started_at") is None:
             store.set_meta("started_at", _now())
         store.set_meta("finished_at", None)  # until this run finishes: a killed run reads as unfinished
         graph = Graph(spec, store, data, judges, out, retry_failed, usd)
         tasks = graph.plan(backends, planned)
-        with RunProgress(graph.totals) as progress:
+        with RunProgress(graph.totals, expected_usd=expected) as progress:
             for usd_done in store.costs("train"):  # money spent by earlier runs on this folder counts too
                 progress.spend("train", usd_done)
             graph.progress = progress
@@ -172,7 +175,7 @@ def run_experiment(
 
 def _check_budget(
     spec: Spec, store: RunStore, backends, planned: dict[str, list[PlannedJob]], yes: bool, retry_failed: bool,
-    *, data: Datasets | None = None,
+    *, data: Datasets | None = None, stages: dict[str, float | None] | None = None,
 ) -> dict[str, float | None]:
     """Refuse a run whose remaining work (jobs to run, generations and verdicts missing from the store) is estimated
     above budget_usd, or cannot be priced, unless --yes; return each job-to-run's USD, recorded as its cost once it
@@ -183,6 +186,8 @@ def _check_budget(
         data = Datasets(train=(), safety={}, tasks={})
     est = estimate_run(spec, data, backends, planned, store=store, retry_failed=retry_failed)
     usd: dict[str, float | None] = {j.run_key: j.estimate.usd for j in est.train}
+    if stages is not None:  # each stage's expected cost, for the progress view
+        stages.update(est.usd_by_stage)
     if spec.budget_usd is None or yes:
         return usd
     unpriced = [j for j in est.train if j.estimate.usd is None]

@@ -10,6 +10,7 @@ models, keys) is `ptst.preflight`'s.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -279,6 +280,12 @@ def validate_spec(raw: Any, source: str = "spec") -> Spec:
     return spec
 
 
-def load_spec(path: str | Path) -> Spec:
+def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> Spec:
+    """Read, override (`--set KEY=VALUE`, see ptst.overrides) and validate a spec file."""
+    from ptst.overrides import apply_overrides, mark_override_problems
+
     p = Path(path)
-    return validate_spec(parse_spec_file(p), str(p))
+    try:
+        return validate_spec(apply_overrides(parse_spec_file(p), overrides), str(p))
+    except SpecError as e:
+        raise mark_override_problems(e, overrides) from None

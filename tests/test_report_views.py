@@ -155,17 +155,18 @@ def test_terminal_fits_80_columns(simulated: bool) -> None:
 
     for results in (make(simulated), make_results(simulated)):
         console = Console(record=True, width=80)
-        print_tables(results, console)
+        print_tables(results, console, all_tables=True)
         text = console.export_text()
         assert max(len(line) for line in text.splitlines()) <= 80
         assert "…" not in text
     console = Console(record=True, width=80)
-    print_tables(make(simulated), console)
+    print_tables(make(simulated), console, all_tables=True)
     text = console.export_text()
     assert text.splitlines()[0].startswith("SIMULATED") == simulated
     ptst = next(line for line in text.splitlines() if line.strip().startswith("b · directharm4") and "0/4" in line)
     assert re.search(r"0\.00%\s+58\.33% ± 35\.36\s+—\s+0\.125\s+0/4", ptst)
     assert "score 3.83" in text
     assert "ASR % per category" in text and "83.33%" in text  # malware, chat:llama -> chat:llama
-    assert re.search(r"^\s*100\s+16\.67%\s*$", text, re.MULTILINE) and re.search(r"^\s*final\s+58\.33%\s*$", text, re.MULTILINE)
-    assert re.search(r"\bb\s+keyword\s+6\s+0\.571\s+1/4\s+1/0", text)  # both safe/unsafe 1/4; only A/B 1/0
+    # along training, transposed: a row per train -> test cell, a column per step (step 100, then the final model)
+    assert re.search(r"^\s*chat:llama → chat:llama\s+16\.67%\s+58\.33%\s*$", text, re.MULTILINE)
+    assert re.search(r"\bb\s+6\s+0\.571\s+1/4\s+1/0", text)  # both safe/unsafe 1/4; only A/B 1/0

@@ -181,7 +181,8 @@ def test_plain_progress_prints_lines_not_a_redraw_storm(monkeypatch):
     lines: list[str] = []
     monkeypatch.setattr(progress, "log", lines.append)
     now = {"t": 100.0}
-    with progress.RunProgress({"train": 2, "generate": 100, "judge": 50}, live=False, clock=lambda: now["t"]) as p:
+    with progress.RunProgress({"train": 2, "generate": 100, "judge": 50}, live=False, clock=lambda: now["t"],
+                              ticker=False) as p:
         for _ in range(100):
             p.advance("generate")  # a hundred updates at one instant: one line
         now["t"] += progress.PLAIN_INTERVAL_S
@@ -189,5 +190,6 @@ def test_plain_progress_prints_lines_not_a_redraw_storm(monkeypatch):
         p.spend("train", 1.5)
         p.spend("judge", None)
     assert len(lines) == 3  # the first update, one after the interval, and the summary at the end
-    assert lines[0].startswith("[0s] train 0/2 · generate 1/100")
-    assert lines[-1] == "[10s] train 1/2 eta 10s · generate 100/100 · judge 0/50 · spent $1.50+?"
+    assert lines[0] == "[0s] train 0/2 spent $0.00 | generate 1/100 spent $0.00 | judge 0/50 spent $0.00"
+    assert lines[1] == "[10s] train 1/2 eta 10s spent $0.00 | generate 100/100 spent $0.00 | judge 0/50 spent $0.00"
+    assert lines[-1] == "[10s] train 1/2 eta 10s spent $1.50 | generate 100/100 spent $0.00 | judge 0/50 spent unpriced"

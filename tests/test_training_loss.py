@@ -104,8 +104,12 @@ def test_report_has_a_training_section_in_every_form(mock_run):
     assert page.count('alt="training loss ') == n_backends
     console = Console(record=True, width=200)
     print_tables(results, console)
+    assert f"training losses ({len(results.jobs)} jobs)" in console.export_text()  # named; shown on request
+    console = Console(record=True, width=200)
+    print_tables(results, console, all_tables=True)
     text = console.export_text()
-    assert "Training" in text and f"{first.final_loss:.4f} (simulated)" in text
+    assert f"Training: {first.backend} ({first.base_model}) — simulated losses" in text
+    assert f"{first.final_loss:.4f}" in text
     # a results file without jobs (schema 1, or a run without fine-tuning) has no Training section
     bare = results.model_copy(update={"jobs": []})
     assert "## Training" not in render_markdown(bare) and "<h2>Training</h2>" not in render_html(bare)

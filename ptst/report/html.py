@@ -21,6 +21,7 @@ from ptst.report.grids import (
 )
 from ptst.report.plots import heatmap_png, loss_png, progress_png
 from ptst.report.views import (
+    OVERRIDES_NOTE,
     TRAINING_COLUMNS,
     TRAINING_NOTE,
     category_tables,
@@ -153,6 +154,8 @@ def _specs(results: Results) -> list[str]:
         if hp:
             out.append(_table(["setting", "value"], [list(p) for p in hp], left=2))
         out.append(f"<details><summary>full spec</summary><pre>{e(json.dumps(spec, indent=2))}</pre></details>")
+    if results.overrides:  # the spec above already has them applied
+        out.append(f"<p>{e(OVERRIDES_NOTE)}: " + ", ".join(f"<code>{e(o)}</code>" for o in results.overrides) + "</p>")
     return out
 
 

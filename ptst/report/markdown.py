@@ -19,6 +19,7 @@ from ptst.report.grids import (
 )
 from ptst.report.views import (
     FINAL,
+    OVERRIDES_NOTE,
     TRAINING_COLUMNS,
     TRAINING_NOTE,
     category_tables,
@@ -118,6 +119,8 @@ def spec_section(results: Results) -> list[str]:
             out += _table(["setting", "value"], [list(p) for p in hp])
         out += ["<details><summary>full spec</summary>", "", "```json", json.dumps(spec, indent=2), "```", "",
                 "</details>", ""]
+    if results.overrides:  # the spec above already has them applied
+        out += [OVERRIDES_NOTE + ": " + ", ".join(md_escape(o) for o in results.overrides), ""]
     return out
 
 

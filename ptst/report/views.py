@@ -160,6 +160,8 @@ def progress_views(results: Results) -> list[Progress]:
     return views
 
 
+OVERRIDES_NOTE = "Command-line overrides (--set), applied to the spec file"
+
 TRAINING_COLUMNS = ["backend", "base model", "train template", "seed", "status", "steps", "final loss"]
 TRAINING_NOTE = "final loss: mean training loss over the last 10% of steps (the last step's with fewer than ten)"
 
