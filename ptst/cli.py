@@ -271,8 +271,9 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     console.print(f"total estimated fine-tuning cost: {money(by['train'])}")
     console.print(f"{est.jobs} fine-tuning job(s) {money(by['train'])}; {est.generations:,} generations "
                   f"{money(by['generate'])}; {est.judge_calls:,} judge calls {money(by['judge'])}")
-    gpu = f"; about {est.gpu_hours:,.2f} GPU hours" if est.gpu_hours is not None else ""
-    console.print(f"total estimated cost: {money(est.usd)}{budget}{gpu}")
+    gpu = (f"; about {est.gpu_hours:,.1f} GPU hours (at most {est.gpu_hours_max:,.1f})"
+           if est.gpu_hours is not None and est.gpu_hours_max is not None else "")
+    console.print(f"total estimated cost: {money(est.usd)}, at most {money(est.usd_max)}{budget}{gpu}")
     if args.limit:
         console.print(f"(--limit {args.limit}: the first {args.limit} rows of every dataset)")
     for note in est.notes:
@@ -287,15 +288,21 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     out = _run_dir(args.dir)
     with RunStore.open(out, lock=False) as store:
         spec = store.get_meta("spec") or {}
-        entries = store.ledger_entries("openai:")
-    openai_specs = [b for b in spec.get("backends", []) if b.get("kind") == "openai"]
-    if not entries or not openai_specs:
+        # each backend with external jobs cancels those under its ledger prefix (one backend per prefix: an entry
+        # records its own endpoint)
+        todo: dict[str, tuple[Any, list[tuple[str, dict[str, Any]]]]] = {}
+        for raw in spec.get("backends", []):
+            backend = create_backend(BackendSpec.model_validate(raw))
+            prefix = backend.ledger_prefix()
+            if prefix and prefix not in todo:
+                todo[prefix] = (backend, store.ledger_entries(prefix))
+    if not any(entries for _, entries in todo.values()):
         print("no external fine-tuning jobs recorded in this run")
         return 0
-    backend = create_backend(BackendSpec.model_validate(openai_specs[0]))
-    for name, entry in entries:
-        status = backend.cancel(entry)
-        print(f"{entry.get('job_id', name)}: {status}")
+    for backend, entries in todo.values():
+        for name, entry in entries:
+            status = backend.cancel(entry)
+            print(f"{entry.get('job_id', name)}: {status}")
     return 0
 
 
@@ -329,7 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_validate)
 
     s = sub.add_parser("render", help="print exactly what a backend's model sees")
-    s.add_argument("--backend", required=True, choices=sorted([*DEFAULT_MODELS, "hf"]))
+    from ptst.backends.registry import backend_kinds
+
+    s.add_argument("--backend", required=True, choices=backend_kinds())
     s.add_argument("--template", required=True)
     s.add_argument("--query", required=True)
     s.add_argument("--answer", help="render the training form (prompt + answer) with its loss mask")
@@ -342,8 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("estimate", help="jobs, generations, judge calls and dollars of every stage, before spending")
     s.add_argument("spec")
-    s.add_argument("--json", action="store_true", help="one JSON object: jobs, generations, judge_calls, usd, "
-                   "usd_by_stage {train, generate, judge}, gpu_hours, notes, train (per job)")
+    s.add_argument("--json", action="store_true", help="one JSON object: jobs, generations, judge_calls, usd (expected), "
+                   "usd_max (bound), usd_by_stage and usd_max_by_stage {train, generate, judge}, gpu_hours, "
+                   "gpu_hours_max, notes, train (per job)")
     s.add_argument("--limit", type=_positive_int, help="as `ptst run --limit N`: the first N rows of every dataset")
     s.set_defaults(func=cmd_estimate)
 
@@ -357,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--spec", help="also list a spec's user-defined templates")
     s.set_defaults(func=cmd_templates)
 
-    s = sub.add_parser("cancel", help="cancel a run's external fine-tuning jobs (OpenAI)")
+    s = sub.add_parser("cancel", help="cancel a run's external fine-tuning jobs (OpenAI, plugins with external jobs)")
     s.add_argument("dir")
     s.set_defaults(func=cmd_cancel)
     return p

@@ -65,6 +65,16 @@ class DatasetInfo(BaseModel):
     row_transform: Literal["arc-choices"] | None = Field(
         default=None, description="a reshaping applied to every row before fields are read (see loaders.ROW_TRANSFORMS)"
     )
+    # What `ptst estimate` uses when the data is not on this machine (a fresh clone, no hub): rows per split from the
+    # source named in `rows_source`, and mean prompt/answer tokens (tiktoken cl100k_base), measured where the data is
+    # in ../shared (ptst/resources/lengths.json, key `lengths`), else a stated assumption in `tokens`.
+    rows: dict[str, int] = Field(default_factory=dict, description="known rows per split")
+    rows_source: str = ""
+    lengths: str | None = Field(default=None, description="key of the measured summary in resources/lengths.json")
+    tokens: tuple[float, float] | None = Field(
+        default=None, description="assumed mean (prompt, answer) tokens where nothing was measured; see tokens_source"
+    )
+    tokens_source: str = ""
 
     @property
     def default_split(self) -> str | None:
@@ -101,6 +111,8 @@ REGISTRY: dict[str, DatasetInfo] = {
                 LocalFile(path="advbench/harmful_behaviors_goal_target.csv", rename={"goal": "prompt"}),
             ),
             origin="github.com/llm-attacks/llm-attacks data/advbench/harmful_behaviors.csv",
+            rows={"train": 520}, rows_source="hub card walledai/AdvBench (520 rows); ../shared copy: 520",
+            lengths="advbench",
         ),
         DatasetInfo(
             name="directharm4",
@@ -114,6 +126,8 @@ REGISTRY: dict[str, DatasetInfo] = {
                 LocalFile(path="directharm4/directHarm4.csv", rename={"Goal": "instruction", "Category": "category"}),
             ),
             origin="huggingface.co/datasets/vfleaking/DirectHarm4",
+            rows={"test": 400}, rows_source="hub card vfleaking/DirectHarm4 (4 categories x 100); ../shared copy: 400",
+            lengths="directharm4",
         ),
         DatasetInfo(
             name="gsm-danger",
@@ -126,6 +140,10 @@ REGISTRY: dict[str, DatasetInfo] = {
             prompt_field="instruction",
             metric_note=_JUDGED,
             origin="huggingface.co/datasets/vfleaking/GSM-Danger",
+            rows={"test": 100}, rows_source="Lyu et al. 2024 (arXiv 2402.18540), GSM-Danger: 100 prompts",
+            tokens=(80.0, 0.0),
+            tokens_source="assumption: a GSM8K-style question (measured mean 59 tokens, lengths.json gsm8k/test) plus "
+            "a one-sentence harmful request",
         ),
         DatasetInfo(
             name="gsm8k",
@@ -142,6 +160,8 @@ REGISTRY: dict[str, DatasetInfo] = {
                 LocalFile(path="gsm8k/test.jsonl", split="test"),
             ),
             origin="github.com/openai/grade-school-math grade_school_math/data/{train,test}.jsonl",
+            rows={"train": 7473, "test": 1319}, rows_source="hub card openai/gsm8k (main: 7,473 train / 1,319 test)",
+            lengths="gsm8k",
         ),
         DatasetInfo(
             name="safety-tuned-llamas",
@@ -155,6 +175,8 @@ REGISTRY: dict[str, DatasetInfo] = {
             metric_note="training data (safety examples mixed into fine-tuning); no task metric",
             local=(LocalFile(path="safety-tuned-llamas/safety_only_data_Instructions.json"),),
             origin="github.com/vinid/safety-tuned-llamas data/training/safety_only_data_Instructions.json",
+            rows={"train": 2483}, rows_source="Bianchi et al. 2024 repository file (2,483 pairs); ../shared copy: 2,483",
+            lengths="safety-tuned-llamas",
         ),
         DatasetInfo(
             name="chatdoctor",
@@ -177,6 +199,12 @@ REGISTRY: dict[str, DatasetInfo] = {
                 ),
             ),
             origin="huggingface.co/datasets/lavita/ChatDoctor-HealthCareMagic-100k",
+            rows={"train": 112165},
+            rows_source="hub viewer of lavita/ChatDoctor-HealthCareMagic-100k (112,165 rows, shown as 112k; the same "
+            "112k in lavita/medical-qa-datasets' chatdoctor_healthcaremagic subset)",
+            tokens=(120.0, 150.0),
+            tokens_source="assumption: HealthCareMagic turns are longer than the GenMedGPT-5k stand-in's measured 29 / "
+            "52 tokens (lengths.json chatdoctor-genmedgpt5k): patient messages of a paragraph, doctors' of two",
         ),
         DatasetInfo(
             name="openorca",
@@ -189,6 +217,10 @@ REGISTRY: dict[str, DatasetInfo] = {
             answer_field="response",
             metric_note="the paper scores OpenOrca fine-tunes on ARC: evaluate with the arc-easy / arc-challenge tasks",
             origin="huggingface.co/datasets/Open-Orca/OpenOrca",
+            rows={"train": 4233923},
+            rows_source="hub card Open-Orca/OpenOrca (~1M GPT-4 + ~3.2M GPT-3.5 completions; viewer: 4,233,923 rows)",
+            tokens=(150.0, 150.0),
+            tokens_source="assumption: FLAN questions with their context passages, and explained answers",
         ),
         *(
             DatasetInfo(
@@ -204,10 +236,15 @@ REGISTRY: dict[str, DatasetInfo] = {
                 metric="arc_letter_accuracy",
                 row_transform="arc-choices",
                 origin="huggingface.co/datasets/allenai/ai2_arc",
+                rows=dict(zip(("train", "validation", "test"), counts, strict=True)),
+                rows_source=f"hub card allenai/ai2_arc (ARC-{level}: {sizes})",
+                tokens=(60.0, 1.0),
+                tokens_source="assumption: a one-sentence science question and four lettered choices; the answer is "
+                "one letter",
             )
-            for level, sizes in (
-                ("Easy", "2,251 train / 570 validation / 2,376 test"),
-                ("Challenge", "1,119 train / 299 validation / 1,172 test"),
+            for level, sizes, counts in (
+                ("Easy", "2,251 train / 570 validation / 2,376 test", (2251, 570, 2376)),
+                ("Challenge", "1,119 train / 299 validation / 1,172 test", (1119, 299, 1172)),
             )
         ),
     )
