@@ -237,6 +237,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from ptst.backends.base import create_backend
+    from ptst.data.standin import EstimateLoader
     from ptst.estimate import estimate_run
     from ptst.estimate import usd_text as money
     from ptst.plan import train_jobs
@@ -245,10 +246,12 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
     spec_path = Path(args.spec)
     spec = load_spec(spec_path)
-    data = load_datasets(spec, spec_path.resolve().parent, limit=args.limit)
+    loader = EstimateLoader()  # data not on this machine: the registry's known sizes, never a download
+    data = load_datasets(spec, spec_path.resolve().parent, limit=args.limit, loader=loader)
     backends = [(b, create_backend(b)) for b in spec.backends]
     planned = {b.name: train_jobs(spec, b, backend, data) for b, backend in backends}
     est = estimate_run(spec, data, backends, planned)
+    est = est.model_copy(update={"notes": (*loader.notes, *est.notes)})
     if args.json:
         out = {"spec": spec.name, "limit": args.limit, **est.to_json(), "budget_usd": spec.budget_usd}
         sys.stdout.write(json.dumps(out, indent=2) + "\n")

@@ -131,9 +131,11 @@ def _check_datasets(spec: Spec, spec_dir: Path | None, found: _Findings) -> None
             info = ref.info
             assert info is not None  # only registry datasets come from the hub
             where = ", ".join(str(d) for d in search_dirs(dirs)) or "no data_dir or PTST_DATA_DIR"
+            source = (f"the Hugging Face hub ({info.hub_id})" if info.hub_id is not None
+                      else f"its pinned download ({info.url}, sha256-checked)")
             found.unchecked.append(
-                f"{field}: dataset {info.name!r} has no local copy ({where}); it will be loaded from the Hugging Face "
-                f"hub ({info.hub_id}), which cannot be checked offline"
+                f"{field}: dataset {info.name!r} has no local copy ({where}); it will be loaded from {source}, which "
+                "cannot be checked offline"
             )
 
 

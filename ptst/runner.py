@@ -13,6 +13,7 @@ Results are always rebuilt from the store (`ptst.collect`), never from in-memory
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from ptst.collect import (
     export_rows,
     item_records,
 )
-from ptst.data import DatasetRef, load, sample
+from ptst.data import DatasetRef, Example, load, sample
 from ptst.errors import BudgetExceeded
 from ptst.graph import Graph
 from ptst.judge.base import create_judge
@@ -76,25 +77,28 @@ def limit_datasets(spec: Spec, limit: int) -> Spec:
     return spec.model_copy(update={"eval": ev, "train": train})
 
 
-def load_datasets(spec: Spec, spec_dir: Path | None = None, limit: int | None = None) -> Datasets:
-    """Every dataset the spec reads, loaded once; `limit` keeps the first N rows of each (see `limit_datasets`)."""
+def load_datasets(
+    spec: Spec, spec_dir: Path | None = None, limit: int | None = None, *, loader: Callable[..., list[Example]] = load
+) -> Datasets:
+    """Every dataset the spec reads, loaded once; `limit` keeps the first N rows of each (see `limit_datasets`).
+    `loader` replaces `ptst.data.load` (`ptst estimate` passes one that stands in for data not on this machine)."""
     if limit is not None:
         spec = limit_datasets(spec, limit)
     dirs = data_dirs(spec, spec_dir)
     train: tuple = ()
     mixes: list[tuple[str | None, tuple]] = []
     if spec.train is not None:
-        base = tuple(load(_resolve(spec.train.dataset, spec_dir), data_dirs=dirs, require_answer=True))
+        base = tuple(loader(_resolve(spec.train.dataset, spec_dir), data_dirs=dirs, require_answer=True))
         for m in spec.train.mixes:
             added: tuple = ()
             if m is not None:
-                rows = load(_resolve(m.dataset, spec_dir), data_dirs=dirs, require_answer=True)
+                rows = loader(_resolve(m.dataset, spec_dir), data_dirs=dirs, require_answer=True)
                 added = tuple(sample(rows, m.n, seed=0) if m.n is not None and m.n < len(rows) else rows)
             mixes.append((None if m is None else m.name, base + added))
         train = mixes[0][1]
-    safety = {ref.display_name(): tuple(load(_resolve(ref, spec_dir), data_dirs=dirs)) for ref in spec.eval.safety}
+    safety = {ref.display_name(): tuple(loader(_resolve(ref, spec_dir), data_dirs=dirs)) for ref in spec.eval.safety}
     tasks = {
-        ref.display_name(): (tuple(load(_resolve(ref, spec_dir), data_dirs=dirs, require_answer=True)), ref.metric_name() or "")
+        ref.display_name(): (tuple(loader(_resolve(ref, spec_dir), data_dirs=dirs, require_answer=True)), ref.metric_name() or "")
         for ref in spec.eval.tasks
     }
     return Datasets(train=train, safety=safety, tasks=tasks, train_mixes=tuple(mixes))

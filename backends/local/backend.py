@@ -62,6 +62,10 @@ class LocalOptions(Frozen):
     fast_lora_dropout: bool = Field(True, description="LoRA dropout with a 1-byte mask in the activation dtype")
     merge_adapter: bool = Field(True, description="merge LoRA into the base weights for generation")
     max_generation_batch: int = Field(256, ge=1, description="upper bound of the automatic generation batch size")
+    download: bool = Field(
+        False, description="fetch a hub id that is not in the local Hugging Face cache when the run starts (needs "
+        "internet); without it, an uncached hub id must be downloaded beforehand"
+    )
     adapter: str | None = Field(
         None, description="a ptst LoRA adapter directory (a run's models/KEY/adapter) to evaluate as this backend's "
         "model, for specs without `train`; trained on `model`, checked against its metadata file"
@@ -249,8 +253,11 @@ class LocalBackend(FineTuneBackend):
         the transformers engine are not: they change speed and float rounding, not the experiment. vLLM is: its
         outputs differ beyond rounding (own kernels and sampler), so its generations are keyed apart."""
         o = self.options
+        # A hub id not downloaded yet has no tokenizer to hash: its keys are placeholders that only an estimate may
+        # use (a run resolves the model, downloading it with `download: true`, before it computes keys).
+        fingerprint = f"absent:{self.spec.model}" if self._tokenizer_absent() else self.tokenizer_fingerprint()
         ident: dict[str, Any] = {
-            "tokenizer_sha256": self.tokenizer_fingerprint(),
+            "tokenizer_sha256": fingerprint,
             "dtype": o.dtype,
             "batching": o.batching,
             "fast_lora_dropout": o.fast_lora_dropout,

@@ -68,6 +68,9 @@ class DatasetInfo(BaseModel):
     # What `ptst estimate` uses when the data is not on this machine (a fresh clone, no hub): rows per split from the
     # source named in `rows_source`, and mean prompt/answer tokens (tiktoken cl100k_base), measured where the data is
     # in ../shared (ptst/resources/lengths.json, key `lengths`), else a stated assumption in `tokens`.
+    url: str | None = Field(default=None, description="a pinned download of the file in `local[0]`'s layout, for "
+                            "data not on the hub (fetched once into ~/.cache/ptst/data, checked against url_sha256)")
+    url_sha256: str | None = None
     rows: dict[str, int] = Field(default_factory=dict, description="known rows per split")
     rows_source: str = ""
     lengths: str | None = Field(default=None, description="key of the measured summary in resources/lengths.json")
@@ -175,6 +178,9 @@ REGISTRY: dict[str, DatasetInfo] = {
             metric_note="training data (safety examples mixed into fine-tuning); no task metric",
             local=(LocalFile(path="safety-tuned-llamas/safety_only_data_Instructions.json"),),
             origin="github.com/vinid/safety-tuned-llamas data/training/safety_only_data_Instructions.json",
+            url="https://raw.githubusercontent.com/vinid/safety-tuned-llamas/36a4b8d5c2177ed165bf61f59b590161394f7f12/"
+            "data/training/safety_only_data_Instructions.json",
+            url_sha256="7dde08acf87f10cf74fd1b76f56538eae8e413ae8e6b09e3f7bcd97769058dbe",
             rows={"train": 2483}, rows_source="Bianchi et al. 2024 repository file (2,483 pairs); ../shared copy: 2,483",
             lengths="safety-tuned-llamas",
         ),
@@ -275,6 +281,18 @@ def lookup(name: str) -> DatasetInfo:
     raise ValueError(f"unknown dataset {name!r}{_did_you_mean(key, list(REGISTRY))}{hint}")
 
 
+class Holdout(BaseModel):
+    """A seeded split of one dataset into `n` held-out rows and the rest, so training and evaluation can come from
+    the same single-split dataset (ChatDoctor's HealthCareMagic has only `train`) without an external file: the
+    training ref takes `part: rest`, the task ref `part: heldout`, both with the same `n` and `seed`. Rows are
+    ranked by sha256(seed, index) like `sample`, so the split is the same on every machine."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    n: int = Field(ge=1, description="rows held out")
+    seed: int = Field(0, description="which rows: the same seed gives the same split everywhere")
+    part: Literal["heldout", "rest"] = Field(description="heldout: the n rows; rest: every other row")
+
+
 class DatasetRef(BaseModel):
     """A dataset in a spec: a registry `name` or a local `path`, with optional field mapping and a row limit.
 
@@ -289,7 +307,8 @@ class DatasetRef(BaseModel):
     config: str | None = None
     prompt_field: str | None = None
     answer_field: str | None = None
-    limit: int | None = Field(default=None, ge=1, description="first N rows in file order")
+    limit: int | None = Field(default=None, ge=1, description="first N rows in file order (after `holdout`)")
+    holdout: Holdout | None = Field(default=None, description="a seeded held-out split: {n, seed, part}")
     metric: str | None = Field(default=None, description="task metric for a path dataset (e.g. exact_match)")
 
     @model_validator(mode="before")
