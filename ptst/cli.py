@@ -249,6 +249,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     loader = EstimateLoader()  # data not on this machine: the registry's known sizes, never a download
     data = load_datasets(spec, spec_path.resolve().parent, limit=args.limit, loader=loader)
     backends = [(b, create_backend(b)) for b in spec.backends]
+    for _, backend in backends:
+        backend.estimate_only = True  # no store: keys are never kept, so a model not downloaded yet can be planned
     planned = {b.name: train_jobs(spec, b, backend, data) for b, backend in backends}
     est = estimate_run(spec, data, backends, planned)
     est = est.model_copy(update={"notes": (*loader.notes, *est.notes)})

@@ -200,7 +200,8 @@ def _check_budget(
         parts = ", ".join(f"{name} {usd_text(est.usd_by_stage[s])}" for s, name in
                           (("train", "fine-tuning"), ("generate", "generation"), ("judge", "judging")))
         raise BudgetExceeded(
-            f"estimated cost {usd_text(est.usd)} ({parts}) exceeds budget_usd {usd_text(spec.budget_usd)}; "
+            f"estimated cost {usd_text(est.usd)} ({parts}; at most {usd_text(est.usd_max)}) exceeds budget_usd "
+            f"{usd_text(spec.budget_usd)}; "
             "raise budget_usd in the spec or pass --yes (see `ptst estimate SPEC`)"
         )
     return usd

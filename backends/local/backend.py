@@ -253,9 +253,10 @@ class LocalBackend(FineTuneBackend):
         the transformers engine are not: they change speed and float rounding, not the experiment. vLLM is: its
         outputs differ beyond rounding (own kernels and sampler), so its generations are keyed apart."""
         o = self.options
-        # A hub id not downloaded yet has no tokenizer to hash: its keys are placeholders that only an estimate may
-        # use (a run resolves the model, downloading it with `download: true`, before it computes keys).
-        fingerprint = f"absent:{self.spec.model}" if self._tokenizer_absent() else self.tokenizer_fingerprint()
+        # A hub id not downloaded yet has no tokenizer to hash: only an estimate, whose keys are never stored, may use
+        # a placeholder; a run needs the real tokenizer first (tokenizer_fingerprint raises a user error without it).
+        absent = self.estimate_only and self._tokenizer_absent()
+        fingerprint = f"absent:{self.spec.model}" if absent else self.tokenizer_fingerprint()
         ident: dict[str, Any] = {
             "tokenizer_sha256": fingerprint,
             "dtype": o.dtype,
