@@ -200,7 +200,12 @@ def _check_backend(i: int, bspec: BackendSpec, found: _Findings) -> None:
             found.errors.append(f"{field}.model: {model} is a file; give the model's folder (config.json, weights)")
         return
     if _runs_locally(backend):
-        if not _in_hf_cache(model):
+        if not _in_hf_cache(model) and bspec.options.get("download") is True:
+            found.unchecked.append(
+                f"{field}.model: hub id {model!r} (weights and tokenizer) is not in the local Hugging Face cache here; "
+                "it is downloaded when the run starts (download: true), which cannot be checked offline"
+            )
+        elif not _in_hf_cache(model):
             found.unchecked.append(
                 f"{field}.model: hub id {model!r} is not in the local Hugging Face cache here; nothing is downloaded, "
                 "so it must be there when the run starts (not checked offline)"

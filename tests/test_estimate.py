@@ -246,3 +246,40 @@ def test_checkpoints_add_their_generations(tmp_path, capsys):
     raw["eval"]["checkpoints"] = [2, 3, 9]  # 9 was never saved
     spec.write_text(yaml.safe_dump(raw))
     assert estimate_json(spec, capsys)["generations"] == plain + 2 * 2
+
+
+def test_data_not_on_this_machine_is_estimated_from_the_registry_size(tmp_path, capsys, monkeypatch):
+    """GSM-Danger has no local copy here: the estimate takes the registry's 100 rows (from the paper) instead of
+    reaching for the hub, and says so; `--limit` still cuts it."""
+    monkeypatch.delenv("PTST_DATA_DIR", raising=False)
+    spec = write_spec(tmp_path, train=False)
+    raw = yaml.safe_load(spec.read_text())
+    raw["eval"]["safety"] = ["gsm-danger"]
+    spec.write_text(yaml.safe_dump(raw))
+    est = estimate_json(spec, capsys)
+    assert est["generations"] == 100  # the base model, one test template
+    assert any(n.startswith("gsm-danger (test) is not on this machine: estimated as 100 rows") for n in est["notes"])
+    assert estimate_json(spec, capsys, "--limit", "7")["generations"] == 7
+
+
+def test_a_local_model_not_downloaded_is_estimated_without_its_tokenizer(tmp_path, monkeypatch):
+    """A hub id that is not in the cache, no tokenizer given: tokens are cl100k counts of the plain text times the
+    measured Llama 2 ratio (1.247, ptst/resources/lengths.json), and the note says so."""
+    import math
+
+    from ptst.backends.base import BackendSpec, create_backend
+    from ptst.conversation import Conversation
+    from ptst.types import Hyperparameters, TrainJob
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    backend = create_backend(BackendSpec(kind="llama2", model="meta-llama/Llama-2-7b-chat-hf"))
+    conv = Conversation(mode="chat", system=None, user="hello", answer="world")
+    job = TrainJob(backend="llama2", base_model="meta-llama/Llama-2-7b-chat-hf", train_template="chat:vanilla", seed=0,
+                   examples=(conv,) * 4, hyperparameters=Hyperparameters(epochs=2), data_hash="d")
+    est = backend.estimate(job)
+    text = backend.plain_text(conv)
+    assert text is not None
+    per = token_counter("gpt-4").count(text)
+    assert est.n_tokens == round(4 * per * 1.247) and est.n_billed_tokens == 2 * est.n_tokens
+    assert "tokenizer not on this machine" in est.notes and math.isclose(est.usd or 0.0, 0.0)
