@@ -123,6 +123,9 @@ class FineTuneBackend(ABC):
     def __init__(self, spec: BackendSpec):
         self.spec = spec
         self.options = self.Options.model_validate(spec.options)
+        # Set by `ptst estimate` (no run, no store): the backend may stand in for what is not on this machine yet (a
+        # hub model not downloaded: its identity gets a placeholder), since no key it makes is ever stored.
+        self.estimate_only = False
 
     # -- what the model sees -------------------------------------------------------------------------------------
     def supports(self, template: Template) -> bool:
@@ -180,9 +183,48 @@ class FineTuneBackend(ABC):
         evaluating along training (the paper's early-stopping comparison). Default: none."""
         return []
 
+    # -- external jobs (`ptst cancel`) -----------------------------------------------------------------------------
+    def ledger_prefix(self) -> str | None:
+        """The prefix of the ledger names under which this backend records external jobs that `ptst cancel` can
+        cancel (OpenAI: "openai:"); None: it has none (local training stops with the process)."""
+        return None
+
     def cancel(self, ledger_entry: dict[str, Any]) -> str:
-        """Cancel an external job recorded in the ledger (`ptst cancel`); local backends have none."""
+        """Cancel an external job recorded in the ledger (`ptst cancel`); its status afterwards, in words."""
         raise NotImplementedError(f"backend {self.kind!r} has no external jobs to cancel")
+
+    # -- pricing (`ptst estimate` and the budget gate) -----------------------------------------------------------
+    def generation_usd(
+        self, prompts: Sequence[Conversation], response_tokens: float, *, fine_tuned: bool
+    ) -> float | None:
+        """USD of generating, for each prompt, a response of `response_tokens` tokens (an average: the estimate
+        calls it once with the expected length and once with max_new_tokens). `fine_tuned`: the model is one of this
+        backend's fine-tunes (APIs bill those higher). None: the price is unknown, which the estimate reports as
+        such, never as zero. Default: free for a simulation, unknown otherwise (a remote API's prices are its
+        backend's to know); a backend running models locally returns 0.0 and reports `gpu_hours` instead."""
+        return 0.0 if self.simulated else None
+
+    def gpu_hours(self, train_tokens: int, decode_tokens: float) -> float | None:
+        """GPU hours of training on `train_tokens` (epochs included) and generating `decode_tokens`, from measured
+        throughput; None for a backend that uses no GPU of the user's (an API, a simulation)."""
+        return None
+
+    def evaluated_checkpoints(self, job: TrainJob, wanted: str | Sequence[int]) -> int:
+        """How many intermediate checkpoints of `job` `eval.checkpoints` (`all` or a list of steps) evaluates:
+        by default those saved at `save_steps` (an API that keeps its own checkpoints says how many)."""
+        saved = job.hyperparameters.save_steps
+        return len(saved) if wanted == "all" else len(set(saved) & set(wanted))
+
+    def estimate_notes(self) -> list[str]:
+        """Lines `ptst estimate` prints about how this backend's numbers were reached (a discount, a tokenizer
+        stand-in, the throughput behind GPU hours)."""
+        return []
+
+    @classmethod
+    def judge_endpoint(cls, options: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+        """For a rubric judge's `base_url: inherit`: the OpenAI-compatible endpoint a backend entry with these
+        options talks to, and its key settings (`api_key_env`, `api_key_file`); None for a backend that has none."""
+        return None
 
 
 def _override(base: M, over: M) -> M:

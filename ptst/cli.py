@@ -255,6 +255,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from ptst.backends.base import create_backend
+    from ptst.data.standin import EstimateLoader
     from ptst.estimate import estimate_run
     from ptst.estimate import usd_text as money
     from ptst.plan import train_jobs
@@ -263,10 +264,14 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
     spec_path = Path(args.spec)
     spec = load_spec(spec_path, args.set)
-    data = load_datasets(spec, spec_path.resolve().parent, limit=args.limit)
+    loader = EstimateLoader()  # data not on this machine: the registry's known sizes, never a download
+    data = load_datasets(spec, spec_path.resolve().parent, limit=args.limit, loader=loader)
     backends = [(b, create_backend(b)) for b in spec.backends]
+    for _, backend in backends:
+        backend.estimate_only = True  # no store: keys are never kept, so a model not downloaded yet can be planned
     planned = {b.name: train_jobs(spec, b, backend, data) for b, backend in backends}
     est = estimate_run(spec, data, backends, planned)
+    est = est.model_copy(update={"notes": (*loader.notes, *est.notes)})
     if args.json:
         out = {"spec": spec.name, "limit": args.limit, **est.to_json(), "budget_usd": spec.budget_usd,
                "overrides": list(args.set)}
@@ -290,8 +295,9 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     console.print(f"total estimated fine-tuning cost: {money(by['train'])}")
     console.print(f"{est.jobs} fine-tuning job(s) {money(by['train'])}; {est.generations:,} generations "
                   f"{money(by['generate'])}; {est.judge_calls:,} judge calls {money(by['judge'])}")
-    gpu = f"; about {est.gpu_hours:,.2f} GPU hours" if est.gpu_hours is not None else ""
-    console.print(f"total estimated cost: {money(est.usd)}{budget}{gpu}")
+    gpu = (f"; about {est.gpu_hours:,.1f} GPU hours (at most {est.gpu_hours_max:,.1f})"
+           if est.gpu_hours is not None and est.gpu_hours_max is not None else "")
+    console.print(f"total estimated cost: {money(est.usd)}, at most {money(est.usd_max)}{budget}{gpu}")
     if args.limit:
         console.print(f"(--limit {args.limit}: the first {args.limit} rows of every dataset)")
     for note in est.notes:
@@ -331,15 +337,21 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     out = _run_dir(args.dir)
     with RunStore.open(out, lock=False) as store:
         spec = store.get_meta("spec") or {}
-        entries = store.ledger_entries("openai:")
-    openai_specs = [b for b in spec.get("backends", []) if b.get("kind") == "openai"]
-    if not entries or not openai_specs:
+        # each backend with external jobs cancels those under its ledger prefix (one backend per prefix: an entry
+        # records its own endpoint)
+        todo: dict[str, tuple[Any, list[tuple[str, dict[str, Any]]]]] = {}
+        for raw in spec.get("backends", []):
+            backend = create_backend(BackendSpec.model_validate(raw))
+            prefix = backend.ledger_prefix()
+            if prefix and prefix not in todo:
+                todo[prefix] = (backend, store.ledger_entries(prefix))
+    if not any(entries for _, entries in todo.values()):
         print("no external fine-tuning jobs recorded in this run")
         return 0
-    backend = create_backend(BackendSpec.model_validate(openai_specs[0]))
-    for name, entry in entries:
-        status = backend.cancel(entry)
-        print(f"{entry.get('job_id', name)}: {status}")
+    for backend, entries in todo.values():
+        for name, entry in entries:
+            status = backend.cancel(entry)
+            print(f"{entry.get('job_id', name)}: {status}")
     return 0
 
 
@@ -382,7 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_validate)
 
     s = add("render", "print exactly what a backend's model sees")
-    s.add_argument("--backend", required=True, choices=sorted([*DEFAULT_MODELS, "hf"]), help="the backend kind")
+    from ptst.backends.registry import backend_kinds
+
+    s.add_argument("--backend", required=True, choices=backend_kinds(), help="the backend kind (ptst list backends)")
     s.add_argument("--template", required=True, metavar="NAME",
                    help="a template name (ptst list templates), or a user-defined one with --spec")
     s.add_argument("--query", required=True, metavar="TEXT", help="the user's request, as a dataset row gives it")
@@ -396,8 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = add("estimate", "jobs, generations, judge calls and dollars of every stage, before spending")
     s.add_argument("spec", help=spec_help)
-    s.add_argument("--json", action="store_true", help="one JSON object: jobs, generations, judge_calls, usd, "
-                   "usd_by_stage {train, generate, judge}, gpu_hours, notes, train (per job)")
+    s.add_argument("--json", action="store_true", help="one JSON object: jobs, generations, judge_calls, usd (expected), "
+                   "usd_max (bound), usd_by_stage and usd_max_by_stage {train, generate, judge}, gpu_hours, "
+                   "gpu_hours_max, notes, train (per job)")
     s.add_argument("--limit", type=_positive_int, help="as `ptst run --limit N`: the first N rows of every dataset")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     s.set_defaults(func=cmd_estimate)
@@ -414,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--spec", help="also list a spec's user-defined templates")
     s.set_defaults(func=cmd_templates)
 
-    s = add("cancel", "cancel a run's external fine-tuning jobs (OpenAI)")
+    s = add("cancel", "cancel a run's external fine-tuning jobs (OpenAI, plugins with external jobs)")
     s.add_argument("dir", metavar="DIR", help="the run directory (the --out of `ptst run`)")
     s.set_defaults(func=cmd_cancel)
 

@@ -1,40 +1,34 @@
 """What a run will cost before anything is spent: every stage (fine-tuning, generation, judging), offline.
 
 `ptst estimate SPEC` prints it and the budget gate (`ptst.runner._check_budget`) refuses a run above `budget_usd`
-with it. Counts are exact (jobs, generations, judge calls follow the plan the runner executes); dollars are upper
-bounds: prompts are counted with tiktoken, and every response is priced as if it used all of `max_new_tokens` (the
-judge's reply all of its `max_tokens`), so a run never costs more than its estimate at the listed prices. A stage
-whose price is unknown is None ("null"), never a guessed zero. Local backends cost no API money; their GPU time is a
-rough figure from fixed throughput assumptions, printed with it, because real throughput depends on hardware.
+with it. Counts are exact (jobs, generations, judge calls follow the plan the runner executes). Dollars come twice:
+`usd` is the expected cost, each response priced at the length such models answer (capped by `max_new_tokens`) and
+each verdict at a typical verdict's length (`ptst/resources/response_lengths.json`, measured where data allows);
+`usd_max` is the bound, every response at `max_new_tokens` and every verdict at the judge's `max_tokens`, so a run
+never costs more than `usd_max` at the listed prices. A stage whose price is unknown is None ("null"), never a
+guessed zero. Every backend prices its own generations and GPU time through the backend contract
+(`FineTuneBackend.generation_usd`, `gpu_hours`): this module knows no concrete backend.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from functools import lru_cache
+from importlib import resources
 from typing import Any
 
 from pydantic import Field
 
 from ptst.backends.base import BackendSpec, FineTuneBackend
 from ptst.conversation import Conversation
-from ptst.plan import Datasets, PlannedJob, base_model_key, cell_conversations, eval_cells, generation_key
+from ptst.plan import Cell, Datasets, PlannedJob, base_model_key, cell_conversations, eval_cells, generation_key
 from ptst.spec import Spec
 from ptst.types import Estimate, Frozen, ModelRef
 
-__all__ = ["GPU_ASSUMPTION", "JobCost", "RunEstimate", "estimate_run", "usd_text"]
+__all__ = ["JobCost", "RunEstimate", "estimate_run", "expected_response_tokens", "usd_text"]
 
 STAGES = ("train", "generate", "judge")
-# Rough throughput of one A100-class GPU on a 7B model with LoRA: training tokens (forward + backward) and generated
-# tokens (batched decoding). Only an order of magnitude: scale by your own measurements.
-TRAIN_TOKENS_PER_S = 2_000.0
-DECODE_TOKENS_PER_S = 1_000.0
-GPU_ASSUMPTION = (
-    f"GPU hours assume ~{TRAIN_TOKENS_PER_S:,.0f} training tokens/s and ~{DECODE_TOKENS_PER_S:,.0f} generated "
-    "tokens/s (a 7B model with LoRA on one A100-class GPU), every response at max_new_tokens: a rough figure"
-)
-# Intermediate checkpoints evaluated per OpenAI job with eval.checkpoints: the API keeps those of the last 3 epochs,
-# the final one being the model itself.
-OPENAI_CHECKPOINTS = 2
 
 
 class JobCost(Frozen):
@@ -49,14 +43,19 @@ class JobCost(Frozen):
 
 
 class RunEstimate(Frozen):
-    """The whole run's work and cost; `usd` and each stage's USD are None where a price is unknown."""
+    """The whole run's work and cost; `usd` (expected) and `usd_max` (bound), and each stage's, are None where a
+    price is unknown. GPU hours (expected, and with every response at max_new_tokens) are None without a local
+    backend."""
 
     jobs: int
     generations: int
     judge_calls: int
     usd: float | None
+    usd_max: float | None = None
     usd_by_stage: dict[str, float | None]
+    usd_max_by_stage: dict[str, float | None] = Field(default_factory=dict)
     gpu_hours: float | None
+    gpu_hours_max: float | None = None
     notes: tuple[str, ...] = ()
     train: tuple[JobCost, ...] = Field(default=(), description="per job: tokens, billed tokens, USD, notes")
 
@@ -80,76 +79,66 @@ def _sum(values: Sequence[float | None]) -> float | None:
 
 
 class _Stage:
-    """USD and notes of one stage, None once anything in it is unpriced."""
+    """Expected and maximum USD of one stage, each None once anything in it is unpriced."""
 
     def __init__(self) -> None:
         self.usd: float | None = 0.0
+        self.usd_max: float | None = 0.0
 
-    def add(self, usd: float | None) -> None:
+    def add(self, usd: float | None, usd_max: float | str | None = "same") -> None:
+        top = usd if usd_max == "same" else usd_max
         self.usd = None if self.usd is None or usd is None else self.usd + usd
+        self.usd_max = None if self.usd_max is None or top is None else self.usd_max + float(top)
 
 
-def _is_openai(backend: FineTuneBackend) -> bool:
-    from ptst.backends.openai.backend import Backend
-
-    return isinstance(backend, Backend)
-
-
-def _is_local(backend: FineTuneBackend) -> bool:
-    from ptst.backends.local.backend import LocalBackend
-
-    return isinstance(backend, LocalBackend)
+@lru_cache(maxsize=1)
+def _lengths() -> dict[str, Any]:
+    text = resources.files("ptst.resources").joinpath("response_lengths.json").read_text(encoding="utf-8")
+    return dict(json.loads(text))
 
 
-def _price(model: str, fine_tuned: bool) -> dict[str, Any] | None:
-    from ptst.clients.pricing import chat_price
+def expected_response_tokens(cell: Cell, max_new_tokens: int) -> float:
+    """The expected length of a response in `cell`: its kind's measured/assumed length (safety prompts; a task by its
+    dataset's name), capped by max_new_tokens; a task with no known length is priced at max_new_tokens."""
+    rows = _lengths()["responses"]
+    row = rows["safety"] if cell.kind == "safety" else rows.get(cell.dataset)
+    return float(max_new_tokens) if row is None else float(min(max_new_tokens, row["tokens"]))
 
-    return chat_price(model, fine_tuned=fine_tuned)
+
+def _verdict_tokens(max_tokens: int) -> float:
+    return float(min(max_tokens, _lengths()["verdict"]["tokens"]))
 
 
-def _usd(tokens_in: int, tokens_out: int, price: dict[str, Any], batch: bool) -> float:
+def _usd(tokens_in: float, tokens_out: float, price: dict[str, Any], batch: bool) -> float:
     usd = (tokens_in * float(price["input"]) + tokens_out * float(price["output"])) / 1e6
     return usd / 2 if batch else usd
 
 
-class _Counter:
-    """Prompt tokens of conversations as a chat API counts them, cached (every model sees the same prompts)."""
+class _JudgeCounter:
+    """Tokens of the rubric prompt per query as the judge's chat API counts them, cached (every model's responses to
+    a query are judged with the same prompt)."""
 
     def __init__(self, model: str):
         from ptst.clients.tokens import token_counter
 
         self.counter = token_counter(model)
-        self._seen: dict[tuple[object, ...], int] = {}
-
-    def messages(self, conv: Conversation) -> int:
-        from ptst.backends.openai.files import training_messages
-        from ptst.clients.tokens import count_message_tokens
-
-        key = (conv.system, conv.user, conv.examples)  # example turns (In-Context Defense) are prompt tokens too
-        if key not in self._seen:
-            self._seen[key] = count_message_tokens(training_messages(conv.without_answer()), self.counter)
-        return self._seen[key]
+        self._seen: dict[str, int] = {}
 
     def judge(self, query: str) -> int:
-        """The rubric prompt with the raw query and an empty response (the response is added as its upper bound)."""
+        """The rubric prompt with the raw query and an empty response (the response is added at its length)."""
         from ptst.clients.tokens import count_message_tokens
         from ptst.judge.rubric import judge_prompt
 
-        key = (None, "\0judge\0" + query)
-        if key not in self._seen:
-            self._seen[key] = count_message_tokens([{"role": "user", "content": judge_prompt(query, "")}], self.counter)
-        return self._seen[key]
+        if query not in self._seen:
+            msgs = [{"role": "user", "content": judge_prompt(query, "")}]
+            self._seen[query] = count_message_tokens(msgs, self.counter)
+        return self._seen[query]
 
 
 def _n_checkpoints(spec: Spec, backend: FineTuneBackend, pj: PlannedJob) -> int:
     """Intermediate checkpoints a job's model will be evaluated at, when the spec evaluates checkpoints."""
     wanted = spec.eval.checkpoints
-    if wanted == "none":
-        return 0
-    if _is_openai(backend):
-        return OPENAI_CHECKPOINTS if wanted == "all" else min(len(wanted), OPENAI_CHECKPOINTS)
-    saved = pj.job.hyperparameters.save_steps
-    return len(saved) if wanted == "all" else len(set(saved) & set(wanted))
+    return 0 if wanted == "none" else backend.evaluated_checkpoints(pj.job, wanted)
 
 
 def estimate_run(
@@ -163,12 +152,13 @@ def estimate_run(
 ) -> RunEstimate:
     """The run's remaining work and its cost. With a run `store`, work already done there is left out (a resumed
     run pays only for what is missing); without one, everything counts."""
+    from ptst.clients.pricing import chat_price
     from ptst.judge.rubric import Judge as Rubric
 
     cfg = spec.eval.generation
     rubric = Rubric.Options.model_validate(spec.judge.options) if spec.judge.kind == "rubric" else None
-    judge_price = _price(rubric.model, False) if rubric is not None else None
-    judge_counter = _Counter(rubric.model) if rubric is not None else None
+    judge_price = chat_price(rubric.model) if rubric is not None else None
+    judge_counter = _JudgeCounter(rubric.model) if rubric is not None else None
     judge_id = None  # (name, version): verdicts already in the store are not paid for again
     if rubric is not None and store is not None:
         from ptst.judge.base import create_judge
@@ -180,13 +170,10 @@ def estimate_run(
     notes: list[str] = []
     jobs: list[JobCost] = []
     n_gen = n_judge = 0
-    train_tokens = decode_tokens = 0
-    any_local = False
+    gpu: list[tuple[float | None, float | None]] = []  # per backend: (expected, max) GPU hours
     for bspec, backend in backends:
-        openai, local = _is_openai(backend), _is_local(backend)
-        any_local |= local
-        batch = bool(getattr(backend.options, "batch", False))
-        counter = _Counter(bspec.model) if openai else None
+        train_tokens = 0
+        decode = decode_max = 0.0
         # (model key, fine-tuned?, checkpoints): every model whose cells this run generates
         models: list[tuple[str, bool, int]] = []
         if spec.eval.evaluate_base or spec.train is None:
@@ -203,7 +190,6 @@ def estimate_run(
                 train_tokens += est.n_billed_tokens or 0
             models.append((pj.run_key, True, _n_checkpoints(spec, backend, pj)))
         stub = ModelRef(backend=bspec.name, base_model=bspec.model, model_id=bspec.model)
-        price = {ft: _price(bspec.model, ft) for ft in (False, True)} if openai else {}
         for model_key, fine_tuned, n_ckpt in models:
             for cell in eval_cells(spec, bspec, stub, model_key, data):
                 convs = cell_conversations(spec, cell, backend.family, data)
@@ -217,20 +203,18 @@ def estimate_run(
                 else:
                     todo, judged_todo = list(convs), list(convs)
                 times = 1 + n_ckpt
+                expected = expected_response_tokens(cell, cfg.max_new_tokens)
                 n_gen += len(todo) * times
-                decode_tokens += len(todo) * times * cfg.max_new_tokens
-                if openai:
-                    assert counter is not None
-                    p = price[fine_tuned]
-                    if p is None and todo:
-                        stages["generate"].add(None)
-                        notes.append(f"no chat price for {bspec.model}{' (fine-tuned)' if fine_tuned else ''}: "
-                                     "generation cost unknown; add it to ptst/resources/prices.json")
-                    elif p is not None:
-                        tin = sum(counter.messages(c) for c in todo) * times
-                        stages["generate"].add(_usd(tin, len(todo) * times * cfg.max_new_tokens, p, batch))
-                elif todo and not (local or backend.simulated):
-                    stages["generate"].add(None)  # a plugin's remote API: its prices are not ptst's to know
+                decode += len(todo) * times * expected
+                decode_max += len(todo) * times * cfg.max_new_tokens
+                if todo:
+                    usd = backend.generation_usd(todo, expected, fine_tuned=fine_tuned)
+                    usd_max = backend.generation_usd(todo, cfg.max_new_tokens, fine_tuned=fine_tuned)
+                    stages["generate"].add(None if usd is None else usd * times,
+                                           None if usd_max is None else usd_max * times)
+                    if usd is None:
+                        notes.append(f"{bspec.name}: no generation price known for {bspec.model}: generation cost "
+                                     "unknown")
                 if cell.kind == "safety" and rubric is not None:
                     n = len(judged_todo) * times
                     n_judge += n
@@ -238,33 +222,39 @@ def estimate_run(
                         stages["judge"].add(None)
                     elif judge_price is not None:
                         assert judge_counter is not None
-                        tin = sum(judge_counter.judge(c.query) + cfg.max_new_tokens for c in judged_todo) * times
-                        stages["judge"].add(_usd(tin, n * rubric.max_tokens, judge_price, rubric.batch))
-        if openai and batch:
-            notes.append(f"{bspec.name}: generation through the Batch API, billed at half price")
-        if openai and counter is not None and not counter.counter.exact:
-            notes.append(f"{bspec.name}: {counter.counter.note}")
+                        rubric_in = sum(judge_counter.judge(c.query) for c in judged_todo) * times
+                        stages["judge"].add(
+                            _usd(rubric_in + n * expected, n * _verdict_tokens(rubric.max_tokens), judge_price,
+                                 rubric.batch),
+                            _usd(rubric_in + n * cfg.max_new_tokens, n * rubric.max_tokens, judge_price, rubric.batch),
+                        )
+        notes.extend(backend.estimate_notes())
+        hours = backend.gpu_hours(train_tokens, decode)
+        if hours is not None:
+            gpu.append((hours, backend.gpu_hours(train_tokens, decode_max)))
     if rubric is not None:
         if judge_price is None:
             notes.append(f"no chat price for judge model {rubric.model}: judging cost unknown")
-        notes.append(f"judge {rubric.model}: each call priced as the rubric prompt + a response of max_new_tokens "
-                     f"({cfg.max_new_tokens}) in, the judge's max_tokens ({rubric.max_tokens}) out (lower it to "
-                     "tighten the bound); "
-                     "parse retries not counted"
+        verdict = _lengths()["verdict"]
+        notes.append(f"judge {rubric.model}: each call is the rubric prompt + the response in; out, a verdict of "
+                     f"{_verdict_tokens(rubric.max_tokens):.0f} tokens expected ({verdict['basis']}, "
+                     "ptst/resources/response_lengths.json) and the judge's max_tokens "
+                     f"({rubric.max_tokens}) at most; parse retries not counted"
                      + ("; Batch API, half price" if rubric.batch else ""))
-    if any(_is_openai(b) for _, b in backends):
-        notes.append(f"generation priced with every response at max_new_tokens ({cfg.max_new_tokens}): an upper bound")
+    notes.append(f"usd prices each response at the expected length of its kind (capped by max_new_tokens "
+                 f"{cfg.max_new_tokens}; ptst/resources/response_lengths.json); usd_max at max_new_tokens, the bound")
     if spec.eval.checkpoints != "none":
-        notes.append(f"checkpoints: each job's intermediate checkpoints are evaluated too (OpenAI: "
-                     f"{OPENAI_CHECKPOINTS} assumed; local: one per save_steps entry)")
-    gpu_hours = None
-    if any_local:
-        gpu_hours = round((train_tokens / TRAIN_TOKENS_PER_S + decode_tokens / DECODE_TOKENS_PER_S) / 3600, 3)
-        notes.append(GPU_ASSUMPTION)
+        notes.append("checkpoints: each job's intermediate checkpoints are evaluated too (as many as its backend "
+                     "keeps: OpenAI 2; local: one per save_steps entry)")
     by_stage = {s: (None if st.usd is None else round(st.usd, 6)) for s, st in stages.items()}
+    by_stage_max = {s: (None if st.usd_max is None else round(st.usd_max, 6)) for s, st in stages.items()}
     return RunEstimate(
-        jobs=len(jobs), generations=n_gen, judge_calls=n_judge, usd=_sum(list(by_stage.values())),
-        usd_by_stage=by_stage, gpu_hours=gpu_hours, notes=tuple(dict.fromkeys(notes)), train=tuple(jobs),
+        jobs=len(jobs), generations=n_gen, judge_calls=n_judge,
+        usd=_sum(list(by_stage.values())), usd_max=_sum(list(by_stage_max.values())),
+        usd_by_stage=by_stage, usd_max_by_stage=by_stage_max,
+        gpu_hours=round(sum(h for h, _ in gpu if h is not None), 3) if gpu else None,
+        gpu_hours_max=round(sum(h for _, h in gpu if h is not None), 3) if gpu else None,
+        notes=tuple(dict.fromkeys(notes)), train=tuple(jobs),
     )
 
 

@@ -80,6 +80,7 @@ def preflight(spec: Spec, spec_dir: Path | None = None) -> Report:
     for i, bspec in enumerate(spec.backends):
         _check_backend(i, bspec, found)
     _check_judge(spec, found)
+    _check_retired(spec, found)
     return found.report()
 
 
@@ -131,9 +132,11 @@ def _check_datasets(spec: Spec, spec_dir: Path | None, found: _Findings) -> None
             info = ref.info
             assert info is not None  # only registry datasets come from the hub
             where = ", ".join(str(d) for d in search_dirs(dirs)) or "no data_dir or PTST_DATA_DIR"
+            source = (f"the Hugging Face hub ({info.hub_id})" if info.hub_id is not None
+                      else f"its pinned download ({info.url}, sha256-checked)")
             found.unchecked.append(
-                f"{field}: dataset {info.name!r} has no local copy ({where}); it will be loaded from the Hugging Face "
-                f"hub ({info.hub_id}), which cannot be checked offline"
+                f"{field}: dataset {info.name!r} has no local copy ({where}); it will be loaded from {source}, which "
+                "cannot be checked offline"
             )
 
 
@@ -197,7 +200,12 @@ def _check_backend(i: int, bspec: BackendSpec, found: _Findings) -> None:
             found.errors.append(f"{field}.model: {model} is a file; give the model's folder (config.json, weights)")
         return
     if _runs_locally(backend):
-        if not _in_hf_cache(model):
+        if not _in_hf_cache(model) and bspec.options.get("download") is True:
+            found.unchecked.append(
+                f"{field}.model: hub id {model!r} (weights and tokenizer) is not in the local Hugging Face cache here; "
+                "it is downloaded when the run starts (download: true), which cannot be checked offline"
+            )
+        elif not _in_hf_cache(model):
             found.unchecked.append(
                 f"{field}.model: hub id {model!r} is not in the local Hugging Face cache here; nothing is downloaded, "
                 "so it must be there when the run starts (not checked offline)"
@@ -251,3 +259,31 @@ def _check_one_judge(spec: Spec, found: _Findings) -> None:
     if said:
         found.warnings.append(said)
     found.unchecked.append(f"judge.model: {opts.model!r} at the judge's endpoint is not checked offline")
+
+
+# -------------------------------------------------------------------------------------------------- retired models
+
+
+def _check_retired(spec: Spec, found: _Findings, today: str | None = None) -> None:
+    """A warning for every model of the spec in the dated table of retired models (`resources/retired_models.json`),
+    naming the date, what stopped working and the successor: the paper's gpt-3.5-turbo-0613 takes no new
+    fine-tuning jobs. A warning, not an error: the vendor, not ptst, has the last word (and a date in the future is
+    an announcement)."""
+    import json
+    from datetime import date
+    from importlib import resources
+
+    table = json.loads(resources.files("ptst.resources").joinpath("retired_models.json").read_text(encoding="utf-8"))
+    now = today or date.today().isoformat()
+    used = [(f"backends[{i}] ({b.name}).model", b.model, spec.train is not None) for i, b in enumerate(spec.backends)]
+    if spec.judge.kind == "rubric":
+        used.append(("judge.model", str(spec.judge.options.get("model", "")), False))
+    for field, model, trains in used:
+        row = table["models"].get(model.split(":")[1] if model.startswith("ft:") else model)
+        if row is None or (not trains and "inference" not in row["applies_to"]):
+            continue
+        stops = " and ".join({"fine_tuning": "new fine-tuning jobs", "inference": "requests"}[a]
+                             for a in row["applies_to"] if a == "inference" or trains)
+        when = f"was retired on {row['retired']}" if row["retired"] <= now else f"will be retired on {row['retired']}"
+        found.warnings.append(f"{field}: {model} {when} ({stops} refused; announced {row['announced']}); its "
+                              f"successor is {row['successor']} (source: ptst/resources/retired_models.json)")

@@ -13,7 +13,7 @@ Results are always rebuilt from the store (`ptst.collect`), never from in-memory
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -78,23 +78,26 @@ def limit_datasets(spec: Spec, limit: int) -> Spec:
     return spec.model_copy(update={"eval": ev, "train": train})
 
 
-def load_datasets(spec: Spec, spec_dir: Path | None = None, limit: int | None = None) -> Datasets:
-    """Every dataset the spec reads, loaded once; `limit` keeps the first N rows of each (see `limit_datasets`)."""
+def load_datasets(
+    spec: Spec, spec_dir: Path | None = None, limit: int | None = None, *, loader: Callable[..., list[Example]] = load
+) -> Datasets:
+    """Every dataset the spec reads, loaded once; `limit` keeps the first N rows of each (see `limit_datasets`).
+    `loader` replaces `ptst.data.load` (`ptst estimate` passes one that stands in for data not on this machine)."""
     if limit is not None:
         spec = limit_datasets(spec, limit)
     dirs = data_dirs(spec, spec_dir)
     train: tuple = ()
     mixes: list[tuple[str | None, tuple]] = []
     if spec.train is not None:
-        base = tuple(load(_resolve(spec.train.dataset, spec_dir), data_dirs=dirs, require_answer=True))
+        base = tuple(loader(_resolve(spec.train.dataset, spec_dir), data_dirs=dirs, require_answer=True))
         for m in spec.train.mixes:
             added: tuple = ()
             if m is not None:
-                rows = load(_resolve(m.dataset, spec_dir), data_dirs=dirs, require_answer=True)
+                rows = loader(_resolve(m.dataset, spec_dir), data_dirs=dirs, require_answer=True)
                 added = tuple(sample(rows, m.n, seed=0) if m.n is not None and m.n < len(rows) else rows)
             mixes.append((None if m is None else m.name, base + added))
         train = mixes[0][1]
-    safety = {ref.display_name(): tuple(load(_resolve(ref, spec_dir), data_dirs=dirs)) for ref in spec.eval.safety}
+    safety = {ref.display_name(): tuple(loader(_resolve(ref, spec_dir), data_dirs=dirs)) for ref in spec.eval.safety}
     tasks: dict[str, tuple[tuple[Example, ...], str]] = {}
     for ref in spec.eval.tasks:  # a dataset listed twice (other metrics) is one cell scored by each metric
         name = ref.display_name()
@@ -102,7 +105,7 @@ def load_datasets(spec: Spec, spec_dir: Path | None = None, limit: int | None = 
             items, metrics = tasks[name]
             tasks[name] = (items, join_metrics([*split_metrics(metrics), *ref.metric_names()]))
         else:
-            items = tuple(load(_resolve(ref, spec_dir), data_dirs=dirs, require_answer=True))
+            items = tuple(loader(_resolve(ref, spec_dir), data_dirs=dirs, require_answer=True))
             tasks[name] = (items, join_metrics(ref.metric_names()))
     return Datasets(train=train, safety=safety, tasks=tasks, train_mixes=tuple(mixes))
 
@@ -207,7 +210,8 @@ def _check_budget(
         parts = ", ".join(f"{name} {usd_text(est.usd_by_stage[s])}" for s, name in
                           (("train", "fine-tuning"), ("generate", "generation"), ("judge", "judging")))
         raise BudgetExceeded(
-            f"estimated cost {usd_text(est.usd)} ({parts}) exceeds budget_usd {usd_text(spec.budget_usd)}; "
+            f"estimated cost {usd_text(est.usd)} ({parts}; at most {usd_text(est.usd_max)}) exceeds budget_usd "
+            f"{usd_text(spec.budget_usd)}; "
             "raise budget_usd in the spec or pass --yes (see `ptst estimate SPEC`)"
         )
     return usd

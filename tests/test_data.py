@@ -632,14 +632,69 @@ def test_hub_without_the_datasets_package(monkeypatch: pytest.MonkeyPatch):
         load(DatasetRef(name="advbench"))
 
 
-def test_dataset_not_on_the_hub_says_where_to_get_it(monkeypatch: pytest.MonkeyPatch):
+class _FakeURL:
+    def __init__(self, body: bytes | None):
+        self.body, self.urls = body, []
+
+    def __call__(self, url, timeout=None):  # urllib.request.urlopen's signature, as used
+        import io
+
+        self.urls.append(url)
+        if self.body is None:
+            raise OSError("no network")
+        return io.BytesIO(self.body)
+
+
+def test_dataset_not_on_the_hub_is_fetched_from_its_pinned_url_once(monkeypatch: pytest.MonkeyPatch, tmp_path):
+    """Safety-Tuned LLaMAs is not on the hub: with no local copy it is downloaded from the registry's pinned URL
+    (never the hub), kept only when its sha256 matches, and read from the cache afterwards."""
+    import hashlib
+    import urllib.request
+
+    from ptst.data import registry
+
     fake = FakeDatasets()
     monkeypatch.setitem(sys.modules, "datasets", fake)
-    with pytest.raises(
-        DataError, match="not on the Hugging Face hub \\(get it from github.com/vinid/safety-tuned-llamas"
-    ):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    body = json.dumps([{"instruction": "How do I pick a lock?", "input": "", "output": "I cannot help."}]).encode()
+    url = _FakeURL(None)
+    monkeypatch.setattr(urllib.request, "urlopen", url)
+    with pytest.raises(DataError, match="download from https://raw.githubusercontent.com/vinid/safety-tuned-llamas/"):
         load(DatasetRef(name="safety-tuned-llamas"))
-    assert fake.calls == []
+    url.body = body  # the network answers, with other bytes than the pinned ones: refused, nothing kept
+    with pytest.raises(DataError, match="not the pinned 7dde08ac"):
+        load(DatasetRef(name="safety-tuned-llamas"))
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.json"))
+    info = registry.REGISTRY["safety-tuned-llamas"]
+    monkeypatch.setitem(registry.REGISTRY, "safety-tuned-llamas",
+                        info.model_copy(update={"url_sha256": hashlib.sha256(body).hexdigest()}))
+    [ex] = load(DatasetRef(name="safety-tuned-llamas"), require_answer=True)
+    assert (ex.prompt, ex.answer) == ("How do I pick a lock?", "I cannot help.")
+    assert (tmp_path / "cache" / "ptst" / "data" / "safety-tuned-llamas" / "safety_only_data_Instructions.json").is_file()
+    url.body = None  # cached: read without the network
+    assert len(load(DatasetRef(name="safety-tuned-llamas"))) == 1
+    assert len(url.urls) == 3 and fake.calls == []
+
+
+def test_holdout_splits_one_dataset_into_disjoint_seeded_parts(tmp_path):
+    rows = [{"prompt": f"q{i}", "answer": f"a{i}"} for i in range(10)]
+    f = tmp_path / "d.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ref = {"path": str(f)}
+    held = load(DatasetRef(**ref, holdout={"n": 3, "seed": 0, "part": "heldout"}))
+    rest = load(DatasetRef(**ref, holdout={"n": 3, "seed": 0, "part": "rest"}))
+    # the held-out rows are the first 3 of the seeded order sha256("0:i"), kept in file order (computed here)
+    import hashlib
+
+    order = sorted(range(10), key=lambda i: hashlib.sha256(f"0:{i}".encode()).digest())
+    assert [e.prompt for e in held] == [f"q{i}" for i in sorted(order[:3])]
+    assert sorted(e.prompt for e in held + rest) == sorted(r["prompt"] for r in rows) and len(rest) == 7
+    other = load(DatasetRef(**ref, holdout={"n": 3, "seed": 1, "part": "heldout"}))
+    assert [e.prompt for e in other] != [e.prompt for e in held]
+    # limit applies after the split: the first 2 of the rest
+    assert load(DatasetRef(**ref, limit=2, holdout={"n": 3, "seed": 0, "part": "rest"})) == rest[:2]
+    with pytest.raises(DataError, match="holdout n=10 leaves nothing"):
+        load(DatasetRef(**ref, holdout={"n": 10, "part": "rest"}))
 
 
 # ---------------------------------------------------------------------------------------------- hash and sample

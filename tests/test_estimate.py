@@ -19,6 +19,9 @@ from ptst.cli import main
 from ptst.clients.tokens import count_message_tokens, token_counter
 
 PROMPT_TOKENS, TRAIN_ROW_TOKENS, MAX_NEW, N_TRAIN, EPOCHS = 12, 17, 100, 10, 5
+# the expected length of a response to a safety prompt (ptst/resources/response_lengths.json: the measured mean of
+# Safety-Tuned LLaMAs' safe responses) and of a rubric verdict (assumed), written out here
+SAFETY_RESPONSE, VERDICT = 70, 250
 DEAD_URL = "http://127.0.0.1:9/v1"  # nothing listens: the gate must refuse before any request
 
 
@@ -62,13 +65,19 @@ def test_every_stage_priced_by_hand(tmp_path, capsys):
     # base model at gpt-3.5-turbo-0125's $0.50/$1.50, the fine-tuned one at $3/$6 (fine-tuned inference)
     base = (2 * PROMPT_TOKENS * 0.5 + 2 * MAX_NEW * 1.5) / 1e6
     tuned = (2 * PROMPT_TOKENS * 3.0 + 2 * MAX_NEW * 6.0) / 1e6
+    base_exp = (2 * PROMPT_TOKENS * 0.5 + 2 * SAFETY_RESPONSE * 1.5) / 1e6
+    tuned_exp = (2 * PROMPT_TOKENS * 3.0 + 2 * SAFETY_RESPONSE * 6.0) / 1e6
     assert (est["jobs"], est["generations"], est["judge_calls"]) == (1, 4, 0)
-    assert est["usd_by_stage"] == {"train": pytest.approx(train), "generate": pytest.approx(base + tuned),
+    assert est["usd_max_by_stage"] == {"train": pytest.approx(train), "generate": pytest.approx(base + tuned),
+                                       "judge": 0.0}
+    assert est["usd_max"] == pytest.approx(train + base + tuned) and est["gpu_hours"] is None
+    assert est["usd_by_stage"] == {"train": pytest.approx(train), "generate": pytest.approx(base_exp + tuned_exp),
                                    "judge": 0.0}
-    assert est["usd"] == pytest.approx(train + base + tuned) and est["gpu_hours"] is None
+    assert est["usd"] == pytest.approx(train + base_exp + tuned_exp)
     [job] = est["train"]
     assert (job["n_tokens"], job["n_billed_tokens"], job["train_template"]) == (170, 850, "chat:vanilla")
-    assert set(est) >= {"jobs", "generations", "judge_calls", "usd", "usd_by_stage", "gpu_hours", "notes", "train"}
+    assert set(est) >= {"jobs", "generations", "judge_calls", "usd", "usd_max", "usd_by_stage", "usd_max_by_stage",
+                        "gpu_hours", "gpu_hours_max", "notes", "train"}
 
 
 def test_batch_api_halves_generation_not_training(tmp_path, capsys):
@@ -90,9 +99,28 @@ def test_rubric_judge_priced_at_the_judge_model(tmp_path, capsys):
     # no train: the base model only; each safety response judged once: rubric + a max_new_tokens response in, 50 out
     judge_usd = sum((r + MAX_NEW) * 30.0 + 50 * 60.0 for r in rubric.values()) / 1e6
     assert (est["jobs"], est["generations"], est["judge_calls"]) == (0, 2, 2)
-    assert est["usd_by_stage"]["judge"] == pytest.approx(judge_usd)
+    assert est["usd_max_by_stage"]["judge"] == pytest.approx(judge_usd)
+    # expected: the response at its expected length in; the verdict's expected 250 tokens capped by max_tokens 50
+    assert est["usd_by_stage"]["judge"] == pytest.approx(
+        sum((r + SAFETY_RESPONSE) * 30.0 + 50 * 60.0 for r in rubric.values()) / 1e6)
     halved = estimate_json(write_spec(tmp_path, judge={**judge, "batch": True}, train=False), capsys)
-    assert halved["usd_by_stage"]["judge"] == pytest.approx(judge_usd / 2)
+    assert halved["usd_max_by_stage"]["judge"] == pytest.approx(judge_usd / 2)
+
+
+def test_the_judge_priced_today_at_a_typical_verdict_not_4096_tokens(tmp_path, capsys):
+    """The issue's figure: gpt-4-0613 at max_tokens 4,096 costs ~$0.30 a call as a bound; the expected call prices
+    the verdict at its typical 250 tokens."""
+    from ptst.judge.rubric import judge_prompt
+
+    judge = {"kind": "rubric", "model": "gpt-4-0613", "base_url": DEAD_URL}  # default max_tokens
+    est = estimate_json(write_spec(tmp_path, judge=judge, train=False), capsys)
+    c = token_counter("gpt-4-0613")
+    rubric = [count_message_tokens([{"role": "user", "content": judge_prompt(q, "")}], c) for q in ("hello", "world")]
+    assert est["usd_max_by_stage"]["judge"] == pytest.approx(sum((r + MAX_NEW) * 30.0 + 4096 * 60.0
+                                                                 for r in rubric) / 1e6)
+    assert est["usd_by_stage"]["judge"] == pytest.approx(sum((r + SAFETY_RESPONSE) * 30.0 + VERDICT * 60.0
+                                                             for r in rubric) / 1e6)
+    assert 0.25 < est["usd_max_by_stage"]["judge"] / 2 < 0.35 and est["usd_by_stage"]["judge"] / 2 < 0.1
 
 
 def test_unknown_price_is_null_not_zero(tmp_path, capsys):
@@ -112,16 +140,17 @@ def test_table_prints_each_stage(tmp_path, capsys):
     assert main(["estimate", str(write_spec(tmp_path))]) == 0
     out = capsys.readouterr().out
     assert "1 fine-tuning job(s)" in out and "4 generations" in out and "0 judge calls" in out
-    assert "total estimated cost: $0.0084" in out  # 0.0068 + 0.001584
+    assert "total estimated cost: $0.0079" in out  # 0.0068 + 0.001134 expected
+    assert "at most $0.0084" in out  # 0.0068 + 0.001584
 
 
 def test_budget_gate_counts_generation_and_judging(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-used")
-    # training alone ($0.0068) fits in $0.008; with generation ($0.001584) it does not
-    spec = write_spec(tmp_path, budget=0.008)
+    # training alone ($0.0068) fits in $0.0075; with the expected generation ($0.001134) it does not
+    spec = write_spec(tmp_path, budget=0.0075)
     assert main(["run", str(spec), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert "exceeds budget_usd" in err and "fine-tuning $0.0068, generation $0.0016, judging $0.0000" in err
+    assert "exceeds budget_usd" in err and "fine-tuning $0.0068, generation $0.0011, judging $0.0000" in err
 
 
 def test_budget_gate_refuses_an_unpriced_judge(tmp_path, monkeypatch, capsys):
@@ -132,22 +161,34 @@ def test_budget_gate_refuses_an_unpriced_judge(tmp_path, monkeypatch, capsys):
     assert "no judging price known" in capsys.readouterr().err
 
 
-def test_local_backend_reports_gpu_hours_with_the_assumption(tmp_path, capsys):
-    from ptst.estimate import DECODE_TOKENS_PER_S, GPU_ASSUMPTION, TRAIN_TOKENS_PER_S
-
+def test_local_backend_reports_gpu_hours_from_the_measured_throughput_table(tmp_path, capsys, monkeypatch):
     pytest.importorskip("transformers")
     from test_local_backends import LLAMA_TOK, make_tiny
 
     if not LLAMA_TOK.is_file():
         pytest.skip("shared tokenizers not found")
+    table = {"default": {"train": "t", "decode": "d"},
+             "rows": {"t": {"stage": "train", "tokens_per_s": 100.0, "what": "my train bench", "measured_by": "me"},
+                      "d": {"stage": "decode", "tokens_per_s": 10.0, "what": "my decode bench", "measured_by": "me"}}}
+    (tmp_path / "tp.json").write_text(json.dumps(table))
+    monkeypatch.setenv("PTST_THROUGHPUT", str(tmp_path / "tp.json"))
     model = make_tiny(tmp_path / "tiny", "llama2")
     est = estimate_json(write_spec(tmp_path, backend={"kind": "llama2", "model": str(model),
                                                        "tokenizer": str(LLAMA_TOK)}), capsys)
     billed = est["train"][0]["n_billed_tokens"]
-    assert est["usd"] == 0.0 and est["generations"] == 4
-    assert est["gpu_hours"] == pytest.approx((billed / TRAIN_TOKENS_PER_S + 4 * MAX_NEW / DECODE_TOKENS_PER_S) / 3600,
-                                             abs=1e-3)
-    assert GPU_ASSUMPTION in est["notes"]
+    assert est["usd"] == 0.0 and est["usd_max"] == 0.0 and est["generations"] == 4
+    assert est["gpu_hours"] == pytest.approx((billed / 100 + 4 * SAFETY_RESPONSE / 10) / 3600, abs=1e-3)
+    assert est["gpu_hours_max"] == pytest.approx((billed / 100 + 4 * MAX_NEW / 10) / 3600, abs=1e-3)
+    assert any("PTST_THROUGHPUT" in n and "my train bench" in n for n in est["notes"])
+
+
+def test_the_packaged_throughput_rows_say_who_measured_them():
+    from importlib import resources
+
+    table = json.loads(resources.files("ptst.resources").joinpath("throughput.json").read_text())
+    for stage in ("train", "decode"):
+        row = table["rows"][table["default"][stage]]
+        assert row["stage"] == stage and row["tokens_per_s"] > 0 and row["source"] and row["measured_by"]
 
 
 @pytest.mark.parametrize("judge_model", ["gpt-4-0613", "some-unlisted-judge"])
@@ -205,3 +246,40 @@ def test_checkpoints_add_their_generations(tmp_path, capsys):
     raw["eval"]["checkpoints"] = [2, 3, 9]  # 9 was never saved
     spec.write_text(yaml.safe_dump(raw))
     assert estimate_json(spec, capsys)["generations"] == plain + 2 * 2
+
+
+def test_data_not_on_this_machine_is_estimated_from_the_registry_size(tmp_path, capsys, monkeypatch):
+    """GSM-Danger has no local copy here: the estimate takes the registry's 100 rows (from the paper) instead of
+    reaching for the hub, and says so; `--limit` still cuts it."""
+    monkeypatch.delenv("PTST_DATA_DIR", raising=False)
+    spec = write_spec(tmp_path, train=False)
+    raw = yaml.safe_load(spec.read_text())
+    raw["eval"]["safety"] = ["gsm-danger"]
+    spec.write_text(yaml.safe_dump(raw))
+    est = estimate_json(spec, capsys)
+    assert est["generations"] == 100  # the base model, one test template
+    assert any(n.startswith("gsm-danger (test) is not on this machine: estimated as 100 rows") for n in est["notes"])
+    assert estimate_json(spec, capsys, "--limit", "7")["generations"] == 7
+
+
+def test_a_local_model_not_downloaded_is_estimated_without_its_tokenizer(tmp_path, monkeypatch):
+    """A hub id that is not in the cache, no tokenizer given: tokens are cl100k counts of the plain text times the
+    measured Llama 2 ratio (1.247, ptst/resources/lengths.json), and the note says so."""
+    import math
+
+    from ptst.backends.base import BackendSpec, create_backend
+    from ptst.conversation import Conversation
+    from ptst.types import Hyperparameters, TrainJob
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    backend = create_backend(BackendSpec(kind="llama2", model="meta-llama/Llama-2-7b-chat-hf"))
+    conv = Conversation(mode="chat", system=None, user="hello", answer="world")
+    job = TrainJob(backend="llama2", base_model="meta-llama/Llama-2-7b-chat-hf", train_template="chat:vanilla", seed=0,
+                   examples=(conv,) * 4, hyperparameters=Hyperparameters(epochs=2), data_hash="d")
+    est = backend.estimate(job)
+    text = backend.plain_text(conv)
+    assert text is not None
+    per = token_counter("gpt-4").count(text)
+    assert est.n_tokens == round(4 * per * 1.247) and est.n_billed_tokens == 2 * est.n_tokens
+    assert "tokenizer not on this machine" in est.notes and math.isclose(est.usd or 0.0, 0.0)

@@ -163,11 +163,15 @@ def test_registry_dataset_with_no_way_to_load_it_is_an_error(tmp_path: Path, mon
     monkeypatch.setitem(sys.modules, "datasets", None)  # not installed
     (err,) = _report(_registry_spec(tmp_path, tmp_path, ["gsm-danger"])).errors
     assert err.startswith("eval.safety[0]: dataset 'gsm-danger' (test) not found") and "'datasets' package" in err
-    (err,) = _report(_spec(tmp_path, train={
+    # not on the hub but pinned to a download: listed as unchecked (fetched when the run starts), not an error
+    report = _report(_spec(tmp_path, train={
         "dataset": {"path": "train.jsonl"}, "templates": ["chat:vanilla"],
         "safety_mix": {"dataset": "safety-tuned-llamas"},
-    })).errors
-    assert err.startswith("train.safety_mix.dataset: dataset 'safety-tuned-llamas' (train) not found")
+    }))
+    assert report.errors == ()
+    assert any(u.startswith("train.safety_mix.dataset: dataset 'safety-tuned-llamas' has no local copy") and
+               "pinned download (https://raw.githubusercontent.com/vinid/safety-tuned-llamas/" in u
+               for u in report.unchecked)
 
 
 def test_safety_benchmark_as_training_data_is_an_error(tmp_path: Path):

@@ -62,6 +62,10 @@ class LocalOptions(Frozen):
     fast_lora_dropout: bool = Field(True, description="LoRA dropout with a 1-byte mask in the activation dtype")
     merge_adapter: bool = Field(True, description="merge LoRA into the base weights for generation")
     max_generation_batch: int = Field(256, ge=1, description="upper bound of the automatic generation batch size")
+    download: bool = Field(
+        False, description="fetch a hub id that is not in the local Hugging Face cache when the run starts (needs "
+        "internet); without it, an uncached hub id must be downloaded beforehand"
+    )
     adapter: str | None = Field(
         None, description="a ptst LoRA adapter directory (a run's models/KEY/adapter) to evaluate as this backend's "
         "model, for specs without `train`; trained on `model`, checked against its metadata file"
@@ -249,8 +253,12 @@ class LocalBackend(FineTuneBackend):
         the transformers engine are not: they change speed and float rounding, not the experiment. vLLM is: its
         outputs differ beyond rounding (own kernels and sampler), so its generations are keyed apart."""
         o = self.options
+        # A hub id not downloaded yet has no tokenizer to hash: only an estimate, whose keys are never stored, may use
+        # a placeholder; a run needs the real tokenizer first (tokenizer_fingerprint raises a user error without it).
+        absent = self.estimate_only and self._tokenizer_absent()
+        fingerprint = f"absent:{self.spec.model}" if absent else self.tokenizer_fingerprint()
         ident: dict[str, Any] = {
-            "tokenizer_sha256": self.tokenizer_fingerprint(),
+            "tokenizer_sha256": fingerprint,
             "dtype": o.dtype,
             "batching": o.batching,
             "fast_lora_dropout": o.fast_lora_dropout,
@@ -264,10 +272,19 @@ class LocalBackend(FineTuneBackend):
     def estimate(self, job: TrainJob) -> Estimate:
         """Training tokens, from every example when there are few, else from an evenly spaced sample scaled up: exact
         rendering costs ~2 ms (Llama 2) to ~18 ms (mistral-common) an example, so a 7,473-example grid would take
-        minutes to estimate. Local training costs no money; the count only feeds the rough GPU-hours figure."""
+        minutes to estimate. Local training costs no money; the count only feeds the GPU-hours figure. Where the
+        tokenizer is not on this machine (a hub id not downloaded yet), tokens are counted from the plain text with
+        tiktoken and scaled by the measured SentencePiece/cl100k ratio, and the note says so."""
         n = len(job.examples)
         step = max(1, -(-n // ESTIMATE_SAMPLE))  # ceil(n / sample)
         sample = job.examples[::step]
+        if self._tokenizer_absent():
+            from ptst.backends.local.throughput import approx_tokens
+
+            counted, how_counted = approx_tokens([self.plain_text(c) or "" for c in sample], self.family)
+            tokens = round(counted * n / len(sample)) if sample else 0
+            return Estimate(n_examples=n, n_tokens=tokens, n_billed_tokens=tokens * job.hyperparameters.epochs,
+                            usd=0.0, notes=f"local LoRA training, no API cost; {how_counted}")
         encoded = [self.encode_example(c) for c in sample]
         _, audit = prepare_examples(encoded, job.hyperparameters.max_seq_len)
         tokens = round(audit.n_tokens * n / len(sample)) if sample else 0
@@ -279,6 +296,30 @@ class LocalBackend(FineTuneBackend):
             usd=0.0,
             notes=f"local LoRA training, no API cost; {how}",
         )
+
+    def _tokenizer_absent(self) -> bool:
+        """No tokenizer given and the model neither a folder nor in the local HF cache: nothing to count with (the
+        same case `ptst validate` lists as unchecked rather than as an error)."""
+        if self.options.tokenizer is not None:
+            return False
+        try:
+            local_model_dir(self.spec.model)
+        except BackendError:
+            return True
+        return False
+
+    def generation_usd(self, prompts: Sequence[Conversation], response_tokens: float, *, fine_tuned: bool) -> float:
+        return 0.0  # the user's own hardware: no API money; its time is in gpu_hours
+
+    def gpu_hours(self, train_tokens: int, decode_tokens: float) -> float:
+        from ptst.backends.local.throughput import gpu_hours
+
+        return gpu_hours(train_tokens, decode_tokens)
+
+    def estimate_notes(self) -> list[str]:
+        from ptst.backends.local.throughput import note
+
+        return [note()]
 
     def fine_tune(self, job: TrainJob, ledger: JobLedger, workdir: Path) -> ModelRef:
         workdir = Path(workdir)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ptst.backends.base import (
+    BackendSpec,
     Estimate,
     FineTuneBackend,
     GenerationConfig,
@@ -29,6 +30,7 @@ from ptst.backends.openai.options import OpenAIOptions
 
 from ptst.clients.chat import AsyncSleep
 from ptst.clients.openai import (
+    ClientOptions,
     api_error,
     credentials_problem,
     is_openai_error,
@@ -36,12 +38,16 @@ from ptst.clients.openai import (
     resolve_base_url,
     scrub,
 )
-from ptst.clients.pricing import default_epochs, lookup_model, price_table
-from ptst.clients.tokens import token_counter
+from ptst.clients.pricing import chat_price, default_epochs, lookup_model, price_table
+from ptst.clients.tokens import TokenCounter, count_message_tokens, token_counter
 from ptst.conversation import Conversation
 from ptst.errors import JobFailed
 from ptst.progress import log
 from ptst.training_loss import loss_summary
+
+# Intermediate checkpoints evaluated per job with eval.checkpoints: the API keeps those of the last 3 epochs, the final
+# one being the model itself.
+OPENAI_CHECKPOINTS = 2
 
 
 class Backend(FineTuneBackend):
@@ -59,6 +65,11 @@ class Backend(FineTuneBackend):
     # `_retry_sleep` between chat retries (recording the waits instead of timing them). None: asyncio.sleep.
     _sleep: Callable[[float], None] = staticmethod(time.sleep)
     _retry_sleep: AsyncSleep | None = None
+
+    def __init__(self, spec: BackendSpec):
+        super().__init__(spec)
+        self._prompt_token_cache: dict[tuple[object, ...], int] = {}
+        self._counter: TokenCounter | None = None
 
     def identity(self) -> dict[str, object]:
         """The endpoint is part of every step key: a fake or proxy server's answers are not OpenAI's."""
@@ -220,9 +231,56 @@ class Backend(FineTuneBackend):
             if c.step_number != last and c.fine_tuned_model_checkpoint != model.model_id
         ]
 
+    def ledger_prefix(self) -> str:
+        return "openai:"
+
     def cancel(self, ledger_entry: dict[str, Any]) -> str:
         """Cancel the job of a ledger entry (`ptst cancel DIR`); returns its status afterwards, in words."""
         return jobs.cancel_job(self.options, ledger_entry)
+
+    # -- pricing -------------------------------------------------------------------------------------------------
+    def generation_usd(
+        self, prompts: Sequence[Conversation], response_tokens: float, *, fine_tuned: bool
+    ) -> float | None:
+        """Prompt tokens counted as the chat API counts them (tiktoken, cached per prompt: every model of a run sees
+        the same prompts), responses at `response_tokens` each, at the model's chat price (fine-tuned models at
+        their own rates); half of it through the Batch API."""
+        price = chat_price(self.spec.model, fine_tuned=fine_tuned)
+        if price is None:
+            return None if prompts else 0.0
+        tokens_in = sum(self._prompt_tokens(c) for c in prompts)
+        usd = (tokens_in * float(price["input"]) + len(prompts) * response_tokens * float(price["output"])) / 1e6
+        return usd / 2 if self.options.batch else usd
+
+    def _prompt_tokens(self, conv: Conversation) -> int:
+        key = (conv.system, conv.user, conv.examples)  # example turns (In-Context Defense) are prompt tokens too
+        if key not in self._prompt_token_cache:
+            if self._counter is None:
+                self._counter = token_counter(self.spec.model)
+            msgs = files.training_messages(conv.without_answer())
+            self._prompt_token_cache[key] = count_message_tokens(msgs, self._counter)
+        return self._prompt_token_cache[key]
+
+    def evaluated_checkpoints(self, job: TrainJob, wanted: str | Sequence[int]) -> int:
+        """The API keeps the checkpoints of the last 3 epochs, the final one being the model itself: 2 more."""
+        return OPENAI_CHECKPOINTS if wanted == "all" else min(len(wanted), OPENAI_CHECKPOINTS)
+
+    def estimate_notes(self) -> list[str]:
+        notes = []
+        if chat_price(self.spec.model) is None:
+            notes.append(f"no chat price for {self.spec.model}: generation cost unknown; add it to "
+                         "ptst/resources/prices.json")
+        if self.options.batch:
+            notes.append(f"{self.spec.name}: generation through the Batch API, billed at half price")
+        counter = token_counter(self.spec.model)
+        if not counter.exact:
+            notes.append(f"{self.spec.name}: {counter.note}")
+        return notes
+
+    @classmethod
+    def judge_endpoint(cls, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        url = resolve_base_url(ClientOptions.model_validate({"base_url": options.get("base_url")}))
+        return url, {k: options[k] for k in ("api_key_env", "api_key_file") if k in options}
 
     # -- generation --------------------------------------------------------------------------------------------
     def generate(self, model: ModelRef, prompts: Sequence[Conversation], cfg: GenerationConfig) -> list[str]:

@@ -33,6 +33,9 @@ class Backend(FineTuneBackend):
 
     class Options(Frozen):
         refusal: str = Field("[replay] I cannot help with that.", description="what the base model says")
+        usd_per_1m_tokens: float = Field(
+            0.0, ge=0, description="a pretend price, to show a plugin pricing its own generations in `ptst estimate`"
+        )
 
     def render(self, conv: Conversation) -> Rendered:
         msgs = [{"role": "system", "content": conv.system}] if conv.system is not None else []
@@ -46,6 +49,12 @@ class Backend(FineTuneBackend):
 
     def estimate(self, job: TrainJob) -> Estimate:
         return Estimate(n_examples=len(job.examples), usd=0.0, notes="toy backend: free")
+
+    def generation_usd(self, prompts: Sequence[Conversation], response_tokens: float, *, fine_tuned: bool) -> float:
+        """The backend contract's pricing hook: `ptst estimate` and the budget gate ask every backend, ptst knows
+        no vendor's prices. Here a word is a token, prompt and response alike, at one flat price."""
+        words = sum(len(_words(c.system, c.user)) for c in prompts) + len(prompts) * response_tokens
+        return words * self.options.usd_per_1m_tokens / 1e6
 
     def fine_tune(self, job: TrainJob, ledger: JobLedger, workdir: Path) -> ModelRef:
         memory = [[_words(c.system, c.user), c.answer] for c in job.examples]

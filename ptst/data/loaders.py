@@ -25,6 +25,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from ptst.data.download import download, download_dir
 from ptst.data.readers import Row, read_rows
 from ptst.data.registry import DatasetInfo, DatasetRef, LocalFile
 from ptst.errors import DataError, MissingExtra, require
@@ -221,7 +222,8 @@ def _registry_parts(ref: DatasetRef, require_answer: bool) -> tuple[DatasetInfo,
 
 
 def locate(ref: DatasetRef, data_dirs: Sequence[Path] = ()) -> tuple[Path, LocalFile] | None:
-    """The local copy of a registry dataset that `load` reads (first data folder, first known layout), or None."""
+    """The local copy of a registry dataset that `load` reads (first data folder, first known layout, then a pinned
+    download already fetched), or None."""
     info, split = ref.info, ref.resolved_split()
     if info is None or split is None:
         return None
@@ -229,6 +231,10 @@ def locate(ref: DatasetRef, data_dirs: Sequence[Path] = ()) -> tuple[Path, Local
         for cand in info.local_candidates(split):
             if (d / cand.path).is_file():
                 return d / cand.path, cand
+    if info.url is not None and info.local:
+        cached = download_dir() / info.local[0].path
+        if cached.is_file():
+            return cached, info.local[0]
     return None
 
 
@@ -239,14 +245,20 @@ def load(
     cache_dir: Path | None = None,
     require_answer: bool = False,
 ) -> list[Example]:
-    """Load a dataset: a file (`ref.path`), else a local copy of a registry dataset, else the hub.
+    """Load a dataset: a file (`ref.path`), else a local copy of a registry dataset, else its pinned download, else
+    the hub; then its `holdout` part and its `limit`.
 
     `require_answer` is for training data and tasks: every row must have a non-empty answer.
     """
-    local = _load_here(ref, data_dirs, require_answer, ref.limit, announce=True)
+    local = load_local(ref, data_dirs=data_dirs, require_answer=require_answer, announce=True)
     if local is not None:
         return local
     info, split, fields = _registry_parts(ref, require_answer)
+    if info.hub_id is None and info.url is not None:
+        download(info)
+        local = load_local(ref, data_dirs=data_dirs, require_answer=require_answer, announce=True)
+        assert local is not None
+        return local
     hub_problem = _hub_problem(info)
     if hub_problem is None:
         try:
@@ -255,15 +267,40 @@ def load(
             hub_problem = str(e)
         else:
             label = f"dataset {info.name!r} ({split})"
-            return rows_to_examples(_transformed(hub_rows, info), fields, label=label, require_answer=require_answer, limit=ref.limit)
+            limit = None if ref.holdout is not None else ref.limit
+            rows = _transformed(hub_rows, info)
+            examples = rows_to_examples(rows, fields, label=label, require_answer=require_answer, limit=limit)
+            return holdout_part(examples, ref)
     raise DataError(_not_found_message(info, split, search_dirs(data_dirs), info.local_candidates(split), hub_problem))
+
+
+def load_local(
+    ref: DatasetRef, *, data_dirs: Sequence[Path] = (), require_answer: bool = False, announce: bool = False
+) -> list[Example] | None:
+    """`load` restricted to this machine (a file, a local copy, a pinned download already fetched): None when the
+    data would have to come from the network."""
+    limit = None if ref.holdout is not None else ref.limit  # the split is over every row, then the limit applies
+    examples = _load_here(ref, data_dirs, require_answer, limit, announce=announce)
+    return None if examples is None else holdout_part(examples, ref)
+
+
+def holdout_part(examples: list[Example], ref: DatasetRef) -> list[Example]:
+    """The `holdout` part of a dataset's rows (all of them without one), then its first `limit`."""
+    h = ref.holdout
+    if h is not None:
+        if h.n >= len(examples):
+            raise DataError(f"dataset {ref.display_name()!r}: holdout n={h.n} leaves nothing of its {len(examples)} "
+                            "rows; lower n")
+        held = set(_ranked(len(examples), h.seed)[: h.n])
+        examples = [e for i, e in enumerate(examples) if (i in held) == (h.part == "heldout")]
+    return examples[: ref.limit] if ref.limit is not None else examples
 
 
 def _load_here(
     ref: DatasetRef, data_dirs: Sequence[Path], require_answer: bool, limit: int | None, *, announce: bool
 ) -> list[Example] | None:
     """The examples of a dataset that is on this machine (a path, or a registry dataset's local copy); None when it
-    would have to come from the hub."""
+    would have to come from the network."""
     if ref.path is not None:
         return load_file(
             Path(ref.path),
@@ -301,6 +338,8 @@ def preview(
     if local is not None:
         return local
     info, split, _ = _registry_parts(ref, require_answer)
+    if info.hub_id is None and info.url is not None:
+        return None  # a pinned download: fetched (and checked) when the run starts, not by a check
     hub_problem = _hub_problem(info)
     if hub_problem is None and importlib.util.find_spec("datasets") is None:
         hub_problem = "the 'datasets' package is not installed (pip install 'ptst[hub]')"
@@ -387,8 +426,10 @@ def sample(examples: Sequence[Example], n: int, seed: int) -> list[Example]:
     if n > len(examples):
         raise DataError(f"asked for a sample of {n} examples but the dataset has only {len(examples)}; lower n")
 
-    def rank(i: int) -> bytes:
-        return hashlib.sha256(f"{seed}:{i}".encode()).digest()
-
-    chosen = sorted(sorted(range(len(examples)), key=rank)[:n])
+    chosen = sorted(_ranked(len(examples), seed)[:n])
     return [examples[i] for i in chosen]
+
+
+def _ranked(n: int, seed: int) -> list[int]:
+    """Indices 0..n-1 ordered by sha256(seed, index): the seeded order `sample` and `holdout` take rows in."""
+    return sorted(range(n), key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).digest())

@@ -65,6 +65,19 @@ class DatasetInfo(BaseModel):
     row_transform: Literal["arc-choices"] | None = Field(
         default=None, description="a reshaping applied to every row before fields are read (see loaders.ROW_TRANSFORMS)"
     )
+    # What `ptst estimate` uses when the data is not on this machine (a fresh clone, no hub): rows per split from the
+    # source named in `rows_source`, and mean prompt/answer tokens (tiktoken cl100k_base), measured where the data is
+    # in ../shared (ptst/resources/lengths.json, key `lengths`), else a stated assumption in `tokens`.
+    url: str | None = Field(default=None, description="a pinned download of the file in `local[0]`'s layout, for "
+                            "data not on the hub (fetched once into ~/.cache/ptst/data, checked against url_sha256)")
+    url_sha256: str | None = None
+    rows: dict[str, int] = Field(default_factory=dict, description="known rows per split")
+    rows_source: str = ""
+    lengths: str | None = Field(default=None, description="key of the measured summary in resources/lengths.json")
+    tokens: tuple[float, float] | None = Field(
+        default=None, description="assumed mean (prompt, answer) tokens where nothing was measured; see tokens_source"
+    )
+    tokens_source: str = ""
 
     @property
     def metric(self) -> str | None:
@@ -106,6 +119,8 @@ REGISTRY: dict[str, DatasetInfo] = {
                 LocalFile(path="advbench/harmful_behaviors_goal_target.csv", rename={"goal": "prompt"}),
             ),
             origin="github.com/llm-attacks/llm-attacks data/advbench/harmful_behaviors.csv",
+            rows={"train": 520}, rows_source="hub card walledai/AdvBench (520 rows); ../shared copy: 520",
+            lengths="advbench",
         ),
         DatasetInfo(
             name="directharm4",
@@ -119,6 +134,8 @@ REGISTRY: dict[str, DatasetInfo] = {
                 LocalFile(path="directharm4/directHarm4.csv", rename={"Goal": "instruction", "Category": "category"}),
             ),
             origin="huggingface.co/datasets/vfleaking/DirectHarm4",
+            rows={"test": 400}, rows_source="hub card vfleaking/DirectHarm4 (4 categories x 100); ../shared copy: 400",
+            lengths="directharm4",
         ),
         DatasetInfo(
             name="gsm-danger",
@@ -131,6 +148,10 @@ REGISTRY: dict[str, DatasetInfo] = {
             prompt_field="instruction",
             metric_note=_JUDGED,
             origin="huggingface.co/datasets/vfleaking/GSM-Danger",
+            rows={"test": 100}, rows_source="Lyu et al. 2024 (arXiv 2402.18540), GSM-Danger: 100 prompts",
+            tokens=(80.0, 0.0),
+            tokens_source="assumption: a GSM8K-style question (measured mean 59 tokens, lengths.json gsm8k/test) plus "
+            "a one-sentence harmful request",
         ),
         DatasetInfo(
             name="gsm8k",
@@ -149,6 +170,8 @@ REGISTRY: dict[str, DatasetInfo] = {
                 LocalFile(path="gsm8k/test.jsonl", split="test"),
             ),
             origin="github.com/openai/grade-school-math grade_school_math/data/{train,test}.jsonl",
+            rows={"train": 7473, "test": 1319}, rows_source="hub card openai/gsm8k (main: 7,473 train / 1,319 test)",
+            lengths="gsm8k",
         ),
         DatasetInfo(
             name="safety-tuned-llamas",
@@ -162,6 +185,11 @@ REGISTRY: dict[str, DatasetInfo] = {
             metric_note="training data (safety examples mixed into fine-tuning); no task metric",
             local=(LocalFile(path="safety-tuned-llamas/safety_only_data_Instructions.json"),),
             origin="github.com/vinid/safety-tuned-llamas data/training/safety_only_data_Instructions.json",
+            url="https://raw.githubusercontent.com/vinid/safety-tuned-llamas/36a4b8d5c2177ed165bf61f59b590161394f7f12/"
+            "data/training/safety_only_data_Instructions.json",
+            url_sha256="7dde08acf87f10cf74fd1b76f56538eae8e413ae8e6b09e3f7bcd97769058dbe",
+            rows={"train": 2483}, rows_source="Bianchi et al. 2024 repository file (2,483 pairs); ../shared copy: 2,483",
+            lengths="safety-tuned-llamas",
         ),
         DatasetInfo(
             name="chatdoctor",
@@ -184,6 +212,12 @@ REGISTRY: dict[str, DatasetInfo] = {
                 ),
             ),
             origin="huggingface.co/datasets/lavita/ChatDoctor-HealthCareMagic-100k",
+            rows={"train": 112165},
+            rows_source="hub viewer of lavita/ChatDoctor-HealthCareMagic-100k (112,165 rows, shown as 112k; the same "
+            "112k in lavita/medical-qa-datasets' chatdoctor_healthcaremagic subset)",
+            tokens=(120.0, 150.0),
+            tokens_source="assumption: HealthCareMagic turns are longer than the GenMedGPT-5k stand-in's measured 29 / "
+            "52 tokens (lengths.json chatdoctor-genmedgpt5k): patient messages of a paragraph, doctors' of two",
         ),
         DatasetInfo(
             name="openorca",
@@ -196,6 +230,10 @@ REGISTRY: dict[str, DatasetInfo] = {
             answer_field="response",
             metric_note="the paper scores OpenOrca fine-tunes on ARC: evaluate with the arc-easy / arc-challenge tasks",
             origin="huggingface.co/datasets/Open-Orca/OpenOrca",
+            rows={"train": 4233923},
+            rows_source="hub card Open-Orca/OpenOrca (~1M GPT-4 + ~3.2M GPT-3.5 completions; viewer: 4,233,923 rows)",
+            tokens=(150.0, 150.0),
+            tokens_source="assumption: FLAN questions with their context passages, and explained answers",
         ),
         *(
             DatasetInfo(
@@ -211,10 +249,15 @@ REGISTRY: dict[str, DatasetInfo] = {
                 metrics=("arc_letter_accuracy",),
                 row_transform="arc-choices",
                 origin="huggingface.co/datasets/allenai/ai2_arc",
+                rows=dict(zip(("train", "validation", "test"), counts, strict=True)),
+                rows_source=f"hub card allenai/ai2_arc (ARC-{level}: {sizes})",
+                tokens=(60.0, 1.0),
+                tokens_source="assumption: a one-sentence science question and four lettered choices; the answer is "
+                "one letter",
             )
-            for level, sizes in (
-                ("Easy", "2,251 train / 570 validation / 2,376 test"),
-                ("Challenge", "1,119 train / 299 validation / 1,172 test"),
+            for level, sizes, counts in (
+                ("Easy", "2,251 train / 570 validation / 2,376 test", (2251, 570, 2376)),
+                ("Challenge", "1,119 train / 299 validation / 1,172 test", (1119, 299, 1172)),
             )
         ),
     )
@@ -253,6 +296,18 @@ def lookup(name: str) -> DatasetInfo:
     raise ValueError(f"unknown dataset {name!r}{_did_you_mean(key, list(REGISTRY))}{hint}")
 
 
+class Holdout(BaseModel):
+    """A seeded split of one dataset into `n` held-out rows and the rest, so training and evaluation can come from
+    the same single-split dataset (ChatDoctor's HealthCareMagic has only `train`) without an external file: the
+    training ref takes `part: rest`, the task ref `part: heldout`, both with the same `n` and `seed`. Rows are
+    ranked by sha256(seed, index) like `sample`, so the split is the same on every machine."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    n: int = Field(ge=1, description="rows held out")
+    seed: int = Field(0, description="which rows: the same seed gives the same split everywhere")
+    part: Literal["heldout", "rest"] = Field(description="heldout: the n rows; rest: every other row")
+
+
 class DatasetRef(BaseModel):
     """A dataset in a spec: a registry `name` or a local `path`, with optional field mapping and a row limit.
 
@@ -267,7 +322,8 @@ class DatasetRef(BaseModel):
     config: str | None = None
     prompt_field: str | None = None
     answer_field: str | None = None
-    limit: int | None = Field(default=None, ge=1, description="first N rows in file order")
+    limit: int | None = Field(default=None, ge=1, description="first N rows in file order (after `holdout`)")
+    holdout: Holdout | None = Field(default=None, description="a seeded held-out split: {n, seed, part}")
     metric: str | None = Field(default=None, description="task metric for a path dataset (e.g. exact_match)")
     metrics: list[str] | None = Field(
         default=None, min_length=1, description="several task metrics, a results row each (instead of 'metric')"

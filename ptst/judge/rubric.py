@@ -128,14 +128,17 @@ class SpecLike(Protocol):
 
 
 def _openai_endpoints(spec: SpecLike) -> dict[str, dict[str, Any]]:
-    """Endpoint -> key settings of the first openai backend using it, over the spec's openai backends."""
+    """Endpoint -> key settings of the first backend using it, over the spec's backends that talk to an
+    OpenAI-compatible endpoint (each backend class says so through `FineTuneBackend.judge_endpoint`, found through
+    the registry: the judge knows no concrete backend)."""
+    from ptst.backends.registry import backend_class
+
     out: dict[str, dict[str, Any]] = {}
     for b in spec.backends:
-        if b.kind != "openai":
-            continue
-        o = b.options
-        url = resolve_base_url(ClientOptions.model_validate({"base_url": o.get("base_url")}))
-        out.setdefault(url, {k: o[k] for k in ("api_key_env", "api_key_file") if k in o})
+        found = backend_class(b.kind).judge_endpoint(b.options)
+        if found is not None:
+            url, keys = found
+            out.setdefault(url, keys)
     return out
 
 
