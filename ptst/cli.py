@@ -68,7 +68,7 @@ def _default_out(spec_path: Path, name: str) -> Path:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ptst.errors import EXIT_INCOMPLETE
-    from ptst.report import print_tables, write_reports
+    from ptst.report import print_tables, write_run_reports
     from ptst.runner import run_experiment
     from ptst.spec import load_spec
 
@@ -86,15 +86,22 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"fine-tuning jobs keep running meanwhile; `ptst cancel {out}` cancels them)", file=sys.stderr
         )
         return 130
-    paths = write_reports(results, out)
+    paths, rebuilt = write_run_reports(results, [out])  # skipped when nothing changed since they were written
     print_tables(results, _console())
-    print("wrote " + ", ".join(str(p) for p in paths))
+    print(_wrote("wrote " if rebuilt else "reports unchanged: ", paths))
     if info.status != "complete":
         what = "fine-tuning jobs failed" if info.status == "failed_jobs" else "some cells are incomplete"
         hint = "; `--retry-failed` resubmits failed jobs" if info.status == "failed_jobs" else "; run again to retry them"
         print(f"finished with failures: {what} (see {out / 'results.json'}){hint}", file=sys.stderr)
         return EXIT_INCOMPLETE
     return 0
+
+
+def _wrote(prefix: str, paths: list[Path]) -> str:
+    """The main report files by name; figures/, tables/ and samples.js as a count (there may be dozens)."""
+    named = [p for p in paths if p.parent == paths[0].parent and p.suffix != ".js"]
+    rest = len(paths) - len(named)
+    return prefix + ", ".join(map(str, named)) + (f" (+{rest} figures, tables and samples)" if rest else "")
 
 
 def _run_dir(path: str) -> Path:
@@ -129,7 +136,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Rebuild one run's reports in place, or merge several runs' records into one comparison under --out."""
     from ptst.analysis import build_results, merge_runs
     from ptst.collect import collect, export_rows, item_records
-    from ptst.report import print_tables, write_reports
+    from ptst.report import print_tables, write_run_reports
     from ptst.store import RunStore
 
     dirs = [_run_dir(d) for d in args.dirs]
@@ -153,14 +160,14 @@ def cmd_report(args: argparse.Namespace) -> int:
         records, failed, info = merge_runs(runs)
         results = build_results(records, failed, info, specs=specs, **_merged_facts(parts)).model_copy(
             update={"jobs": [j for p in parts for j in p.jobs]})
-    paths = write_reports(results, out)
+    paths, _ = write_run_reports(results, dirs, out, force=True)
     if args.export:
         p = out / "export.jsonl"
         with open(p, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         paths.append(p)
     print_tables(results, _console())
-    print("wrote " + ", ".join(str(p) for p in paths))
+    print(_wrote("wrote ", paths))
     return 0
 
 
