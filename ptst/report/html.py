@@ -48,8 +48,8 @@ body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1300px}
 table{border-collapse:collapse;margin:.5em 0 1.5em;max-width:100%}
 th,td{border:1px solid #ccc;padding:.25em .5em;text-align:right}
 td{white-space:nowrap}
-th{white-space:normal;vertical-align:bottom;overflow-wrap:anywhere}
-td.l{white-space:normal;overflow-wrap:anywhere;min-width:8em}
+th{white-space:normal;vertical-align:bottom;overflow-wrap:break-word}
+td.l{white-space:normal;overflow-wrap:break-word}
 th.row,td.l{text-align:left}
 td.num span{display:block;font-size:.85em;color:#555}
 nav.toc{font-size:.9em;margin:.5em 0 1em}
@@ -79,7 +79,7 @@ def _figure(draw: Callable[[], Figure], name: str, alt: str, files: FigureFiles 
             stem += "_"
         for fmt in FORMATS:
             files[f"figures/{stem}.{fmt}"] = svg if fmt == "svg" else render(fig, fmt)
-    w, h = (round(72 * x * 1.5) for x in fig.get_size_inches())  # 1.5x print size: comfortable on a screen
+    w, h = (round(144 * x) for x in fig.get_size_inches())  # twice print size: 7 pt text reads at 14 px on screen
     data = base64.b64encode(svg).decode("ascii")
     return f'<img alt="{e(alt)}" width="{w}" height="{h}" src="data:image/svg+xml;base64,{data}">'
 

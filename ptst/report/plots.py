@@ -13,7 +13,7 @@ and the Okabe-Ito palette with a marker per line); tick labels never rotated (lo
 from __future__ import annotations
 
 import io
-import textwrap
+import re
 from typing import TYPE_CHECKING
 
 from ptst.report.grids import MISSING, PTST_MARK, Grid, col_label, row_label
@@ -31,11 +31,12 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
 def render(fig: Figure, fmt: str = "png") -> bytes:
-    """The figure as `fmt` bytes: PNG at 200 dpi (print quality), SVG with real text, PDF with embedded TrueType."""
+    """The figure as `fmt` bytes: PNG at 200 dpi (print quality), SVG with text kept as text (crisp, searchable),
+    PDF with its glyphs embedded (matplotlib's default Type 3 subset: TrueType embedding costs ~1 s a figure)."""
     from matplotlib import rc_context
 
     buf = io.BytesIO()
-    with rc_context({"svg.fonttype": "none", "pdf.fonttype": 42}):  # text stays text (searchable, crisp)
+    with rc_context({"svg.fonttype": "none"}):
         fig.savefig(buf, format=fmt, dpi=200 if fmt == "png" else None, metadata=_metadata(fmt))
     return buf.getvalue()
 
@@ -54,12 +55,25 @@ def _png(fig: Figure) -> bytes:
 
 
 def wrap_label(text: str, width: int = 12) -> str:
-    """A tick label on at most a few short lines, broken after `:`, `-`, `/` or spaces, never rotated."""
+    """A tick label on short lines, broken at spaces or after `:` and `/` (a word longer than `width` is cut), so
+    tick labels never need rotating."""
     if len(text) <= width:
         return text
-    spaced = text.replace(":", ": ").replace("-", "- ").replace("/", "/ ")
-    lines = textwrap.wrap(spaced, width=width, break_long_words=True, break_on_hyphens=False)
-    return "\n".join(line.replace(": ", ":").replace("- ", "-").replace("/ ", "/") for line in lines)
+    lines: list[str] = []
+    line = ""
+    for piece in re.split(r"(?<=[:/ ])", text):
+        while len(piece) > width:
+            if line:
+                lines.append(line)
+                line = ""
+            lines.append(piece[:width])
+            piece = piece[width:]
+        if line and len(line) + len(piece.rstrip()) > width:
+            lines.append(line)
+            line = ""
+        line += piece
+    lines.append(line)
+    return "\n".join(ln.rstrip() for ln in lines if ln.strip())
 
 
 def _watermark(fig: Figure) -> None:

@@ -80,6 +80,7 @@ var opts={
 J.forEach(function(j,k){["unsafe","safe","unscored","not judged"].forEach(function(v){opts.verdict.push([k+":"+v,j+": "+v]);});});
 if(J.length>1)opts.verdict.push(["disagree","judges disagree"]);
 var state={cell:"",train:"",test:"",bench:"",cat:"",verdict:"",q:""}, page=0, hits=[];
+var opened=location.hash.indexOf("#samples")===0;
 function readHash(){
  var h=location.hash, i=h.indexOf("?");
  if(h.indexOf("#samples")!==0||i<0)return;
@@ -160,13 +161,14 @@ function show(){
  root.querySelectorAll("button[data-p=\"-1\"]").forEach(function(b){b.disabled=page===0;});
  root.querySelectorAll("button[data-p=\"1\"]").forEach(function(b){b.disabled=page>=pages-1;});
 }
-function update(){
+function update(first){
  hits=[];for(var i=0;i<R.length;i++)if(keep(R[i]))hits.push(i);
- writeHash();show();
+ if(!first)writeHash();
+ show();
 }
-update();
+update(true);
 root.setAttribute("data-ready-ms",String(Math.round(performance.now())));
-if(location.hash.indexOf("#samples")===0)document.getElementById("samples-heading").scrollIntoView();
+if(opened)document.getElementById("samples-heading").scrollIntoView();
 })();
 """
 
