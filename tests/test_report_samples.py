@@ -15,8 +15,8 @@ import pytest
 
 from ptst.cli import main
 from ptst.report import render_html, render_markdown
-from ptst.report.sampleview import VIEW_HTML, VIEW_JS
 from ptst.report.samples import parse_samples_js, prompt_text
+from ptst.report.sampleview import VIEW_HTML, VIEW_JS
 from ptst.results import Results, SafetyRow
 
 REPO = Path(__file__).resolve().parents[1]
