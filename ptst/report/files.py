@@ -9,14 +9,13 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ptst.report.fingerprint import FINGERPRINT_FILE, fingerprint, record_text, store_stamp, up_to_date
-from ptst.report.grids import build_grids
-from ptst.report.html import FigureFiles, render_html
-from ptst.report.markdown import render_markdown
-from ptst.report.samples import SAMPLES_FILE, SampleRow, sample_rows, samples_js
-from ptst.report.tables import paper_tables, to_csv, to_latex
 from ptst.results import Results
+
+if TYPE_CHECKING:
+    from ptst.report.samples import SampleRow
 
 
 def atomic_write(path: Path, text: str | bytes) -> None:
@@ -46,6 +45,13 @@ def write_reports(
 ) -> list[Path]:
     """Write every report file into `out_dir` and return their paths, the main three first. `samples`: (judge names,
     rows) for the per-sample viewer; `fingerprint_hex`: recorded beside the reports (see `write_run_reports`)."""
+    # The renderers are imported here: a re-run whose reports are up to date never loads them.
+    from ptst.report.grids import build_grids
+    from ptst.report.html import FigureFiles, render_html
+    from ptst.report.markdown import render_markdown
+    from ptst.report.samples import SAMPLES_FILE, samples_js
+    from ptst.report.tables import paper_tables, to_csv, to_latex
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     grids = build_grids(results)
@@ -79,6 +85,7 @@ def write_run_reports(
 ) -> tuple[list[Path], bool]:
     """The reports of one run (or a merge of several) with their per-sample data read from the run stores; skipped
     when the fingerprint recorded in `out_dir` matches and `force` is false. Returns (paths, rebuilt)."""
+    from ptst.report.samples import sample_rows
     from ptst.store import RunStore
 
     out = Path(out_dir) if out_dir is not None else Path(runs[0])
