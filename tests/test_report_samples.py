@@ -152,3 +152,13 @@ def test_labels_are_escaped_in_html() -> None:
     page = render_html(_evil_results())
     assert "<script>alert" not in page and "<b>" not in page and "<i>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_number_cells_wrap_between_pieces_never_inside() -> None:
+    """HTML tables fit a narrow page: a cell breaks between value, interval and score, never inside a number."""
+    from ptst.report.html import num
+
+    assert num("◆ 51.50% [48.0–54.9] · score 3.06") == (
+        "<span>◆ 51.50%</span> <span>[48.0–54.9]</span> <span>· score 3.06</span>")
+    assert num("12.00% ± 3.40") == "<span>12.00%</span> <span>± 3.40</span>"
+    assert num("<b>") == "&lt;b&gt;"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING
@@ -48,17 +49,19 @@ body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1300px}
 table{border-collapse:collapse;margin:.5em 0 1.5em;max-width:100%}
 th,td{border:1px solid #ccc;padding:.25em .5em;text-align:right}
 td{white-space:nowrap}
+td span{white-space:nowrap;display:inline-block}
+@media (max-width:1100px){td{white-space:normal}}
+@media (max-width:900px){body{margin:1em}th,td{padding:.2em .3em;font-size:.9em}}
 th{white-space:normal;vertical-align:bottom;overflow-wrap:break-word}
 td.l{white-space:normal;overflow-wrap:break-word}
 th.row,td.l{text-align:left}
-td.num span{display:block;font-size:.85em;color:#555}
 nav.toc{font-size:.9em;margin:.5em 0 1em}
 nav.toc a{margin-right:1em}
 td.ptst{background:#e6f5e6;border:2px dashed #1b7837}
 td.diag{outline:2px solid #000;outline-offset:-3px;font-weight:bold}
-td.wrap{white-space:normal;min-width:14em;max-width:24em;text-align:left}
+td.wrap{white-space:normal;min-width:9em;max-width:24em;text-align:left}
 .note{color:#555;font-size:.9em}
-img{max-width:100%;display:block;margin:.3em 0}
+img{max-width:100%;height:auto;display:block;margin:.3em 0}
 pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:.85em}
 """ + VIEW_CSS
 
@@ -84,6 +87,18 @@ def _figure(draw: Callable[[], Figure], name: str, alt: str, files: FigureFiles 
     return f'<img alt="{e(alt)}" width="{w}" height="{h}" src="data:image/svg+xml;base64,{data}">'
 
 
+_BREAKS = re.compile(r" (?=\[|· |± |\()")
+
+
+def num(text: str) -> str:
+    """A number cell's text, escaped, in unbreakable pieces (`51.50%`, `[48.0–54.9]`, `· score 3.06`, `± 1.77`) that a
+    narrow page wraps between, never inside: tables fit the page instead of hiding a column behind a scrollbar."""
+    parts = _BREAKS.split(text)
+    if len(parts) == 1:
+        return e(text)
+    return " ".join(f"<span>{e(p)}</span>" for p in parts)
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1, wrap: int | None = None) -> str:
     """A plain table; the first `left` columns are left-aligned (labels), the rest right-aligned (numbers); column
     `wrap` (a list of per-seed tests, say) may wrap instead of widening the page."""
@@ -92,7 +107,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1, 
         return '<td class="wrap">' if i == wrap else '<td class="l">' if i < left else "<td>"
 
     head = "".join(f'<th class="row">{e(h)}</th>' if i < left else f"<th>{e(h)}</th>" for i, h in enumerate(header))
-    body = "".join("<tr>" + "".join(f"{td(i)}{e(c)}</td>" for i, c in enumerate(r)) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(f"{td(i)}{e(c) if i < left or i == wrap else num(c)}</td>"
+                                    for i, c in enumerate(r)) + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -112,7 +128,7 @@ def grid_table(g: Grid) -> str:
                 if seeds:
                     detail += f", seeds {', '.join(map(str, seeds))}"
                 tip = f' title="{e(detail)}"'
-            tds.append(f"<td{cls}{tip}>{e(cell_text(g, r, c))}</td>")
+            tds.append(f"<td{cls}{tip}>{num(cell_text(g, r, c))}</td>")
         parts.append(f'<tr><th class="row">{e(row_label(r))}</th>{"".join(tds)}</tr>')
     parts.append("</table>")
     return "\n".join(parts)
