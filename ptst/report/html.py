@@ -99,6 +99,11 @@ def num(text: str) -> str:
     return " ".join(f"<span>{e(p)}</span>" for p in parts)
 
 
+def label(text: str) -> str:
+    """A label cell's text, escaped, breakable at spaces only (`mock-llama2` never splits at its hyphen)."""
+    return " ".join(f"<span>{e(w)}</span>" for w in text.split(" ")) if "-" in text else e(text)
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1, wrap: int | None = None) -> str:
     """A plain table; the first `left` columns are left-aligned (labels), the rest right-aligned (numbers); column
     `wrap` (a list of per-seed tests, say) may wrap instead of widening the page."""
@@ -107,7 +112,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1, 
         return '<td class="wrap">' if i == wrap else '<td class="l">' if i < left else "<td>"
 
     head = "".join(f'<th class="row">{e(h)}</th>' if i < left else f"<th>{e(h)}</th>" for i, h in enumerate(header))
-    body = "".join("<tr>" + "".join(f"{td(i)}{e(c) if i < left or i == wrap else num(c)}</td>"
+    body = "".join("<tr>" + "".join(f"{td(i)}{e(c) if i == wrap else label(c) if i < left else num(c)}</td>"
                                     for i, c in enumerate(r)) + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
