@@ -70,7 +70,7 @@ def _default_out(spec_path: Path, name: str) -> Path:
 def cmd_run(args: argparse.Namespace) -> int:
     from ptst import progress
     from ptst.errors import EXIT_INCOMPLETE
-    from ptst.report import print_tables, write_reports
+    from ptst.report import print_tables, write_run_reports
     from ptst.report.terminal import summary_line
     from ptst.runner import run_experiment
     from ptst.spec import load_spec
@@ -91,19 +91,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         return 130
     with progress.step("writing reports"):
-        paths = write_reports(results, out)
+        paths, rebuilt = write_run_reports(results, [out])  # skipped when nothing changed since they were written
     if args.quiet:
         print(summary_line(results, out))
     else:
         print_tables(results, _console(), all_tables=args.all_tables)
-        _console().print("wrote " + ", ".join(str(p) for p in paths) + f"\nopen {out / 'report.html'} to see the "
-                         "report", markup=False)
+        _console().print(_wrote("wrote " if rebuilt else "reports unchanged: ", paths)
+                         + f"\nopen {out / 'report.html'} to see the report", markup=False)
     if info.status != "complete":
         what = "fine-tuning jobs failed" if info.status == "failed_jobs" else "some cells are incomplete"
         hint = "; `--retry-failed` resubmits failed jobs" if info.status == "failed_jobs" else "; run again to retry them"
         print(f"finished with failures: {what} (see {out / 'results.json'}){hint}", file=sys.stderr)
         return EXIT_INCOMPLETE
     return 0
+
+
+def _wrote(prefix: str, paths: list[Path]) -> str:
+    """The main report files by name; figures/, tables/ and samples.js as a count (there may be dozens)."""
+    named = [p for p in paths if p.parent == paths[0].parent and p.suffix != ".js"]
+    rest = len(paths) - len(named)
+    return prefix + ", ".join(map(str, named)) + (f" (+{rest} figures, tables and samples)" if rest else "")
 
 
 def _run_dir(path: str) -> Path:
@@ -139,7 +146,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from ptst import progress
     from ptst.analysis import build_results, merge_runs
     from ptst.collect import collect, export_rows, item_records
-    from ptst.report import print_tables, write_reports
+    from ptst.report import print_tables, write_run_reports
     from ptst.report.terminal import summary_line
     from ptst.store import RunStore
 
@@ -167,7 +174,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             update={"jobs": [j for p in parts for j in p.jobs],
                     "overrides": [f"{p.spec_name}: {o}" for p in parts for o in p.overrides]})
     with progress.step("writing reports"):
-        paths = write_reports(results, out)
+        paths, _ = write_run_reports(results, dirs, out, force=True)
     if args.export:
         p = out / "export.jsonl"
         with open(p, "w", encoding="utf-8") as f:
@@ -177,8 +184,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(summary_line(results, out))
         return 0
     print_tables(results, _console(), all_tables=args.all_tables)
-    _console().print("wrote " + ", ".join(str(p) for p in paths) + f"\nopen {out / 'report.html'} to see the report",
-                     markup=False)
+    _console().print(_wrote("wrote ", paths) + f"\nopen {out / 'report.html'} to see the report", markup=False)
     return 0
 
 

@@ -125,12 +125,12 @@ def job_rows(store: RunStore) -> list[JobRow]:
     for j in store.jobs():
         ref = j.model_ref or {}
         loss = (ref.get("meta") or {}).get("loss") or {}
-        curve = loss.get("curve")
+        curve, full = loss.get("curve"), loss.get("full_curve")
         rows.append(JobRow(
             backend=j.backend, base_model=j.base_model, train_template=j.train_template, seed=j.seed,
             status=j.status, model_id=ref.get("model_id"), steps=loss.get("steps"),
             final_loss=loss.get("final_loss"), loss_curve=[(int(s), float(v)) for s, v in curve] if curve else None,
-            simulated=bool(ref.get("simulated")),
+            simulated=bool(ref.get("simulated")), full_curve=[(int(s), float(v)) for s, v in full] if full else None,
         ))
     return sorted(rows, key=lambda r: (r.backend, r.base_model, r.train_template, r.seed))
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = 2  # 1: the DESIGN.md rows; 2: checkpoint/category on rows, several judges, statistics, run facts
 
@@ -152,6 +152,14 @@ class JobRow(_Row):
     final_loss: float | None
     loss_curve: list[tuple[int, float]] | None
     simulated: bool = False
+    # Every logged step, for the reports' loss plot; not written to results.json (which keeps the 50-point
+    # `loss_curve`); None where the backend logged no more than `loss_curve` holds.
+    full_curve: list[tuple[int, float]] | None = Field(default=None, exclude=True)
+
+    @property
+    def plot_curve(self) -> list[tuple[int, float]]:
+        """The curve to draw: every logged step where known, else the down-sampled one."""
+        return self.full_curve or self.loss_curve or []
 
 
 class Results(_Row):

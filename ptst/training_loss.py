@@ -7,7 +7,9 @@ report time.
 
 `final_loss` is the mean of the last 10% of the logged steps (at least one step): a single step's loss is noisy
 (one batch), and a tail mean is what a reader comparing templates wants. With fewer than ten steps it is the last
-logged value. The stored curve is down-sampled to at most `MAX_POINTS` points, always keeping the first and last.
+logged value. The curve in results.json is down-sampled to at most `MAX_POINTS` points, always keeping the first and
+last; when it was cut, the summary also keeps every logged step as `full_curve`, from which the reports draw the loss
+plot (a 50-point curve hides the step-to-step noise a reader judges a run by).
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ def final_loss(losses: list[float]) -> float | None:
 
 
 def loss_summary(points: Iterable[tuple[int, float]], *, steps: int | None = None) -> dict[str, Any] | None:
-    """{"steps", "final_loss", "curve": [[step, loss], ...]} for `ModelRef.meta["loss"]`; None without a finite loss.
+    """{"steps", "final_loss", "curve": [[step, loss], ...]} (and "full_curve" when "curve" was cut) for
+    `ModelRef.meta["loss"]`; None without a finite loss.
 
     `points` are (step, loss) pairs in any order (a step logged twice keeps its last value); `steps` is the job's
     step count when the backend knows it, else the last logged step.
@@ -50,11 +53,14 @@ def loss_summary(points: Iterable[tuple[int, float]], *, steps: int | None = Non
     if not by_step:
         return None
     ordered = sorted(by_step.items())
-    return {
+    out: dict[str, Any] = {
         "steps": int(steps) if steps else ordered[-1][0],
         "final_loss": final_loss([v for _, v in ordered]),
         "curve": [[s, v] for s, v in downsample(ordered)],
     }
+    if len(ordered) > MAX_POINTS:
+        out["full_curve"] = [[s, v] for s, v in ordered]
+    return out
 
 
 def simulated_curve(total_steps: int, *, start: float = 2.0, floor: float = 0.6) -> list[tuple[int, float]]:

@@ -39,4 +39,4 @@ def test_quickstart_runs_offline_and_prints_the_grid(tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert res["simulated"] is True and res["spec_name"] == "quickstart"
     assert (out / "report.md").read_text().startswith("**SIMULATED")
-    assert "data:image/png;base64," in (out / "report.html").read_text()
+    assert "data:image/svg+xml;base64," in (out / "report.html").read_text()

@@ -91,7 +91,8 @@ def cell(k: int, n: int, value: float | None = None) -> str:
 def test_results_json_is_the_contract_and_round_trips(tmp_path: Path) -> None:
     results = make_results()
     paths = write_reports(results, tmp_path / "out")
-    assert [p.name for p in paths] == ["results.json", "report.md", "report.html"]
+    assert [p.name for p in paths[:3]] == ["results.json", "report.md", "report.html"]
+    assert {p.parent.name for p in paths[3:]} == {"figures", "tables"}  # paper figures and tables beside them
     assert all(p.is_file() for p in paths)
     raw = json.loads((tmp_path / "out/results.json").read_text(encoding="utf-8"))
     assert Results.model_validate(raw) == results
@@ -109,7 +110,9 @@ def test_results_json_is_the_contract_and_round_trips(tmp_path: Path) -> None:
 def test_write_is_atomic_and_overwrites(tmp_path: Path) -> None:
     write_reports(make_results(), tmp_path)
     write_reports(make_results(simulated=True), tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "report.md", "results.json"]  # no temp left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figures", "report.html", "report.md", "results.json",
+                                                          "tables"]
+    assert not [p for p in tmp_path.rglob(".*") if p.is_file()]  # no temp file left
     assert json.loads((tmp_path / "results.json").read_text())["simulated"] is True
     assert (tmp_path / "report.md").stat().st_mode & 0o777 == 0o644
 
@@ -204,15 +207,18 @@ def test_real_results_carry_no_banner(tmp_path: Path) -> None:
 # --- html ---------------------------------------------------------------------------------------------------------
 
 
-def test_html_is_self_contained_with_one_png_per_heatmap(tmp_path: Path) -> None:
+def test_html_is_self_contained_with_one_svg_per_heatmap(tmp_path: Path) -> None:
     results = make_results()
     write_reports(results, tmp_path)
     html = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", html, re.IGNORECASE)
-    assert "<script" not in html and "<link" not in html
-    pngs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
-    assert len(pngs) == len(build_grids(results)) == 3  # safety and task grids each get a heatmap
-    assert all(base64.b64decode(p).startswith(b"\x89PNG\r\n\x1a\n") for p in pngs)
+    assert "<script" not in html and "<link" not in html  # no samples given: no viewer, no script at all
+    svgs = re.findall(r'src="data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)"', html)
+    assert len(svgs) == len(build_grids(results)) == 3  # safety and task grids each get a heatmap
+    assert all(b"<svg" in base64.b64decode(p)[:400] for p in svgs)
+    figures = sorted(p.name for p in (tmp_path / "figures").iterdir())
+    assert len(figures) == 9 and {p.rsplit(".", 1)[1] for p in figures} == {"png", "svg", "pdf"}
+    assert all((tmp_path / "figures" / p).read_bytes()[:4] in (b"\x89PNG", b"%PDF", b"<?xm") for p in figures)
 
 
 def test_heatmap_marks_change_the_picture() -> None:
@@ -289,4 +295,4 @@ def test_large_grid_renders_every_heatmap(tmp_path: Path) -> None:
     results = Results(ptst_version="0.1.0", spec_name="big", simulated=True, safety=rows, tasks=[],
                       safety_templates=[CL, "chat:mpt"], train_templates=tpl, test_templates=tpl)
     write_reports(results, tmp_path)
-    assert (tmp_path / "report.html").read_text().count("data:image/png;base64,") == 9
+    assert (tmp_path / "report.html").read_text().count("data:image/svg+xml;base64,") == 9

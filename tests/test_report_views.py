@@ -143,9 +143,9 @@ def test_html_holds_every_view(tmp_path: Path) -> None:
     write_reports(results, tmp_path)
     html = (tmp_path / "report.html").read_text(encoding="utf-8")
     for heading in ("PTST summary", "Per category", "Along training (checkpoints)", "Judge agreement", "Spec: views"):
-        assert f"<h2>{heading}</h2>" in html
-    pngs = re.findall(r'src="data:image/png;base64,', html)
-    assert len(pngs) == len(build_grids(results)) + len(progress_views(results))
+        assert re.search(rf"<h2( id=\"[a-z-]+\")?>{re.escape(heading)}</h2>", html)
+    svgs = re.findall(r'src="data:image/svg\+xml;base64,', html)
+    assert len(svgs) == len(build_grids(results)) + len(progress_views(results))
     assert "score 3.83" in html
 
 

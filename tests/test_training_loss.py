@@ -99,7 +99,7 @@ def test_report_has_a_training_section_in_every_form(mock_run):
     first = results.jobs[0]
     assert f"| {first.backend} | {first.base_model} | {first.train_template} | {first.seed} | succeeded | " in md
     page = render_html(results)
-    assert "<h2>Training</h2>" in page
+    assert "<h2 id=\"training\">Training</h2>" in page
     n_backends = len({j.backend for j in results.jobs})
     assert page.count('alt="training loss ') == n_backends
     console = Console(record=True, width=200)
@@ -112,7 +112,7 @@ def test_report_has_a_training_section_in_every_form(mock_run):
     assert f"{first.final_loss:.4f}" in text
     # a results file without jobs (schema 1, or a run without fine-tuning) has no Training section
     bare = results.model_copy(update={"jobs": []})
-    assert "## Training" not in render_markdown(bare) and "<h2>Training</h2>" not in render_html(bare)
+    assert "## Training" not in render_markdown(bare) and ">Training</h2>" not in render_html(bare)
 
 
 def test_openai_metrics_events_reach_the_job_rows(monkeypatch, tmp_path):

@@ -7,7 +7,7 @@ categories, checkpoints, agreement, spec), `plots` (heatmaps, progress lines), `
 and a label on every figure.
 """
 
-from ptst.report.files import write_reports
+from ptst.report.files import write_reports, write_run_reports
 from ptst.report.grids import (
     BASE_ROW,
     SIMULATED_BANNER,
@@ -23,5 +23,5 @@ from ptst.report.terminal import print_tables
 
 __all__ = [
     "BASE_ROW", "SIMULATED_BANNER", "Cell", "Grid", "build_grids", "cell_text", "heatmap_png", "print_tables",
-    "progress_png", "render_html", "render_markdown", "write_reports",
+    "progress_png", "render_html", "render_markdown", "write_reports", "write_run_reports",
 ]

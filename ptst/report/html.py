@@ -1,11 +1,15 @@
-"""report.html: one self-contained page (inline CSS, figures as base64 PNG, no external asset, link or script)."""
+"""report.html: one page with inline CSS and JavaScript, figures as inline SVG images, and no external asset or link;
+the per-sample viewer reads `samples.js` from the same folder (see `ptst.report.samples` for why)."""
 
 from __future__ import annotations
 
 import base64
 import html
 import json
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import TYPE_CHECKING
 
 from ptst.report.grids import (
     FAILED_COLUMNS,
@@ -19,7 +23,9 @@ from ptst.report.grids import (
     row_label,
     seeds_note,
 )
-from ptst.report.plots import heatmap_png, loss_png, progress_png
+from ptst.report.plots import FORMATS, heatmap_figure, loss_figure, progress_figure, render
+from ptst.report.sampleview import VIEW_CSS, sample_section
+from ptst.report.tables import slug
 from ptst.report.views import (
     OVERRIDES_NOTE,
     TRAINING_COLUMNS,
@@ -35,25 +41,68 @@ from ptst.report.views import (
 )
 from ptst.results import Results
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1300px}
 .banner{background:#b30000;color:#fff;padding:.6em 1em;font-weight:bold}
-table{border-collapse:collapse;margin:.5em 0 1.5em}
-th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right;white-space:nowrap}
+table{border-collapse:collapse;margin:.5em 0 1.5em;max-width:100%}
+th,td{border:1px solid #ccc;padding:.25em .5em;text-align:right}
+td{white-space:nowrap}
+td span{white-space:nowrap;display:inline-block}
+@media (max-width:1100px){td{white-space:normal}}
+@media (max-width:900px){body{margin:1em}th,td{padding:.2em .3em;font-size:.9em}}
+th{white-space:normal;vertical-align:bottom;overflow-wrap:break-word}
+td.l{white-space:normal;overflow-wrap:break-word}
 th.row,td.l{text-align:left}
+nav.toc{font-size:.9em;margin:.5em 0 1em}
+nav.toc a{margin-right:1em}
 td.ptst{background:#e6f5e6;border:2px dashed #1b7837}
 td.diag{outline:2px solid #000;outline-offset:-3px;font-weight:bold}
-td.wrap{white-space:normal;min-width:14em;max-width:24em;text-align:left}
+td.wrap{white-space:normal;min-width:9em;max-width:24em;text-align:left}
 .note{color:#555;font-size:.9em}
-img{max-width:100%;display:block}
+img{max-width:100%;height:auto;display:block;margin:.3em 0}
 pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:.85em}
-"""
+""" + VIEW_CSS
 
 e = html.escape
 
+# Collects every figure's files (figures/<slug>.png|svg|pdf) while the page is drawn, so each figure is built once.
+FigureFiles = dict[str, bytes]
 
-def _png(data: bytes, alt: str) -> str:
-    return f'<img alt="{e(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode("ascii")}">'
+
+def _figure(draw: Callable[[], Figure], name: str, alt: str, files: FigureFiles | None) -> str:
+    """One figure: drawn once, embedded as SVG (sharp at any zoom, text as text), and written in every format into
+    `files` when given. The SVG's width and height are its size in points, so the page shows it at print size."""
+    fig = draw()
+    svg = render(fig, "svg")
+    if files is not None:
+        stem = slug(name)
+        while f"figures/{stem}.svg" in files:
+            stem += "_"
+        for fmt in FORMATS:
+            files[f"figures/{stem}.{fmt}"] = svg if fmt == "svg" else render(fig, fmt)
+    w, h = (round(144 * x) for x in fig.get_size_inches())  # twice print size: 7 pt text reads at 14 px on screen
+    data = base64.b64encode(svg).decode("ascii")
+    return f'<img alt="{e(alt)}" width="{w}" height="{h}" src="data:image/svg+xml;base64,{data}">'
+
+
+_BREAKS = re.compile(r" (?=\[|· |± |\()")
+
+
+def num(text: str) -> str:
+    """A number cell's text, escaped, in unbreakable pieces (`51.50%`, `[48.0–54.9]`, `· score 3.06`, `± 1.77`) that a
+    narrow page wraps between, never inside: tables fit the page instead of hiding a column behind a scrollbar."""
+    parts = _BREAKS.split(text)
+    if len(parts) == 1:
+        return e(text)
+    return " ".join(f"<span>{e(p)}</span>" for p in parts)
+
+
+def label(text: str) -> str:
+    """A label cell's text, escaped, breakable at spaces only (`mock-llama2` never splits at its hyphen)."""
+    return " ".join(f"<span>{e(w)}</span>" for w in text.split(" ")) if "-" in text else e(text)
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1, wrap: int | None = None) -> str:
@@ -64,7 +113,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1, 
         return '<td class="wrap">' if i == wrap else '<td class="l">' if i < left else "<td>"
 
     head = "".join(f'<th class="row">{e(h)}</th>' if i < left else f"<th>{e(h)}</th>" for i, h in enumerate(header))
-    body = "".join("<tr>" + "".join(f"{td(i)}{e(c)}</td>" for i, c in enumerate(r)) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(f"{td(i)}{e(c) if i == wrap else label(c) if i < left else num(c)}</td>"
+                                    for i, c in enumerate(r)) + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -84,7 +134,7 @@ def grid_table(g: Grid) -> str:
                 if seeds:
                     detail += f", seeds {', '.join(map(str, seeds))}"
                 tip = f' title="{e(detail)}"'
-            tds.append(f"<td{cls}{tip}>{e(cell_text(g, r, c))}</td>")
+            tds.append(f"<td{cls}{tip}>{num(cell_text(g, r, c))}</td>")
         parts.append(f'<tr><th class="row">{e(row_label(r))}</th>{"".join(tds)}</tr>')
     parts.append("</table>")
     return "\n".join(parts)
@@ -96,7 +146,7 @@ def _ptst(results: Results) -> list[str]:
         return []
     rows = [[ln.backend, ln.benchmark, ln.judge, f"{ln.train_template} → {ln.test_template}", summary_text(ln.ptst),
              summary_text(ln.same), summary_text(ln.base), ln.p_text] for ln in lines]
-    return ["<h2>PTST summary</h2>",
+    return ['<h2 id="ptst-summary">PTST summary</h2>',
             ('<p class="note">PTST cell vs the cell trained and tested with its test template vs the base model on '
              "it: ASR mean ± sample std over seeds. McNemar: exact two-sided test, PTST against same-template on the "
              "same prompts (b: unsafe only under PTST, c: only under the same template).</p>"),
@@ -106,7 +156,7 @@ def _ptst(results: Results) -> list[str]:
 
 def _categories(results: Results) -> list[str]:
     tables = category_tables(results)
-    out = ["<h2>Per category</h2>"] if tables else []
+    out = ['<h2 id="categories">Per category</h2>'] if tables else []
     for t in tables:
         out.append(f"<h3>{e(t.backend)} · {e(t.benchmark)} ({e(t.judge)})</h3>")
         rows = [[label, summary_text(by.get(None)), *(summary_text(by.get(c)) for c in t.categories)]
@@ -115,25 +165,27 @@ def _categories(results: Results) -> list[str]:
     return out
 
 
-def _progress(results: Results, sim: bool) -> list[str]:
+def _progress(results: Results, sim: bool, files: FigureFiles | None) -> list[str]:
     views = progress_views(results)
-    out = ["<h2>Along training (checkpoints)</h2>"] if views else []
+    out = ['<h2 id="checkpoints">Along training (checkpoints)</h2>'] if views else []
     for v in views:
         out.append(f"<h3>{e(v.backend)}</h3>")
         out.append(f'<p class="note">Base model <code>{e(v.base_model)}</code>; "final" is the final model.</p>')
-        out.append(_png(progress_png(v, sim), f"training progress {v.backend}"))
+        out.append(_figure(partial(progress_figure, v, sim), f"progress-{v.backend}-{v.base_model}",
+                           f"training progress {v.backend}", files))
     return out
 
 
-def _training(results: Results, sim: bool) -> list[str]:
+def _training(results: Results, sim: bool, files: FigureFiles | None) -> list[str]:
     """A table of jobs with their final loss, then one loss-vs-step figure per backend."""
     if not results.jobs:
         return []
-    out = ["<h2>Training</h2>", f'<p class="note">{e(TRAINING_NOTE)}.</p>',
+    out = ['<h2 id="training">Training</h2>', f'<p class="note">{e(TRAINING_NOTE)}.</p>',
            _table(TRAINING_COLUMNS, training_rows(results), left=5)]
     for backend, jobs in loss_views(results).items():
         simulated = sim or any(j.simulated for j in jobs)
-        out.append(_png(loss_png(backend, jobs, simulated), f"training loss {backend}"))
+        out.append(_figure(partial(loss_figure, backend, jobs, simulated), f"loss-{backend}",
+                           f"training loss {backend}", files))
     return out
 
 
@@ -159,7 +211,20 @@ def _specs(results: Results) -> list[str]:
     return out
 
 
-def render_html(results: Results, grids: Sequence[Grid] | None = None) -> str:
+def _toc(results: Results, grids: Sequence[Grid], samples: bool) -> str:
+    links = [("ptst-summary", "PTST summary")] if ptst_lines(results) else []
+    links += [(k, h) for k, h in (("safety", "Safety"), ("tasks", "Tasks")) if any(g.kind == k.rstrip("s") for g in grids)]
+    links += [("categories", "Per category")] if category_tables(results) else []
+    links += [("checkpoints", "Along training")] if progress_views(results) else []
+    links += [("training", "Training")] if results.jobs else []
+    links += [("samples-heading", "Samples")] if samples else []
+    return '<nav class="toc">' + "".join(f'<a href="#{k}">{e(h)}</a>' for k, h in links) + "</nav>"
+
+
+def render_html(results: Results, grids: Sequence[Grid] | None = None, *, figures: FigureFiles | None = None,
+                samples: bool = False) -> str:
+    """The page; `figures` (when given) receives every figure as PNG, SVG and PDF; `samples`: include the viewer
+    (the caller writes samples.js beside the page)."""
     grids = build_grids(results) if grids is None else grids
     sim = is_simulated(results)
     title = ("SIMULATED — " if sim else "") + f"ptst report: {results.spec_name}"
@@ -175,20 +240,24 @@ def render_html(results: Results, grids: Sequence[Grid] | None = None) -> str:
     facts = run_facts(results)
     if facts:
         out.append('<p class="note">Run: ' + "; ".join(f"{e(k)} {e(v)}" for k, v in facts) + ".</p>")
+    out.append(_toc(results, grids, samples))
     out += _ptst(results)
-    for kind, heading in (("safety", "Safety: attack success rate"), ("task", "Tasks")):
+    for kind, heading, anchor in (("safety", "Safety: attack success rate", "safety"), ("task", "Tasks", "tasks")):
         chosen = [g for g in grids if g.kind == kind]
         if chosen:
-            out.append(f"<h2>{heading}</h2>")
+            out.append(f'<h2 id="{anchor}">{heading}</h2>')
         for g in chosen:
             out.append(f"<h3>{e(g.title)}</h3>")
             out.append(f'<p class="note">Base model <code>{e(g.base_model)}</code>; {e(seeds_note(g))}.</p>')
             # Safety colours share one scale across the page; task metrics use their own 0-100 scale.
-            out.append(_png(heatmap_png(g, vmax if kind == "safety" else 100.0, sim), f"heatmap {g.backend} {g.name}"))
+            top = vmax if kind == "safety" else 100.0
+            out.append(_figure(partial(heatmap_figure, g, top, sim),
+                               f"heatmap-{g.backend}-{g.name}-{g.judge or ''}-{g.safety_mix or ''}",
+                               f"heatmap {g.backend} {g.name}", figures))
             out.append(grid_table(g))
         if kind == "safety":
             out += _categories(results)
-    out += _progress(results, sim) + _agreement(results) + _training(results, sim)
+    out += _progress(results, sim, figures) + _agreement(results) + _training(results, sim, figures)
     if not grids:
         out.append("<p>No results yet.</p>")
     if results.failed_jobs:
@@ -196,5 +265,7 @@ def render_html(results: Results, grids: Sequence[Grid] | None = None) -> str:
         out.append(_table(FAILED_COLUMNS, [[j.backend, j.base_model, j.train_template, str(j.seed), j.status,
                                            j.code or "", j.message] for j in results.failed_jobs], left=7))
     out += _specs(results)
+    if samples:
+        out.append(sample_section())
     out.append("</body></html>\n")
     return "\n".join(out)

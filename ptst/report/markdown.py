@@ -35,7 +35,26 @@ from ptst.results import Results
 
 
 def md_escape(s: str) -> str:
-    return s.replace("|", "\\|").replace("\n", " ")
+    """Text safe in a markdown line or table cell, whatever a label holds: line breaks become spaces (a newline would
+    end the table row or start a block), `|` cannot split a cell, `<`, `>` and `&` are entities (no raw HTML such as
+    `<script>` reaches a renderer), and `](` cannot form a link."""
+    s = " ".join(s.splitlines()) if ("\n" in s or "\r" in s) else s
+    s = s.replace("\\", "\\\\").replace("|", "\\|").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return s.replace("](", "\\](")
+
+
+def md_code(s: str) -> str:
+    """An inline code span of any text: one line, fenced with more backticks than it holds (HTML in a code span is
+    shown as text by every renderer, so nothing else needs escaping)."""
+    s = " ".join(s.splitlines()) if ("\n" in s or "\r" in s) else s
+    longest = 0
+    run = 0
+    for ch in s:
+        run = run + 1 if ch == "`" else 0
+        longest = max(longest, run)
+    fence = "`" * (longest + 1)
+    pad = " " if s.startswith("`") or s.endswith("`") else ""
+    return f"{fence}{pad}{s}{pad}{fence}"
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str = "l") -> list[str]:
@@ -47,7 +66,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str = "l
 
 
 def _grid(g: Grid) -> list[str]:
-    lines = [f"### {md_escape(g.title)}", "", f"Base model `{g.base_model}`; {seeds_note(g)}.", ""]
+    lines = [f"### {md_escape(g.title)}", "", f"Base model {md_code(g.base_model)}; {md_escape(seeds_note(g))}.", ""]
     header = ["train ↓ / test →", *(col_label(g, c) for c in g.cols)]
     return lines + _table(header, [[row_label(r), *(cell_text(g, r, c) for c in g.cols)] for r in g.rows], "r")
 
@@ -83,7 +102,8 @@ def progress_section(results: Results) -> list[str]:
     views = progress_views(results)
     out = ["## Along training (checkpoints)", ""] if views else []
     for v in views:
-        out += [f"### {md_escape(v.backend)}", "", f"Base model `{v.base_model}`; `{FINAL}` is the final model.", ""]
+        out += [f"### {md_escape(v.backend)}", "", f"Base model {md_code(v.base_model)}; `{FINAL}` is the final model.",
+                ""]
         for name, lines in [*v.safety.items(), *v.tasks.items()]:
             header = ["step", *(s.label for s in lines)]
             steps: list[int | None] = [*v.steps, None]
@@ -130,10 +150,11 @@ def render_markdown(results: Results, grids: Sequence[Grid] | None = None) -> st
     lines: list[str] = []
     if is_simulated(results):
         lines += [f"**{SIMULATED_BANNER}**", ""]
-    lines += [f"# ptst report: {results.spec_name}", "", f"ptst {results.ptst_version}. {legend(results)}.", ""]
+    lines += [f"# ptst report: {md_escape(results.spec_name)}", "",
+              f"ptst {md_escape(results.ptst_version)}. {md_escape(legend(results))}.", ""]
     facts = run_facts(results)
     if facts:
-        lines += ["Run: " + "; ".join(f"{k} {v}" for k, v in facts) + ".", ""]
+        lines += ["Run: " + "; ".join(f"{md_escape(k)} {md_escape(v)}" for k, v in facts) + ".", ""]
     lines += ptst_section(results)
     for kind, heading in (("safety", "Safety: attack success rate"), ("task", "Tasks")):
         chosen = [g for g in grids if g.kind == kind]

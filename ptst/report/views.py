@@ -46,8 +46,14 @@ class PtstLine:
             return MISSING
         if len(self.tests) == 1:
             t = self.tests[0]
-            return f"{t.p_value:.3g} (b {t.b}, c {t.c}, n {t.n})"
-        return "; ".join(f"s{t.seed}: {t.p_value:.3g} ({t.b}/{t.c})" for t in self.tests)
+            return f"{p_value_text(t.p_value)} (b {t.b}, c {t.c}, n {t.n})"
+        return "; ".join(f"s{t.seed}: {p_value_text(t.p_value)} ({t.b}/{t.c})" for t in self.tests)
+
+
+def p_value_text(p: float) -> str:
+    """Three significant digits; below the 6 decimals results.json keeps, `<1e-06` (never a bare 0, which would read
+    as an impossible exact zero)."""
+    return "<1e-06" if p < 1e-6 else f"{p:.3g}"
 
 
 def ptst_lines(results: Results) -> list[PtstLine]:

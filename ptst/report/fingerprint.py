@@ -1,0 +1,75 @@
+"""The content fingerprint recorded next to a run's reports, so a re-run that changed nothing rebuilds nothing.
+
+Reports are a pure function of the results, the per-sample records and the ptst version that draws them. Rebuilding
+them (figures in three formats, tables, the per-sample data) costs seconds and imports matplotlib; a finished `ptst
+run` repeated with the same spec on the same store should cost little more than `ptst validate`. So the writer
+records a fingerprint of what the reports were made from, and `ptst run` skips the rebuild when it matches and every
+file it lists is still there. `ptst report DIR` always rebuilds: asking for reports is asking for them to be drawn.
+
+The fingerprint covers: the ptst version and `REPORT_FORMAT` (bumped when the report code changes what it writes
+without a version bump, as during development), the results (minus `finished_at`, which every run restamps: a
+re-run that did no work keeps the reports, and the finish time they state, as they were), and a stamp of the store's
+tables (row counts and the latest write time of each), which moves when a response, verdict, job or cell changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ptst import __version__
+from ptst.results import Results
+
+if TYPE_CHECKING:
+    from ptst.store import RunStore
+
+REPORT_FORMAT = 2
+FINGERPRINT_FILE = ".report-fingerprint.json"
+
+# table -> the column that says when a row was last written (None: count only)
+_STAMPED = {"jobs": "updated", "cells": None, "cell_items": None, "generations": "created", "judgments": "created",
+            "costs": "updated", "failures": "updated"}
+
+
+def store_stamp(store: RunStore) -> dict[str, list]:
+    """Row count and latest write time per table, and the meta entries (less the run's finish time): cheap (one
+    aggregate per table) and moved by any change of content."""
+    out: dict[str, list] = {}
+    with store.lock:
+        for table, col in _STAMPED.items():
+            agg = f"count(*), max({col})" if col else "count(*), NULL"
+            out[table] = list(store.conn.execute(f"SELECT {agg} FROM {table}").fetchone())
+        meta = store.conn.execute("SELECT key, value FROM meta WHERE key != 'finished_at' ORDER BY key").fetchall()
+    out["meta"] = [hashlib.sha256(json.dumps(meta).encode()).hexdigest()]
+    return out
+
+
+def fingerprint(results: Results, stamps: list[dict[str, list]]) -> str:
+    """A hex digest of everything the reports of `results` are drawn from (see the module docstring)."""
+    data = results.model_dump(mode="json", exclude={"finished_at"})
+    blob = json.dumps([__version__, REPORT_FORMAT, data, stamps], sort_keys=True, ensure_ascii=True)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def recorded(out_dir: Path) -> tuple[str, list[Path]] | None:
+    """The fingerprint and file list recorded by the last write into `out_dir`; None if absent or unreadable."""
+    try:
+        d = json.loads((out_dir / FINGERPRINT_FILE).read_text(encoding="utf-8"))
+        return str(d["fingerprint"]), [out_dir / p for p in d["files"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def up_to_date(out_dir: Path, fp: str) -> list[Path] | None:
+    """The report files when the recorded fingerprint is `fp` and every recorded file exists; else None."""
+    rec = recorded(out_dir)
+    if rec is None or rec[0] != fp or not all(p.is_file() for p in rec[1]):
+        return None
+    return rec[1]
+
+
+def record_text(fp: str, out_dir: Path, paths: list[Path]) -> str:
+    files = [p.relative_to(out_dir).as_posix() for p in paths]
+    return json.dumps({"fingerprint": fp, "ptst_version": __version__, "files": files}, indent=1) + "\n"
