@@ -170,3 +170,23 @@ def test_terminal_fits_80_columns(simulated: bool) -> None:
     # along training, transposed: a row per train -> test cell, a column per step (step 100, then the final model)
     assert re.search(r"^\s*chat:llama → chat:llama\s+16\.67%\s+58\.33%\s*$", text, re.MULTILINE)
     assert re.search(r"\bb\s+6\s+0\.571\s+1/4\s+1/0", text)  # both safe/unsafe 1/4; only A/B 1/0
+
+
+def test_tiny_mcnemar_p_is_never_a_bare_zero() -> None:
+    """22 discordant pairs all one way: exact two-sided p = 2 / 2**22 ≈ 4.8e-07, below results.json's 6 decimals."""
+    n = 22
+
+    def cell(train, unsafe):
+        return [ItemRecord(backend="b", base_model="m", train_template=train, seed=0, checkpoint=None,
+                           test_template=CL, kind="safety", dataset="advbench", metric=None, index=i, query=f"q{i}",
+                           reference=None, category=None, response=f"r{i}", verdicts=(Verdict(KW, unsafe),))
+                for i in range(n)]
+
+    info = RunInfo(spec_name="tiny-p", simulated=False, judge=KW, train_templates=(CV, CL), test_templates=(CL,),
+                   safety_templates=(CL,))
+    results = build_results([*cell(CV, F), *cell(CL, T)], [], info, status="complete", specs=[SPEC])
+    console = Console(record=True, width=80)
+    print_tables(results, console)
+    text = console.export_text()
+    assert "<1e-06" in text and "&lt;1e-06 (b 0, c 22, n 22)" in render_markdown(results)  # markdown escapes "<"
+    assert not re.search(r"\s0\s+0/22", text)

@@ -38,6 +38,7 @@ from ptst.report.views import (
     category_tables,
     mean_text,
     progress_views,
+    p_value_text,
     ptst_lines,
     summary_text,
 )
@@ -177,7 +178,7 @@ def _print_ptst(results: Results, console: Console) -> None:
     for ln in lines:
         cell = f"{ln.backend} · {ln.benchmark}\n{ln.train_template} → {ln.test_template}"
         labels.append(cell + (f"\n{ln.judge}" if several_judges else ""))
-    p = [Text("\n".join(f"{t.p_value:.3g}" for t in ln.tests) or MISSING) for ln in lines]
+    p = [Text("\n".join(p_value_text(t.p_value) for t in ln.tests) or MISSING) for ln in lines]
     bc = [Text("\n".join(f"{t.b}/{t.c}" for t in ln.tests) or MISSING) for ln in lines]
 
     def values(narrow: bool) -> list[list[Text]]:
