@@ -166,6 +166,7 @@ class Backend(LocalBackend):
     @property
     def tokenizer_file(self) -> str | None:
         """The checkpoint's tokenizer file; None for mistral-common's bundled v1."""
+        self.fetch_model()  # with `download: true`, before the cache is searched (a v3 model must not get v1)
         return find_tokenizer(self.spec.model, self.options.tokenizer)
 
     @property

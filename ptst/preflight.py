@@ -153,8 +153,9 @@ def _looks_like_path(model: str) -> bool:
 
 def _runs_locally(backend: FineTuneBackend) -> bool:
     """Whether the backend loads the model itself (from a folder or the local HF cache) rather than calling an API:
-    it claims a local resource, or it takes raw-text templates (which only a model run locally can)."""
-    return backend.resource() is not None or "text" in backend.modes
+    it takes raw-text templates (which only a model run locally can), or it claims a local resource. The cheap test
+    comes first: a local backend's `resource()` may import torch to look for a GPU, and validating must not."""
+    return "text" in backend.modes or backend.resource() is not None
 
 
 def _in_hf_cache(model: str) -> bool:
@@ -164,7 +165,7 @@ def _in_hf_cache(model: str) -> bool:
         return False
     try:
         return isinstance(try_to_load_from_cache(model, "config.json"), str)
-    except Exception:
+    except ValueError:  # HFValidationError: not a valid hub id, so it cannot be cached
         return False
 
 
@@ -197,10 +198,14 @@ def _check_backend(i: int, bspec: BackendSpec, found: _Findings) -> None:
             found.errors.append(f"{field}.model: {model} is a file; give the model's folder (config.json, weights)")
         return
     if _runs_locally(backend):
+        if problems:
+            return  # the backend has spoken about its model (a hub id it will not download and cannot find, ...)
         if not _in_hf_cache(model):
+            how = ("it is downloaded when the run starts (download: true; needs internet)"
+                   if bspec.options.get("download") is True else "the backend must fetch it when the run starts")
             found.unchecked.append(
-                f"{field}.model: hub id {model!r} is not in the local Hugging Face cache here; nothing is downloaded, "
-                "so it must be there when the run starts (not checked offline)"
+                f"{field}.model: hub id {model!r} is not in the local Hugging Face cache here; {how} (not checked "
+                "offline)"
             )
     else:
         found.unchecked.append(f"{field}.model: {model!r} on the {bspec.kind} API is not checked offline")
