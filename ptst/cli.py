@@ -240,15 +240,26 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     from ptst.estimate import estimate_run
     from ptst.estimate import usd_text as money
     from ptst.plan import train_jobs
-    from ptst.runner import load_datasets
+    from ptst.preflight import preflight
+    from ptst.runner import limit_datasets, load_datasets
     from ptst.spec import load_spec
 
     spec_path = Path(args.spec)
-    spec = load_spec(spec_path)
-    data = load_datasets(spec, spec_path.resolve().parent, limit=args.limit)
-    backends = [(b, create_backend(b)) for b in spec.backends]
-    planned = {b.name: train_jobs(spec, b, backend, data) for b, backend in backends}
-    est = estimate_run(spec, data, backends, planned)
+    try:  # the same checks as `ptst validate`, every problem listed; with --json, as JSON on stdout
+        spec = load_spec(spec_path)
+        checked = limit_datasets(spec, args.limit) if args.limit else spec
+        preflight(checked, spec_path.resolve().parent).raise_for_errors(str(args.spec))
+        data = load_datasets(spec, spec_path.resolve().parent, limit=args.limit)
+        backends = [(b, create_backend(b)) for b in spec.backends]
+        planned = {b.name: train_jobs(spec, b, backend, data) for b, backend in backends}
+        est = estimate_run(spec, data, backends, planned)
+    except PtstError as e:
+        if not args.json:
+            raise
+        problems = list(getattr(e, "problems", None) or [str(e)])
+        sys.stdout.write(json.dumps({"spec": str(args.spec), "exit_code": e.exit_code, "errors": problems},
+                                    ensure_ascii=False, indent=2) + "\n")
+        return e.exit_code
     if args.json:
         out = {"spec": spec.name, "limit": args.limit, **est.to_json(), "budget_usd": spec.budget_usd}
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
