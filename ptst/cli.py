@@ -91,10 +91,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     print("wrote " + ", ".join(str(p) for p in paths))
     if info.status != "complete":
         what = "fine-tuning jobs failed" if info.status == "failed_jobs" else "some cells are incomplete"
-        hint = "; `--retry-failed` resubmits failed jobs" if info.status == "failed_jobs" else "; run again to retry them"
-        print(f"finished with failures: {what} (see {out / 'results.json'}){hint}", file=sys.stderr)
+        print(f"finished with failures: {what} (see {out / 'results.json'}){_next_step(results)}", file=sys.stderr)
         return EXIT_INCOMPLETE
     return 0
+
+
+def _next_step(results: Results) -> str:
+    """What helps, and only that: `--retry-failed` for a job the API itself failed (or that was cancelled), which a
+    plain re-run leaves alone; a plain re-run for everything else (a connection error, an incomplete cell)."""
+    statuses = {j.status for j in results.failed_jobs}
+    hints = []
+    if statuses & {"failed", "cancelled"}:
+        hints.append("`--retry-failed` resubmits the jobs the API failed")
+    if statuses - {"failed", "cancelled"} or not statuses:
+        hints.append("run the same command again to retry the rest" if hints else
+                     "run the same command again to retry")
+    return "; " + "; ".join(hints)
 
 
 def _run_dir(path: str) -> Path:
