@@ -396,6 +396,25 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _closed_pipe()
+    except SystemExit as e:  # rich answers a closed pipe with SystemExit(1) raised while handling the BrokenPipeError
+        if isinstance(e.__context__, BrokenPipeError):
+            return _closed_pipe()
+        raise
+
+
+def _closed_pipe() -> int:
+    """The reader of our output went away (`ptst run ... | head`): not an error. Whatever the command did is done
+    and saved; stdout is pointed at /dev/null so the interpreter's final flush does not complain either."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real stdout file descriptor (an embedding host): nothing left to flush
+        pass
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
