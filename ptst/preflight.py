@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from ptst.backends.base import BackendSpec, FineTuneBackend, create_backend
 from ptst.data import DatasetRef
 from ptst.data.loaders import preview
-from ptst.errors import PtstError
+from ptst.errors import PtstError, printable
 from ptst.spec import Spec
 
 
@@ -50,7 +50,7 @@ class PreflightError(PtstError):
 
     def __init__(self, source: str, problems: list[str]):
         self.source = source
-        self.problems = problems
+        self.problems = [printable(p) for p in problems]
         if len(problems) == 1:  # one problem: one line, as every user error
             super().__init__(f"{source}: {problems[0]}")
             return
