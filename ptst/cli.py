@@ -148,6 +148,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if len(dirs) > 1 and not args.out:
         raise UsageError(f"{len(dirs)} run directories given: say where the merged report goes with --out DIR")
     out = Path(args.out) if args.out else dirs[0]
+    _check_report_dir(out, given=bool(args.out))
     parts, runs, specs, rows = [], [], [], []
     for d in dirs:
         with RunStore.open(d, lock=False) as store:
@@ -174,6 +175,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     print_tables(results, _console())
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
+
+
+def _check_report_dir(out: Path, *, given: bool) -> None:
+    """Before any work: the reports' folder must be writable (a read-only run folder is read, never written, when the
+    reports go elsewhere)."""
+    import os
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        writable = os.access(out, os.W_OK | os.X_OK)
+    except OSError:
+        writable = False
+    if not writable:
+        where = "" if given else " (the run folder itself, as no --out was given)"
+        raise UsageError(f"{out}: cannot write the reports here{where}: the folder is read-only; choose another --out")
 
 
 def cmd_templates(args: argparse.Namespace) -> int:
