@@ -89,7 +89,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     paths = write_reports(results, out)
     print_tables(results, _console())
     print("wrote " + ", ".join(str(p) for p in paths))
-    if info.status != "complete":
+    if info.status not in ("complete", "complete_limited"):
         what = "fine-tuning jobs failed" if info.status == "failed_jobs" else "some cells are incomplete"
         print(f"finished with failures: {what} (see {out / 'results.json'}){_next_step(results)}", file=sys.stderr)
         return EXIT_INCOMPLETE
@@ -165,7 +165,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     else:
         records, failed, info = merge_runs(runs)
         results = build_results(records, failed, info, specs=specs, **_merged_facts(parts)).model_copy(
-            update={"jobs": [j for p in parts for j in p.jobs]})
+            update={"jobs": [j for p in parts for j in p.jobs],  # one limited run makes the comparison a smoke test
+                    "limit": min((p.limit for p in parts if p.limit is not None), default=None)})
     paths = write_reports(results, out)
     if args.export:
         p = out / "export.jsonl"
@@ -269,7 +270,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     from ptst.estimate import usd_text as money
     from ptst.plan import train_jobs
     from ptst.preflight import preflight
-    from ptst.runner import limit_datasets, load_datasets
+    from ptst.runner import limit_datasets, limit_note, load_datasets
     from ptst.spec import load_spec
 
     spec_path = Path(args.spec)
@@ -313,7 +314,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     gpu = f"; about {est.gpu_hours:,.2f} GPU hours" if est.gpu_hours is not None else ""
     console.print(f"total estimated cost: {money(est.usd)}{budget}{gpu}")
     if args.limit:
-        console.print(f"(--limit {args.limit}: the first {args.limit} rows of every dataset)")
+        console.print(f"({limit_note(spec, args.limit)})")
     for note in est.notes:
         console.print(f"note: {note}")
     return 0

@@ -16,6 +16,7 @@ from ptst.report.grids import (
     col_label,
     is_simulated,
     legend,
+    limit_banner,
     pct,
     row_label,
     seeds_note,
@@ -214,6 +215,9 @@ def print_tables(results: Results, console: Console) -> None:
     from rich.text import Text
 
     grids = build_grids(results)
+    limited = limit_banner(results)
+    if limited is not None:
+        console.print(Text(limited, style="bold black on yellow"))
     if is_simulated(results):
         console.print(Text(SIMULATED_BANNER, style="bold white on red"))
     if not grids:
