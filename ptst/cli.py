@@ -282,13 +282,13 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         backends = [(b, create_backend(b)) for b in spec.backends]
         planned = {b.name: train_jobs(spec, b, backend, data) for b, backend in backends}
         est = estimate_run(spec, data, backends, planned)
-    except PtstError as e:
+    except PtstError as err:
         if not args.json:
             raise
-        problems = list(getattr(e, "problems", None) or [str(e)])
-        sys.stdout.write(json.dumps({"spec": str(args.spec), "exit_code": e.exit_code, "errors": problems},
+        problems = list(getattr(err, "problems", None) or [str(err)])
+        sys.stdout.write(json.dumps({"spec": str(args.spec), "exit_code": err.exit_code, "errors": problems},
                                     ensure_ascii=False, indent=2) + "\n")
-        return e.exit_code
+        return err.exit_code
     if args.json:
         out = {"spec": spec.name, "limit": args.limit, **est.to_json(), "budget_usd": spec.budget_usd}
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
