@@ -78,3 +78,16 @@ def test_a_failed_download_is_one_user_error_line(hub: dict):
         "hub id, the network and your access, or run `huggingface-cli download org/unreachable` and set download: "
         "false"
     )
+
+
+def test_an_estimate_downloads_nothing(hub: dict):
+    from ptst.types import Hyperparameters, TrainJob
+
+    hub["repos"]["org/tiny-mistral"] = {"config.json": "{}"}
+    backend = create_backend(BackendSpec(kind="mistral", model="org/tiny-mistral", download=True))
+    examples = tuple(BUILTIN["chat:vanilla"].apply(f"q{i}", "mistral", answer="a") for i in range(3))
+    job = TrainJob(backend="mistral", base_model="org/tiny-mistral", train_template="chat:vanilla", seed=0,
+                   hyperparameters=Hyperparameters(), examples=examples, data_hash="h")
+    est = backend.estimate(job)
+    assert hub["downloads"] == [] and est.n_examples == 3 and est.n_tokens is None and est.usd == 0.0
+    assert "downloaded when the run starts" in est.notes

@@ -284,6 +284,11 @@ class LocalBackend(FineTuneBackend):
         rendering costs ~2 ms (Llama 2) to ~18 ms (mistral-common) an example, so a 7,473-example grid would take
         minutes to estimate. Local training costs no money; the count only feeds the rough GPU-hours figure."""
         n = len(job.examples)
+        if not self._fetched and uncached_hub_id(self.spec.model):
+            # `download: true` and not fetched yet: an estimate is offline and free, so it downloads nothing and
+            # counts no tokens (local training costs no money either way)
+            return Estimate(n_examples=n, usd=0.0, notes="local LoRA training, no API cost; tokens not counted: the "
+                            "model is downloaded when the run starts (download: true)")
         step = max(1, -(-n // ESTIMATE_SAMPLE))  # ceil(n / sample)
         sample = job.examples[::step]
         encoded = [self.encode_example(c) for c in sample]
