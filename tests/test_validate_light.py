@@ -1,6 +1,6 @@
-"""`ptst validate` of a local-backend spec reads config and tokenizer files directly: it never imports torch or
-transformers (importing them alone takes seconds; validating must stay instant). Checked in a fresh interpreter, since
-this test process may have imported them already."""
+"""`ptst validate` of a local-backend spec reads config and tokenizer files directly: it never imports torch,
+transformers or mistral-common (importing them alone takes seconds; validating must stay instant). Checked in a fresh
+interpreter, since this test process may have imported them already."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def test_validating_local_backends_imports_neither_torch_nor_transformers(tmp_pa
         "import sys\n"
         "from ptst.cli import main\n"
         f"rc = main(['validate', {str(p)!r}])\n"
-        "print('heavy:', sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
+        "print('heavy:', sorted(m for m in ('torch', 'transformers', 'mistral_common') if m in sys.modules))\n"
         "sys.exit(rc)\n"
     )
     env = {**os.environ, "HF_HOME": str(home), "HF_HUB_OFFLINE": "1"}
