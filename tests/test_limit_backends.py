@@ -20,7 +20,7 @@ FAST = dict(poll_interval_s=0.01, max_poll_interval_s=0.05, retry_backoff_s=0.01
 
 
 def banner(n: int) -> str:
-    return f"LIMITED RUN (--limit {n}): only the first {n} rows of every dataset; a smoke test, not a measurement."
+    return f"LIMITED RUN (--limit {n}): first {n} rows of each dataset only; not a measurement."
 
 
 def write_spec(tmp: Path, backend: dict) -> Path:

@@ -30,8 +30,7 @@ def limit_banner(results: Results) -> str | None:
     """The first line of every report of a `--limit N` run (None for a full run)."""
     if results.limit is None:
         return None
-    return (f"LIMITED RUN (--limit {results.limit}): only the first {results.limit} rows of every dataset; a smoke "
-            "test, not a measurement.")
+    return f"LIMITED RUN (--limit {results.limit}): first {results.limit} rows of each dataset only; not a measurement."
 PTST_MARK = "PTST"
 DIAG_MARK = "◆"
 SAFETY_MARK = "*"
