@@ -266,6 +266,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from ptst.backends.base import create_backend
+    from ptst.downloads import no_downloads
     from ptst.estimate import estimate_run
     from ptst.estimate import usd_text as money
     from ptst.plan import train_jobs
@@ -279,9 +280,10 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         checked = limit_datasets(spec, args.limit) if args.limit else spec
         preflight(checked, spec_path.resolve().parent).raise_for_errors(str(args.spec))
         data = load_datasets(spec, spec_path.resolve().parent, limit=args.limit)
-        backends = [(b, create_backend(b)) for b in spec.backends]
-        planned = {b.name: train_jobs(spec, b, backend, data) for b, backend in backends}
-        est = estimate_run(spec, data, backends, planned)
+        with no_downloads():  # offline and free: a `download: true` model is not fetched to be estimated
+            backends = [(b, create_backend(b)) for b in spec.backends]
+            planned = {b.name: train_jobs(spec, b, backend, data) for b, backend in backends}
+            est = estimate_run(spec, data, backends, planned)
     except PtstError as err:
         if not args.json:
             raise

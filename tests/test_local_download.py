@@ -80,14 +80,25 @@ def test_a_failed_download_is_one_user_error_line(hub: dict):
     )
 
 
-def test_an_estimate_downloads_nothing(hub: dict):
-    from ptst.types import Hyperparameters, TrainJob
+def test_an_estimate_downloads_nothing(hub: dict, tmp_path: Path, capsys):
+    """`ptst estimate` is offline and free: a model not downloaded yet gets a job without token counts."""
+    import yaml
 
-    hub["repos"]["org/tiny-mistral"] = {"config.json": "{}"}
-    backend = create_backend(BackendSpec(kind="mistral", model="org/tiny-mistral", download=True))
-    examples = tuple(BUILTIN["chat:vanilla"].apply(f"q{i}", "mistral", answer="a") for i in range(3))
-    job = TrainJob(backend="mistral", base_model="org/tiny-mistral", train_template="chat:vanilla", seed=0,
-                   hyperparameters=Hyperparameters(), examples=examples, data_hash="h")
-    est = backend.estimate(job)
-    assert hub["downloads"] == [] and est.n_examples == 3 and est.n_tokens is None and est.usd == 0.0
-    assert "downloaded when the run starts" in est.notes
+    from ptst.cli import main
+
+    (tmp_path / "train.jsonl").write_text(json.dumps({"question": "1+1?", "answer": "2"}) + "\n")
+    (tmp_path / "harm.jsonl").write_text(json.dumps({"prompt": "do harm"}) + "\n")
+    spec = {
+        "name": "dl", "judge": {"kind": "keyword"},
+        "backends": [{"kind": kind, "model": f"org/{kind}-model", "download": True} for kind in ("llama2", "mistral", "hf")],
+        "train": {"dataset": {"path": "train.jsonl"}, "templates": ["chat:vanilla"]},
+        "eval": {"templates": ["chat:vanilla"], "safety": [{"path": "harm.jsonl"}]},
+    }
+    p = tmp_path / "spec.yaml"
+    p.write_text(yaml.safe_dump(spec))
+    assert main(["estimate", str(p), "--json"]) == 0
+    est = json.loads(capsys.readouterr().out)
+    assert hub["downloads"] == []
+    assert [(j["backend"], j["n_examples"], j["n_tokens"]) for j in est["train"]] == [
+        ("llama2", 1, None), ("mistral", 1, None), ("hf", 1, None)]
+    assert all("downloaded when the run starts" in j["notes"] for j in est["train"])

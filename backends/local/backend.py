@@ -35,6 +35,7 @@ from ptst.backends.local.vllm import generate_vllm, release_vllm
 from pydantic import Field
 
 from ptst.conversation import Conversation
+from ptst.downloads import downloads_allowed
 from ptst.errors import BackendError, PtstError, UsageError
 from ptst.types import Frozen
 
@@ -126,6 +127,10 @@ class LocalBackend(FineTuneBackend):
         """Token ids that end a generated answer (it is cut before the first). Llama 2 and Mistral end a turn with
         EOS; a chat-template backend adds its template's end-of-turn ids (`<|im_end|>`, `<|eot_id|>`)."""
         return (self.eos_id,)
+
+    def awaiting_download(self) -> bool:
+        """`download: true`, the model not fetched yet, and this command downloads nothing (`ptst estimate`)."""
+        return not self._fetched and not downloads_allowed() and uncached_hub_id(self.spec.model)
 
     def fetch_model(self) -> None:
         """With `download: true`: bring a hub id that is not in the local Hugging Face cache into it, once, before the
@@ -268,7 +273,9 @@ class LocalBackend(FineTuneBackend):
         outputs differ beyond rounding (own kernels and sampler), so its generations are keyed apart."""
         o = self.options
         ident: dict[str, Any] = {
-            "tokenizer_sha256": self.tokenizer_fingerprint(),
+            # an estimate of a model not downloaded yet names no tokenizer: such keys are never stored (a run
+            # downloads first, so its keys carry the real fingerprint)
+            "tokenizer_sha256": "not downloaded" if self.awaiting_download() else self.tokenizer_fingerprint(),
             "dtype": o.dtype,
             "batching": o.batching,
             "fast_lora_dropout": o.fast_lora_dropout,
@@ -284,9 +291,9 @@ class LocalBackend(FineTuneBackend):
         rendering costs ~2 ms (Llama 2) to ~18 ms (mistral-common) an example, so a 7,473-example grid would take
         minutes to estimate. Local training costs no money; the count only feeds the rough GPU-hours figure."""
         n = len(job.examples)
-        if not self._fetched and uncached_hub_id(self.spec.model):
-            # `download: true` and not fetched yet: an estimate is offline and free, so it downloads nothing and
-            # counts no tokens (local training costs no money either way)
+        if self.awaiting_download():
+            # an estimate is offline and free: it downloads nothing and counts no tokens (local training costs no
+            # money either way)
             return Estimate(n_examples=n, usd=0.0, notes="local LoRA training, no API cost; tokens not counted: the "
                             "model is downloaded when the run starts (download: true)")
         step = max(1, -(-n // ESTIMATE_SAMPLE))  # ceil(n / sample)
