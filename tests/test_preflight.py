@@ -154,6 +154,14 @@ def test_with_download_an_uncached_hub_id_is_unchecked_and_exits_0(
     assert list(hf_cache.iterdir()) == []  # validating downloaded nothing
 
 
+def test_an_invalid_hub_id_is_an_error_even_with_download(tmp_path: Path, hf_cache: Path, capsys: pytest.CaptureFixture):
+    p = _spec(tmp_path, backends=[{"kind": "mistral", "model": "org/na me!", "download": True}])
+    assert main(["validate", str(p)]) == 2
+    err = capsys.readouterr().err.splitlines()[0]
+    assert err.startswith("error: backends[0] (mistral): model 'org/na me!' is neither a local folder nor a valid hub id")
+    assert err.endswith("give an existing folder or an id such as org/name")
+
+
 def test_a_cached_hub_id_is_checked_from_the_cache(tmp_path: Path, hf_cache: Path, capsys: pytest.CaptureFixture):
     fake_hf_cache(hf_cache, "org/tiny-mistral", {"config.json": json.dumps({"model_type": "mistral", "vocab_size": 32000})})
     p = _spec(tmp_path, backends=[{"kind": "mistral", "model": "org/tiny-mistral"}])

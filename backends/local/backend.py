@@ -27,7 +27,13 @@ from ptst.backends.local.adapters import ADAPTER_DIR, METADATA_FILE, TRAIN_LOG, 
 from ptst.backends.local.data import prepare_examples
 from ptst.backends.local.distributed import launch_distributed
 from ptst.backends.local.generate import Generator, release_generators
-from ptst.backends.local.models import download_model, local_model_dir, model_dir_problem, uncached_hub_id
+from ptst.backends.local.models import (
+    download_model,
+    hub_id_problem,
+    local_model_dir,
+    model_dir_problem,
+    uncached_hub_id,
+)
 from ptst.backends.local.render import TrainingFormError, check_prompt_ids, clean_answer, supervised_labels, where
 from ptst.backends.local.resume import checkpoint_dirs
 from ptst.backends.local.train import TrainSettings, train_lora
@@ -208,8 +214,12 @@ class LocalBackend(FineTuneBackend):
         except BackendError:
             # Not here. A missing folder: `ptst validate` says so itself. A hub id not in the cache: certain to fail
             # unless this backend downloads it (then `ptst validate` lists it as unchecked).
-            if uncached_hub_id(self.spec.model) and not self.options.download:
-                return [*adapter, not_cached_problem(self.kind, self.spec.model)]
+            if uncached_hub_id(self.spec.model):
+                invalid = hub_id_problem(self.spec.model)
+                if invalid is not None:  # knowable offline: no download could ever find it
+                    return [*adapter, invalid]
+                if not self.options.download:
+                    return [*adapter, not_cached_problem(self.kind, self.spec.model)]
             if self.options.tokenizer is None:
                 return adapter  # only a separately given tokenizer can still be checked
             problems = list(adapter)

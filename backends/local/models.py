@@ -118,6 +118,20 @@ def is_hub_id(model: str) -> bool:
     )
 
 
+def hub_id_problem(model: str) -> str | None:
+    """Why `model` cannot be a hub repository id (the hub's own naming rules, checked offline), or None."""
+    try:
+        from huggingface_hub.utils import validate_repo_id
+    except ImportError:  # no hub client: nothing to check against (and nothing could be downloaded)
+        return None
+    try:
+        validate_repo_id(model)
+    except ValueError as e:  # HFValidationError
+        return (f"model {model!r} is neither a local folder nor a valid hub id ({first_line(e)}); give an existing "
+                "folder or an id such as org/name")
+    return None
+
+
 def uncached_hub_id(model: str) -> bool:
     """A hub id whose snapshot is not in the local Hugging Face cache (so loading it offline is certain to fail)."""
     if not is_hub_id(model):
