@@ -2,7 +2,8 @@
 
 Exit codes: 0 complete; 2 user error, one line on stderr (spec, data, paths, credentials, budget exceeded without
 --yes, run folder busy or unreadable); 3 finished with failed jobs or cells (results written; `--retry-failed`
-resubmits failed jobs); 130 interrupted; 1 only for bugs (with their traceback).
+resubmits jobs the API failed, a plain re-run retries the rest); 130 interrupted; 1 only for bugs (with their
+traceback). A closed stdout (`ptst run ... | head`) is not an error.
 """
 
 from __future__ import annotations
@@ -99,11 +100,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _next_step(results: Results) -> str:
     """What helps, and only that: `--retry-failed` for a job the API itself failed (or that was cancelled), which a
     plain re-run leaves alone; a plain re-run for everything else (a connection error, an incomplete cell)."""
+    from ptst.errors import API_FAILED
+
     statuses = {j.status for j in results.failed_jobs}
     hints = []
-    if statuses & {"failed", "cancelled"}:
+    if statuses & API_FAILED:
         hints.append("`--retry-failed` resubmits the jobs the API failed")
-    if statuses - {"failed", "cancelled"} or not statuses:
+    if statuses - API_FAILED or not statuses:
         hints.append("run the same command again to retry the rest" if hints else
                      "run the same command again to retry")
     return "; " + "; ".join(hints)

@@ -101,6 +101,12 @@ class BackendError(PtstError):
     """A backend could not do its work (API fault after retries, model cannot be loaded...)."""
 
 
+# A job the vendor's API itself ended without a model (JobFailed): a plain re-run leaves it alone (it would fail the
+# same way, at a price), `--retry-failed` resubmits it. Any other failed job ("error": a connection that broke, a
+# model that could not load) is retried by a plain re-run.
+API_FAILED = frozenset({"failed", "cancelled"})
+
+
 class JobFailed(BackendError):
     """A fine-tuning job ended without a model. The runner records it for the cell and goes on with the others."""
 

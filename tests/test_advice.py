@@ -47,6 +47,7 @@ def test_a_connection_error_is_advised_a_plain_rerun_only(tmp_path: Path, capsys
     def unreachable(self, job, ledger, workdir):
         raise BackendError("connection to the API failed after 5 retries; run the same command again to resume")
 
+    real = mock.Backend.fine_tune
     monkeypatch.setattr(mock.Backend, "fine_tune", unreachable)
     out = tmp_path / "out"
     assert main(["run", str(spec_file(tmp_path)), "--out", str(out)]) == 3
@@ -54,3 +55,15 @@ def test_a_connection_error_is_advised_a_plain_rerun_only(tmp_path: Path, capsys
     assert line == (f"finished with failures: fine-tuning jobs failed (see {out / 'results.json'}); run the same "
                     "command again to retry")
     assert "--retry-failed" not in line
+    # and that advice is true: once the API answers again, the same command finishes the jobs
+    monkeypatch.setattr(mock.Backend, "fine_tune", real)
+    assert main(["run", str(spec_file(tmp_path)), "--out", str(out)]) == 0
+    assert "--retry-failed" not in capsys.readouterr().err
+
+
+def test_a_job_the_api_failed_is_left_alone_by_a_plain_rerun(tmp_path: Path, capsys):
+    out = tmp_path / "out"
+    spec = spec_file(tmp_path, {"fail_templates": ["chat:llama"]})
+    assert main(["run", str(spec), "--out", str(out)]) == 3
+    assert main(["run", str(spec), "--out", str(out)]) == 3  # it would fail the same way, at a price
+    assert "use --retry-failed to try again" in capsys.readouterr().err
