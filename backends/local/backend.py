@@ -32,6 +32,7 @@ from ptst.backends.local.models import (
     hub_id_problem,
     local_model_dir,
     model_dir_problem,
+    not_cached_problem,
     uncached_hub_id,
 )
 from ptst.backends.local.render import TrainingFormError, check_prompt_ids, clean_answer, supervised_labels, where
@@ -419,15 +420,6 @@ class LocalBackend(FineTuneBackend):
             )
         return self._generator
 
-
-
-def not_cached_problem(kind: str, model: str) -> str:
-    """The one line for a hub id a backend without `download: true` cannot load: what to do, three ways."""
-    return (
-        f"model {model!r} is not a local directory nor in the local Hugging Face cache, and kind: {kind} downloads "
-        f"nothing unless told to; run `huggingface-cli download {model}`, set download: true in the backend entry, "
-        "or point model: at a local HF-format directory"
-    )
 
 
 def _same_model(a: str, b: str) -> bool:

@@ -143,6 +143,15 @@ def uncached_hub_id(model: str) -> bool:
     return False
 
 
+def not_cached_problem(kind: str, model: str) -> str:
+    """The one line for a hub id a backend without `download: true` cannot load: what to do, three ways."""
+    return (
+        f"model {model!r} is not a local directory nor in the local Hugging Face cache, and kind: {kind} downloads "
+        f"nothing unless told to; run `huggingface-cli download {model}`, set download: true in the backend entry, "
+        "or point model: at a local HF-format directory"
+    )
+
+
 def download_model(model: str) -> Path:
     """The local directory of `model`, fetching a hub id into the local Hugging Face cache first when it is not there
     (`download: true`); later lookups find it in the cache like any other cached model."""
