@@ -109,6 +109,8 @@ class FineTuneBackend(ABC):
       modes       template modes it accepts: {"chat"} for chat-only APIs, {"chat", "text"} for raw-text models
       simulated   True only for simulations: every result built on it is labelled simulated
       generation_chunk  prompts per `generate` call; the unit of work the runner saves (and a kill loses at most)
+      min_train_examples  the fewest training examples a job accepts (OpenAI's API: 10); `--limit N` keeps at least
+                  this many training rows, with a note, so a smoke run of any backend can run
     """
 
     kind: ClassVar[str] = ""
@@ -116,6 +118,7 @@ class FineTuneBackend(ABC):
     modes: ClassVar[frozenset[str]] = frozenset({"chat", "text"})
     simulated: ClassVar[bool] = False
     generation_chunk: ClassVar[int] = DEFAULT_GENERATION_CHUNK
+    min_train_examples: ClassVar[int] = 1
 
     class Options(Frozen):
         """Backend-specific spec options; subclasses extend it. Unknown keys are validation errors."""

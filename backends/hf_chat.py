@@ -73,9 +73,6 @@ class HFChatOptions(LocalOptions):
     tokenizer: str | None = Field(
         None, description="directory of the tokenizer and chat template (default: the model's own)"
     )
-    download: bool = Field(
-        False, description="fetch a hub id that is not in the local Hugging Face cache (needs internet)"
-    )
 
 
 def resolve_model_dir(model: str, *, download: bool) -> Path:
@@ -120,6 +117,29 @@ def load_tokenizer(directory: Path, model: str) -> Any:
     return tok
 
 
+TOKENIZER_VOCAB_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+def tokenizer_files_problem(directory: Path, model: str) -> str | None:
+    """What `load_tokenizer` would refuse, found from the files alone: no tokenizer vocabulary, or no chat template
+    (chat_template.jinja, chat_template.json, or tokenizer_config.json's `chat_template`). None when both are there."""
+    if not any((directory / n).is_file() for n in TOKENIZER_VOCAB_FILES):
+        return (f"model {model}: no usable tokenizer in {directory} (none of {', '.join(TOKENIZER_VOCAB_FILES)}); the "
+                "hf backend needs tokenizer.json/tokenizer_config.json beside the model, or tokenizer: DIR")
+    if (directory / "chat_template.jinja").is_file():
+        return None
+    for name in ("chat_template.json", "tokenizer_config.json"):
+        p = directory / name
+        try:
+            data = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
+        except (OSError, ValueError) as e:
+            return f"model {model}: {p} is unreadable ({_first_line(e)}); restore the tokenizer files"
+        if isinstance(data, dict) and data.get("chat_template"):
+            return None
+    return (f"model {model}: its tokenizer has no chat template (chat_template.jinja or tokenizer_config.json "
+            "'chat_template'); the hf backend renders through it — use the model's instruct/chat variant")
+
+
 class Backend(LocalBackend):
     """A local chat model of any family, trained with LoRA and served on the shared local engine."""
 
@@ -156,12 +176,20 @@ class Backend(LocalBackend):
 
     @cached_property
     def accepts_system(self) -> bool:
-        """Whether the template renders a system message: it may raise (Gemma) or drop it silently; both fold."""
+        """Whether the template renders a system message: it may refuse it (Gemma's `raise_exception('System role
+        not supported')`) or drop it silently; both fold. Any other failure of the template is not a refusal of the
+        system role: folding would hide a broken template, so it is a user error naming the model."""
         msgs = [{"role": "system", "content": _PROBE_SYSTEM}, {"role": "user", "content": _PROBE_USER}]
         try:
             text = self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-        except Exception:
-            return False
+        except Exception as e:  # whatever Jinja or the template raises: sorted here, never swallowed
+            if refuses_system_role(e):
+                return False
+            raise ModelSetupError(
+                f"model {self.spec.model}: its chat template fails on a system + user conversation "
+                f"({type(e).__name__}: {_first_line(e)}); fix the template (tokenizer: DIR with another one) or use "
+                "the model's instruct/chat variant"
+            ) from None
         return _PROBE_SYSTEM in text
 
     def notes(self) -> list[str]:
@@ -354,7 +382,8 @@ class Backend(LocalBackend):
 
     def preflight(self) -> list[str]:
         """A model folder (or cached/downloadable hub id) with config.json and a tokenizer that has a chat template.
-        Reads the tokenizer (small files), never the weights, never the network."""
+        Reads the tokenizer's files as JSON/text, never the weights, never the network, and never imports
+        transformers or torch (`ptst validate` stays fast); loading the tokenizer at run time checks the rest."""
         model = self.spec.model
         try:
             directory = resolve_model_dir(model, download=False)
@@ -366,11 +395,23 @@ class Backend(LocalBackend):
         if self.options.tokenizer and not Path(self.options.tokenizer).expanduser().is_dir():
             problems.append(f"tokenizer: {self.options.tokenizer} is not a directory; point it at the tokenizer's folder")
             return problems
-        try:
-            load_tokenizer(Path(self.options.tokenizer).expanduser() if self.options.tokenizer else directory, model)
-        except BackendError as e:
-            problems.append(str(e))
+        tokenizer_problem = tokenizer_files_problem(
+            Path(self.options.tokenizer).expanduser() if self.options.tokenizer else directory, model
+        )
+        if tokenizer_problem is not None:
+            problems.append(tokenizer_problem)
         return problems
+
+
+def refuses_system_role(e: BaseException) -> bool:
+    """Whether a chat template's failure is its explicit refusal of the system role: the template's own
+    `raise_exception(...)` (transformers raises jinja2's base `TemplateError` with the template's message, never a
+    subclass) with a message about the system role, as Gemma's "System role not supported"."""
+    try:
+        from jinja2.exceptions import TemplateError
+    except ImportError:  # pragma: no cover - transformers' chat templates need jinja2
+        return False
+    return type(e) is TemplateError and "system" in str(e).lower()
 
 
 def _generation_config_eos(directory: Path) -> list[int]:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ptst.backends.local import LocalBackend
-from ptst.backends.local.family import FamilyRules, ForeignModel, refuse
+from ptst.backends.local.family import FamilyRules, ForeignModel, model_file, refuse
 from ptst.backends.local.render import file_sha256, text_separator
 
 from ptst.conversation import Conversation
@@ -132,14 +132,9 @@ def find_tokenizer(model: str, tokenizer: str | None) -> Path:
     if (m / "tokenizer.json").is_file() or (m / "tekken.json").is_file():
         raise refuse("llama2", "Llama 2", model, "it ships no SentencePiece tokenizer.model, only tokenizer.json or tekken.json")
     if not m.exists():
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            hit = try_to_load_from_cache(model, "tokenizer.model")
-            if isinstance(hit, str):
-                return Path(hit)
-        except Exception:
-            pass
+        hit = model_file(model, "tokenizer.model")
+        if hit is not None:
+            return hit
     raise UsageError(
         f"no tokenizer.model for llama2 model {model!r} (not in the model directory nor the local HF cache); "
         "set tokenizer: path/to/tokenizer.model in the backend entry (ptst render: --tokenizer)"
@@ -152,6 +147,7 @@ class Backend(LocalBackend):
 
     @property
     def tokenizer_path(self) -> Path:
+        self.fetch_model()  # with `download: true`, the tokenizer comes with the model into the HF cache
         return find_tokenizer(self.spec.model, self.options.tokenizer)
 
     @property

@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 
 from ptst.backends.local import LocalBackend
 from ptst.backends.local.family import FamilyRules, ForeignModel, model_file, refuse
+from ptst.backends.local.models import first_line
 from ptst.backends.local.render import file_sha256, text_separator
 
 from ptst.conversation import Conversation
@@ -70,9 +71,45 @@ def pick_tokenizer_file(names: Sequence[str]) -> str | None:
 
 
 def bundled_v1() -> str:
-    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+    """mistral-common's own v1 tokenizer file, located without importing mistral-common (its import alone takes
+    about a second, which `ptst validate` must not pay): the package's `data/` folder, as its `_data_path()`."""
+    import importlib.util
 
-    return str(MistralTokenizer._data_path() / BUNDLED_V1)
+    found = importlib.util.find_spec("mistral_common")
+    if found is None or not found.submodule_search_locations:
+        require("mistral_common", "the mistral backend's tokenizer", "local")  # raises the one-line hint
+    assert found is not None and found.submodule_search_locations
+    return str(Path(next(iter(found.submodule_search_locations))) / "data" / BUNDLED_V1)
+
+
+@cache
+def _sentencepiece(path: str) -> Any:
+    spm = require("sentencepiece", "the mistral backend's tokenizer check", "local")
+    try:
+        return spm.SentencePieceProcessor(model_file=path)
+    except (OSError, RuntimeError) as e:
+        raise ForeignModel(
+            f"tokenizer {path} is not a SentencePiece model ({first_line(e)}); kind: mistral needs Mistral's "
+            "tokenizer — for another model family use kind: hf"
+        ) from None
+
+
+def check_files_light(model: str, path: str | None) -> bool:
+    """The family checks of `_checked` for a SentencePiece tokenizer, with sentencepiece alone (what mistral-common
+    runs underneath: its v1-v3 `encode` is the SentencePiece model's): v1 must split [INST]/[/INST] as Mistral's v1
+    does, and the checkpoint's files must say Mistral. False for a tekken.json, which only mistral-common reads."""
+    file = path or bundled_v1()
+    if Path(file).name == "tekken.json":
+        return False
+    sp = _sentencepiece(file)
+    if path is not None and (Path(path).name == "tokenizer.model" or path.endswith(".model.v1")):
+        ref = _sentencepiece(bundled_v1())
+        for marker in ("[INST]", "[/INST]"):
+            got, want = list(sp.encode(marker)), list(ref.encode(marker))
+            if got != want:
+                raise refuse("mistral", "Mistral", model, f"tokenizer {path} encodes {marker} as {got}, Mistral's v1 as {want}")
+    MISTRAL.check_files(model, int(sp.vocab_size()))
+    return True
 
 
 @cache
@@ -173,7 +210,14 @@ class Backend(LocalBackend):
     @property
     def tokenizer_file(self) -> str | None:
         """The checkpoint's tokenizer file; None for mistral-common's bundled v1."""
+        self.fetch_model()  # with `download: true`, before the cache is searched (a v3 model must not get v1)
         return find_tokenizer(self.spec.model, self.options.tokenizer)
+
+    def check_tokenizer(self) -> None:
+        """For `ptst validate`: the family checks from the files with sentencepiece, without importing mistral-common
+        (a tekken.json still goes through it); the full load at run time repeats them."""
+        if not check_files_light(self.spec.model, self.tokenizer_file):
+            super().check_tokenizer()
 
     @property
     def serving(self) -> Any:

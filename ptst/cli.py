@@ -2,8 +2,9 @@
 
 Exit codes: 0 complete; 2 user error, one line on stderr (spec, data, paths, credentials, budget exceeded without
 --yes, run folder busy or unreadable; `ptst` with no command, which prints the help); 3 finished with failed jobs or
-cells (results written; `--retry-failed` resubmits failed jobs); 130 interrupted; 1 only for bugs (with their
-traceback). Help texts and examples are in ptst.cli_help, `--set` in ptst.overrides, `list`/`schema` in ptst.listing.
+cells (results written; `--retry-failed` resubmits jobs the API failed, a plain re-run retries the rest); 130
+interrupted; 1 only for bugs (with their traceback). A closed stdout (`ptst run ... | head`) is not an error.
+Help texts and examples are in ptst.cli_help, `--set` in ptst.overrides, `list`/`schema` in ptst.listing.
 """
 
 from __future__ import annotations
@@ -98,10 +99,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print_tables(results, _console(), all_tables=args.all_tables)
         _console().print(_wrote("wrote " if rebuilt else "reports unchanged: ", paths)
                          + f"\nopen {out / 'report.html'} to see the report", markup=False)
-    if info.status != "complete":
+    if info.status not in ("complete", "complete_limited"):
         what = "fine-tuning jobs failed" if info.status == "failed_jobs" else "some cells are incomplete"
-        hint = "; `--retry-failed` resubmits failed jobs" if info.status == "failed_jobs" else "; run again to retry them"
-        print(f"finished with failures: {what} (see {out / 'results.json'}){hint}", file=sys.stderr)
+        print(f"finished with failures: {what} (see {out / 'results.json'}){_next_step(results)}", file=sys.stderr)
         return EXIT_INCOMPLETE
     return 0
 
@@ -111,6 +111,21 @@ def _wrote(prefix: str, paths: list[Path]) -> str:
     named = [p for p in paths if p.parent == paths[0].parent and p.suffix != ".js"]
     rest = len(paths) - len(named)
     return prefix + ", ".join(map(str, named)) + (f" (+{rest} figures, tables and samples)" if rest else "")
+
+
+def _next_step(results: Results) -> str:
+    """What helps, and only that: `--retry-failed` for a job the API itself failed (or that was cancelled), which a
+    plain re-run leaves alone; a plain re-run for everything else (a connection error, an incomplete cell)."""
+    from ptst.errors import API_FAILED
+
+    statuses = {j.status for j in results.failed_jobs}
+    hints = []
+    if statuses & API_FAILED:
+        hints.append("`--retry-failed` resubmits the jobs the API failed")
+    if statuses - API_FAILED or not statuses:
+        hints.append("run the same command again to retry the rest" if hints else
+                     "run the same command again to retry")
+    return "; " + "; ".join(hints)
 
 
 def _run_dir(path: str) -> Path:
@@ -155,6 +170,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if len(dirs) > 1 and not args.out:
         raise UsageError(f"{len(dirs)} run directories given: say where the merged report goes with --out DIR")
     out = Path(args.out) if args.out else dirs[0]
+    _check_report_dir(out, given=bool(args.out))
     parts, runs, specs, rows = [], [], [], []
     for d in dirs:
         with RunStore.open(d, lock=False) as store:
@@ -171,7 +187,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     else:
         records, failed, info = merge_runs(runs)
         results = build_results(records, failed, info, specs=specs, **_merged_facts(parts)).model_copy(
-            update={"jobs": [j for p in parts for j in p.jobs],
+            update={"jobs": [j for p in parts for j in p.jobs],  # one limited run makes the comparison a smoke test
+                    "limit": min((p.limit for p in parts if p.limit is not None), default=None),
                     "overrides": [f"{p.spec_name}: {o}" for p in parts for o in p.overrides]})
     with progress.step("writing reports"):
         paths, _ = write_run_reports(results, dirs, out, force=True)
@@ -186,6 +203,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     print_tables(results, _console(), all_tables=args.all_tables)
     _console().print(_wrote("wrote ", paths) + f"\nopen {out / 'report.html'} to see the report", markup=False)
     return 0
+
+
+def _check_report_dir(out: Path, *, given: bool) -> None:
+    """Before any work: the reports' folder must be writable (a read-only run folder is read, never written, when the
+    reports go elsewhere)."""
+    import os
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        writable = os.access(out, os.W_OK | os.X_OK)
+    except OSError:
+        writable = False
+    if not writable:
+        where = "" if given else " (the run folder itself, as no --out was given)"
+        raise UsageError(f"{out}: cannot write the reports here{where}: the folder is read-only; choose another --out")
 
 
 def cmd_templates(args: argparse.Namespace) -> int:
@@ -262,22 +294,35 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
     from ptst.backends.base import create_backend
     from ptst.data.standin import EstimateLoader
+    from ptst.downloads import no_downloads
     from ptst.estimate import estimate_run
     from ptst.estimate import usd_text as money
     from ptst.plan import train_jobs
-    from ptst.runner import load_datasets
+    from ptst.preflight import preflight
+    from ptst.runner import limit_datasets, limit_note, load_datasets
     from ptst.spec import load_spec
 
     spec_path = Path(args.spec)
-    spec = load_spec(spec_path, args.set)
-    loader = EstimateLoader()  # data not on this machine: the registry's known sizes, never a download
-    data = load_datasets(spec, spec_path.resolve().parent, limit=args.limit, loader=loader)
-    backends = [(b, create_backend(b)) for b in spec.backends]
-    for _, backend in backends:
-        backend.estimate_only = True  # no store: keys are never kept, so a model not downloaded yet can be planned
-    planned = {b.name: train_jobs(spec, b, backend, data) for b, backend in backends}
-    est = estimate_run(spec, data, backends, planned)
-    est = est.model_copy(update={"notes": (*loader.notes, *est.notes)})
+    try:  # the same checks as `ptst validate`, every problem listed; with --json, as JSON on stdout
+        spec = load_spec(spec_path, args.set)
+        checked = limit_datasets(spec, args.limit) if args.limit else spec
+        preflight(checked, spec_path.resolve().parent).raise_for_errors(str(args.spec))
+        loader = EstimateLoader()  # data not on this machine: the registry's known sizes, never a download
+        data = load_datasets(spec, spec_path.resolve().parent, limit=args.limit, loader=loader)
+        with no_downloads():  # offline and free: a `download: true` model is not fetched to be estimated
+            backends = [(b, create_backend(b)) for b in spec.backends]
+            for _, backend in backends:
+                backend.estimate_only = True  # no store: keys are never kept, so a model not downloaded can be planned
+            planned = {b.name: train_jobs(spec, b, backend, data) for b, backend in backends}
+            est = estimate_run(spec, data, backends, planned)
+        est = est.model_copy(update={"notes": (*loader.notes, *est.notes)})
+    except PtstError as err:
+        if not args.json:
+            raise
+        problems = list(getattr(err, "problems", None) or [str(err)])
+        sys.stdout.write(json.dumps({"spec": str(args.spec), "exit_code": err.exit_code, "errors": problems},
+                                    ensure_ascii=False, indent=2) + "\n")
+        return err.exit_code
     if args.json:
         out = {"spec": spec.name, "limit": args.limit, **est.to_json(), "budget_usd": spec.budget_usd,
                "overrides": list(args.set)}
@@ -305,7 +350,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
            if est.gpu_hours is not None and est.gpu_hours_max is not None else "")
     console.print(f"total estimated cost: {money(est.usd)}, at most {money(est.usd_max)}{budget}{gpu}")
     if args.limit:
-        console.print(f"(--limit {args.limit}: the first {args.limit} rows of every dataset)")
+        console.print(f"({limit_note(spec, args.limit)})")
     for note in est.notes:
         console.print(f"note: {note}")
     return 0
@@ -466,10 +511,29 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _closed_pipe()
+    except SystemExit as e:  # rich answers a closed pipe with SystemExit(1) raised while handling the BrokenPipeError
+        if isinstance(e.__context__, BrokenPipeError):
+            return _closed_pipe()
+        raise
     finally:
         from ptst import progress
 
         progress.set_quiet(False)  # --quiet is one command's (main is also called in-process, by tests)
+
+
+def _closed_pipe() -> int:
+    """The reader of our output went away (`ptst run ... | head`): not an error. Whatever the command did is done
+    and saved; stdout is pointed at /dev/null so the interpreter's final flush does not complain either."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real stdout file descriptor (an embedding host): nothing left to flush
+        pass
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -72,7 +72,8 @@ def item_records(store: RunStore) -> list[ItemRecord]:
 
 
 def run_status(store: RunStore, records: Sequence[ItemRecord] | None = None) -> str:
-    """"complete": every planned item has its response and, for safety items, every judge's verdict;
+    """"complete": every planned item has its response and, for safety items, every judge's verdict
+    ("complete_limited" when the run was `--limit`ed);
     "failed_jobs": a fine-tuning job ended without a model; "partial": anything else missing (a killed run, a cell
     whose generation or judging failed). Read from the item records (gathered here unless given), so `collect`
     walks the store once."""
@@ -84,7 +85,8 @@ def run_status(store: RunStore, records: Sequence[ItemRecord] | None = None) -> 
     for r in item_records(store) if records is None else records:
         if r.response is None or (r.kind == "safety" and len(r.verdicts) < n_judges):
             return "partial"
-    return "complete"
+    # everything planned is done, but on the first N rows only: a smoke run must never read as a real one
+    return "complete_limited" if store.get_meta("limit") is not None else "complete"
 
 
 def usd_by_stage(store: RunStore) -> dict[str, float | None]:
@@ -105,6 +107,7 @@ def run_info(store: RunStore, records: Sequence[ItemRecord] | None = None) -> Ru
         test_templates=tuple(store.get_meta("test_templates") or []),
         safety_templates=tuple(store.get_meta("safety_templates") or []),
         status=run_status(store, records),  # type: ignore[arg-type]
+        limit=store.get_meta("limit"),
         started_at=store.get_meta("started_at"), finished_at=store.get_meta("finished_at"),
         usd_by_stage=usd_by_stage(store),
     )
@@ -143,7 +146,8 @@ def collect(store: RunStore) -> tuple[Results, RunInfo]:
     results = build_results(
         records, failed_jobs(store), info, status=info.status, started_at=info.started_at,
         finished_at=info.finished_at, usd_by_stage=info.usd_by_stage, specs=[spec] if spec else [],
-    ).model_copy(update={"jobs": job_rows(store), "overrides": list(store.get_meta("overrides") or [])})
+    ).model_copy(update={"jobs": job_rows(store), "limit": info.limit,
+                         "overrides": list(store.get_meta("overrides") or [])})
     return results, info
 
 

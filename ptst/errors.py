@@ -8,10 +8,31 @@ failed jobs or cells (`RunIncomplete`, results written), 130 interrupted, 1 only
 from __future__ import annotations
 
 
+def printable(text: str) -> str:
+    """`text` with any lone surrogate (a `\\udfff` JSON escape that pairs with nothing) written as its escape: such a
+    character cannot be encoded, so printing a message quoting it would crash instead of telling the user."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def surrogate_problem(text: str) -> str | None:
+    """Why a text cannot be used (None when it can): a lone surrogate, which no file, hash or API request can carry."""
+    try:
+        text.encode("utf-8")  # C speed; UTF-8 refuses exactly the surrogates
+    except UnicodeEncodeError as e:
+        return (f"holds a lone surrogate ({printable(text[e.start])} at character {e.start + 1}), which no file or API "
+                "can carry; a \\uD800-\\uDFFF escape must be half of a pair — remove it or write the character itself")
+    return None
+
+
 class PtstError(Exception):
     exit_code = 1
 
     def __init__(self, message: str):
+        message = printable(message)
         super().__init__(message)
         self.message = message
 
@@ -26,7 +47,7 @@ class SpecError(PtstError):
 
     def __init__(self, source: str, problems: list[str]):
         self.source = source
-        self.problems = problems
+        self.problems = [printable(p) for p in problems]
         head = f"{source}: {len(problems)} problem{'s' if len(problems) != 1 else ''}"
         super().__init__(head + "".join(f"\n  {p}" for p in problems))
 
@@ -78,6 +99,12 @@ EXIT_INCOMPLETE = 3  # the run finished, results are written, but some jobs or c
 
 class BackendError(PtstError):
     """A backend could not do its work (API fault after retries, model cannot be loaded...)."""
+
+
+# A job the vendor's API itself ended without a model (JobFailed): a plain re-run leaves it alone (it would fail the
+# same way, at a price), `--retry-failed` resubmits it. Any other failed job ("error": a connection that broke, a
+# model that could not load) is retried by a plain re-run.
+API_FAILED = frozenset({"failed", "cancelled"})
 
 
 class JobFailed(BackendError):

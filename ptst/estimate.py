@@ -22,6 +22,7 @@ from pydantic import Field
 
 from ptst.backends.base import BackendSpec, FineTuneBackend
 from ptst.conversation import Conversation
+from ptst.errors import API_FAILED
 from ptst.plan import Cell, Datasets, PlannedJob, base_model_key, cell_conversations, eval_cells, generation_key
 from ptst.spec import Spec
 from ptst.types import Estimate, Frozen, ModelRef
@@ -180,8 +181,8 @@ def estimate_run(
             models.append((base_model_key(bspec, backend), bspec.model.startswith("ft:"), 0))
         for pj in planned.get(bspec.name, []):
             rec = store.job(pj.run_key) if store is not None else None
-            if rec is not None and rec.status != "succeeded" and not retry_failed:
-                continue  # the runner skips a failed job unless --retry-failed
+            if rec is not None and rec.status in API_FAILED and not retry_failed:
+                continue  # the runner skips a job the API failed unless --retry-failed
             if rec is None or rec.status != "succeeded":
                 est = backend.estimate(pj.job)
                 jobs.append(JobCost(backend=bspec.name, model=bspec.model, train_template=pj.job.train_template,

@@ -18,7 +18,7 @@ from ptst.collect import (
     judgment_keys,
 )
 from ptst.conversation import Conversation
-from ptst.errors import BackendError, JobFailed
+from ptst.errors import API_FAILED, BackendError, JobFailed
 from ptst.judge.base import Judge, JudgeItem
 from ptst.plan import (
     Cell,
@@ -92,7 +92,7 @@ class Graph:
                     for step, ck in self._checkpoints(backend, ref, pj.run_key):
                         models.append(ModelNode(checkpoint_model_key(pj.run_key, step), ck, None, [], step,
                                                 pj.safety_mix))
-                elif rec is not None and not self.retry_failed:
+                elif rec is not None and rec.status in API_FAILED and not self.retry_failed:
                     job = pj.job
                     log(f"skip {job.backend} {job.train_template} seed {job.seed}: job {rec.status} earlier "
                         f"({rec.message}); use --retry-failed to try again")

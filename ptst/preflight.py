@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from ptst.backends.base import BackendSpec, FineTuneBackend, create_backend
 from ptst.data import DatasetRef
 from ptst.data.loaders import preview
-from ptst.errors import PtstError
+from ptst.errors import PtstError, printable
 from ptst.spec import Spec
 
 
@@ -50,7 +50,7 @@ class PreflightError(PtstError):
 
     def __init__(self, source: str, problems: list[str]):
         self.source = source
-        self.problems = problems
+        self.problems = [printable(p) for p in problems]
         if len(problems) == 1:  # one problem: one line, as every user error
             super().__init__(f"{source}: {problems[0]}")
             return
@@ -156,8 +156,9 @@ def _looks_like_path(model: str) -> bool:
 
 def _runs_locally(backend: FineTuneBackend) -> bool:
     """Whether the backend loads the model itself (from a folder or the local HF cache) rather than calling an API:
-    it claims a local resource, or it takes raw-text templates (which only a model run locally can)."""
-    return backend.resource() is not None or "text" in backend.modes
+    it takes raw-text templates (which only a model run locally can), or it claims a local resource. The cheap test
+    comes first: a local backend's `resource()` may import torch to look for a GPU, and validating must not."""
+    return "text" in backend.modes or backend.resource() is not None
 
 
 def _in_hf_cache(model: str) -> bool:
@@ -167,7 +168,7 @@ def _in_hf_cache(model: str) -> bool:
         return False
     try:
         return isinstance(try_to_load_from_cache(model, "config.json"), str)
-    except Exception:
+    except ValueError:  # HFValidationError: not a valid hub id, so it cannot be cached
         return False
 
 
@@ -200,15 +201,18 @@ def _check_backend(i: int, bspec: BackendSpec, found: _Findings) -> None:
             found.errors.append(f"{field}.model: {model} is a file; give the model's folder (config.json, weights)")
         return
     if _runs_locally(backend):
+        if problems:
+            return  # the backend has spoken about its model (a hub id it will not download and cannot find, ...)
         if not _in_hf_cache(model) and bspec.options.get("download") is True:
             found.unchecked.append(
                 f"{field}.model: hub id {model!r} (weights and tokenizer) is not in the local Hugging Face cache here; "
-                "it is downloaded when the run starts (download: true), which cannot be checked offline"
+                "it is downloaded when the run starts (download: true; needs internet), which cannot be checked offline"
             )
         elif not _in_hf_cache(model):
+            how = "the backend must fetch it when the run starts"
             found.unchecked.append(
-                f"{field}.model: hub id {model!r} is not in the local Hugging Face cache here; nothing is downloaded, "
-                "so it must be there when the run starts (not checked offline)"
+                f"{field}.model: hub id {model!r} is not in the local Hugging Face cache here; {how} (not checked "
+                "offline)"
             )
     else:
         found.unchecked.append(f"{field}.model: {model!r} on the {bspec.kind} API is not checked offline")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-RunStatus = Literal["complete", "partial", "failed_jobs"]
+RunStatus = Literal["complete", "complete_limited", "partial", "failed_jobs"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +53,7 @@ class RunInfo:
     # "complete": every item answered and judged; "failed_jobs": a fine-tuning job ended without a model;
     # "partial": other work missing (a killed run, a cell whose generation or judging failed).
     status: RunStatus = "complete"
+    limit: int | None = None  # `ptst run --limit N`: every dataset cut to its first N rows (a smoke run)
     started_at: str | None = None  # ISO 8601 UTC: when the first `ptst run` on this folder began
     finished_at: str | None = None  # ISO 8601 UTC: when the last `ptst run` finished (None: still running or killed)
     # USD by stage ("train", "generate", "judge"); None where not known (generation and judging are not priced).

@@ -174,7 +174,8 @@ class Results(_Row):
     train_templates: list[str] = []
     test_templates: list[str] = []
     schema_version: int = 1  # files without the field are schema 1; build_results writes SCHEMA_VERSION
-    status: str | None = None  # the run's status ("complete", "failed", ...) as the runner records it
+    status: str | None = None  # the run's status ("complete", "complete_limited", ...) as the runner records it
+    limit: int | None = None  # `ptst run --limit N`: every dataset cut to its first N rows; a smoke run, not a measurement
     started_at: str | None = None  # ISO 8601 UTC
     finished_at: str | None = None
     usd_by_stage: dict[str, float | None] = {}  # {"train": 12.5, "generate": None, "judge": 3.1}; None: unpriced

@@ -59,11 +59,30 @@ def _resolve(ref: DatasetRef, spec_dir: Path | None) -> DatasetRef:
     return ref
 
 
+def train_floor(spec: Spec) -> tuple[int, str]:
+    """The fewest training rows every backend of the spec accepts (its `min_train_examples`), and the kind asking
+    for the most: `--limit N` keeps at least that many training rows so the smoke run can run at all."""
+    from ptst.backends.registry import backend_class
+
+    floors = [(backend_class(b.kind).min_train_examples, b.kind) for b in spec.backends]
+    return max(floors, default=(1, ""))
+
+
+def limit_note(spec: Spec, limit: int) -> str:
+    """What `--limit N` does to this spec, in one line (printed by `run` and `estimate`)."""
+    floor, kind = train_floor(spec)
+    note = f"--limit {limit}: only the first {limit} rows of every dataset"
+    if spec.train is not None and floor > limit:
+        note += f", but training keeps the first {floor} (the {kind} fine-tuning API needs at least {floor} examples)"
+    return note + "; a smoke run, not a measurement"
+
+
 def limit_datasets(spec: Spec, limit: int) -> Spec:
     """The spec with every dataset cut to its first `limit` rows (`ptst run --limit`): train, safety_mix, safety and
-    tasks. Kept in the spec the run records, so a limited run's results say so."""
-    def cut(ref: DatasetRef) -> DatasetRef:
-        return ref.model_copy(update={"limit": min(ref.limit, limit) if ref.limit is not None else limit})
+    tasks; the training data to no fewer rows than every backend accepts (`train_floor`). Kept in the spec the run
+    records, so a limited run's results say so."""
+    def cut(ref: DatasetRef, n: int = limit) -> DatasetRef:
+        return ref.model_copy(update={"limit": min(ref.limit, n) if ref.limit is not None else n})
 
     ev = spec.eval.model_copy(update={"safety": [cut(r) for r in spec.eval.safety],
                                       "tasks": [cut(r) for r in spec.eval.tasks]})
@@ -74,7 +93,8 @@ def limit_datasets(spec: Spec, limit: int) -> Spec:
 
         m = train.safety_mix
         mix = [cut_mix(x) for x in m] if isinstance(m, list) else cut_mix(m)
-        train = train.model_copy(update={"dataset": cut(train.dataset), "safety_mix": mix})
+        train = train.model_copy(update={"dataset": cut(train.dataset, max(limit, train_floor(spec)[0])),
+                                         "safety_mix": mix})
     return spec.model_copy(update={"eval": ev, "train": train})
 
 
@@ -129,7 +149,7 @@ def run_experiment(
 
     if limit is not None:
         spec = limit_datasets(spec, limit)
-        log(f"--limit {limit}: only the first {limit} rows of every dataset; a smoke run, not a measurement")
+        log(limit_note(spec, limit))
     preflight(spec, spec_dir).raise_for_errors(spec.name)  # everything checkable is checked before anything is spent
     warning = judge_endpoint_warning(spec)
     if warning:

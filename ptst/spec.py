@@ -226,8 +226,25 @@ def _template_problems(raw: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _repeats(field: str, values: list[Any], what: str) -> list[str]:
+    """One line per repeated entry of a list field: each would be the same job or cell twice, which the run store
+    (one row per key) cannot hold."""
+    first: dict[Any, int] = {}
+    out = []
+    for i, v in enumerate(values):
+        if v in first:
+            out.append(f"{field}[{i}]: {what} {v!r} is already {field}[{first[v]}]; remove the repeat")
+        else:
+            first[v] = i
+    return out
+
+
 def _semantic_problems(spec: Spec) -> list[str]:
     problems: list[str] = []
+    if spec.train is not None:
+        problems += _repeats("train.seeds", list(spec.train.seeds), "seed")
+        problems += _repeats("train.templates", list(spec.train.templates), "template")
+    problems += _repeats("eval.templates", list(spec.eval.templates), "template")
     for i, t in enumerate(spec.templates):
         if t.name in BUILTIN:
             problems.append(f"templates[{i}].name: {t.name!r} is a built-in template; choose another name")

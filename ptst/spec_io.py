@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from ptst.errors import SpecError
+from ptst.errors import SpecError, surrogate_problem
 
 MAX_SPEC_BYTES = 10 * 1024 * 1024
 """A spec is a few kilobytes; anything past this is not a spec (and reading it whole could exhaust memory)."""
@@ -254,7 +254,15 @@ def check_plain_data(source: str | Path, data: Any) -> list[str]:
             problems.append(f"{field_path(where)}: {value} is not allowed; give a finite number")
         elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_LIMIT:
             problems.append(f"{field_path(where)}: integer {_short(value)} is out of range (at most 2**63-1)")
+        elif isinstance(value, str):
+            bad = surrogate_problem(value)
+            if bad is not None:  # a label, base_url, system prompt...: it would crash a print, a hash or a request
+                problems.append(f"{field_path(where)}: the text {bad}")
         elif isinstance(value, dict):
+            for k in value:
+                bad = surrogate_problem(k) if isinstance(k, str) else None
+                if bad is not None:
+                    problems.append(f"{field_path((*where, k))}: the key {bad}")
             stack.extend(reversed([(v, (*where, k), depth + 1) for k, v in value.items()]))
         elif isinstance(value, (list, tuple, set, frozenset)):
             stack.extend(reversed([(v, (*where, i), depth + 1) for i, v in enumerate(value)]))

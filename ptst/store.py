@@ -61,6 +61,21 @@ def _connect(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=30, isolation_level=None, check_same_thread=False)
 
 
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """A reader's connection to a store in a folder it cannot write (`ptst report DIR --out OTHER` on a read-only
+    copy). SQLite's WAL mode needs a writable `-shm` beside the file even to read, so a store with nothing left in its
+    write-ahead log is opened as immutable; one whose log still holds committed rows cannot be read without it."""
+    wal = path.with_name(path.name + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        raise StoreError(
+            f"{path.parent}: this folder is read-only and the run store's write-ahead log ({wal.name}) still holds "
+            f"committed results that only a writable folder can read; copy the folder (cp -r {path.parent} COPY) and "
+            "run `ptst report COPY`"
+        )
+    return sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True, isolation_level=None,
+                           check_same_thread=False)
+
+
 def _create(db: Path) -> None:
     """Make a new store under a temporary name and rename it into place, so `ptst.db` is never seen half-made
     (a zero-length `ptst.db` is therefore never ours, and is refused)."""
@@ -128,7 +143,10 @@ class RunStore:
     @contextmanager
     def open(cls, directory: str | Path, *, lock: bool = True) -> Iterator[RunStore]:
         d = Path(directory)
-        _prepare_dir(d)
+        if lock:
+            _prepare_dir(d)
+        elif not d.is_dir():  # a reader (`ptst report DIR`) writes nothing here: DIR may be read-only
+            raise UsageError(f"{d}: no run store (ptst.db) here; give the --out directory of a `ptst run`")
         lock_file = _acquire(d) if lock else None
         try:
             db = d / "ptst.db"
@@ -141,7 +159,7 @@ class RunStore:
                 except sqlite3.Error as e:
                     raise StoreError(f"{db}: cannot create the run store ({e}); free some space or choose another --out") from None
             try:
-                conn = _connect(db)
+                conn = _connect(db) if lock or os.access(d, os.W_OK) else _connect_read_only(db)
             except sqlite3.Error as e:
                 raise _corrupt(db, str(e)) from None
             store = cls(d, conn)

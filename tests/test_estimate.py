@@ -26,6 +26,12 @@ DEAD_URL = "http://127.0.0.1:9/v1"  # nothing listens: the gate must refuse befo
 
 
 @pytest.fixture(autouse=True)
+def _api_key(monkeypatch):
+    """`ptst estimate` runs the run's preflight, which wants the API key a run would use (never sent here)."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-estimate")
+
+
+@pytest.fixture(autouse=True)
 def _exact_counter():
     c = token_counter("gpt-3.5-turbo-0125")
     if not c.exact:

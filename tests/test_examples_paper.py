@@ -150,7 +150,7 @@ def test_paper_spec_runs_end_to_end_with_limit(
     out = tmp_path / "out"
     assert main(["run", str(spec), "--out", str(out), "--limit", str(LIMIT)]) == 0
     res = json.loads((out / "results.json").read_text())
-    assert res["simulated"] is True and res["status"] == "complete"
+    assert res["simulated"] is True and res["status"] == "complete_limited" and res["limit"] == LIMIT
     labels = {b.name for b in original.backends}
     train = original.train.templates if original.train else []
     expected = {(b, t, s, d.display_name()) for b in labels for t in [None, *train] for s in original.eval.templates

@@ -139,6 +139,29 @@ def test_a_template_that_drops_the_system_message_is_folded_too(models, tmp_path
     assert b.base_model().meta["notes"] == [FOLD_NOTE]
 
 
+def test_a_template_error_other_than_refusing_the_system_role_surfaces(models, tmp_path, capsys):
+    """Only the template's explicit refusal of the system role folds the system prompt; a template that fails for
+    another reason (here: a filter it does not have, and a raise_exception about something else) is a user error."""
+    for name, broken in [
+        ("unknown-filter", CHATML_TEMPLATE.replace("m['content']", "(m['content'] | no_such_filter)")),
+        ("other-raise", "{{- raise_exception('Conversation roles must alternate user/assistant') -}}" + CHATML_TEMPLATE),
+    ]:
+        model = tmp_path / name
+        shutil.copytree(models["chatml"], model)
+        tok = tokenizer(model)
+        tok.chat_template = broken
+        tok.save_pretrained(model)
+        b = hf(model)
+        with pytest.raises(Exception, match=rf"model {model}: its chat template fails on a system \+ user") as info:
+            b.render(BUILTIN["chat:llama"].apply(QUERY, "hf"))
+        assert getattr(info.value, "exit_code", None) == 2
+    args = ["render", "--backend", "hf", "--model", str(tmp_path / "other-raise"), "--template", "chat:llama",
+            "--query", "Q", "--json"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Conversation roles must alternate" in err and len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize(("fmt", "bos"), [("chatml", None), ("llama3", "<|begin_of_text|>"), ("gemma", "<bos>")])
 @pytest.mark.parametrize("template", ["text:vanilla", "text:alpaca"])
 def test_text_mode_is_raw_text_with_the_tokenizers_bos(models, fmt, bos, template):

@@ -97,15 +97,81 @@ def test_a_model_folder_is_checked_by_its_backend(tmp_path: Path, monkeypatch: p
                         "(config.json, weights)"),)
 
 
-def test_a_hub_id_is_listed_unchecked_and_exits_0(tmp_path: Path, capsys: pytest.CaptureFixture):
-    p = _spec(tmp_path, backends=[{"kind": "llama2", "model": "nobody/not-a-cached-model"}])
+def fake_hf_cache(root: Path, repo: str, files: dict[str, str]) -> Path:
+    """The Hugging Face hub cache layout, written by hand: models--ORG--NAME/refs/main names a snapshot folder that
+    holds the repository's files (what `huggingface-cli download` leaves behind)."""
+    repo_dir = root / ("models--" + repo.replace("/", "--"))
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
+    (repo_dir / "refs" / "main").write_text(sha)
+    snap = repo_dir / "snapshots" / sha
+    snap.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (snap / name).write_text(text)
+    return root
+
+
+@pytest.fixture
+def hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty hub cache of this test's own (huggingface_hub reads the constant at each lookup)."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-home" / "hub"
+    cache.mkdir(parents=True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def test_an_uncached_hub_id_that_the_backend_will_not_download_is_an_error(
+    tmp_path: Path, hf_cache: Path, capsys: pytest.CaptureFixture
+):
+    for kind in ("llama2", "mistral"):
+        p = _spec(tmp_path, backends=[{"kind": kind, "model": "nobody/not-a-cached-model"}])
+        assert main(["validate", str(p)]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert err == [
+            f"error: backends[0] ({kind}): model 'nobody/not-a-cached-model' is not a local directory nor in the local "
+            f"Hugging Face cache, and kind: {kind} downloads nothing unless told to; run `huggingface-cli download "
+            "nobody/not-a-cached-model`, set download: true in the backend entry, or point model: at a local "
+            "HF-format directory",
+            f"{p}: 1 problem found before anything was spent",
+        ]
+
+
+def test_with_download_an_uncached_hub_id_is_unchecked_and_exits_0(
+    tmp_path: Path, hf_cache: Path, capsys: pytest.CaptureFixture
+):
+    for kind in ("llama2", "mistral", "hf"):
+        p = _spec(tmp_path, backends=[{"kind": kind, "model": "nobody/not-a-cached-model", "download": True}])
+        assert main(["validate", str(p)]) == 0, kind
+        out = capsys.readouterr().out
+        assert (
+            f"unchecked: backends[0] ({kind}).model: hub id 'nobody/not-a-cached-model' is not in the local Hugging "
+            "Face cache here; it is downloaded when the run starts (download: true; needs internet) (not checked "
+            "offline)"
+        ) in out.splitlines()
+        assert "0 warning(s), 1 unchecked" in out
+    assert list(hf_cache.iterdir()) == []  # validating downloaded nothing
+
+
+def test_an_invalid_hub_id_is_an_error_even_with_download(tmp_path: Path, hf_cache: Path, capsys: pytest.CaptureFixture):
+    p = _spec(tmp_path, backends=[{"kind": "mistral", "model": "org/na me!", "download": True}])
+    assert main(["validate", str(p)]) == 2
+    err = capsys.readouterr().err.splitlines()[0]
+    assert err.startswith("error: backends[0] (mistral): model 'org/na me!' is neither a local folder nor a valid hub id")
+    assert err.endswith("give an existing folder or an id such as org/name")
+
+
+def test_a_cached_hub_id_is_checked_from_the_cache(tmp_path: Path, hf_cache: Path, capsys: pytest.CaptureFixture):
+    fake_hf_cache(hf_cache, "org/tiny-mistral", {"config.json": json.dumps({"model_type": "mistral", "vocab_size": 32000})})
+    p = _spec(tmp_path, backends=[{"kind": "mistral", "model": "org/tiny-mistral"}])
     assert main(["validate", str(p)]) == 0
-    out = capsys.readouterr().out
-    assert (
-        "unchecked: backends[0] (llama2).model: hub id 'nobody/not-a-cached-model' is not in the local Hugging Face "
-        "cache here; nothing is downloaded, so it must be there when the run starts (not checked offline)"
-    ) in out.splitlines()
-    assert "0 warning(s), 1 unchecked" in out
+    assert "0 warning(s), 0 unchecked" in capsys.readouterr().out
+    # the cached config says another family: found from the cache, offline
+    fake_hf_cache(hf_cache, "org/qwen", {"config.json": json.dumps({"model_type": "qwen2"})})
+    p = _spec(tmp_path, backends=[{"kind": "mistral", "model": "org/qwen"}])
+    assert main(["validate", str(p)]) == 2
+    assert "config.json model_type is 'qwen2'" in capsys.readouterr().err
 
 
 def test_an_api_model_is_unchecked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

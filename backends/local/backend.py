@@ -27,7 +27,14 @@ from ptst.backends.local.adapters import ADAPTER_DIR, METADATA_FILE, TRAIN_LOG, 
 from ptst.backends.local.data import prepare_examples
 from ptst.backends.local.distributed import launch_distributed
 from ptst.backends.local.generate import Generator, release_generators
-from ptst.backends.local.models import local_model_dir, model_dir_problem
+from ptst.backends.local.models import (
+    download_model,
+    hub_id_problem,
+    local_model_dir,
+    model_dir_problem,
+    not_cached_problem,
+    uncached_hub_id,
+)
 from ptst.backends.local.render import TrainingFormError, check_prompt_ids, clean_answer, supervised_labels, where
 from ptst.backends.local.resume import checkpoint_dirs
 from ptst.backends.local.train import TrainSettings, train_lora
@@ -35,6 +42,7 @@ from ptst.backends.local.vllm import generate_vllm, release_vllm
 from pydantic import Field
 
 from ptst.conversation import Conversation
+from ptst.downloads import downloads_allowed
 from ptst.errors import BackendError, PtstError, UsageError
 from ptst.types import Frozen
 
@@ -64,7 +72,7 @@ class LocalOptions(Frozen):
     max_generation_batch: int = Field(256, ge=1, description="upper bound of the automatic generation batch size")
     download: bool = Field(
         False, description="fetch a hub id that is not in the local Hugging Face cache when the run starts (needs "
-        "internet); without it, an uncached hub id must be downloaded beforehand"
+        "internet); without it such a hub id is a preflight error"
     )
     adapter: str | None = Field(
         None, description="a ptst LoRA adapter directory (a run's models/KEY/adapter) to evaluate as this backend's "
@@ -89,6 +97,7 @@ class LocalBackend(FineTuneBackend):
     def __init__(self, spec):  # type: ignore[no-untyped-def]
         super().__init__(spec)
         self._generator: Generator | None = None
+        self._fetched = not self.options.download  # nothing to fetch unless `download: true`
         self.generation_chunk = self.options.max_generation_batch  # type: ignore[misc]
 
     # --- tokenizer side (subclasses) ---------------------------------------------------------------------------
@@ -125,6 +134,18 @@ class LocalBackend(FineTuneBackend):
         """Token ids that end a generated answer (it is cut before the first). Llama 2 and Mistral end a turn with
         EOS; a chat-template backend adds its template's end-of-turn ids (`<|im_end|>`, `<|eot_id|>`)."""
         return (self.eos_id,)
+
+    def awaiting_download(self) -> bool:
+        """`download: true`, the model not fetched yet, and this command downloads nothing (`ptst estimate`)."""
+        return not self._fetched and not downloads_allowed() and uncached_hub_id(self.spec.model)
+
+    def fetch_model(self) -> None:
+        """With `download: true`: bring a hub id that is not in the local Hugging Face cache into it, once, before the
+        tokenizer or weights are first looked up there. Subclasses call it where they resolve their tokenizer (the
+        first thing a run, an estimate or `ptst render` needs); `preflight` never does: validating downloads nothing."""
+        if not self._fetched:
+            download_model(self.spec.model)
+            self._fetched = True
 
     def check_tokenizer(self) -> None:
         """Load the tokenizer, refusing one this backend cannot render (a user error naming the model): subclasses
@@ -192,18 +213,27 @@ class LocalBackend(FineTuneBackend):
         try:
             local_model_dir(self.spec.model)
         except BackendError:
-            # Not here: `ptst validate` says so itself (a missing folder is an error; a hub id it cannot check
-            # offline is listed as unchecked), so only a separately given tokenizer can still be checked.
+            # Not here. A missing folder: `ptst validate` says so itself. A hub id not in the cache: certain to fail
+            # unless this backend downloads it (then `ptst validate` lists it as unchecked).
+            if uncached_hub_id(self.spec.model):
+                invalid = hub_id_problem(self.spec.model)
+                if invalid is not None:  # knowable offline: no download could ever find it
+                    return [*adapter, invalid]
+                if not self.options.download:
+                    return [*adapter, not_cached_problem(self.kind, self.spec.model)]
             if self.options.tokenizer is None:
-                return adapter
+                return adapter  # only a separately given tokenizer can still be checked
             problems = list(adapter)
         else:
             problem = model_dir_problem(self.spec.model)
             problems = adapter + ([problem] if problem is not None else [])
+        fetched, self._fetched = self._fetched, True  # validating downloads nothing
         try:
             self.check_tokenizer()
         except PtstError as e:
             problems.append(str(e))
+        finally:
+            self._fetched = fetched
         return problems
 
     def checkpoints(self, model: ModelRef) -> list[ModelRef]:
@@ -255,7 +285,7 @@ class LocalBackend(FineTuneBackend):
         o = self.options
         # A hub id not downloaded yet has no tokenizer to hash: only an estimate, whose keys are never stored, may use
         # a placeholder; a run needs the real tokenizer first (tokenizer_fingerprint raises a user error without it).
-        absent = self.estimate_only and self._tokenizer_absent()
+        absent = (self.estimate_only and self._tokenizer_absent()) or self.awaiting_download()
         fingerprint = f"absent:{self.spec.model}" if absent else self.tokenizer_fingerprint()
         ident: dict[str, Any] = {
             "tokenizer_sha256": fingerprint,

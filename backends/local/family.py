@@ -39,11 +39,13 @@ def model_file(model: str, name: str) -> Path | None:
         return None
     try:
         from huggingface_hub import try_to_load_from_cache
-
-        hit = try_to_load_from_cache(model, name)
-        return Path(hit) if isinstance(hit, str) else None
-    except Exception:
+    except ImportError:  # no hub client: no cache to look in
         return None
+    try:
+        hit = try_to_load_from_cache(model, name)
+    except ValueError:  # HFValidationError: not a valid hub id, so nothing of it can be cached
+        return None
+    return Path(hit) if isinstance(hit, str) else None
 
 
 @cache

@@ -96,6 +96,82 @@ def local_model_dir(model: str) -> Path:
         ) from None
 
 
+# What `download: true` fetches of a hub repository: weights, configs and tokenizer files (hub repositories often carry
+# ONNX, GGUF or original-format copies too, many gigabytes that no backend here reads).
+DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.model.v*", "*.txt"]
+
+
+class ModelUnavailable(PtstError):
+    """A hub model could not be fetched (`download: true`): the network, the id or access is the user's to fix."""
+
+    exit_code = 2
+
+
+def is_hub_id(model: str) -> bool:
+    """Whether `model` names a hub repository (`name` or `org/name`) rather than a local folder: nothing by that name
+    exists here, it is not written as a path (absolute, `./x`, `~`, a backslash) and has at most one slash."""
+    return not (
+        model.startswith(("/", "./", "../", "~", ".\\", "..\\"))
+        or "\\" in model
+        or model.count("/") >= 2
+        or Path(model).expanduser().exists()
+    )
+
+
+def hub_id_problem(model: str) -> str | None:
+    """Why `model` cannot be a hub repository id (the hub's own naming rules, checked offline), or None."""
+    try:
+        from huggingface_hub.utils import validate_repo_id
+    except ImportError:  # no hub client: nothing to check against (and nothing could be downloaded)
+        return None
+    try:
+        validate_repo_id(model)
+    except ValueError as e:  # HFValidationError
+        return (f"model {model!r} is neither a local folder nor a valid hub id ({first_line(e)}); give an existing "
+                "folder or an id such as org/name")
+    return None
+
+
+def uncached_hub_id(model: str) -> bool:
+    """A hub id whose snapshot is not in the local Hugging Face cache (so loading it offline is certain to fail)."""
+    if not is_hub_id(model):
+        return False
+    try:
+        local_model_dir(model)
+    except BackendError:
+        return True
+    return False
+
+
+def not_cached_problem(kind: str, model: str) -> str:
+    """The one line for a hub id a backend without `download: true` cannot load: what to do, three ways."""
+    return (
+        f"model {model!r} is not a local directory nor in the local Hugging Face cache, and kind: {kind} downloads "
+        f"nothing unless told to; run `huggingface-cli download {model}`, set download: true in the backend entry, "
+        "or point model: at a local HF-format directory"
+    )
+
+
+def download_model(model: str) -> Path:
+    """The local directory of `model`, fetching a hub id into the local Hugging Face cache first when it is not there
+    (`download: true`); later lookups find it in the cache like any other cached model."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    hub = require("huggingface_hub", "download: true (fetching a hub model)", "local")
+    try:
+        return Path(hub.snapshot_download(model, local_files_only=True))
+    except (OSError, ValueError):  # not cached yet (LocalEntryNotFoundError is an OSError): fetch it below
+        pass
+    try:
+        return Path(hub.snapshot_download(model, allow_patterns=DOWNLOAD_PATTERNS))
+    except Exception as e:  # network, access, id: every failure is reported, in one line
+        raise ModelUnavailable(
+            f"model {model!r} could not be downloaded ({type(e).__name__}: {first_line(e)}); check the hub id, the "
+            f"network and your access, or run `huggingface-cli download {model}` and set download: false"
+        ) from None
+
+
 def load_causal_lm(model: str, *, dtype, device: str, attn_implementation: str | None):  # type: ignore[no-untyped-def]
     """Load a base model from a local directory or the local HF cache only (never the network)."""
     check_transformers()

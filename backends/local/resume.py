@@ -11,6 +11,7 @@ the job being run; anything else (other hyperparameters, another device, another
 
 from __future__ import annotations
 
+import pickle
 import random
 import re
 from pathlib import Path
@@ -73,18 +74,37 @@ def save_trainer_state(directory: Path, *, fingerprint: str, step: int, optimize
     tmp.replace(directory / STATE_FILE)
 
 
+# What torch.load raises on a truncated or damaged file: a broken zip archive (RuntimeError), a broken pickle
+# stream, an early end of file, or an unreadable file.
+UNREADABLE = (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, OSError)
+
+
+def _load_or_warn(torch: Any, path: Path) -> Any:
+    """A checkpoint file's contents, or None after a warning naming the file (a kill or a full disk mid-write damages
+    the newest checkpoint; the one before it still resumes the job)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except UNREADABLE as e:
+        from ptst.progress import log
+
+        text = str(e).strip().splitlines()
+        log(f"warning: checkpoint file {path} is damaged ({type(e).__name__}: {text[0] if text else 'unreadable'}); "
+            "resuming from the checkpoint before it")
+        return None
+
+
 def find_resume_checkpoint(outdir: Path, fingerprint: str, world: int) -> Path | None:
-    """The latest complete checkpoint of this very job (same fingerprint, every rank's RNG state present)."""
+    """The latest complete, readable checkpoint of this very job (same fingerprint, every rank's RNG state present
+    and loadable). A damaged one is skipped with a warning naming its file, never silently."""
     torch = import_torch()
     for _, d in reversed(checkpoint_dirs(outdir)):
         state_path = d / STATE_FILE
         if not state_path.is_file() or not all((d / rng_file(r)).is_file() for r in range(world)):
             continue
-        try:
-            state = torch.load(state_path, map_location="cpu", weights_only=True)
-        except Exception:
+        state = _load_or_warn(torch, state_path)
+        if not isinstance(state, dict) or state.get("fingerprint") != fingerprint:
             continue
-        if state.get("fingerprint") == fingerprint:
+        if all(_load_or_warn(torch, d / rng_file(r)) is not None for r in range(world)):
             return d
     return None
 

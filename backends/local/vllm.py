@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ptst.backends.local.models import import_torch, local_model_dir, resolve_dtype
+from ptst.backends.local.models import first_line, import_torch, local_model_dir, resolve_dtype
 
 from ptst.errors import PtstError
 from ptst.types import GenerationConfig, ModelRef
@@ -64,11 +64,16 @@ def release_vllm() -> None:
     _ENGINE = None
     try:  # vLLM keeps process-group state beside the engine
         from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
-
-        destroy_model_parallel()
-        destroy_distributed_environment()
-    except Exception:
+    except ImportError:  # a vLLM without these helpers keeps no such state
         pass
+    else:
+        try:
+            destroy_model_parallel()
+            destroy_distributed_environment()
+        except (AssertionError, RuntimeError, ValueError) as e:  # torch.distributed's "not initialized" and the like
+            from ptst.progress import log
+
+            log(f"warning: vLLM's process groups were not torn down ({first_line(e)}); GPU memory may stay held")
     gc.collect()
     torch = import_torch()
     if torch.cuda.is_available():

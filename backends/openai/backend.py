@@ -55,6 +55,7 @@ class Backend(FineTuneBackend):
     family: ClassVar[str] = "openai"
     modes: ClassVar[frozenset[str]] = frozenset({"chat"})
     simulated: ClassVar[bool] = False
+    min_train_examples: ClassVar[int] = files.MIN_EXAMPLES  # the fine-tuning API refuses smaller training files
 
     class Options(OpenAIOptions):
         """See `ptst.backends.openai.options.OpenAIOptions`."""

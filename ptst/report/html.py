@@ -20,6 +20,7 @@ from ptst.report.grids import (
     col_label,
     is_simulated,
     legend,
+    limit_banner,
     row_label,
     seeds_note,
 )
@@ -227,12 +228,14 @@ def render_html(results: Results, grids: Sequence[Grid] | None = None, *, figure
     (the caller writes samples.js beside the page)."""
     grids = build_grids(results) if grids is None else grids
     sim = is_simulated(results)
-    title = ("SIMULATED — " if sim else "") + f"ptst report: {results.spec_name}"
+    limited = limit_banner(results)
+    title = ("LIMITED — " if limited else "") + ("SIMULATED — " if sim else "") + f"ptst report: {results.spec_name}"
     safety_vals = [c.value for g in grids if g.kind == "safety" for c in g.cells.values() if c.value is not None]
     # One colour scale for every heatmap of the page, so colours compare across backends and benchmarks.
     vmax = max(1.0, 100 * max(safety_vals, default=0.0))
     out: list[str] = []
-    body_first = f'<p class="banner">{e(SIMULATED_BANNER)}</p>' if sim else ""
+    body_first = f'<p class="banner">{e(limited)}</p>' if limited else ""
+    body_first += f'<p class="banner">{e(SIMULATED_BANNER)}</p>' if sim else ""
     out.append(f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{e(title)}</title>")
     out.append(f"<style>{_CSS}</style></head>\n<body>{body_first}")
     out.append(f"<h1>ptst report: {e(results.spec_name)}</h1>")

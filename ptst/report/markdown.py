@@ -14,6 +14,7 @@ from ptst.report.grids import (
     col_label,
     is_simulated,
     legend,
+    limit_banner,
     row_label,
     seeds_note,
 )
@@ -148,6 +149,9 @@ def render_markdown(results: Results, grids: Sequence[Grid] | None = None) -> st
     """report.md: the banner line first when simulated, then the PTST summary, grids and the other views."""
     grids = build_grids(results) if grids is None else grids
     lines: list[str] = []
+    limited = limit_banner(results)
+    if limited is not None:
+        lines += [f"**{limited}**", ""]
     if is_simulated(results):
         lines += [f"**{SIMULATED_BANNER}**", ""]
     lines += [f"# ptst report: {md_escape(results.spec_name)}", "",

@@ -28,6 +28,7 @@ from ptst.report.grids import (
     col_label,
     is_simulated,
     legend,
+    limit_banner,
     pct,
     row_label,
     seeds_note,
@@ -37,8 +38,8 @@ from ptst.report.views import (
     TRAINING_NOTE,
     category_tables,
     mean_text,
-    progress_views,
     p_value_text,
+    progress_views,
     ptst_lines,
     summary_text,
 )
@@ -274,6 +275,9 @@ def print_tables(results: Results, console: Console, all_tables: bool = False) -
     from rich.text import Text
 
     grids = build_grids(results)
+    limited = limit_banner(results)
+    if limited is not None:
+        console.print(Text(limited, style="bold black on yellow"))
     if is_simulated(results):
         console.print(Text(SIMULATED_BANNER, style="bold white on red"))
     if not grids:
