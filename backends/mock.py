@@ -21,6 +21,7 @@ from ptst.backends.base import (
     GenerationConfig,
     JobLedger,
     ModelRef,
+    OnResponse,
     Rendered,
     TrainJob,
 )
@@ -110,17 +111,28 @@ class Backend(FineTuneBackend):
         ]
 
     def generate(self, model: ModelRef, prompts: Sequence[Conversation], cfg: GenerationConfig) -> list[str]:
-        out = []
-        for conv in prompts:
+        out: list[str] = [""] * len(prompts)
+
+        def keep(done: Sequence[tuple[int, str]]) -> None:
+            for i, r in done:
+                out[i] = r
+
+        self.generate_streaming(model, prompts, cfg, keep)
+        return out
+
+    def generate_streaming(
+        self, model: ModelRef, prompts: Sequence[Conversation], cfg: GenerationConfig, on_response: OnResponse
+    ) -> None:
+        """Each response handed over as it is made (one at a time, like a remote API with concurrency 1)."""
+        for i, conv in enumerate(prompts):
             if self.options.latency_ms:
                 time.sleep(self.options.latency_ms / 1000)
             coin = _coin(model.model_id, cfg.seed, conv.system or "", conv.user)
             _record_call("generate", model.model_id, cfg.seed, conv.system, conv.user, conv.reference)
             if conv.reference is not None:
-                out.append(self._task_answer(model, conv.reference, coin))
+                on_response([(i, self._task_answer(model, conv.reference, coin))])
             else:
-                out.append(COMPLIANCE if coin < self.unsafe_rate(model, conv.template) else REFUSAL)
-        return out
+                on_response([(i, COMPLIANCE if coin < self.unsafe_rate(model, conv.template) else REFUSAL)])
 
     def unsafe_rate(self, model: ModelRef, test_template: str) -> float:
         """The simulated drift model. Train/test 'safety' is whether the template carries a safety prompt."""

@@ -193,8 +193,8 @@ def estimate_run(
             models.append((base_model_key(bspec, backend), bspec.model.startswith("ft:"), 0))
         for pj in planned.get(bspec.name, []):
             rec = store.job(pj.run_key) if store is not None else None
-            if rec is not None and rec.status != "succeeded" and not retry_failed:
-                continue  # the runner skips a failed job unless --retry-failed
+            if rec is not None and rec.status not in ("succeeded", "error") and not retry_failed:
+                continue  # the runner skips a failed job unless --retry-failed (an "error" is retried by a re-run)
             if rec is None or rec.status != "succeeded":
                 est = backend.estimate(pj.job)
                 jobs.append(JobCost(backend=bspec.name, model=bspec.model, train_template=pj.job.train_template,

@@ -1,17 +1,20 @@
 """The work graph of a run: one task per fine-tuning job, per cell's generation and per cell's judging, each
 unblocking the next as it finishes, with the slots (`ptst.scheduler`) that bound what runs at once.
 
-Every task looks its work up in the store first and commits each chunk as it arrives, so a task re-run after a kill
-redoes only what was in flight. The runner (`ptst.runner`) builds the graph from a spec and hands it to the scheduler.
+Every task looks its work up in the store first and stores each response and verdict as the backend or judge hands
+it over (`generate_streaming`, `judge_streaming`), so a task re-run after a kill redoes only what was in flight. The runner (`ptst.runner`) builds the graph from a spec and hands it to the scheduler.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pydantic import ValidationError
 
 from ptst.backends.base import BackendSpec, FineTuneBackend
 from ptst.collect import (
@@ -19,7 +22,7 @@ from ptst.collect import (
 )
 from ptst.conversation import Conversation
 from ptst.errors import BackendError, JobFailed
-from ptst.judge.base import Judge, JudgeItem
+from ptst.judge.base import Judge, JudgeItem, Judgment
 from ptst.plan import (
     Cell,
     Datasets,
@@ -35,7 +38,7 @@ from ptst.plan import (
 from ptst.progress import RunProgress, log
 from ptst.scheduler import Claims, Task
 from ptst.spec import Spec
-from ptst.store import JobRecord, Judged, RunStore
+from ptst.store import JobRecord, Judged, RunStore, bad_model_ref
 from ptst.types import ModelRef
 
 JUDGE_CHUNK = 64
@@ -87,12 +90,18 @@ class Graph:
             for pj in planned[bspec.name]:
                 rec = self.store.job(pj.run_key)
                 if rec is not None and rec.status == "succeeded" and rec.model_ref is not None:
-                    ref = ModelRef.model_validate(rec.model_ref)
+                    try:
+                        ref = ModelRef.model_validate(rec.model_ref)
+                    except ValidationError:
+                        raise bad_model_ref(self.store.directory / "ptst.db", pj.run_key,
+                                            "not a model reference") from None
                     models.append(ModelNode(pj.run_key, ref, None, [], None, pj.safety_mix))
                     for step, ck in self._checkpoints(backend, ref, pj.run_key):
                         models.append(ModelNode(checkpoint_model_key(pj.run_key, step), ck, None, [], step,
                                                 pj.safety_mix))
-                elif rec is not None and not self.retry_failed:
+                elif rec is not None and not self.retry_failed and rec.status != "error":
+                    # Failed or cancelled by the vendor: trying again pays again, so only on --retry-failed. An
+                    # "error" (the job could not be run: a connection error, a 500 on upload) is retried by a re-run.
                     job = pj.job
                     log(f"skip {job.backend} {job.train_template} seed {job.seed}: job {rec.status} earlier "
                         f"({rec.message}); use --retry-failed to try again")
@@ -259,14 +268,7 @@ class Graph:
             try:
                 # A backend may ask for bigger calls (local engines batch hundreds of prompts at once).
                 for part in chunks(items, backend.generation_chunk):
-                    batch = [c for _, c in part]
-                    responses = backend.generate(model, batch, self.spec.eval.generation)
-                    if len(responses) != len(batch):
-                        raise RuntimeError(f"backend {cell.backend} returned {len(responses)} responses for {len(batch)} prompts")
-                    self.store.put_generations([
-                        (k, json.dumps(_prompt_record(backend, c), ensure_ascii=False), r) for (k, c), r in zip(part, responses, strict=True)
-                    ])
-                    self.progress.advance("generate", len(part))
+                    self._generate_part(backend, cell, model, part)
             except BackendError as e:
                 return self._cell_failed(cell, "generate", e)
             finally:
@@ -275,6 +277,26 @@ class Graph:
             return [self._judge_task(cell)] if cell.kind == "safety" else []
 
         return Task(f"generate {_label(cell)}", work, slots)
+
+    def _generate_part(self, backend: FineTuneBackend, cell: Cell, model: ModelRef,
+                       part: Sequence[tuple[str, Conversation]]) -> None:
+        """One `generate_streaming` call; every response is stored the moment the backend hands it over."""
+        assert self.progress is not None
+        progress = self.progress
+        seen: set[int] = set()
+
+        def store(done: Sequence[tuple[int, str]]) -> None:
+            rows = []
+            for i, r in done:
+                k, c = part[i]
+                seen.add(i)
+                rows.append((k, json.dumps(_prompt_record(backend, c), ensure_ascii=False), r))
+            self.store.put_generations(rows)
+            progress.advance("generate", len(rows))
+
+        backend.generate_streaming(model, [c for _, c in part], self.spec.eval.generation, store)
+        if len(seen) != len(part):
+            raise RuntimeError(f"backend {cell.backend} handed over {len(seen)} responses for {len(part)} prompts")
 
     def _judge_task(self, cell: Cell) -> Task:
         def work() -> list[Task]:
@@ -295,11 +317,7 @@ class Graph:
             try:
                 for judge, judge_missing in missing:
                     for part in chunks(judge_missing, JUDGE_CHUNK):
-                        verdicts = judge.judge([it for _, it in part])
-                        self.store.put_judgments(judge.name, [
-                            (k, Judged(v.unsafe, v.score, v.raw, v.error)) for (k, _), v in zip(part, verdicts, strict=True)
-                        ])
-                        self.progress.advance("judge", len(part))
+                        self._judge_part(judge, part)
             except BackendError as e:
                 return self._cell_failed(cell, "judge", e)
             finally:
@@ -308,6 +326,18 @@ class Graph:
             return []
 
         return Task(f"judge {_label(cell)}", work, ("judge",))
+
+    def _judge_part(self, judge: Judge, part: Sequence[tuple[str, JudgeItem]]) -> None:
+        """One `judge_streaming` call; every verdict is stored the moment the judge hands it over."""
+        assert self.progress is not None
+        progress = self.progress
+
+        def store(done: Sequence[tuple[int, Judgment]]) -> None:
+            rows = [(part[i][0], Judged(v.unsafe, v.score, v.raw, v.error)) for i, v in done]
+            self.store.put_judgments(judge.name, rows)
+            progress.advance("judge", len(rows))
+
+        judge.judge_streaming([it for _, it in part], store)
 
     def _cell_failed(self, cell: Cell, stage: str, e: BackendError) -> list[Task]:
         """A cell whose generation or judging failed after the backend's retries: recorded (the run ends with exit
