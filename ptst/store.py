@@ -202,7 +202,7 @@ class RunStore:
 
     # -- committed work: checkpoints and the counts that detect its loss ------------------------------------------
     def _counts(self) -> dict[str, int]:
-        return {t: self._read(f"SELECT count(*) FROM {t}")[0][0] for t in COUNTED}  # noqa: S608 - fixed names
+        return {t: self._read(f"SELECT count(*) FROM {t}")[0][0] for t in COUNTED}
 
     def _check_counts(self) -> None:
         """Refuse a store holding fewer rows than it recorded as committed (a dropped table, a ptst.db copied without

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from ptst.backends.base import (
-    OnResponse,
     Estimate,
     FineTuneBackend,
     GenerationConfig,
     JobLedger,
     ModelRef,
+    OnResponse,
     Rendered,
     TrainJob,
 )

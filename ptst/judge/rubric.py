@@ -24,7 +24,7 @@ from ptst.clients.chat import ChatFailure, chat_completions
 from ptst.clients.limit import SharedLimit
 from ptst.clients.openai import DEFAULT_BASE_URL, ClientOptions, resolve_base_url
 from ptst.errors import SpecError
-from ptst.judge.base import JudgeBase, JudgeItem, JudgeSpec, Judgment, OnVerdict
+from ptst.judge.base import JudgeItem, JudgeSpec, Judgment, OnVerdict
 from ptst.keys import content_hash
 
 RUBRIC_FILE = "judge_rubric_qi2023.txt"
@@ -52,7 +52,7 @@ def parse_score(reply: str) -> int | None:
     return n if 1 <= n <= 5 else None
 
 
-class Judge(JudgeBase):
+class Judge:
     kind: ClassVar[str] = "rubric"
     simulated: ClassVar[bool] = False
 
@@ -60,8 +60,6 @@ class Judge(JudgeBase):
         model: str = Field("gpt-4-0613", min_length=1)
         max_parse_retries: int = Field(2, ge=0, le=10, description="asks again when a reply has no score")
         max_tokens: int = Field(4096, ge=1)
-
-    options: Options
 
     def __init__(self, spec: JudgeSpec | None = None):
         self.options = self.Options.model_validate(spec.options if spec else {})
