@@ -25,15 +25,14 @@ from ptst.errors import BackendError, JobFailed
 from ptst.judge.base import Judge, JudgeItem, Judgment
 from ptst.plan import (
     Cell,
+    CellKeys,
     Datasets,
     PlannedJob,
     base_model_key,
     cell_categories,
-    cell_conversations,
     checkpoint_model_key,
     chunks,
     eval_cells,
-    generation_key,
 )
 from ptst.progress import RunProgress, log
 from ptst.scheduler import Claims, Task
@@ -68,8 +67,10 @@ class Graph:
     """The run's work as tasks: one per job, per cell's generation and per cell's judging."""
 
     def __init__(self, spec: Spec, store: RunStore, data: Datasets, judges: list[Judge], out: Path,
-                 retry_failed: bool, usd: dict[str, float | None]):
+                 retry_failed: bool, usd: dict[str, float | None], cell_keys: CellKeys | None = None):
         self.spec, self.store, self.data, self.judges, self.out = spec, store, data, judges, out
+        self.cell_keys = cell_keys or CellKeys(spec, data)
+        self._have: set[str] = set()  # generation keys found in the store while planning
         self.retry_failed, self.usd = retry_failed, usd
         self.limits: dict[str, int] = {"judge": JUDGE_CALLS}
         self.totals = {"train": 0, "generate": 0, "judge": 0}
@@ -81,7 +82,7 @@ class Graph:
     # -- planning --------------------------------------------------------------------------------------------------
     def plan(self, backends: list[tuple[BackendSpec, FineTuneBackend]], planned: dict[str, list[PlannedJob]]) -> list[Task]:
         """Index every cell we can produce (one transaction) and return the tasks that start the run."""
-        rows, tasks = [], []
+        rows, tasks, ready = [], [], []
         for bspec, backend in backends:
             self._slots(bspec, backend)
             models: list[ModelNode] = []
@@ -117,13 +118,20 @@ class Graph:
                     m.cells = self._cells(bspec, backend, m.ref, m.key, m.checkpoint, safety_mix=m.safety_mix)
                 rows += [self._row(cell, convs, keys) for cell, convs, keys in m.cells]
                 if m.ref is not None:
-                    tasks += [self._generate_task(backend, cell, m.ref, convs, keys) for cell, convs, keys in m.cells]
+                    ready += [(backend, cell, m.ref, convs, keys) for cell, convs, keys in m.cells]
                 else:
                     tasks.append(self._train_task(bspec, backend, m))
         self.store.replace_cells(rows)
         gen, judge = self._count(rows)
         self.totals["generate"] += gen
         self.totals["judge"] += judge
+        # A cell whose responses (and verdicts) are all stored already has nothing to run: a finished re-run is cheap.
+        failed = {f[0] for f in self.store.failures()}
+        for backend, cell, ref, convs, keys in ready:
+            if cell.key in failed or not self._have.issuperset(keys):
+                tasks.append(self._generate_task(backend, cell, ref, convs, keys))
+            elif cell.kind == "safety" and self._judge_planned.get(cell.key, 0) > 0:
+                tasks.append(self._judge_task(cell))
         return tasks
 
     def _slots(self, bspec: BackendSpec, backend: FineTuneBackend) -> None:
@@ -172,15 +180,18 @@ class Graph:
         out = []
         for cell in eval_cells(self.spec, bspec, model, model_key, self.data, checkpoint=checkpoint,
                                safety_mix=safety_mix):
-            convs = cell_conversations(self.spec, cell, backend.family, self.data)
-            out.append((cell, convs, [generation_key(cell.model_key, c, self.spec.eval.generation) for c in convs]))
+            convs, keys = self.cell_keys.get(cell, backend.family)
+            out.append((cell, convs, keys))
         return out
 
     def _count(self, rows) -> tuple[int, int]:
         """Totals for the progress view: responses still missing, and safety items still without each judge's
         verdict."""
         keys = {it[0] for _, _, _, items in rows for it in items}
-        have = self.store.responses(keys)
+        found = self.store.have_responses(keys)
+        self._have |= found
+        have = self.store.responses(it[0] for _, desc, _, items in rows if desc["kind"] == "safety" for it in items
+                                    if it[0] in found)
         total_judge = 0
         for key, desc, _, items in rows:
             if desc["kind"] != "safety":
@@ -192,7 +203,7 @@ class Graph:
                 n += len({g for g, _, _ in triples}) - len(self.store.judgments(jk.values()))
             self._judge_planned[key] = n
             total_judge += n
-        return len(keys) - len(have), total_judge
+        return len(keys) - len(found), total_judge
 
     # -- tasks -----------------------------------------------------------------------------------------------------
     def _train_task(self, bspec: BackendSpec, backend: FineTuneBackend, m: ModelNode) -> Task:

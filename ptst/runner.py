@@ -28,6 +28,7 @@ from ptst.errors import BudgetExceeded
 from ptst.graph import Graph
 from ptst.judge.base import create_judge
 from ptst.plan import (
+    CellKeys,
     Datasets,
     PlannedJob,
     train_jobs,
@@ -147,11 +148,12 @@ def run_experiment(
         store.set_meta("judges", [{"name": j.name, "version": j.version} for j in judges])
 
         planned = {bspec.name: train_jobs(spec, bspec, backend, data) for bspec, backend in backends}
-        usd = _check_budget(spec, store, backends, planned, yes, retry_failed, data=data)
+        cell_keys = CellKeys(spec, data)  # one hash per response, shared by the estimate and the graph
+        usd = _check_budget(spec, store, backends, planned, yes, retry_failed, data=data, cell_keys=cell_keys)
         if store.get_meta("started_at") is None:
             store.set_meta("started_at", _now())
         store.set_meta("finished_at", None)  # until this run finishes: a killed run reads as unfinished
-        graph = Graph(spec, store, data, judges, out, retry_failed, usd)
+        graph = Graph(spec, store, data, judges, out, retry_failed, usd, cell_keys)
         tasks = graph.plan(backends, planned)
         with RunProgress(graph.totals) as progress:
             for usd_done in store.costs("train"):  # money spent by earlier runs on this folder counts too
@@ -166,7 +168,7 @@ def run_experiment(
 
 def _check_budget(
     spec: Spec, store: RunStore, backends, planned: dict[str, list[PlannedJob]], yes: bool, retry_failed: bool,
-    *, data: Datasets | None = None,
+    *, data: Datasets | None = None, cell_keys: CellKeys | None = None,
 ) -> dict[str, float | None]:
     """Refuse a run whose remaining work (jobs to run, generations and verdicts missing from the store) is estimated
     above budget_usd, or cannot be priced, unless --yes; return each job-to-run's USD, recorded as its cost once it
@@ -175,7 +177,7 @@ def _check_budget(
 
     if data is None:
         data = Datasets(train=(), safety={}, tasks={})
-    est = estimate_run(spec, data, backends, planned, store=store, retry_failed=retry_failed)
+    est = estimate_run(spec, data, backends, planned, store=store, retry_failed=retry_failed, cell_keys=cell_keys)
     usd: dict[str, float | None] = {j.run_key: j.estimate.usd for j in est.train}
     if spec.budget_usd is None or yes:
         return usd
