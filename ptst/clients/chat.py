@@ -90,9 +90,12 @@ async def _chat_all(
             return await client.chat.completions.create(**params)
 
         async def one(i: int, params: dict[str, Any]) -> str | ChatFailure:
-            result = await attempts(params)
-            if on_result is not None:
-                on_result(i, result)
+            # The slot is held until the result is handed over (stored): a request is in flight until then, so
+            # `limit` bounds what a kill can lose, not only what is on the wire.
+            async with limit.hold():
+                result = await attempts(params)
+                if on_result is not None:
+                    on_result(i, result)
             return result
 
         async def attempts(params: dict[str, Any]) -> str | ChatFailure:
@@ -100,8 +103,7 @@ async def _chat_all(
             completion: Any
             for _ in range(extra_attempts + 1):
                 try:
-                    async with limit.hold():
-                        completion = await AsyncRetrying(**retrying)(create, params)
+                    completion = await AsyncRetrying(**retrying)(create, params)
                 except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
                     raise api_error(opts, "chat completion", e) from None
                 except openai.APIStatusError as e:
