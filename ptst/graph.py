@@ -27,6 +27,7 @@ from ptst.plan import (
     Cell,
     CellKeys,
     Datasets,
+    JudgmentKeys,
     PlannedJob,
     base_model_key,
     cell_categories,
@@ -70,6 +71,7 @@ class Graph:
                  retry_failed: bool, usd: dict[str, float | None], cell_keys: CellKeys | None = None):
         self.spec, self.store, self.data, self.judges, self.out = spec, store, data, judges, out
         self.cell_keys = cell_keys or CellKeys(spec, data)
+        self.judgment_keys = JudgmentKeys()  # shared with the collection of results at the end of the run
         self._have: set[str] = set()  # generation keys found in the store while planning
         self.retry_failed, self.usd = retry_failed, usd
         self.limits: dict[str, int] = {"judge": JUDGE_CALLS}
@@ -188,10 +190,10 @@ class Graph:
         """Totals for the progress view: responses still missing, and safety items still without each judge's
         verdict."""
         keys = {it[0] for _, _, _, items in rows for it in items}
-        found = self.store.have_responses(keys)
+        safety = {it[0] for _, desc, _, items in rows if desc["kind"] == "safety" for it in items}
+        have = self.store.responses(safety)  # judged by their text; the other items need only their presence
+        found = set(have) | self.store.have_responses(keys - safety)
         self._have |= found
-        have = self.store.responses(it[0] for _, desc, _, items in rows if desc["kind"] == "safety" for it in items
-                                    if it[0] in found)
         total_judge = 0
         for key, desc, _, items in rows:
             if desc["kind"] != "safety":
@@ -199,7 +201,7 @@ class Graph:
             n = 0
             triples = [it[:3] for it in items]
             for judge in self.judges:
-                jk = judgment_keys(judge.name, judge.version, triples, have)
+                jk = judgment_keys(judge.name, judge.version, triples, have, self.judgment_keys)
                 n += len({g for g, _, _ in triples}) - len(self.store.judgments(jk.values()))
             self._judge_planned[key] = n
             total_judge += n
@@ -317,7 +319,7 @@ class Graph:
             todo: list[tuple[Judge, dict[str, JudgeItem]]] = []
             for judge in self.judges:  # every judge judges every response, each cached under its own name+version
                 mine_todo: dict[str, JudgeItem] = {}
-                for g, jk in judgment_keys(judge.name, judge.version, items, responses).items():
+                for g, jk in judgment_keys(judge.name, judge.version, items, responses, self.judgment_keys).items():
                     mine_todo.setdefault(jk, JudgeItem(queries[g], responses[g]))
                 todo.append((judge, mine_todo))
             have = self.store.judgments(k for _, t in todo for k in t)

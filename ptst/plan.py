@@ -181,5 +181,20 @@ class CellKeys:
         return found
 
 
+class JudgmentKeys:
+    """Judgment keys computed once per run: the graph's planning needs them to count what is left to judge, the
+    collection of results to find the verdicts, and a finished 100,000-response re-run spent seconds hashing twice."""
+
+    def __init__(self) -> None:
+        self._memo: dict[tuple[str, str, str, str], str] = {}
+
+    def get(self, judge_name: str, judge_version: str, query: str, response: str) -> str:
+        k = (judge_name, judge_version, query, response)
+        found = self._memo.get(k)
+        if found is None:
+            found = self._memo[k] = judgment_key(judge_name, judge_version, query, response)
+        return found
+
+
 def chunks(seq: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [seq[i : i + size] for i in range(0, len(seq), size)]

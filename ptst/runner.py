@@ -163,7 +163,7 @@ def run_experiment(
             scheduler.submit(tasks)
             scheduler.run()
         store.set_meta("finished_at", _now())
-        return collect(store)
+        return collect(store, graph.judgment_keys)
 
 
 def _check_budget(
