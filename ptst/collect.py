@@ -41,7 +41,8 @@ def _verdicts(
     store: RunStore, judges: Sequence[tuple[str, str]], items: Sequence[tuple[str, str, str | None]],
     responses: dict[str, str], memo: JudgmentKeys | None = None,
 ) -> dict[str, list[Verdict]]:
-    """gen_key -> one Verdict per judge that has judged its response, in the judges' order."""
+    """gen_key -> one Verdict per judge that has judged its response, in the judges' order (one store lookup per
+    judge for all the items given)."""
     out: dict[str, list[Verdict]] = {}
     for name, version in judges:
         jk = judgment_keys(name, version, items, responses, memo)
@@ -55,21 +56,23 @@ def _verdicts(
 
 def item_records(store: RunStore, memo: JudgmentKeys | None = None) -> list[ItemRecord]:
     """Every planned item of the spec's cells, with its response, its category, and each judge's verdict where
-    present (`memo`: the run's judgment keys, when called at the end of a run)."""
+    present (`memo`: the run's judgment keys, when called at the end of a run). Responses and verdicts are read
+    once for all cells (a 100,000-response run reads them in one pass each)."""
     judges = run_judges(store)
     simulated = bool(store.get_meta("simulated"))
+    cells = [(key, d, store.cell_items(key), store.cell_categories(key)) for key, d in store.cells()]
+    responses = store.responses(g for _, _, items, _ in cells for g, _, _ in items)
+    safety_items = [it for _, d, items, _ in cells if d["kind"] == "safety" for it in items]
+    verdicts = _verdicts(store, judges, safety_items, responses, memo) if safety_items else {}
     records: list[ItemRecord] = []
-    for key, d in store.cells():
-        items = store.cell_items(key)
-        categories = store.cell_categories(key)
-        responses = store.responses(g for g, _, _ in items)
-        verdicts = _verdicts(store, judges, items, responses, memo) if d["kind"] == "safety" else {}
+    for _, d, items, categories in cells:
+        safety = d["kind"] == "safety"
         for idx, ((g, q, ref), cat) in enumerate(zip(items, categories, strict=True)):
             records.append(ItemRecord(
                 backend=d["backend"], base_model=d["base_model"], train_template=d["train_template"], seed=d["seed"],
                 checkpoint=d.get("checkpoint"), test_template=d["test_template"], kind=d["kind"],
                 dataset=d["dataset"], metric=d["metric"], index=idx, query=q, reference=ref, category=cat,
-                response=responses.get(g), simulated=simulated, verdicts=tuple(verdicts.get(g, ())),
+                response=responses.get(g), simulated=simulated, verdicts=tuple(verdicts.get(g, ())) if safety else (),
                 safety_mix=d.get("safety_mix"),
             ))
     return records
