@@ -404,7 +404,7 @@ class RunStore:
         keys = list(dict.fromkeys(keys))
         if len(keys) > SCAN_ABOVE:
             wanted = set(keys)
-            return [r for r in self._read(sql.split(" WHERE ")[0]) if r[0] in wanted]
+            return [r for r in self._read(sql.split(" WHERE ", maxsplit=1)[0]) if r[0] in wanted]
         out: list[tuple[Any, ...]] = []
         for i in range(0, len(keys), 900):  # stay under SQLite's bound-parameter limit
             chunk = keys[i : i + 900]
