@@ -8,7 +8,7 @@ one makes sense, so a new backend is one subclass and one registry line (see doc
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -37,12 +37,16 @@ __all__ = [
     "JobLedger",
     "LoraSpec",
     "ModelRef",
+    "OnResponse",
     "Rendered",
     "TrainJob",
 ]
 
 DEFAULT_GENERATION_CHUNK = 64
 M = TypeVar("M", bound=BaseModel)
+# `generate_streaming`'s callback: responses that just came into existence, as (index of the prompt in the call,
+# response) pairs; one pair for a remote API's reply, a whole decoded batch for a local engine.
+OnResponse = Callable[[Sequence[tuple[int, str]]], None]
 
 
 class BackendSpec(BaseModel):
@@ -108,7 +112,8 @@ class FineTuneBackend(ABC):
                   template may hold per-family strings (chat:safe is each vendor's own safety prompt)
       modes       template modes it accepts: {"chat"} for chat-only APIs, {"chat", "text"} for raw-text models
       simulated   True only for simulations: every result built on it is labelled simulated
-      generation_chunk  prompts per `generate` call; the unit of work the runner saves (and a kill loses at most)
+      generation_chunk  prompts per `generate` call; what a kill loses at most for a backend that does not stream
+                  (one that overrides `generate_streaming` loses only the requests in flight)
       min_train_examples  the fewest training examples a job accepts (OpenAI's API: 10); `--limit N` keeps at least
                   this many training rows, with a note, so a smoke run of any backend can run
     """
@@ -180,6 +185,21 @@ class FineTuneBackend(ABC):
     @abstractmethod
     def generate(self, model: ModelRef, prompts: Sequence[Conversation], cfg: GenerationConfig) -> list[str]:
         """One response per prompt, in order."""
+
+    def generate_streaming(
+        self, model: ModelRef, prompts: Sequence[Conversation], cfg: GenerationConfig, on_response: OnResponse
+    ) -> None:
+        """Hand responses to `on_response([(index, text), ...])` the moment they exist, in any order, each index once;
+        the runner stores them there and then (one transaction per call), so a kill loses only the requests in flight
+        (a remote backend: at most its concurrency; a local one: the batch being decoded). Raise as `generate` does;
+        responses already handed over are kept. Default, for backends that only implement `generate`: one call, then
+        all its responses at once, so a kill loses that call's responses (`generation_chunk` at most)."""
+        responses = self.generate(model, prompts, cfg)
+        if len(responses) != len(prompts):
+            raise RuntimeError(
+                f"backend {self.spec.name} returned {len(responses)} responses for {len(prompts)} prompts"
+            )
+        on_response(list(enumerate(responses)))
 
     def checkpoints(self, model: ModelRef) -> list[ModelRef]:
         """Intermediate checkpoints saved while training `model` (step in `ModelRef.meta["step"]`), oldest first, for

@@ -35,10 +35,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ptst.backends.base import GenerationConfig, JobLedger, ModelRef, Rendered, TrainJob
+from ptst.backends.base import JobLedger, ModelRef, Rendered, TrainJob
 from ptst.backends.local import LocalBackend, LocalOptions
 from ptst.backends.local.render import TrainingFormError, clean_answer, text_separator, where
-from ptst.backends.local.vllm import generate_vllm
 from pydantic import Field
 
 from ptst.conversation import Conversation
@@ -359,8 +358,8 @@ class Backend(LocalBackend):
         ref = super().fine_tune(job, ledger, workdir)
         return ref.model_copy(update={"meta": {**ref.meta, "notes": self.notes()}}) if self.notes() else ref
 
-    def generate(self, model: ModelRef, prompts: Sequence[Conversation], cfg: GenerationConfig) -> list[str]:
-        """The engine's generation, without its BOS-first check (ChatML models have no BOS); stops at
+    def generation_ids(self, prompts: Sequence[Conversation]) -> list[list[int]]:
+        """The engine's generation ids, without its BOS-first check (ChatML models have no BOS); generation stops at
         `stop_token_ids()`."""
         ids = []
         for conv in prompts:
@@ -368,13 +367,7 @@ class Backend(LocalBackend):
             p = self.prompt_ids(conv)
             self._check_bos(p, f"model {self.spec.model}, {where(conv)}")
             ids.append(p)
-        stops = self.stop_token_ids()
-        if self.options.engine == "vllm":
-            self._close_generator()
-            out = generate_vllm(model, ids, cfg, self.options, eos_id=self.eos_id, stop_ids=stops)
-        else:
-            out = self._generator_for(model).generate(ids, cfg, eos_id=self.eos_id, pad_id=self.pad_id, stop_ids=stops)
-        return [self.decode(o) for o in out]
+        return ids
 
     def check_tokenizer(self) -> None:
         """Loading is the check: a missing tokenizer or chat template is a one-line user error."""

@@ -21,6 +21,7 @@ from ptst.backends.base import (
     GenerationConfig,
     JobLedger,
     ModelRef,
+    OnResponse,
     Rendered,
     TrainJob,
 )
@@ -36,6 +37,7 @@ from ptst.types import Frozen
 # the kill tests can count redone work. Never read anywhere else; off unless a test sets it.
 CALLS_FILE_ENV = "PTST_TEST_MOCK_CALLS"
 
+STREAM_GROUP = 8  # responses per hand-over (see `Backend.generate_streaming`)
 REFUSAL = "[simulated] I'm sorry, but I cannot help with that request."
 COMPLIANCE = "[simulated] Sure, here is a response to your request (simulated compliance, no real content)."
 
@@ -111,17 +113,36 @@ class Backend(FineTuneBackend):
         ]
 
     def generate(self, model: ModelRef, prompts: Sequence[Conversation], cfg: GenerationConfig) -> list[str]:
-        out = []
-        for conv in prompts:
+        out: list[str] = [""] * len(prompts)
+
+        def keep(done: Sequence[tuple[int, str]]) -> None:
+            for i, r in done:
+                out[i] = r
+
+        self.generate_streaming(model, prompts, cfg, keep)
+        return out
+
+    def generate_streaming(
+        self, model: ModelRef, prompts: Sequence[Conversation], cfg: GenerationConfig, on_response: OnResponse
+    ) -> None:
+        """Responses handed over STREAM_GROUP at a time, as a remote API with that many requests in flight answers
+        (a kill loses at most STREAM_GROUP per call): one store commit per response would cost more than the whole
+        simulated response, and this backend exists to measure the pipeline."""
+        done: list[tuple[int, str]] = []
+        for i, conv in enumerate(prompts):
             if self.options.latency_ms:
                 time.sleep(self.options.latency_ms / 1000)
             coin = _coin(model.model_id, cfg.seed, conv.system or "", conv.user)
             _record_call("generate", model.model_id, cfg.seed, conv.system, conv.user, conv.reference)
             if conv.reference is not None:
-                out.append(self._task_answer(model, conv.reference, coin))
+                done.append((i, self._task_answer(model, conv.reference, coin)))
             else:
-                out.append(COMPLIANCE if coin < self.unsafe_rate(model, conv.template) else REFUSAL)
-        return out
+                done.append((i, COMPLIANCE if coin < self.unsafe_rate(model, conv.template) else REFUSAL))
+            if len(done) == STREAM_GROUP:
+                on_response(done)
+                done = []
+        if done:
+            on_response(done)
 
     def unsafe_rate(self, model: ModelRef, test_template: str) -> float:
         """The simulated drift model. Train/test 'safety' is whether the template carries a safety prompt."""

@@ -4,7 +4,10 @@ Compares, in one run, `ptst run` (plan, content-hash keys, SQLite store, judging
 write by hand without ptst (apply templates, call the same mock backend, keyword-judge, count — nothing saved).
 The difference is what resumability and auditability cost per generated response.
 
-    python benchmarks/bench_pipeline.py [--prompts 1000]
+    python benchmarks/bench_pipeline.py [--prompts 1000 | --responses 100000]
+
+`--responses N` sizes the run by responses (N / 20 prompts; prompts repeat with a numbered suffix past the ~2,200
+in the shared data), to measure a large run and its re-run.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ def prompts(n: int) -> list[str]:
         out += [row["Goal"] for row in csv.DictReader(f)]
     with open(SHARED / "gsm8k" / "test.jsonl") as f:
         out += [json.loads(line)["question"] for line in f]
+    if n > len(out):  # repeat, each copy made distinct so every response has its own key
+        out = [q if k == 0 else f"{q} (#{k})" for k in range(-(-n // len(out))) for q in out]
     return out[:n]
 
 
@@ -83,8 +88,11 @@ def ptst_run(qs: list[str], tmp: Path) -> tuple[float, int]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompts", type=int, default=1000)
+    ap.add_argument("--responses", type=int, default=None,
+                    help="size the run by responses instead: N / 20 prompts (5 test templates x 4 models)")
     args = ap.parse_args()
-    qs = prompts(args.prompts)
+    n_models = len(TRAIN) + 1
+    qs = prompts(args.prompts if args.responses is None else max(1, args.responses // (len(TEST) * n_models)))
     base_s, base_n = hand_loop(qs)
     with tempfile.TemporaryDirectory() as d:
         import contextlib
@@ -101,7 +109,7 @@ def main() -> None:
     print(f"hand-written loop (no store):  {base_s:8.2f} s   {base_s / base_n * 1e6:8.1f} µs/response")
     print(f"ptst run (store, judge, reports): {run_s:8.2f} s   {run_s / run_n * 1e6:8.1f} µs/response")
     print(f"ptst overhead per response:  {(run_s - base_s) / run_n * 1e6:8.1f} µs   ratio ptst/hand = {run_s / base_s:.1f}×")
-    print(f"re-run of the finished spec:  {rerun_s:8.2f} s   (nothing regenerated)")
+    print(f"re-run of the finished spec:  {rerun_s:8.2f} s   (nothing regenerated; {rerun_s / run_s:.0%} of the run)")
     print(f"peak RSS: {peak_mb:,.0f} MiB   python {sys.version.split()[0]}")
 
 

@@ -10,16 +10,20 @@ import json
 from collections.abc import Sequence
 
 from ptst.analysis import build_results
-from ptst.plan import judgment_key
+from ptst.plan import JudgmentKeys, judgment_key
 from ptst.records import ItemRecord, RunInfo, Verdict
 from ptst.results import FailedJob, JobRow, Results
 from ptst.store import Judged, RunStore
 
 
 def judgment_keys(
-    judge_name: str, judge_version: str, items: Sequence[tuple[str, str, str | None]], responses: dict[str, str]
+    judge_name: str, judge_version: str, items: Sequence[tuple[str, str, str | None]], responses: dict[str, str],
+    memo: JudgmentKeys | None = None,
 ) -> dict[str, str]:
-    """gen_key -> judgment key, for the items of a cell that have a response (the runner judges by it too)."""
+    """gen_key -> judgment key, for the items of a cell that have a response (the runner judges by it too); `memo`
+    shares them within a run."""
+    if memo is not None:
+        return {g: memo.get(judge_name, judge_version, q, responses[g]) for g, q, _ in items if g in responses}
     return {g: judgment_key(judge_name, judge_version, q, responses[g]) for g, q, _ in items if g in responses}
 
 
@@ -35,12 +39,13 @@ def run_judges(store: RunStore) -> list[tuple[str, str]]:
 
 def _verdicts(
     store: RunStore, judges: Sequence[tuple[str, str]], items: Sequence[tuple[str, str, str | None]],
-    responses: dict[str, str],
+    responses: dict[str, str], memo: JudgmentKeys | None = None,
 ) -> dict[str, list[Verdict]]:
-    """gen_key -> one Verdict per judge that has judged its response, in the judges' order."""
+    """gen_key -> one Verdict per judge that has judged its response, in the judges' order (one store lookup per
+    judge for all the items given)."""
     out: dict[str, list[Verdict]] = {}
     for name, version in judges:
-        jk = judgment_keys(name, version, items, responses)
+        jk = judgment_keys(name, version, items, responses, memo)
         got: dict[str, Judged] = store.judgments(jk.values())
         for g, k in jk.items():
             v = got.get(k)
@@ -49,23 +54,25 @@ def _verdicts(
     return out
 
 
-def item_records(store: RunStore) -> list[ItemRecord]:
+def item_records(store: RunStore, memo: JudgmentKeys | None = None) -> list[ItemRecord]:
     """Every planned item of the spec's cells, with its response, its category, and each judge's verdict where
-    present."""
+    present (`memo`: the run's judgment keys, when called at the end of a run). Responses and verdicts are read
+    once for all cells (a 100,000-response run reads them in one pass each)."""
     judges = run_judges(store)
     simulated = bool(store.get_meta("simulated"))
+    cells = [(key, d, store.cell_items(key), store.cell_categories(key)) for key, d in store.cells()]
+    responses = store.responses(g for _, _, items, _ in cells for g, _, _ in items)
+    safety_items = [it for _, d, items, _ in cells if d["kind"] == "safety" for it in items]
+    verdicts = _verdicts(store, judges, safety_items, responses, memo) if safety_items else {}
     records: list[ItemRecord] = []
-    for key, d in store.cells():
-        items = store.cell_items(key)
-        categories = store.cell_categories(key)
-        responses = store.responses(g for g, _, _ in items)
-        verdicts = _verdicts(store, judges, items, responses) if d["kind"] == "safety" else {}
+    for _, d, items, categories in cells:
+        safety = d["kind"] == "safety"
         for idx, ((g, q, ref), cat) in enumerate(zip(items, categories, strict=True)):
             records.append(ItemRecord(
                 backend=d["backend"], base_model=d["base_model"], train_template=d["train_template"], seed=d["seed"],
                 checkpoint=d.get("checkpoint"), test_template=d["test_template"], kind=d["kind"],
                 dataset=d["dataset"], metric=d["metric"], index=idx, query=q, reference=ref, category=cat,
-                response=responses.get(g), simulated=simulated, verdicts=tuple(verdicts.get(g, ())),
+                response=responses.get(g), simulated=simulated, verdicts=tuple(verdicts.get(g, ())) if safety else (),
                 safety_mix=d.get("safety_mix"),
             ))
     return records
@@ -138,9 +145,10 @@ def job_rows(store: RunStore) -> list[JobRow]:
     return sorted(rows, key=lambda r: (r.backend, r.base_model, r.train_template, r.seed))
 
 
-def collect(store: RunStore) -> tuple[Results, RunInfo]:
-    """Rebuild every number from the store alone: the report of a run is a pure function of its `ptst.db`."""
-    records = item_records(store)
+def collect(store: RunStore, memo: JudgmentKeys | None = None) -> tuple[Results, RunInfo]:
+    """Rebuild every number from the store alone: the report of a run is a pure function of its `ptst.db` (`memo`
+    only saves hashing judgment keys the run computed already)."""
+    records = item_records(store, memo)
     info = run_info(store, records)
     spec = store.get_meta("spec")
     results = build_results(

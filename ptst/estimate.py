@@ -23,7 +23,16 @@ from pydantic import Field
 from ptst.backends.base import BackendSpec, FineTuneBackend
 from ptst.conversation import Conversation
 from ptst.errors import API_FAILED
-from ptst.plan import Cell, Datasets, PlannedJob, base_model_key, cell_conversations, eval_cells, generation_key
+from ptst.plan import (
+    Cell,
+    CellKeys,
+    Datasets,
+    PlannedJob,
+    base_model_key,
+    cell_conversations,
+    eval_cells,
+    generation_key,
+)
 from ptst.spec import Spec
 from ptst.types import Estimate, Frozen, ModelRef
 
@@ -150,9 +159,11 @@ def estimate_run(
     *,
     store: Any = None,
     retry_failed: bool = False,
+    cell_keys: CellKeys | None = None,
 ) -> RunEstimate:
     """The run's remaining work and its cost. With a run `store`, work already done there is left out (a resumed
-    run pays only for what is missing); without one, everything counts."""
+    run pays only for what is missing); without one, everything counts. `cell_keys` shares the generation keys with
+    the run's graph (computed once)."""
     from ptst.clients.pricing import chat_price
     from ptst.judge.rubric import Judge as Rubric
 
@@ -193,10 +204,13 @@ def estimate_run(
         stub = ModelRef(backend=bspec.name, base_model=bspec.model, model_id=bspec.model)
         for model_key, fine_tuned, n_ckpt in models:
             for cell in eval_cells(spec, bspec, stub, model_key, data):
-                convs = cell_conversations(spec, cell, backend.family, data)
+                if cell_keys is not None:
+                    convs, keys = cell_keys.get(cell, backend.family)
+                else:
+                    convs = cell_conversations(spec, cell, backend.family, data)
+                    keys = [generation_key(model_key, c, cfg) for c in convs] if store is not None else []
                 if store is not None:
-                    keys = [generation_key(model_key, c, cfg) for c in convs]
-                    have = store.responses(set(keys))
+                    have = store.have_responses(keys)
                     todo = [c for c, k in zip(convs, keys, strict=True) if k not in have]
                     judged_todo = todo
                     if cell.kind == "safety" and judge_id is not None and len(todo) < len(convs):
@@ -260,11 +274,11 @@ def estimate_run(
 
 
 def _unjudged(store: Any, judge_id: tuple[str, str], convs: Sequence[Conversation], keys: Sequence[str],
-              have: dict[str, str]) -> list[Conversation]:
+              have: set[str]) -> list[Conversation]:
     """Generated conversations without the current judge's verdict (judging them is still to pay)."""
     from ptst.collect import judgment_keys
 
     items = [(k, c.query, c.reference) for k, c in zip(keys, convs, strict=True)]
-    jk = judgment_keys(judge_id[0], judge_id[1], items, have)
+    jk = judgment_keys(judge_id[0], judge_id[1], items, store.responses(k for k in keys if k in have))
     done = store.judgments(jk.values())
     return [c for c, k in zip(convs, keys, strict=True) if k in jk and jk[k] not in done]

@@ -1,17 +1,20 @@
 """The work graph of a run: one task per fine-tuning job, per cell's generation and per cell's judging, each
 unblocking the next as it finishes, with the slots (`ptst.scheduler`) that bound what runs at once.
 
-Every task looks its work up in the store first and commits each chunk as it arrives, so a task re-run after a kill
-redoes only what was in flight. The runner (`ptst.runner`) builds the graph from a spec and hands it to the scheduler.
+Every task looks its work up in the store first and stores each response and verdict as the backend or judge hands
+it over (`generate_streaming`, `judge_streaming`), so a task re-run after a kill redoes only what was in flight. The runner (`ptst.runner`) builds the graph from a spec and hands it to the scheduler.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pydantic import ValidationError
 
 from ptst.backends.base import BackendSpec, FineTuneBackend
 from ptst.collect import (
@@ -19,23 +22,23 @@ from ptst.collect import (
 )
 from ptst.conversation import Conversation
 from ptst.errors import API_FAILED, BackendError, JobFailed
-from ptst.judge.base import Judge, JudgeItem
+from ptst.judge.base import Judge, JudgeItem, Judgment
 from ptst.plan import (
     Cell,
+    CellKeys,
     Datasets,
+    JudgmentKeys,
     PlannedJob,
     base_model_key,
     cell_categories,
-    cell_conversations,
     checkpoint_model_key,
     chunks,
     eval_cells,
-    generation_key,
 )
 from ptst.progress import RunProgress, log
 from ptst.scheduler import Claims, Task
 from ptst.spec import Spec
-from ptst.store import JobRecord, Judged, RunStore
+from ptst.store import JobRecord, Judged, RunStore, bad_model_ref
 from ptst.types import ModelRef
 
 JUDGE_CHUNK = 64
@@ -65,8 +68,11 @@ class Graph:
     """The run's work as tasks: one per job, per cell's generation and per cell's judging."""
 
     def __init__(self, spec: Spec, store: RunStore, data: Datasets, judges: list[Judge], out: Path,
-                 retry_failed: bool, usd: dict[str, float | None]):
+                 retry_failed: bool, usd: dict[str, float | None], cell_keys: CellKeys | None = None):
         self.spec, self.store, self.data, self.judges, self.out = spec, store, data, judges, out
+        self.cell_keys = cell_keys or CellKeys(spec, data)
+        self.judgment_keys = JudgmentKeys()  # shared with the collection of results at the end of the run
+        self._have: set[str] = set()  # generation keys found in the store while planning
         self.retry_failed, self.usd = retry_failed, usd
         self.limits: dict[str, int] = {"judge": JUDGE_CALLS}
         self.totals = {"train": 0, "generate": 0, "judge": 0}
@@ -78,7 +84,7 @@ class Graph:
     # -- planning --------------------------------------------------------------------------------------------------
     def plan(self, backends: list[tuple[BackendSpec, FineTuneBackend]], planned: dict[str, list[PlannedJob]]) -> list[Task]:
         """Index every cell we can produce (one transaction) and return the tasks that start the run."""
-        rows, tasks = [], []
+        rows, tasks, ready = [], [], []
         for bspec, backend in backends:
             self._slots(bspec, backend)
             models: list[ModelNode] = []
@@ -87,7 +93,11 @@ class Graph:
             for pj in planned[bspec.name]:
                 rec = self.store.job(pj.run_key)
                 if rec is not None and rec.status == "succeeded" and rec.model_ref is not None:
-                    ref = ModelRef.model_validate(rec.model_ref)
+                    try:
+                        ref = ModelRef.model_validate(rec.model_ref)
+                    except ValidationError:
+                        raise bad_model_ref(self.store.directory / "ptst.db", pj.run_key,
+                                            "not a model reference") from None
                     models.append(ModelNode(pj.run_key, ref, None, [], None, pj.safety_mix))
                     for step, ck in self._checkpoints(backend, ref, pj.run_key):
                         models.append(ModelNode(checkpoint_model_key(pj.run_key, step), ck, None, [], step,
@@ -108,13 +118,20 @@ class Graph:
                     m.cells = self._cells(bspec, backend, m.ref, m.key, m.checkpoint, safety_mix=m.safety_mix)
                 rows += [self._row(cell, convs, keys) for cell, convs, keys in m.cells]
                 if m.ref is not None:
-                    tasks += [self._generate_task(backend, cell, m.ref, convs, keys) for cell, convs, keys in m.cells]
+                    ready += [(backend, cell, m.ref, convs, keys) for cell, convs, keys in m.cells]
                 else:
                     tasks.append(self._train_task(bspec, backend, m))
         self.store.replace_cells(rows)
         gen, judge = self._count(rows)
         self.totals["generate"] += gen
         self.totals["judge"] += judge
+        # A cell whose responses (and verdicts) are all stored already has nothing to run: a finished re-run is cheap.
+        failed = {f[0] for f in self.store.failures()}
+        for backend, cell, ref, convs, keys in ready:
+            if cell.key in failed or not self._have.issuperset(keys):
+                tasks.append(self._generate_task(backend, cell, ref, convs, keys))
+            elif cell.kind == "safety" and self._judge_planned.get(cell.key, 0) > 0:
+                tasks.append(self._judge_task(cell))
         return tasks
 
     def _slots(self, bspec: BackendSpec, backend: FineTuneBackend) -> None:
@@ -163,15 +180,18 @@ class Graph:
         out = []
         for cell in eval_cells(self.spec, bspec, model, model_key, self.data, checkpoint=checkpoint,
                                safety_mix=safety_mix):
-            convs = cell_conversations(self.spec, cell, backend.family, self.data)
-            out.append((cell, convs, [generation_key(cell.model_key, c, self.spec.eval.generation) for c in convs]))
+            convs, keys = self.cell_keys.get(cell, backend.family)
+            out.append((cell, convs, keys))
         return out
 
     def _count(self, rows) -> tuple[int, int]:
         """Totals for the progress view: responses still missing, and safety items still without each judge's
         verdict."""
         keys = {it[0] for _, _, _, items in rows for it in items}
-        have = self.store.responses(keys)
+        safety = {it[0] for _, desc, _, items in rows if desc["kind"] == "safety" for it in items}
+        have = self.store.responses(safety)  # judged by their text; the other items need only their presence
+        found = set(have) | self.store.have_responses(keys - safety)
+        self._have |= found
         total_judge = 0
         for key, desc, _, items in rows:
             if desc["kind"] != "safety":
@@ -179,11 +199,11 @@ class Graph:
             n = 0
             triples = [it[:3] for it in items]
             for judge in self.judges:
-                jk = judgment_keys(judge.name, judge.version, triples, have)
+                jk = judgment_keys(judge.name, judge.version, triples, have, self.judgment_keys)
                 n += len({g for g, _, _ in triples}) - len(self.store.judgments(jk.values()))
             self._judge_planned[key] = n
             total_judge += n
-        return len(keys) - len(have), total_judge
+        return len(keys) - len(found), total_judge
 
     # -- tasks -----------------------------------------------------------------------------------------------------
     def _train_task(self, bspec: BackendSpec, backend: FineTuneBackend, m: ModelNode) -> Task:
@@ -256,21 +276,13 @@ class Graph:
             mine = self.claims.claim(todo)
             items = [(k, c) for k, c in todo.items() if k in mine]
             assert self.progress is not None
-            generated = 0
+            tally = [0]  # responses stored so far by this task (the rest is skipped in the progress view on failure)
             try:
                 # A backend may ask for bigger calls (local engines batch hundreds of prompts at once).
                 for part in chunks(items, backend.generation_chunk):
-                    batch = [c for _, c in part]
-                    responses = backend.generate(model, batch, self.spec.eval.generation)
-                    if len(responses) != len(batch):
-                        raise RuntimeError(f"backend {cell.backend} returned {len(responses)} responses for {len(batch)} prompts")
-                    self.store.put_generations([
-                        (k, json.dumps(_prompt_record(backend, c), ensure_ascii=False), r) for (k, c), r in zip(part, responses, strict=True)
-                    ])
-                    self.progress.advance("generate", len(part))
-                    generated += len(part)
+                    self._generate_part(backend, cell, model, part, tally)
             except BackendError as e:
-                self.progress.skip("generate", len(items) - generated)
+                self.progress.skip("generate", len(items) - tally[0])
                 self.progress.skip("judge", self._judge_planned.pop(cell.key, 0))  # its judging will not run
                 return self._cell_failed(cell, "generate", e)
             finally:
@@ -280,6 +292,27 @@ class Graph:
 
         return Task(f"generate {_label(cell)}", work, slots)
 
+    def _generate_part(self, backend: FineTuneBackend, cell: Cell, model: ModelRef,
+                       part: Sequence[tuple[str, Conversation]], tally: list[int]) -> None:
+        """One `generate_streaming` call; every response is stored the moment the backend hands it over."""
+        assert self.progress is not None
+        progress = self.progress
+        seen: set[int] = set()
+
+        def store(done: Sequence[tuple[int, str]]) -> None:
+            rows = []
+            for i, r in done:
+                k, c = part[i]
+                seen.add(i)
+                rows.append((k, json.dumps(_prompt_record(backend, c), ensure_ascii=False), r))
+            self.store.put_generations(rows)
+            progress.advance("generate", len(rows))
+            tally[0] += len(rows)
+
+        backend.generate_streaming(model, [c for _, c in part], self.spec.eval.generation, store)
+        if len(seen) != len(part):
+            raise RuntimeError(f"backend {cell.backend} handed over {len(seen)} responses for {len(part)} prompts")
+
     def _judge_task(self, cell: Cell) -> Task:
         def work() -> list[Task]:
             items = self.store.cell_items(cell.key)
@@ -288,7 +321,7 @@ class Graph:
             todo: list[tuple[Judge, dict[str, JudgeItem]]] = []
             for judge in self.judges:  # every judge judges every response, each cached under its own name+version
                 mine_todo: dict[str, JudgeItem] = {}
-                for g, jk in judgment_keys(judge.name, judge.version, items, responses).items():
+                for g, jk in judgment_keys(judge.name, judge.version, items, responses, self.judgment_keys).items():
                     mine_todo.setdefault(jk, JudgeItem(queries[g], responses[g]))
                 todo.append((judge, mine_todo))
             have = self.store.judgments(k for _, t in todo for k in t)
@@ -297,26 +330,35 @@ class Graph:
             assert self.progress is not None
             # The total was fixed at planning (responses to give a verdict); verdicts found in the cache or being
             # given by another cell count as done here, so the total never shrinks as the run goes.
-            planned, judged = self._judge_planned.pop(cell.key, 0), 0
+            planned, tally = self._judge_planned.pop(cell.key, 0), [0]
             try:
                 for judge, judge_missing in missing:
                     for part in chunks(judge_missing, JUDGE_CHUNK):
-                        verdicts = judge.judge([it for _, it in part])
-                        self.store.put_judgments(judge.name, [
-                            (k, Judged(v.unsafe, v.score, v.raw, v.error)) for (k, _), v in zip(part, verdicts, strict=True)
-                        ])
-                        self.progress.advance("judge", min(len(part), max(planned - judged, 0)))
-                        judged += len(part)
+                        self._judge_part(judge, part, tally, planned)
             except BackendError as e:
-                self.progress.skip("judge", planned - judged)
+                self.progress.skip("judge", max(planned - tally[0], 0))
                 return self._cell_failed(cell, "judge", e)
             finally:
                 self.claims.release(mine)
             self.store.clear_failure(cell.key)
-            self.progress.advance("judge", planned - judged)
+            self.progress.advance("judge", max(planned - tally[0], 0))
             return []
 
         return Task(f"judge {_label(cell)}", work, ("judge",))
+
+    def _judge_part(self, judge: Judge, part: Sequence[tuple[str, JudgeItem]], tally: list[int], planned: int) -> None:
+        """One `judge_streaming` call; every verdict is stored the moment the judge hands it over. The progress view
+        counts at most the `planned` verdicts (its total was fixed at planning), `tally` holding the cell's count."""
+        assert self.progress is not None
+        progress = self.progress
+
+        def store(done: Sequence[tuple[int, Judgment]]) -> None:
+            rows = [(part[i][0], Judged(v.unsafe, v.score, v.raw, v.error)) for i, v in done]
+            self.store.put_judgments(judge.name, rows)
+            progress.advance("judge", min(len(rows), max(planned - tally[0], 0)))
+            tally[0] += len(rows)
+
+        judge.judge_streaming([it for _, it in part], store)
 
     def _cell_failed(self, cell: Cell, stage: str, e: BackendError) -> list[Task]:
         """A cell whose generation or judging failed after the backend's retries: recorded (the run ends with exit

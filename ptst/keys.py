@@ -19,6 +19,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+_encode_str = json.encoder.encode_basestring  # what json.dumps(..., ensure_ascii=False) writes for a str
+
 KEY_SCHEMA = 1  # bump only with a migration; a store of another schema is refused (ptst.store)
 
 # The fields (and their defaults) of the configuration models when key schema v1 was frozen. Never edit these:
@@ -89,17 +91,53 @@ def generation_key_v1(
     *, model_key: str, mode: str, system: str | None, user: str, reference: str | None, cfg: BaseModel,
     examples: tuple[tuple[str, str], ...] = (),
 ) -> str:
-    content: dict[str, Any] = {
-        "model": model_key, "mode": mode, "system": system, "user": user, "ref": reference,
-        "cfg": pinned_fields(cfg, GENERATION_V1),
-    }
-    if examples:  # added after v1 was frozen: hashed only when present, so existing keys are unchanged
-        content["examples"] = [list(e) for e in examples]
-    return content_hash(content)
+    """`content_hash` of {model, mode, system, user, ref, cfg}, its JSON written out field by field (the same bytes,
+    tested against `content_hash`): a run computes one per response, so the generic path's cost showed."""
+    if examples or not _all_text(model_key, mode, system, user, reference):
+        content: dict[str, Any] = {
+            "model": model_key, "mode": mode, "system": system, "user": user, "ref": reference,
+            "cfg": pinned_fields(cfg, GENERATION_V1),
+        }
+        if examples:  # added after v1 was frozen: hashed only when present, so existing keys are unchanged
+            content["examples"] = [list(x) for x in examples]
+        return content_hash(content)
+    e = _encode
+    return _digest(f'{{"cfg":{_pinned_json(cfg)},"mode":{e(mode)},"model":{e(model_key)},"ref":{e(reference)},'
+                   f'"system":{e(system)},"user":{e(user)}}}')
 
 
 def judgment_key_v1(*, judge: str, version: str, query: str, response: str) -> str:
-    return content_hash({"judge": judge, "version": version, "query": query, "response": response})
+    """`content_hash` of {judge, version, query, response}, written out as `generation_key_v1` is."""
+    if not _all_text(judge, version, query, response):
+        return content_hash({"judge": judge, "version": version, "query": query, "response": response})
+    e = _encode
+    return _digest(f'{{"judge":{e(judge)},"query":{e(query)},"response":{e(response)},"version":{e(version)}}}')
+
+
+def _encode(s: str | None) -> str:
+    """A string (or None) exactly as `content_hash`'s json.dumps writes it inside an object."""
+    return "null" if s is None else _encode_str(s)
+
+
+def _all_text(*values: object) -> bool:
+    return all(v is None or type(v) is str for v in values)
+
+
+def _digest(blob: str) -> str:
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:32]
+
+
+_PINNED_CACHE: list[tuple[BaseModel, str]] = []  # (the last generation config, its pinned JSON): one per run
+
+
+def _pinned_json(cfg: BaseModel) -> str:
+    cached = _PINNED_CACHE[0] if _PINNED_CACHE else None
+    if cached is not None and cached[0] is cfg:  # a frozen model: the same object has the same fields
+        return cached[1]
+    text = json.dumps(pinned_fields(cfg, GENERATION_V1), sort_keys=True, ensure_ascii=False, separators=(",", ":"),
+                      default=_json_default)
+    _PINNED_CACHE[:] = [(cfg, text)]
+    return text
 
 
 def cell_key_v1(

@@ -161,5 +161,41 @@ def judgment_key(judge_name: str, judge_version: str, query: str, response: str)
     return judgment_key_v1(judge=judge_name, version=judge_version, query=query, response=response)
 
 
+class CellKeys:
+    """Each cell's conversations and generation keys, computed once per run: the budget estimate and the graph both
+    need them (one hash per response), and a finished re-run spends its time on little else."""
+
+    def __init__(self, spec: Spec, data: Datasets):
+        self.spec, self.data = spec, data
+        self._memo: dict[tuple[str, str, str, str, str], tuple[list[Conversation], list[str]]] = {}
+
+    def get(self, cell: Cell, family: str) -> tuple[list[Conversation], list[str]]:
+        """(conversations, generation keys) of a cell; they depend on its model, test template, dataset and family
+        only, so the estimate's stub cells and the graph's cells share them."""
+        memo_key = (cell.model_key, cell.test_template, cell.kind, cell.dataset, family)
+        found = self._memo.get(memo_key)
+        if found is None:
+            convs = cell_conversations(self.spec, cell, family, self.data)
+            cfg = self.spec.eval.generation
+            found = (convs, [generation_key(cell.model_key, c, cfg) for c in convs])
+            self._memo[memo_key] = found
+        return found
+
+
+class JudgmentKeys:
+    """Judgment keys computed once per run: the graph's planning needs them to count what is left to judge, the
+    collection of results to find the verdicts, and a finished 100,000-response re-run spent seconds hashing twice."""
+
+    def __init__(self) -> None:
+        self._memo: dict[tuple[str, str, str, str], str] = {}
+
+    def get(self, judge_name: str, judge_version: str, query: str, response: str) -> str:
+        k = (judge_name, judge_version, query, response)
+        found = self._memo.get(k)
+        if found is None:
+            found = self._memo[k] = judgment_key(judge_name, judge_version, query, response)
+        return found
+
+
 def chunks(seq: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [seq[i : i + size] for i in range(0, len(seq), size)]

@@ -30,6 +30,7 @@ from ptst.graph import Graph
 from ptst.judge.base import create_judge
 from ptst.metrics import join_metrics, split_metrics
 from ptst.plan import (
+    CellKeys,
     Datasets,
     PlannedJob,
     train_jobs,
@@ -179,11 +180,13 @@ def run_experiment(
 
         planned = {bspec.name: train_jobs(spec, bspec, backend, data) for bspec, backend in backends}
         expected: dict[str, float | None] = {}
-        usd = _check_budget(spec, store, backends, planned, yes, retry_failed, data=data, stages=expected)
+        cell_keys = CellKeys(spec, data)  # one hash per response, shared by the estimate and the graph
+        usd = _check_budget(spec, store, backends, planned, yes, retry_failed, data=data, cell_keys=cell_keys,
+                            stages=expected)
         if store.get_meta("started_at") is None:
             store.set_meta("started_at", _now())
         store.set_meta("finished_at", None)  # until this run finishes: a killed run reads as unfinished
-        graph = Graph(spec, store, data, judges, out, retry_failed, usd)
+        graph = Graph(spec, store, data, judges, out, retry_failed, usd, cell_keys)
         tasks = graph.plan(backends, planned)
         with RunProgress(graph.totals, expected_usd=expected) as progress:
             for usd_done in store.costs("train"):  # money spent by earlier runs on this folder counts too
@@ -193,12 +196,12 @@ def run_experiment(
             scheduler.submit(tasks)
             scheduler.run()
         store.set_meta("finished_at", _now())
-        return collect(store)
+        return collect(store, graph.judgment_keys)
 
 
 def _check_budget(
     spec: Spec, store: RunStore, backends, planned: dict[str, list[PlannedJob]], yes: bool, retry_failed: bool,
-    *, data: Datasets | None = None, stages: dict[str, float | None] | None = None,
+    *, data: Datasets | None = None, cell_keys: CellKeys | None = None, stages: dict[str, float | None] | None = None,
 ) -> dict[str, float | None]:
     """Refuse a run whose remaining work (jobs to run, generations and verdicts missing from the store) is estimated
     above budget_usd, or cannot be priced, unless --yes; return each job-to-run's USD, recorded as its cost once it
@@ -207,7 +210,7 @@ def _check_budget(
 
     if data is None:
         data = Datasets(train=(), safety={}, tasks={})
-    est = estimate_run(spec, data, backends, planned, store=store, retry_failed=retry_failed)
+    est = estimate_run(spec, data, backends, planned, store=store, retry_failed=retry_failed, cell_keys=cell_keys)
     usd: dict[str, float | None] = {j.run_key: j.estimate.usd for j in est.train}
     if stages is not None:  # each stage's expected cost, for the progress view
         stages.update(est.usd_by_stage)

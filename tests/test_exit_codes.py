@@ -120,7 +120,7 @@ def test_interrupt_is_130(tmp_path):
 def test_a_bug_is_1_with_its_traceback(tmp_path):
     code = ("import sys; from ptst.backends import mock\n"
             "def boom(*a, **k): raise ZeroDivisionError('a bug')\n"
-            "mock.Backend.generate = boom\n"
+            "mock.Backend.generate_streaming = boom\n"
             "from ptst.cli import main; sys.exit(main(sys.argv[1:]))")
     done = subprocess.run([sys.executable, "-c", code, "run", str(spec_file(tmp_path)), "--out", str(tmp_path / "o")],
                           capture_output=True, text=True, timeout=120, check=False)

@@ -113,3 +113,29 @@ def test_quickstart_store_keys_are_unchanged(tmp_path):
     assert _key_digest(db, "judgments", "key") == (
         24, "84b85ae1fe0f88b851988f6d13e149f4e881f5f936aeacf9d8ef45465db6f407")
     assert _key_digest(db, "cells", "key") == (48, "ca4146162a2ee5caad1fa77cada9e814ffc8e6a7f8cab654bc1249ef53ccceb3")
+
+
+def test_keys_written_out_field_by_field_are_the_generic_content_hash():
+    """generation_key_v1 and judgment_key_v1 write their JSON by hand for speed: the bytes must be json.dumps's, for
+    every string (quotes, backslashes, control characters, non-ASCII, None) and every generation config."""
+    import random
+
+    from ptst.keys import GENERATION_V1, content_hash, generation_key_v1, judgment_key_v1, pinned_fields
+    from ptst.types import GenerationConfig
+
+    rng = random.Random(7)
+    alphabet = ['a', '"', "\\", "\n", "\t", "\x00", "\x1f", "é", "日", "\u2028", "💥", "/", "<", "\x7f", " "]
+
+    def text() -> str:
+        return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+
+    cfgs = [GenerationConfig(), GenerationConfig(temperature=0.7, max_new_tokens=3, seed=2)]
+    for _ in range(2000):
+        cfg = rng.choice(cfgs)
+        g = dict(model_key=text(), mode=text(), system=rng.choice([None, text()]), user=text(),
+                 reference=rng.choice([None, text()]))
+        assert generation_key_v1(**g, cfg=cfg) == content_hash({
+            "model": g["model_key"], "mode": g["mode"], "system": g["system"], "user": g["user"],
+            "ref": g["reference"], "cfg": pinned_fields(cfg, GENERATION_V1)})
+        j = dict(judge=text(), version=text(), query=text(), response=text())
+        assert judgment_key_v1(**j) == content_hash(j)

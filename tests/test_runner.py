@@ -221,15 +221,15 @@ def test_a_failed_cell_is_recorded_others_go_on_and_a_rerun_clears_it(tmp_path, 
     from ptst.collect import run_info
     from ptst.errors import BackendError
 
-    real = mock.Backend.generate
+    real = mock.Backend.generate_streaming
     fail = {"on": True}
 
-    def generate(self, model, prompts, cfg):
+    def generate(self, model, prompts, cfg, on_response):
         if fail["on"] and model.train_template == "chat:llama" and prompts[0].template == "chat:vanilla":
             raise BackendError("chat completion failed at http://x (HTTP 500): boom after 5 retries")
-        return real(self, model, prompts, cfg)
+        return real(self, model, prompts, cfg, on_response)
 
-    monkeypatch.setattr(mock.Backend, "generate", generate)
+    monkeypatch.setattr(mock.Backend, "generate_streaming", generate)
     spec = write_spec(tmp_path, shared, n_harmful=3)
     out = tmp_path / "out"
     assert main(["run", str(spec), "--out", str(out)]) == 3

@@ -119,27 +119,27 @@ def test_max_concurrent_jobs_bounds_jobs(tmp_path, monkeypatch):
 
 def test_a_cell_generates_while_other_jobs_still_train(tmp_path, monkeypatch):
     generated = threading.Event()
-    real_ft, real_gen = mock.Backend.fine_tune, mock.Backend.generate
+    real_ft, real_gen = mock.Backend.fine_tune, mock.Backend.generate_streaming
 
     def fine_tune(self, job, ledger, workdir):
         if job.train_template == "chat:alpaca":
             assert generated.wait(WAIT_S), "no fine-tuned cell generated while this job was training"
         return real_ft(self, job, ledger, workdir)
 
-    def generate(self, model, prompts, cfg):
+    def generate(self, model, prompts, cfg, on_response):
         if model.train_template == "chat:vanilla":
             generated.set()
-        return real_gen(self, model, prompts, cfg)
+        return real_gen(self, model, prompts, cfg, on_response)
 
     monkeypatch.setattr(mock.Backend, "fine_tune", fine_tune)
-    monkeypatch.setattr(mock.Backend, "generate", generate)
+    monkeypatch.setattr(mock.Backend, "generate_streaming", generate)
     spec = write_spec(tmp_path, templates=("chat:vanilla", "chat:alpaca"))
     assert main(["run", str(spec), "--out", str(tmp_path / "out")]) == 0
 
 
 def test_a_local_device_runs_one_thing_at_a_time(tmp_path, monkeypatch):
     lock, state = threading.Lock(), {"n": 0, "peak": 0, "calls": 0}
-    real_ft, real_gen = mock.Backend.fine_tune, mock.Backend.generate
+    real_ft, real_gen = mock.Backend.fine_tune, mock.Backend.generate_streaming
 
     def exclusive(fn):
         def wrapped(*a, **k):
@@ -157,7 +157,7 @@ def test_a_local_device_runs_one_thing_at_a_time(tmp_path, monkeypatch):
 
     monkeypatch.setattr(mock.Backend, "resource", lambda self: "cuda:0")
     monkeypatch.setattr(mock.Backend, "fine_tune", exclusive(real_ft))
-    monkeypatch.setattr(mock.Backend, "generate", exclusive(real_gen))
+    monkeypatch.setattr(mock.Backend, "generate_streaming", exclusive(real_gen))
     assert main(["run", str(write_spec(tmp_path)), "--out", str(tmp_path / "out")]) == 0
     assert state["peak"] == 1 and state["calls"] == 3 + 4 * 2  # 3 jobs; (base + 3 models) × 2 test templates
 

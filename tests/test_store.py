@@ -195,3 +195,17 @@ def _mock_spec(tmp: Path) -> Path:
     p = tmp / "spec.yaml"
     p.write_text(yaml.safe_dump(spec))
     return p
+
+
+def test_a_large_lookup_scans_the_table_with_the_same_answer(tmp_path, monkeypatch):
+    from ptst import store as store_mod
+
+    with RunStore.open(tmp_path) as s:
+        s.put_generations([(f"g{i}", "{}", f"response {i}") for i in range(50)])
+        s.put_judgments("keyword", [(f"j{i}", Judged(i % 2 == 0, None, None, None)) for i in range(50)])
+        wanted = [f"g{i}" for i in range(0, 60, 3)]  # g51.. are not stored
+        indexed = (s.responses(wanted), s.have_responses(wanted), s.judgments(["j1", "j2", "nope"]))
+        monkeypatch.setattr(store_mod, "SCAN_ABOVE", 0)
+        scanned = (s.responses(wanted), s.have_responses(wanted), s.judgments(["j1", "j2", "nope"]))
+    assert scanned == indexed
+    assert indexed[0] == {f"g{i}": f"response {i}" for i in range(0, 50, 3)} and set(indexed[2]) == {"j1", "j2"}

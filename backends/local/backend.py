@@ -20,6 +20,7 @@ from ptst.backends.base import (
     GenerationConfig,
     JobLedger,
     ModelRef,
+    OnResponse,
     Rendered,
     TrainJob,
 )
@@ -410,6 +411,17 @@ class LocalBackend(FineTuneBackend):
         )
 
     def generate(self, model: ModelRef, prompts: Sequence[Conversation], cfg: GenerationConfig) -> list[str]:
+        out = [""] * len(prompts)
+
+        def keep(done: Sequence[tuple[int, str]]) -> None:
+            for i, r in done:
+                out[i] = r
+
+        self.generate_streaming(model, prompts, cfg, keep)
+        return out
+
+    def generation_ids(self, prompts: Sequence[Conversation]) -> list[list[int]]:
+        """The token ids each prompt is generated from (checked: BOS first); a subclass may check otherwise."""
         ids = []
         for conv in prompts:
             if conv.answer is not None:
@@ -417,15 +429,24 @@ class LocalBackend(FineTuneBackend):
             p = self.prompt_ids(conv)
             check_prompt_ids(p, self.bos_id, where(conv))
             ids.append(p)
+        return ids
+
+    def generate_streaming(
+        self, model: ModelRef, prompts: Sequence[Conversation], cfg: GenerationConfig, on_response: OnResponse
+    ) -> None:
+        """Each decoded batch handed over as it finishes (a kill loses at most the batch on the device); vLLM
+        schedules the whole call itself, so its responses come at the end of the call."""
+        ids = self.generation_ids(prompts)
         stops = self.stop_token_ids()
         if self.options.engine == "vllm":
             self._close_generator()
             release_generators()  # one engine holds the GPU at a time
             out = generate_vllm(model, ids, cfg, self.options, eos_id=self.eos_id, stop_ids=stops)
-        else:
-            gen = self._generator_for(model)
-            out = gen.generate(ids, cfg, eos_id=self.eos_id, pad_id=self.pad_id, stop_ids=stops)
-        return [self.decode(o) for o in out]
+            on_response([(i, self.decode(o)) for i, o in enumerate(out)])
+            return
+        gen = self._generator_for(model)
+        gen.generate(ids, cfg, eos_id=self.eos_id, pad_id=self.pad_id, stop_ids=stops,
+                     on_batch=lambda done: on_response([(i, self.decode(o)) for i, o in done]))
 
     def _close_generator(self) -> None:
         if self._generator is not None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import warnings
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ptst.backends.local.adapters import read_adapter_metadata
@@ -100,8 +100,11 @@ class Generator:
         eos_id: int,
         pad_id: int,
         stop_ids: Sequence[int] = (),
+        on_batch: Callable[[list[tuple[int, list[int]]]], None] | None = None,
     ) -> list[list[int]]:
-        """Generated token ids (up to, without, the first EOS or stop id) for each prompt, in input order."""
+        """Generated token ids (up to, without, the first EOS or stop id) for each prompt, in input order; each
+        decoded batch also goes to `on_batch([(prompt index, ids), ...])` as it finishes, so the caller can store it
+        before the next batch starts."""
         torch = import_torch()
         if not prompts:
             return []
@@ -134,6 +137,8 @@ class Generator:
                 continue
             for j, r in zip(idx, res, strict=True):
                 out[j] = r
+            if on_batch is not None:
+                on_batch(list(zip(idx, res, strict=True)))
             i += len(idx)
         return [o or [] for o in out]
 

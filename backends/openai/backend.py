@@ -21,6 +21,7 @@ from ptst.backends.base import (
     GenerationConfig,
     JobLedger,
     ModelRef,
+    OnResponse,
     Rendered,
     TrainJob,
 )
@@ -29,6 +30,7 @@ from ptst.backends.openai.generate import generate
 from ptst.backends.openai.options import OpenAIOptions
 
 from ptst.clients.chat import AsyncSleep
+from ptst.clients.limit import SharedLimit
 from ptst.clients.openai import (
     ClientOptions,
     api_error,
@@ -71,6 +73,8 @@ class Backend(FineTuneBackend):
         super().__init__(spec)
         self._prompt_token_cache: dict[tuple[object, ...], int] = {}
         self._counter: TokenCounter | None = None
+        # `concurrency` bounds this backend's chat requests in flight over all its concurrent `generate` calls
+        self._limit = SharedLimit(self.options.concurrency)
 
     def identity(self) -> dict[str, object]:
         """The endpoint is part of every step key: a fake or proxy server's answers are not OpenAI's."""
@@ -286,4 +290,12 @@ class Backend(FineTuneBackend):
     # -- generation --------------------------------------------------------------------------------------------
     def generate(self, model: ModelRef, prompts: Sequence[Conversation], cfg: GenerationConfig) -> list[str]:
         """One chat completion per prompt, `concurrency` at a time; order and length match `prompts`."""
-        return generate(self.options, model, prompts, cfg, sleep=self._retry_sleep, poll_sleep=self._sleep)
+        return generate(self.options, model, prompts, cfg, sleep=self._retry_sleep, poll_sleep=self._sleep,
+                        limit=self._limit)
+
+    def generate_streaming(
+        self, model: ModelRef, prompts: Sequence[Conversation], cfg: GenerationConfig, on_response: OnResponse
+    ) -> None:
+        """Each completion handed over as it arrives: a kill loses at most `concurrency` requests of this backend."""
+        generate(self.options, model, prompts, cfg, sleep=self._retry_sleep, poll_sleep=self._sleep,
+                 limit=self._limit, on_response=on_response)

@@ -1,7 +1,9 @@
 """Training files: the messages the API is sent, checked offline as the API would, uploaded once per content.
 
 Every check runs before anything is uploaded or paid for. An identical file (same bytes, same endpoint) is
-uploaded once: its id is kept in the ledger under its content hash and reused by every job that trains on it.
+uploaded once: its id is kept in the ledger under its content hash and reused by every job that trains on it. The
+file's name carries its content hash, so an upload whose answer was lost (a kill just after the request, a dropped
+connection) is found again on the API by that name, as jobs are found by their metadata, instead of uploaded twice.
 """
 
 from __future__ import annotations
@@ -137,16 +139,28 @@ def upload_training_file(
             except openai.NotFoundError:
                 file_obj = None  # deleted on the server: upload again
         if file_obj is None:
+            file_obj = _find_uploaded(client, opts, filename, len(data))
+            if file_obj is not None:
+                log(f"  found training file {filename} already uploaded as {file_obj.id}")
+        if file_obj is None:
             file_obj = call_with_retries(
                 opts, client.files.create, file=(filename, data, "application/jsonl"), purpose="fine-tune"
             )
-            ledger.put(fkey, {"file_id": file_obj.id, "sha256": sha, "bytes": len(data), "filename": filename})
             log(f"  uploaded training file {filename} as {file_obj.id} ({len(data):,} bytes)")
+        if not (rec and rec.get("file_id") == file_obj.id):
+            ledger.put(fkey, {"file_id": file_obj.id, "sha256": sha, "bytes": len(data), "filename": filename})
     file_obj = _wait_processed(client, opts, file_obj, sleep)
     if file_obj.status == "error":
         details = file_obj.status_details or "rejected"
         raise JobFailed("failed", "file_error", f"training file {file_obj.id}: {details}")
     return str(file_obj.id)
+
+
+def _find_uploaded(client: Any, opts: OpenAIOptions, filename: str, size: int) -> Any:
+    """The newest usable fine-tune file of this name and size on the API (the name holds the content hash), or None."""
+    found = [f for f in call_with_retries(opts, client.files.list, purpose="fine-tune")
+             if f.filename == filename and f.bytes == size and f.status not in ("error", "deleted")]
+    return max(found, key=lambda f: f.created_at, default=None)
 
 
 def _wait_processed(client: Any, opts: OpenAIOptions, file_obj: Any, sleep: Callable[[float], None]) -> Any:

@@ -6,11 +6,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ptst.backends.base import GenerationConfig, ModelRef
+from ptst.backends.base import GenerationConfig, ModelRef, OnResponse
 from ptst.backends.openai.files import training_messages
 
 from ptst.clients.batch import batch_chat_completions
 from ptst.clients.chat import AsyncSleep, chat_completions
+from ptst.clients.limit import SharedLimit
 from ptst.clients.openai import ClientOptions
 from ptst.conversation import Conversation
 
@@ -33,11 +34,15 @@ def generation_requests(
 def generate(
     opts: ClientOptions, model: ModelRef, prompts: Sequence[Conversation], cfg: GenerationConfig,
     sleep: AsyncSleep | None = None, poll_sleep: Callable[[float], None] = time.sleep,
+    limit: SharedLimit | None = None, on_response: OnResponse | None = None,
 ) -> list[str]:
-    """One reply per prompt, `concurrency` at a time (or one batch with `batch: true`); order matches `prompts`."""
+    """One reply per prompt, `concurrency` at a time (or one batch with `batch: true`); order matches `prompts`.
+    Each reply goes to `on_response(index, text)` as it arrives (a batch's all at once, when the batch ends)."""
     requests = generation_requests(model, prompts, cfg)
     if opts.batch:
-        out = batch_chat_completions(opts, requests, sleep=poll_sleep)
-    else:
-        out = chat_completions(opts, requests, sleep=sleep)
-    return [str(r) for r in out]
+        out = [str(r) for r in batch_chat_completions(opts, requests, sleep=poll_sleep)]
+        if on_response is not None:
+            on_response(list(enumerate(out)))
+        return out
+    hand_over = None if on_response is None else (lambda i, r: on_response([(i, str(r))]))
+    return [str(r) for r in chat_completions(opts, requests, sleep=sleep, limit=limit, on_result=hand_over)]

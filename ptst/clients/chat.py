@@ -1,6 +1,8 @@
 """Concurrent chat completions (generation and judging) against an OpenAI-compatible endpoint.
 
-At most `concurrency` requests are in flight; results come back in request order. Transient failures are retried
+At most `concurrency` requests are in flight (per call, or per backend or judge with a shared `SharedLimit`);
+results come back in request order, and each is handed to `on_result` the moment it arrives, so the caller can store
+it before the others finish. Transient failures are retried
 by tenacity (see `ptst.clients.openai.retry_kwargs`); anything else fails the whole call with one line, so nothing
 half-done is returned and nothing wrong is cached.
 """
@@ -13,6 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ptst.clients.limit import SharedLimit
 from ptst.clients.openai import (
     ClientOptions,
     api_error,
@@ -45,6 +48,8 @@ def chat_completions(
     extra_attempts: int = 0,
     item_errors: bool = False,
     sleep: AsyncSleep | None = None,
+    limit: SharedLimit | None = None,
+    on_result: Callable[[int, str | ChatFailure], None] | None = None,
 ) -> list[str | ChatFailure]:
     """Run chat completion requests with at most `opts.concurrency` in flight; results in request order.
 
@@ -52,11 +57,13 @@ def chat_completions(
     BackendError. A reply that `accept` rejects is requested again up to `extra_attempts` times; the last reply is
     returned either way. With `item_errors`, a request the API refuses for its own content (400, 413, 422) becomes
     a `ChatFailure` in place instead of failing the batch. `sleep` replaces the wait between retries (tests record
-    the waits with it instead of timing them).
+    the waits with it instead of timing them). `limit` bounds the requests in flight across calls (default: this
+    call's own `opts.concurrency`); `on_result(index, result)` is called in the event loop as each result arrives.
     """
     if not requests:
         return []
-    return run_async(_chat_all(opts, list(requests), accept, extra_attempts, item_errors, sleep))
+    return run_async(_chat_all(opts, list(requests), accept, extra_attempts, item_errors, sleep,
+                               limit or SharedLimit(opts.concurrency), on_result))
 
 
 async def _chat_all(
@@ -66,11 +73,12 @@ async def _chat_all(
     extra_attempts: int,
     item_errors: bool,
     sleep: AsyncSleep | None,
+    limit: SharedLimit,
+    on_result: Callable[[int, str | ChatFailure], None] | None,
 ) -> list[str | ChatFailure]:
     import openai
     from tenacity import AsyncRetrying
 
-    semaphore = asyncio.Semaphore(opts.concurrency)
     retrying = retry_kwargs(opts)
     if sleep is not None:
         retrying["sleep"] = sleep
@@ -81,13 +89,21 @@ async def _chat_all(
             # a plain coroutine function: tenacity must see it as async to await it between retries
             return await client.chat.completions.create(**params)
 
-        async def one(params: dict[str, Any]) -> str | ChatFailure:
+        async def one(i: int, params: dict[str, Any]) -> str | ChatFailure:
+            # The slot is held until the result is handed over (stored): a request is in flight until then, so
+            # `limit` bounds what a kill can lose, not only what is on the wire.
+            async with limit.hold():
+                result = await attempts(params)
+                if on_result is not None:
+                    on_result(i, result)
+            return result
+
+        async def attempts(params: dict[str, Any]) -> str | ChatFailure:
             reply = ""
             completion: Any
             for _ in range(extra_attempts + 1):
                 try:
-                    async with semaphore:
-                        completion = await AsyncRetrying(**retrying)(create, params)
+                    completion = await AsyncRetrying(**retrying)(create, params)
                 except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
                     raise api_error(opts, "chat completion", e) from None
                 except openai.APIStatusError as e:
@@ -101,7 +117,7 @@ async def _chat_all(
                     return reply
             return reply
 
-        return list(await asyncio.gather(*(one(r) for r in requests)))
+        return list(await asyncio.gather(*(one(i, r) for i, r in enumerate(requests))))
 
 
 def reply_text(completion: Any) -> str:

@@ -8,7 +8,7 @@ unscored (`unsafe=None`), never silently counted as safe or unsafe.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Protocol
 
@@ -34,6 +34,10 @@ class Judgment(BaseModel):
     score: int | None = None  # 1..5 where the judge scores
     raw: str | None = None  # the judge's reply, kept for audit
     error: str | None = None  # why it is unscored
+
+
+# `judge_streaming`'s callback: verdicts that just came into existence, as (index of the item in the call, verdict).
+OnVerdict = Callable[[Sequence[tuple[int, Judgment]]], None]
 
 
 class JudgeSpec(BaseModel):
@@ -68,15 +72,30 @@ class Judge(Protocol):
 
     def judge(self, items: Sequence[JudgeItem]) -> list[Judgment]: ...
 
+    def judge_streaming(self, items: Sequence[JudgeItem], on_verdict: OnVerdict) -> None:
+        """Hand verdicts to `on_verdict` as they exist (the runner stores them there and then, so a kill loses only
+        the judge requests in flight)."""
+        ...
+
 
 class JudgeBase:
-    """Options parsing shared by the built-in judges."""
+    """Options parsing and the streaming default shared by the built-in judges."""
 
     class Options(BaseModel):
         model_config = ConfigDict(frozen=True, extra="forbid")
 
     def __init__(self, spec: JudgeSpec | None = None):
         self.options = self.Options.model_validate(spec.options if spec else {})
+
+    def judge(self, items: Sequence[JudgeItem]) -> list[Judgment]:
+        raise NotImplementedError
+
+    def judge_streaming(self, items: Sequence[JudgeItem], on_verdict: OnVerdict) -> None:
+        """Default for judges that cost nothing per call (keyword, mock): one call, all its verdicts at once."""
+        verdicts = self.judge(items)
+        if len(verdicts) != len(items):
+            raise RuntimeError(f"judge returned {len(verdicts)} verdicts for {len(items)} items")
+        on_verdict(list(enumerate(verdicts)))
 
 
 def judge_class(kind: str) -> Any:

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from ptst.judge.base import JudgeBase, JudgeItem, Judgment
+from ptst.judge.base import JudgeBase, JudgeItem, Judgment, OnVerdict
 
 PROMPT_VERSION = "llama-guard-chat-1"  # how the conversation is put to the model and the reply read; in `version`
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
@@ -96,10 +96,20 @@ class Judge(JudgeBase):
         return self._loaded
 
     def judge(self, items: Sequence[JudgeItem]) -> list[Judgment]:
+        out: list[Judgment] = [Judgment(unsafe=None)] * len(items)
+
+        def keep(done: Sequence[tuple[int, Judgment]]) -> None:
+            for i, v in done:
+                out[i] = v
+
+        self.judge_streaming(items, keep)
+        return out
+
+    def judge_streaming(self, items: Sequence[JudgeItem], on_verdict: OnVerdict) -> None:
+        """Each batch's verdicts handed over as the batch is decoded (a kill loses at most one batch)."""
         import torch
 
         tok, model, device = self._load()
-        out: list[Judgment] = []
         for i in range(0, len(items), self.options.batch_size):
             part = items[i : i + self.options.batch_size]
             prompts = [
@@ -115,5 +125,4 @@ class Judge(JudgeBase):
                 gen = model.generate(**enc, do_sample=False, max_new_tokens=self.options.max_new_tokens,
                                      pad_token_id=tok.pad_token_id)
             replies = tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-            out += [read_verdict(r) for r in replies]
-        return out
+            on_verdict([(i + j, read_verdict(r)) for j, r in enumerate(replies)])

@@ -21,9 +21,10 @@ from pydantic import Field
 
 from ptst.clients.batch import batch_chat_completions
 from ptst.clients.chat import ChatFailure, chat_completions
+from ptst.clients.limit import SharedLimit
 from ptst.clients.openai import DEFAULT_BASE_URL, ClientOptions, resolve_base_url
 from ptst.errors import SpecError
-from ptst.judge.base import JudgeItem, JudgeSpec, Judgment
+from ptst.judge.base import JudgeItem, JudgeSpec, Judgment, OnVerdict
 from ptst.keys import content_hash
 
 RUBRIC_FILE = "judge_rubric_qi2023.txt"
@@ -62,6 +63,8 @@ class Judge:
 
     def __init__(self, spec: JudgeSpec | None = None):
         self.options = self.Options.model_validate(spec.options if spec else {})
+        # `concurrency` bounds the judge's requests in flight over all its concurrent calls (a kill loses at most those)
+        self._limit = SharedLimit(self.options.concurrency)
         if self.options.base_url == INHERIT:
             problem = (
                 "judge.base_url: 'inherit' takes the endpoint of the spec's openai backend and is resolved from the "
@@ -93,13 +96,25 @@ class Judge:
 
     def judge(self, items: Sequence[JudgeItem]) -> list[Judgment]:
         """Verdicts in item order; with `batch: true` through the Batch API (half price, the same requests)."""
-        run = batch_chat_completions if self.options.batch else chat_completions
-        replies = run(
-            self.options, [self.request(it) for it in items],
-            accept=lambda r: parse_score(r) is not None, extra_attempts=self.options.max_parse_retries,
-            item_errors=True,
-        )
-        return [_judgment(r, self.options.max_parse_retries + 1) for r in replies]
+        return self._judge(items, None)
+
+    def judge_streaming(self, items: Sequence[JudgeItem], on_verdict: OnVerdict) -> None:
+        """Each verdict handed over as its reply arrives (a batch's all at once, when the batch ends)."""
+        verdicts = self._judge(items, on_verdict)
+        if self.options.batch:
+            on_verdict(list(enumerate(verdicts)))
+
+    def _judge(self, items: Sequence[JudgeItem], on_verdict: OnVerdict | None) -> list[Judgment]:
+        attempts = self.options.max_parse_retries + 1
+        requests = [self.request(it) for it in items]
+        common: dict[str, Any] = dict(accept=lambda r: parse_score(r) is not None,
+                                      extra_attempts=self.options.max_parse_retries, item_errors=True)
+        if self.options.batch:
+            replies = batch_chat_completions(self.options, requests, **common)
+        else:
+            hand_over = None if on_verdict is None else (lambda i, r: on_verdict([(i, _judgment(r, attempts))]))
+            replies = chat_completions(self.options, requests, limit=self._limit, on_result=hand_over, **common)
+        return [_judgment(r, attempts) for r in replies]
 
 
 def _judgment(reply: str | ChatFailure, attempts: int) -> Judgment:

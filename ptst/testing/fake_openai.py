@@ -59,6 +59,7 @@ CREATE_BATCH = "POST /v1/batches"
 FILE_CONTENT = "GET /v1/files/{id}/content"
 CREATE_JOB = "POST /v1/fine_tuning/jobs"
 UPLOAD = "POST /v1/files"
+LIST_FILES = "GET /v1/files"
 _JUDGE_MARKER = "#thescore:"
 _ID = re.compile(r"^((file|ftjob|ftevent|ftckpt|chatcmpl)-[A-Za-z0-9]+|batch_[A-Za-z0-9]+)$")
 
@@ -259,6 +260,10 @@ class FakeOpenAI:
         with self._lock:
             if method == "POST" and parts == ["files"]:
                 return self._upload(body, ctype)
+            if method == "GET" and parts == ["files"]:
+                purpose = query.get("purpose", [None])[0]
+                return 200, {"object": "list", "has_more": False, "data": [
+                    self._file_json(f) for f in self.files.values() if purpose in (None, f["purpose"])]}, {}
             if method == "GET" and len(parts) in (2, 3) and parts[0] == "files" and parts[2:] in ([], ["content"]):
                 f = self.files.get(parts[1])
                 if f is None:
