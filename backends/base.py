@@ -111,6 +111,9 @@ class FineTuneBackend(ABC):
       generation_chunk  prompts per `generate` call; the unit of work the runner saves (and a kill loses at most)
       min_train_examples  the fewest training examples a job accepts (OpenAI's API: 10); `--limit N` keeps at least
                   this many training rows, with a note, so a smoke run of any backend can run
+      trains_with_example_turns  whether it can fine-tune on a template's example turns with the loss on the final
+                  answer only; False where the vendor trains on every assistant turn (OpenAI's fine-tuning API), so
+                  `ptst validate` refuses such a template in train.templates
     """
 
     kind: ClassVar[str] = ""
@@ -119,6 +122,7 @@ class FineTuneBackend(ABC):
     simulated: ClassVar[bool] = False
     generation_chunk: ClassVar[int] = DEFAULT_GENERATION_CHUNK
     min_train_examples: ClassVar[int] = 1
+    trains_with_example_turns: ClassVar[bool] = True
 
     class Options(Frozen):
         """Backend-specific spec options; subclasses extend it. Unknown keys are validation errors."""
