@@ -116,6 +116,9 @@ class FineTuneBackend(ABC):
                   (one that overrides `generate_streaming` loses only the requests in flight)
       min_train_examples  the fewest training examples a job accepts (OpenAI's API: 10); `--limit N` keeps at least
                   this many training rows, with a note, so a smoke run of any backend can run
+      trains_with_example_turns  whether it can fine-tune on a template's example turns with the loss on the final
+                  answer only; False where the vendor trains on every assistant turn (OpenAI's fine-tuning API), so
+                  `ptst validate` refuses such a template in train.templates
     """
 
     kind: ClassVar[str] = ""
@@ -124,6 +127,7 @@ class FineTuneBackend(ABC):
     simulated: ClassVar[bool] = False
     generation_chunk: ClassVar[int] = DEFAULT_GENERATION_CHUNK
     min_train_examples: ClassVar[int] = 1
+    trains_with_example_turns: ClassVar[bool] = True
 
     class Options(Frozen):
         """Backend-specific spec options; subclasses extend it. Unknown keys are validation errors."""

@@ -4,7 +4,8 @@ Exit codes: 0 complete; 2 user error, one line on stderr (spec, data, paths, cre
 --yes, run folder busy or unreadable; `ptst` with no command, which prints the help); 3 finished with failed jobs or
 cells (results written; `--retry-failed` resubmits jobs the API failed, a plain re-run retries the rest); 130
 interrupted; 1 only for bugs (with their traceback). A closed stdout (`ptst run ... | head`) is not an error.
-Help texts and examples are in ptst.cli_help, `--set` in ptst.overrides, `list`/`schema` in ptst.listing.
+Help texts and examples are in ptst.cli_help, `--set` in ptst.overrides, `list`/`schema` in ptst.listing; the
+`estimate` command is ptst.cli_estimate, `render`/`templates`/`list`/`schema` are ptst.cli_inspect.
 """
 
 from __future__ import annotations
@@ -16,18 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ptst import __version__
+from ptst.cli_estimate import cmd_estimate
 from ptst.cli_help import ALL_TABLES_HELP, DESCRIPTION, EXAMPLES, OVERVIEW, QUIET_HELP, SET_HELP
+from ptst.cli_inspect import cmd_list, cmd_render, cmd_schema, cmd_templates
 from ptst.errors import PtstError, UsageError
 
 if TYPE_CHECKING:
     from ptst.results import Results
-
-DEFAULT_MODELS = {
-    "llama2": "meta-llama/Llama-2-7b-chat-hf",
-    "mistral": "mistralai/Mistral-7B-Instruct-v0.2",
-    "openai": "gpt-3.5-turbo-0613",
-    "mock": "mock-chat",
-}
 
 
 def _console():
@@ -218,167 +214,6 @@ def _check_report_dir(out: Path, *, given: bool) -> None:
     if not writable:
         where = "" if given else " (the run folder itself, as no --out was given)"
         raise UsageError(f"{out}: cannot write the reports here{where}: the folder is read-only; choose another --out")
-
-
-def cmd_templates(args: argparse.Namespace) -> int:
-    from rich.table import Table
-
-    from ptst.templates import BUILTIN
-
-    custom = {}
-    if args.spec:
-        from ptst.spec import load_spec
-
-        custom = load_spec(args.spec).custom_templates
-    table = Table("name", "mode", "safety prompt", "description")
-    for t in [*BUILTIN.values(), *custom.values()]:
-        table.add_row(t.name, t.mode, "yes" if t.safety else "", t.description or "(user-defined)")
-    _console().print(table)
-    return 0
-
-
-def cmd_render(args: argparse.Namespace) -> int:
-    from ptst.backends.base import BackendSpec, create_backend
-    from ptst.templates import resolve
-
-    custom = {}
-    if args.spec:
-        from ptst.spec import load_spec
-
-        custom = load_spec(args.spec).custom_templates
-    options = {"tokenizer": args.tokenizer} if args.tokenizer else {}
-    if not args.model and args.backend not in DEFAULT_MODELS:
-        raise UsageError(f"--backend {args.backend} needs --model (a local HF-format directory or a cached hub id)")
-    try:
-        bspec = BackendSpec(kind=args.backend, model=args.model or DEFAULT_MODELS[args.backend], **options)
-    except ValueError as e:
-        raise UsageError(f"--backend {args.backend}: {e}".splitlines()[0]) from None
-    backend = create_backend(bspec)
-    try:
-        template = resolve(args.template, custom)
-    except KeyError as e:
-        raise UsageError(f"--template: {e}") from None
-    if not backend.supports(template):
-        raise UsageError(
-            f"--template {args.template}: {template.mode}-mode templates are not supported by the {args.backend} backend"
-        )
-    conv = template.apply(args.query, backend.family, answer=args.answer)
-    if args.tokenizer:
-        backend.render(conv)  # loads the given tokenizer: one of another family is an error, even for plain text
-    out = sys.stdout
-    text = None if (args.tokens or args.json) else backend.plain_text(conv)
-    if text is not None:
-        # Local backends: the text needs no tokenizer, so show it even where none is installed.
-        out.write(text + "\n")
-        return 0
-    r = backend.render(conv)
-    if args.json:
-        out.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
-        return 0
-    if r.messages is not None:
-        out.write(json.dumps(list(r.messages), ensure_ascii=False, indent=2) + "\n")
-    elif r.text is not None:
-        out.write(r.text + "\n")
-    if args.tokens:
-        if r.input_ids is None:
-            raise UsageError(f"--tokens: the {args.backend} backend renders no token ids")
-        out.write("input_ids: " + " ".join(map(str, r.input_ids)) + "\n")
-        if r.labels is not None:
-            out.write("labels: " + " ".join(map(str, r.labels)) + "\n")
-    return 0
-
-
-def cmd_estimate(args: argparse.Namespace) -> int:
-    """Every stage's work and cost before anything is spent: a table per job, then the totals (or one JSON object)."""
-    from rich.table import Table
-
-    from ptst.backends.base import create_backend
-    from ptst.data.standin import EstimateLoader
-    from ptst.downloads import no_downloads
-    from ptst.estimate import estimate_run
-    from ptst.estimate import usd_text as money
-    from ptst.plan import train_jobs
-    from ptst.preflight import preflight
-    from ptst.runner import limit_datasets, limit_note, load_datasets
-    from ptst.spec import load_spec
-
-    spec_path = Path(args.spec)
-    try:  # the same checks as `ptst validate`, every problem listed; with --json, as JSON on stdout
-        spec = load_spec(spec_path, args.set)
-        checked = limit_datasets(spec, args.limit) if args.limit else spec
-        preflight(checked, spec_path.resolve().parent).raise_for_errors(str(args.spec))
-        loader = EstimateLoader()  # data not on this machine: the registry's known sizes, never a download
-        data = load_datasets(spec, spec_path.resolve().parent, limit=args.limit, loader=loader)
-        with no_downloads():  # offline and free: a `download: true` model is not fetched to be estimated
-            backends = [(b, create_backend(b)) for b in spec.backends]
-            for _, backend in backends:
-                backend.estimate_only = True  # no store: keys are never kept, so a model not downloaded can be planned
-            planned = {b.name: train_jobs(spec, b, backend, data) for b, backend in backends}
-            est = estimate_run(spec, data, backends, planned)
-        est = est.model_copy(update={"notes": (*loader.notes, *est.notes)})
-    except PtstError as err:
-        if not args.json:
-            raise
-        problems = list(getattr(err, "problems", None) or [str(err)])
-        sys.stdout.write(json.dumps({"spec": str(args.spec), "exit_code": err.exit_code, "errors": problems},
-                                    ensure_ascii=False, indent=2) + "\n")
-        return err.exit_code
-    if args.json:
-        out = {"spec": spec.name, "limit": args.limit, **est.to_json(), "budget_usd": spec.budget_usd,
-               "overrides": list(args.set)}
-        sys.stdout.write(json.dumps(out, indent=2) + "\n")
-        return 0
-
-    table = Table("backend", "model", "train template", "seed", "examples", "tokens/epoch", "billed tokens", "USD", "notes")
-    for j in est.train:
-        e = j.estimate
-        table.add_row(
-            j.backend, j.model, j.train_template, str(j.seed), f"{e.n_examples:,}",
-            f"{e.n_tokens:,}" if e.n_tokens is not None else "?",
-            f"{e.n_billed_tokens:,}" if e.n_billed_tokens is not None else "?",
-            f"{e.usd:,.4f}" if e.usd is not None else "?", e.notes,
-        )
-    console = _console()
-    if est.train:
-        console.print(table)
-    by = est.usd_by_stage
-    budget = f" (budget_usd {spec.budget_usd:,.2f})" if spec.budget_usd is not None else ""
-    console.print(f"total estimated fine-tuning cost: {money(by['train'])}")
-    console.print(f"{est.jobs} fine-tuning job(s) {money(by['train'])}; {est.generations:,} generations "
-                  f"{money(by['generate'])}; {est.judge_calls:,} judge calls {money(by['judge'])}")
-    gpu = (f"; about {est.gpu_hours:,.1f} GPU hours (at most {est.gpu_hours_max:,.1f})"
-           if est.gpu_hours is not None and est.gpu_hours_max is not None else "")
-    console.print(f"total estimated cost: {money(est.usd)}, at most {money(est.usd_max)}{budget}{gpu}")
-    if args.limit:
-        console.print(f"({limit_note(spec, args.limit)})")
-    for note in est.notes:
-        console.print(f"note: {note}")
-    return 0
-
-
-def cmd_list(args: argparse.Namespace) -> int:
-    """`ptst list WHAT`: a table (or JSON rows) read from the registries."""
-    from ptst.listing import LISTINGS, render, templates
-
-    if args.what == "templates" and args.spec:
-        from ptst.spec import load_spec
-
-        headers, rows = templates(load_spec(args.spec).custom_templates)
-    else:
-        headers, rows = LISTINGS[args.what]()
-    if args.json:
-        sys.stdout.write(json.dumps([dict(zip(headers, r, strict=True)) for r in rows], indent=2) + "\n")
-        return 0
-    console = _console()
-    console.print("\n".join(render(headers, rows, console.width)), markup=False, highlight=False)
-    return 0
-
-
-def cmd_schema(args: argparse.Namespace) -> int:
-    from ptst.listing import spec_schema
-
-    sys.stdout.write(json.dumps(spec_schema(), indent=2) + "\n")
-    return 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:

@@ -223,6 +223,12 @@ def _template_problems(raw: dict[str, Any]) -> list[str]:
                         f"{section}.templates[{i}]: {tpl.mode}-mode template {name!r} is not supported by backend "
                         f"{label!r} (it takes {'/'.join(sorted(cls.modes))} templates only); use a chat:* template"
                     )
+                if section == "train" and tpl.examples and not cls.trains_with_example_turns:
+                    label = b.get("label") or b.get("kind")
+                    problems.append(
+                        f"{section}.templates[{i}]: template {name!r} has example turns, which backend {label!r} "
+                        "would train on as well as the answer; use it in eval.templates only"
+                    )
     return problems
 
 

@@ -87,6 +87,27 @@ def test_other_system_prompts_and_baselines_have_specs() -> None:
     assert {"chat:llama", "chat:self-reminder", "chat:icd"} <= set(load_spec(PAPER / "baselines.yaml").eval.templates)
 
 
+def test_chatdoctor_evaluates_on_rows_it_never_trains_on(shared: Path) -> None:
+    """The task's held-out rows and the training rows are two parts of one seeded split of the same dataset (no
+    file for the user to make): same n and seed, complementary parts, disjoint and together the whole set."""
+    from ptst.data.loaders import load
+
+    spec = load_spec(PAPER / "chatdoctor.yaml")
+    assert spec.train is not None
+    train, (task,) = spec.train.dataset, spec.eval.tasks
+    assert train.name == task.name == "chatdoctor" and train.path is None and task.path is None
+    assert train.holdout is not None and task.holdout is not None
+    assert (train.holdout.n, train.holdout.seed, train.holdout.part) == (task.holdout.n, task.holdout.seed, "rest")
+    assert task.holdout.part == "heldout"
+    every = load(train.model_copy(update={"holdout": None}), data_dirs=[shared / "data"])
+    rest = load(train, data_dirs=[shared / "data"])
+    held = load(task, data_dirs=[shared / "data"])
+    assert len(held) == 1000 and len(rest) == len(every) - 1000  # GenMedGPT-5k stand-in: 5,452 rows in all
+    assert len({e.source for e in every}) == len(every)  # a row's source (file and row) names it alone
+    assert {e.source for e in held}.isdisjoint(e.source for e in rest)
+    assert sorted(e.source for e in held + rest) == sorted(e.source for e in every)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Every paper spec end to end with `ptst run --limit 3`: backends swapped for mock ones (same labels), the judge for
 # the keyword one, datasets read from local copies (../shared/data, else tests/fixtures). The rest of each spec
@@ -94,8 +115,6 @@ def test_other_system_prompts_and_baselines_have_specs() -> None:
 # --------------------------------------------------------------------------------------------------------------
 FIXTURES = REPO / "tests" / "fixtures"
 LIMIT = 3
-# a task a spec leaves to the user (the registry has no held-out split): the fixture with the same fields
-USER_FILES = {"data/chatdoctor_heldout.jsonl": FIXTURES / "chatdoctor" / "train.jsonl"}
 
 
 def data_farm(tmp: Path, shared: Path) -> Path:
@@ -113,12 +132,6 @@ def smoke_spec(name: str, tmp: Path, farm: Path) -> Path:
     raw["backends"] = [{"kind": "mock", "model": b["model"], "label": b.get("label") or b["kind"]} for b in raw["backends"]]
     raw["judge"] = {"kind": "keyword"}
     raw["data_dir"] = str(farm)
-    for ref in raw["eval"].get("tasks", []):
-        if isinstance(ref, dict) and ref.get("path") in USER_FILES:  # linked under its own name (the task's name)
-            link = tmp / ref["path"]
-            link.parent.mkdir(parents=True, exist_ok=True)
-            link.symlink_to(USER_FILES[ref["path"]])
-            ref["path"] = str(link)
     out = tmp / name
     out.write_text(yaml.safe_dump(raw))
     return out

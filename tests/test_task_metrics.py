@@ -68,3 +68,36 @@ def test_a_dataset_listed_twice_may_differ_only_in_metrics():
         assert "eval.tasks[1]: 'gsm8k' is listed again with other rows than eval.tasks[0]" in str(e)
     else:
         raise AssertionError("a second listing with other rows must be refused")
+
+
+def test_a_run_folder_made_with_exact_match_reports_only_the_new_default_after_a_rerun(tmp_path):
+    """A run folder from before gsm8k's default changed holds an `exact_match` cell. Re-run with the default (and
+    re-reported), it shows the harness's two rows only: each run replaces the store's index of cells with its own
+    spec's, while the responses, keyed without the metric, are reused, not paid for again."""
+    data = tmp_path / "data" / "gsm8k"
+    data.mkdir(parents=True)
+    rows = [{"question": f"What is {i} + {i}?", "answer": f"{i} + {i} = {2 * i}\n#### {2 * i}"} for i in range(1, 5)]
+    (data / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    old = _spec(tmp_path, [{"name": "gsm8k", "split": "test", "metric": "exact_match"}])
+    raw = yaml.safe_load(old.read_text())
+    raw["data_dir"] = str(tmp_path / "data")
+    old.write_text(yaml.safe_dump(raw))
+    new = tmp_path / "new.yaml"
+    raw["eval"]["tasks"] = [{"name": "gsm8k", "split": "test"}]
+    new.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "out"
+
+    def generations() -> int:
+        with sqlite3.connect(out / "ptst.db") as c:
+            return int(c.execute("SELECT count(*) FROM generations").fetchone()[0])
+
+    assert main(["run", str(old), "--out", str(out)]) == 0
+    assert _task_rows(out) == [("gsm8k", "exact_match", 4)]
+    assert "exact_match" in (out / "report.md").read_text()
+    assert generations() == 4 + 1  # the 4 task items and the harmful query
+    assert main(["run", str(new), "--out", str(out)]) == 0
+    new_rows = [("gsm8k", "gsm8k_strict_match", 4), ("gsm8k", "gsm8k_flexible_extract", 4)]
+    assert _task_rows(out) == new_rows and generations() == 4 + 1
+    assert main(["report", str(out)]) == 0
+    assert _task_rows(out) == new_rows
+    assert "exact_match" not in (out / "report.md").read_text()

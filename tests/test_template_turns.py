@@ -194,3 +194,44 @@ def test_hf_chat_template_gets_the_example_turns(tmp_path):
 
 def test_conversation_default_has_no_examples():
     assert Conversation("chat", "u").examples == ()
+
+
+def _turns_spec(tmp_path: Path, kind: str, model: str, train: list[str], evals: list[str]) -> Path:
+    import yaml
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(f'{{"q": "{i}+{i}?", "a": "{2 * i}"}}\n' for i in range(12)))
+    spec = {
+        "name": "turns", "backends": [{"kind": kind, "model": model}],
+        "train": {"dataset": {"path": str(data), "prompt_field": "q", "answer_field": "a"}, "templates": train},
+        "eval": {"templates": evals, "safety": [{"path": str(data), "prompt_field": "q"}]},
+        "judge": {"kind": "keyword"},
+    }
+    path = tmp_path / f"{kind}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_validate_refuses_example_turns_in_openai_training_through_the_backend_contract(tmp_path, capsys):
+    from ptst.backends.registry import backend_class
+
+    from ptst.cli import main
+    from ptst.errors import SpecError
+    from ptst.spec import load_spec
+
+    # the contract says it, not a kind check: OpenAI trains on every assistant turn, local and mock mask them
+    assert backend_class("openai").trains_with_example_turns is False
+    assert backend_class("mock").trains_with_example_turns is True
+    bad = _turns_spec(tmp_path, "openai", "gpt-3.5-turbo-0613", ["chat:vanilla", "chat:icd"], ["chat:icd"])
+    with pytest.raises(SpecError) as e:
+        load_spec(bad)
+    assert e.value.problems == [
+        "train.templates[1]: template 'chat:icd' has example turns, which backend 'openai' would train on as well "
+        "as the answer; use it in eval.templates only"
+    ]
+    assert main(["validate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("chat:icd") == 1 and "Traceback" not in err
+    # as a test template on OpenAI, and as a train template on a backend that masks the turns, it is fine
+    load_spec(_turns_spec(tmp_path, "openai", "gpt-3.5-turbo-0613", ["chat:vanilla"], ["chat:icd"]))
+    load_spec(_turns_spec(tmp_path, "mock", "m", ["chat:icd"], ["chat:icd"]))

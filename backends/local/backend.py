@@ -143,8 +143,9 @@ class LocalBackend(FineTuneBackend):
     def fetch_model(self) -> None:
         """With `download: true`: bring a hub id that is not in the local Hugging Face cache into it, once, before the
         tokenizer or weights are first looked up there. Subclasses call it where they resolve their tokenizer (the
-        first thing a run, an estimate or `ptst render` needs); `preflight` never does: validating downloads nothing."""
-        if not self._fetched:
+        first thing a run, an estimate or `ptst render` needs); `preflight` never does: validating downloads nothing,
+        and neither does a command under `no_downloads()` (`ptst estimate`), which works without the model."""
+        if not self._fetched and downloads_allowed():
             download_model(self.spec.model)
             self._fetched = True
 

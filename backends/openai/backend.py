@@ -56,6 +56,8 @@ class Backend(FineTuneBackend):
     kind: ClassVar[str] = "openai"
     family: ClassVar[str] = "openai"
     modes: ClassVar[frozenset[str]] = frozenset({"chat"})
+    # The fine-tuning API trains on every assistant message: a template's example turns would be learned too.
+    trains_with_example_turns: ClassVar[bool] = False
     simulated: ClassVar[bool] = False
     min_train_examples: ClassVar[int] = files.MIN_EXAMPLES  # the fine-tuning API refuses smaller training files
 

@@ -202,7 +202,7 @@ REGISTRY: dict[str, DatasetInfo] = {
             splits=("train",),
             prompt_field="input",
             answer_field="output",
-            # The hub has one split: to evaluate, hold out rows not trained on (e.g. a {path: ...} file of them).
+            # The hub has one split: to evaluate, hold out rows not trained on (`holdout`, a seeded split).
             metrics=("chatdoctor_bertscore",),
             local=(
                 LocalFile(
