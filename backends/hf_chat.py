@@ -350,6 +350,12 @@ class Backend(LocalBackend):
             return self.prompt_text(conv)
         return self.training_text(conv, clean_answer(conv))
 
+    def approx_text(self, conv: Conversation) -> str:
+        """A chat template lives in the tokenizer, so without it only the turns' own text is counted (the template's
+        few tokens of scaffolding per turn are left out of the estimate)."""
+        turns = [conv.system, *(t for pair in conv.examples for t in pair), conv.user, conv.answer]
+        return "\n".join(t for t in turns if t)
+
     def base_model(self) -> ModelRef:
         ref = super().base_model()
         return ref.model_copy(update={"meta": {**ref.meta, "notes": self.notes()}}) if self.notes() else ref

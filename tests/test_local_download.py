@@ -81,7 +81,7 @@ def test_a_failed_download_is_one_user_error_line(hub: dict):
 
 
 def test_an_estimate_downloads_nothing(hub: dict, tmp_path: Path, capsys):
-    """`ptst estimate` is offline and free: a model not downloaded yet gets a job without token counts."""
+    """`ptst estimate` is offline and free: a model not downloaded yet is counted from its text, never fetched."""
     import yaml
 
     from ptst.cli import main
@@ -99,6 +99,6 @@ def test_an_estimate_downloads_nothing(hub: dict, tmp_path: Path, capsys):
     assert main(["estimate", str(p), "--json"]) == 0
     est = json.loads(capsys.readouterr().out)
     assert hub["downloads"] == []
-    assert [(j["backend"], j["n_examples"], j["n_tokens"]) for j in est["train"]] == [
-        ("llama2", 1, None), ("mistral", 1, None), ("hf", 1, None)]
-    assert all("downloaded when the run starts" in j["notes"] for j in est["train"])
+    # no tokenizer to count with: tokens are approximated from the text (tiktoken x the family's measured ratio)
+    assert [(j["backend"], j["n_examples"]) for j in est["train"]] == [("llama2", 1), ("mistral", 1), ("hf", 1)]
+    assert all(j["n_tokens"] > 0 and "tokenizer not on this machine" in j["notes"] for j in est["train"])

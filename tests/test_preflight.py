@@ -146,9 +146,9 @@ def test_with_download_an_uncached_hub_id_is_unchecked_and_exits_0(
         assert main(["validate", str(p)]) == 0, kind
         out = capsys.readouterr().out
         assert (
-            f"unchecked: backends[0] ({kind}).model: hub id 'nobody/not-a-cached-model' is not in the local Hugging "
-            "Face cache here; it is downloaded when the run starts (download: true; needs internet) (not checked "
-            "offline)"
+            f"unchecked: backends[0] ({kind}).model: hub id 'nobody/not-a-cached-model' (weights and tokenizer) is not "
+            "in the local Hugging Face cache here; it is downloaded when the run starts (download: true; needs "
+            "internet), which cannot be checked offline"
         ) in out.splitlines()
         assert "0 warning(s), 1 unchecked" in out
     assert list(hf_cache.iterdir()) == []  # validating downloaded nothing

@@ -111,6 +111,11 @@ class LocalBackend(FineTuneBackend):
     def prompt_text(self, conv: Conversation) -> str:
         raise NotImplementedError
 
+    def approx_text(self, conv: Conversation) -> str:
+        """The text to count tokens on when the tokenizer is not on this machine (an estimate before `download:
+        true` fetches it): the rendered text where rendering needs no tokenizer (Llama 2, Mistral)."""
+        return self.plain_text(conv) or ""
+
     def prompt_ids(self, conv: Conversation) -> list[int]:
         raise NotImplementedError
 
@@ -313,7 +318,7 @@ class LocalBackend(FineTuneBackend):
         if self._tokenizer_absent():
             from ptst.backends.local.throughput import approx_tokens
 
-            counted, how_counted = approx_tokens([self.plain_text(c) or "" for c in sample], self.family)
+            counted, how_counted = approx_tokens([self.approx_text(c) for c in sample], self.family)
             tokens = round(counted * n / len(sample)) if sample else 0
             return Estimate(n_examples=n, n_tokens=tokens, n_billed_tokens=tokens * job.hyperparameters.epochs,
                             usd=0.0, notes=f"local LoRA training, no API cost; {how_counted}")
