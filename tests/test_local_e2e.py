@@ -51,7 +51,7 @@ def test_local_backends_end_to_end(tmp_path, shared):
     res = _without_times(json.loads((out / "results.json").read_text()))
     assert res["simulated"] is False
     # 2 backends x (base + 1 fine-tuned) x 2 test templates, one safety benchmark and one task each
-    assert len(res["safety"]) == 8 and len(res["tasks"]) == 8
+    assert len(res["safety"]) == 8 and len(res["tasks"]) == 8 * 2  # gsm8k: strict-match and flexible-extract rows
     assert {r["backend"] for r in res["safety"]} == {"llama2", "mistral"}
     assert {r["train_template"] for r in res["safety"]} == {None, "chat:vanilla"}
     assert all(r["n"] == 3 for r in res["safety"]) and all(r["n"] == 2 for r in res["tasks"])

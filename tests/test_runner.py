@@ -66,8 +66,10 @@ def test_full_grid_and_rerun_is_free(tmp_path, shared, capsys, monkeypatch):
     assert main(["run", str(spec), "--out", str(out)]) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["simulated"] is True
-    # 2 backends × (base + 3 fine-tuned) × 3 test templates, one benchmark and one task each
-    assert len(res["safety"]) == 2 * 4 * 3 and len(res["tasks"]) == 2 * 4 * 3
+    # 2 backends × (base + 3 fine-tuned) × 3 test templates, one benchmark and one task each; gsm8k is scored by the
+    # harness's two filters by default: a task row per metric
+    assert len(res["safety"]) == 2 * 4 * 3 and len(res["tasks"]) == 2 * 4 * 3 * 2
+    assert {r["metric"] for r in res["tasks"]} == {"gsm8k_strict_match", "gsm8k_flexible_extract"}
     assert {r["train_template"] for r in res["safety"]} == {None, *TEMPLATES}
     assert all(r["n"] == 40 for r in res["safety"]) and all(r["n"] == 20 for r in res["tasks"])
     by = {(r["backend"], r["train_template"], r["test_template"]): r for r in res["safety"]}
