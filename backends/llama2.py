@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ptst.backends.local import LocalBackend
-from ptst.backends.local.family import FamilyRules, ForeignModel, model_file, refuse
+from ptst.backends.local.family import FamilyRules, model_file, refuse, sentencepiece_model
 from ptst.backends.local.render import file_sha256, text_separator
 
 from ptst.conversation import Conversation
-from ptst.errors import UsageError, require
+from ptst.errors import UsageError
 
 B_INST, E_INST = "[INST]", "[/INST]"
 B_SYS, E_SYS = "<<SYS>>\n", "\n<</SYS>>\n\n"
@@ -82,16 +82,8 @@ def training_text(conv: Conversation, answer: str) -> str:
     return f"{prompt} {answer} "
 
 
-@cache
 def _processor(path: str) -> Any:
-    spm = require("sentencepiece", "the llama2 backend's tokenizer", "local")
-    try:
-        return spm.SentencePieceProcessor(model_file=path)
-    except (OSError, RuntimeError) as e:
-        raise ForeignModel(
-            f"tokenizer {path} is not a SentencePiece model ({str(e).splitlines()[0]}); kind: llama2 needs Meta's "
-            "Llama 2 tokenizer.model — for another model family use kind: hf"
-        ) from None
+    return sentencepiece_model(path, "llama2", "Meta's Llama 2 tokenizer.model")
 
 
 def check_llama2_vocabulary(sp: Any, model: str, path: str) -> None:

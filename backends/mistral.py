@@ -30,8 +30,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ptst.backends.local import LocalBackend
-from ptst.backends.local.family import FamilyRules, ForeignModel, model_file, refuse
-from ptst.backends.local.models import first_line
+from ptst.backends.local.family import FamilyRules, ForeignModel, model_file, refuse, sentencepiece_model
 from ptst.backends.local.render import file_sha256, text_separator
 
 from ptst.conversation import Conversation
@@ -82,16 +81,8 @@ def bundled_v1() -> str:
     return str(Path(next(iter(found.submodule_search_locations))) / "data" / BUNDLED_V1)
 
 
-@cache
 def _sentencepiece(path: str) -> Any:
-    spm = require("sentencepiece", "the mistral backend's tokenizer check", "local")
-    try:
-        return spm.SentencePieceProcessor(model_file=path)
-    except (OSError, RuntimeError) as e:
-        raise ForeignModel(
-            f"tokenizer {path} is not a SentencePiece model ({first_line(e)}); kind: mistral needs Mistral's "
-            "tokenizer — for another model family use kind: hf"
-        ) from None
+    return sentencepiece_model(path, "mistral", "Mistral's tokenizer")
 
 
 def check_files_light(model: str, path: str | None) -> bool:

@@ -16,7 +16,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from ptst.errors import UsageError
+from ptst.errors import UsageError, require
 
 
 class ForeignModel(UsageError):
@@ -108,3 +108,18 @@ class FamilyRules:
             if missing or found:
                 what = f"has no {missing[0]!r}" if missing else f"uses {found[0]!r}"
                 raise refuse(self.kind, self.name, model, f"its chat template {what}")
+
+
+@cache
+def sentencepiece_model(path: str, kind: str, expected: str) -> Any:
+    """A SentencePiece processor for `path`, or one line saying it is not one and that `kind` needs `expected`
+    (sentencepiece alone: checking a tokenizer must not import torch or transformers)."""
+    spm = require("sentencepiece", f"the {kind} backend's tokenizer", "local")
+    try:
+        return spm.SentencePieceProcessor(model_file=path)
+    except (OSError, RuntimeError) as e:
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        raise ForeignModel(
+            f"tokenizer {path} is not a SentencePiece model ({reason}); kind: {kind} needs {expected} — for another "
+            "model family use kind: hf"
+        ) from None
