@@ -37,6 +37,7 @@ from ptst.plan import (
 )
 from ptst.progress import RunProgress, log
 from ptst.records import RunInfo
+from ptst.report.plots import preload_figures
 from ptst.results import Results
 from ptst.scheduler import Scheduler
 from ptst.spec import SafetyMix, Spec
@@ -188,6 +189,8 @@ def run_experiment(
         store.set_meta("finished_at", None)  # until this run finishes: a killed run reads as unfinished
         graph = Graph(spec, store, data, judges, out, retry_failed, usd, cell_keys)
         tasks = graph.plan(backends, planned)
+        if any(graph.totals.values()):  # new results: the reports will be redrawn, so load the plotting code now
+            preload_figures()
         with RunProgress(graph.totals, expected_usd=expected) as progress:
             for usd_done in store.costs("train"):  # money spent by earlier runs on this folder counts too
                 progress.spend("train", usd_done)
