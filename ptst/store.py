@@ -439,6 +439,11 @@ class RunStore:
     def prompts(self, keys: Iterable[str]) -> dict[str, str]:
         return dict(self._lookup("SELECT key, prompt FROM generations WHERE key IN (%s)", keys))
 
+    def generations(self, keys: Iterable[str]) -> dict[str, tuple[str, str]]:
+        """key -> (rendered prompt, response), both read in one pass (the sample viewer shows them side by side)."""
+        return {k: (p, r) for k, p, r in self._lookup("SELECT key, prompt, response FROM generations WHERE key IN (%s)",
+                                                        keys)}
+
     def put_generations(self, rows: Sequence[tuple[str, str, str]]) -> None:
         """rows: (gen_key, rendered_prompt_json, response), written in one transaction."""
         now = time.time()

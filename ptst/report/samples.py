@@ -89,22 +89,26 @@ def sample_rows(store: RunStore, run: str | None = None) -> tuple[list[str], lis
     from ptst.collect import judgment_keys, run_judges
 
     judges = run_judges(store)
+    # Every cell's items, then their generations and each judge's verdicts in one read each for the whole run (a
+    # table scan for a large one), as `ptst.collect.item_records` does.
+    cells = [(d, store.cell_items(key), store.cell_categories(key)) for key, d in store.cells()]
+    gens = store.generations(g for _, items, _ in cells for g, _, _ in items)
+    responses = {g: r for g, (_, r) in gens.items()}
+    safety_items = [it for d, items, _ in cells if d["kind"] == "safety" for it in items]
+    per_judge: list[dict[str, tuple[bool | None, int | None, str | None]]] = []
+    for name, version in judges if safety_items else []:
+        jk = judgment_keys(name, version, safety_items, responses)
+        got = store.judgments(jk.values())
+        per_judge.append({g: (v.unsafe, v.score, v.raw) for g, k in jk.items() if (v := got.get(k)) is not None})
     rows: list[SampleRow] = []
-    for key, d in store.cells():
-        items = store.cell_items(key)
-        categories = store.cell_categories(key)
-        keys = [g for g, _, _ in items]
-        responses, prompts = store.responses(keys), store.prompts(keys)
-        per_judge: list[dict[str, tuple[bool | None, int | None, str | None]]] = []
-        for name, version in judges if d["kind"] == "safety" else []:
-            jk = judgment_keys(name, version, items, responses)
-            got = store.judgments(jk.values())
-            per_judge.append({g: (v.unsafe, v.score, v.raw) for g, k in jk.items() if (v := got.get(k)) is not None})
+    for d, items, categories in cells:
         cell = SampleCell(run, d["backend"], d["base_model"], d["train_template"], d["test_template"], d["seed"],
                           d.get("checkpoint"), d.get("safety_mix"))
+        judged = per_judge if d["kind"] == "safety" else []
         for idx, ((g, q, ref), cat) in enumerate(zip(items, categories, strict=True)):
-            rows.append(SampleRow(cell, d["dataset"], d["kind"], cat, idx, q, prompt_text(prompts.get(g)),
-                                  responses.get(g), ref, [pj.get(g) for pj in per_judge]))
+            prompt, response = gens.get(g, (None, None))
+            rows.append(SampleRow(cell, d["dataset"], d["kind"], cat, idx, q, prompt_text(prompt), response, ref,
+                                  [pj.get(g) for pj in judged]))
     return [name for name, _ in judges], rows
 
 
