@@ -62,8 +62,8 @@ BUSY_TIMEOUT_S = 30.0
 # How often the WAL is copied into ptst.db as the run goes: a lost or damaged ptst.db-wal then costs at most the work
 # of the last few seconds, never the whole run. The committed counts are recorded at the same moments.
 CHECKPOINT_S = 2.0
-COUNTED = ("jobs", "ledger", "generations", "judgments")
-SCAN_ABOVE = 20_000  # keys looked up at once above which a table scan beats indexed IN lists  # the tables whose rows are paid work
+COUNTED = ("jobs", "ledger", "generations", "judgments")  # the tables whose rows are paid work
+SCAN_ABOVE = 20_000  # keys looked up at once above which a table scan beats indexed IN lists
 SCAN_FROM = 2_000  # from this many keys, a scan also wins when they are a third of the table or more
 
 
