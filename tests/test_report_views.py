@@ -190,3 +190,14 @@ def test_tiny_mcnemar_p_is_never_a_bare_zero() -> None:
     text = console.export_text()
     assert "<1e-06" in text and "&lt;1e-06 (b 0, c 22, n 22)" in render_markdown(results)  # markdown escapes "<"
     assert not re.search(r"\s0\s+0/22", text)
+
+
+def test_the_same_figure_gives_the_same_svg_bytes() -> None:
+    """SVG ids are salted by matplotlib at random unless told otherwise; a rebuilt report must not change its files."""
+    from ptst.report.plots import render
+
+    results = make()
+    grid = build_grids(results)[0]
+    first = render(heatmap_figure(grid, simulated=False), "svg")
+    second = render(heatmap_figure(grid, simulated=False), "svg")
+    assert first == second and b"<svg" in first

@@ -53,7 +53,7 @@ def render(fig: Figure, fmt: str = "png") -> bytes:
     from matplotlib import rc_context
 
     buf = io.BytesIO()
-    with rc_context({"svg.fonttype": "none"}):
+    with rc_context({"svg.fonttype": "none", "svg.hashsalt": "ptst"}):  # fixed ids: same figure, same bytes
         fig.savefig(buf, format=fmt, dpi=200 if fmt == "png" else None, metadata=_metadata(fmt))
     return buf.getvalue()
 
