@@ -193,7 +193,7 @@ def _check_backend(i: int, bspec: BackendSpec, found: _Findings) -> None:
         if not p.exists():
             found.errors.append(f"{field}.model: local model folder {model} not found; check the path (relative to "
                                 "the working directory) or give a hub id")
-        elif not p.is_dir():
+        elif not p.is_dir() and p.suffix.lower() != ".gguf":  # a GGUF file is a model (its backend checked it)
             found.errors.append(f"{field}.model: {model} is a file; give the model's folder (config.json, weights)")
         return
     if _runs_locally(backend):

@@ -27,6 +27,7 @@ from ptst.backends.local.adapters import ADAPTER_DIR, METADATA_FILE, TRAIN_LOG, 
 from ptst.backends.local.data import prepare_examples
 from ptst.backends.local.distributed import launch_distributed
 from ptst.backends.local.generate import Generator, release_generators
+from ptst.backends.local.gguf import gguf_identity, gguf_problem, is_gguf
 from ptst.backends.local.models import local_model_dir, model_dir_problem
 from ptst.backends.local.render import TrainingFormError, check_prompt_ids, clean_answer, supervised_labels, where
 from ptst.backends.local.resume import checkpoint_dirs
@@ -147,7 +148,10 @@ class LocalBackend(FineTuneBackend):
         """The model as given, or with `adapter:` the fine-tuned model that adapter makes of it (its training
         template and seed read from the adapter's metadata, so reports place it where a trained model goes)."""
         if self.options.adapter is None:
-            return super().base_model()
+            ref = super().base_model()
+            if is_gguf(self.spec.model):
+                ref = ref.model_copy(update={"meta": {**ref.meta, **gguf_identity(self.spec.model)}})
+            return ref
         meta = self._adapter_metadata()
         adapter = Path(self.options.adapter)
         return ModelRef(
@@ -185,6 +189,16 @@ class LocalBackend(FineTuneBackend):
         nothing touches the network."""
         adapter_problem = self._adapter_problem()
         adapter = [adapter_problem] if adapter_problem is not None else []
+        if is_gguf(self.spec.model):  # its header says whether transformers can read it: no conversion here
+            problem = gguf_problem(self.spec.model)
+            if problem is not None:
+                return [*adapter, problem]
+            problems = list(adapter)
+            try:
+                self.check_tokenizer()
+            except PtstError as e:
+                problems.append(str(e))
+            return problems
         try:
             local_model_dir(self.spec.model)
         except BackendError:
@@ -259,6 +273,8 @@ class LocalBackend(FineTuneBackend):
             ident["engine"] = o.engine
         if o.adapter is not None:  # the adapter's weights are the model: another adapter, other results
             ident["adapter_sha256"] = _file_sha256(Path(o.adapter) / "adapter_model.safetensors")
+        if is_gguf(self.spec.model):  # the file's bytes and quantization are the model
+            ident.update(gguf_identity(self.spec.model))
         return ident
 
     def estimate(self, job: TrainJob) -> Estimate:
@@ -386,7 +402,7 @@ def _same_model(a: str, b: str) -> bool:
     if a == b:
         return True
     pa, pb = Path(a).expanduser(), Path(b).expanduser()
-    return pa.is_dir() and pb.is_dir() and pa.resolve() == pb.resolve()
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
 
 
 def _file_sha256(path: Path) -> str | None:
