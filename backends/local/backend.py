@@ -61,7 +61,10 @@ class LocalOptions(Frozen):
         "packed", description="packed: each micro-batch in one padding-free row with per-example attention"
     )
     fast_lora_dropout: bool = Field(True, description="LoRA dropout with a 1-byte mask in the activation dtype")
-    merge_adapter: bool = Field(True, description="merge LoRA into the base weights for generation")
+    merge_adapter: bool = Field(
+        False, description="generate from a private copy of the base with LoRA merged in (faster decoding, one more "
+        "model in memory); default: the adapter on top of the process's one resident base model"
+    )
     max_generation_batch: int = Field(256, ge=1, description="upper bound of the automatic generation batch size")
     adapter: str | None = Field(
         None, description="a ptst LoRA adapter directory (a run's models/KEY/adapter) to evaluate as this backend's "

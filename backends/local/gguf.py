@@ -167,7 +167,7 @@ def converted_dir(path: str) -> Path:
     env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "ptst.backends.local.gguf", str(src), str(tmp), sha],
-        capture_output=True, text=True, env=env,
+        check=False, capture_output=True, text=True, env=env,
     )
     if proc.returncode != 0 or not (tmp / META_FILE).is_file():
         shutil.rmtree(tmp, ignore_errors=True)

@@ -31,6 +31,7 @@ from ptst.backends.local.models import (
     resolve_dtype,
 )
 from ptst.backends.local.render import IGNORE_INDEX
+from ptst.backends.local.resident import detach_adapter, resident_base
 from ptst.backends.local.resume import (
     CHECKPOINT_PREFIX,
     find_resume_checkpoint,
@@ -135,7 +136,6 @@ def train_lora(
     (see `resume.py`) instead of starting over. Returns the training summary written into the metadata.
     """
     torch = import_torch()
-    hp = settings.hyperparameters
     outdir = Path(outdir)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -147,7 +147,37 @@ def train_lora(
     random.seed(settings.seed)
     torch.manual_seed(settings.seed)
 
+    # One process: the process's resident base model carries the adapter while it trains and is handed back without
+    # it (see resident.py); a torchrun rank is its own process and loads its own.
+    resident = base is None and world == 1
+    if resident:
+        base = resident_base(settings.model, dtype=resolve_dtype(settings.dtype, device), device=device,
+                             attn_implementation=settings.attn_implementation)
     model = build_lora_model(settings, device, base)
+    try:
+        return _train_steps(model, settings, examples, outdir, on_step=on_step, resume=resume, device=device,
+                            world=world, rank=rank, local_rank=local_rank)
+    finally:
+        if resident:
+            detach_adapter(model)
+
+
+def _train_steps(  # type: ignore[no-untyped-def]
+    model,
+    settings: TrainSettings,
+    examples: Sequence[tuple[list[int], list[int]]],
+    outdir: Path,
+    *,
+    on_step: Callable[[dict[str, Any]], None] | None,
+    resume: bool,
+    device: str,
+    world: int,
+    rank: int,
+    local_rank: int,
+) -> dict[str, Any]:
+    """The optimisation loop of `train_lora` on a model that already carries fresh LoRA adapters."""
+    torch = import_torch()
+    hp = settings.hyperparameters
     model.train()
     ddp_model = model
     if world > 1:
