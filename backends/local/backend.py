@@ -28,6 +28,7 @@ from ptst.backends.local.data import prepare_examples
 from ptst.backends.local.distributed import launch_distributed
 from ptst.backends.local.generate import Generator, release_generators
 from ptst.backends.local.gguf import gguf_identity, gguf_problem, is_gguf
+from ptst.backends.local.merge import merged_identity
 from ptst.backends.local.models import local_model_dir, model_dir_problem
 from ptst.backends.local.render import TrainingFormError, check_prompt_ids, clean_answer, supervised_labels, where
 from ptst.backends.local.resume import checkpoint_dirs
@@ -61,6 +62,10 @@ class LocalOptions(Frozen):
         "packed", description="packed: each micro-batch in one padding-free row with per-example attention"
     )
     fast_lora_dropout: bool = Field(True, description="LoRA dropout with a 1-byte mask in the activation dtype")
+    max_tokens_per_forward: int | None = Field(
+        None, ge=16, description="split each training micro-batch into forwards of at most this many tokens (whole "
+        "examples): bounds activation memory (CPU, small GPUs) without changing the update"
+    )
     merge_adapter: bool = Field(
         False, description="generate from a private copy of the base with LoRA merged in (faster decoding, one more "
         "model in memory); default: the adapter on top of the process's one resident base model"
@@ -272,12 +277,17 @@ class LocalBackend(FineTuneBackend):
             "batching": o.batching,
             "fast_lora_dropout": o.fast_lora_dropout,
         }
+        if o.max_tokens_per_forward is not None:  # other forwards draw other dropout masks
+            ident["max_tokens_per_forward"] = o.max_tokens_per_forward
         if o.engine != "hf":  # vLLM's kernels and sampler give other outputs: its generations are other results
             ident["engine"] = o.engine
         if o.adapter is not None:  # the adapter's weights are the model: another adapter, other results
             ident["adapter_sha256"] = _file_sha256(Path(o.adapter) / "adapter_model.safetensors")
         if is_gguf(self.spec.model):  # the file's bytes and quantization are the model
             ident.update(gguf_identity(self.spec.model))
+        merged = merged_identity(self.spec.model)
+        if merged is not None:  # a merged folder is as new as the adapter merged into it (see merge.py)
+            ident.update(merged)
         return ident
 
     def estimate(self, job: TrainJob) -> Estimate:
@@ -322,6 +332,7 @@ class LocalBackend(FineTuneBackend):
             attn_implementation=self.options.attn_implementation,
             batching=self.options.batching,
             fast_lora_dropout=self.options.fast_lora_dropout,
+            max_tokens_per_forward=self.options.max_tokens_per_forward,
             pad_id=self.pad_id,
             metadata={
                 "job_key": job.key,

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ptst.backends.local.adapters import ADAPTER_DIR, TRAIN_LOG, read_train_log, save_adapter
-from ptst.backends.local.data import collate, plan_batches
+from ptst.backends.local.data import collate, plan_batches, split_by_tokens
 from ptst.backends.local.lora_dropout import install_fast_lora
 from ptst.backends.local.models import (
     check_transformers,
@@ -59,6 +59,7 @@ class TrainSettings(Frozen):
     fast_lora_dropout: bool = True
     pad_id: int = 2
     max_steps: int | None = None  # benchmarks: stop early
+    max_tokens_per_forward: int | None = None  # split a micro-batch into forwards of at most this many tokens
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -243,6 +244,8 @@ def _train_steps(  # type: ignore[no-untyped-def]
             t_step = time.perf_counter()
             # this rank's share of each micro-batch
             shares = [mb[rank::world] for mb in window]
+            if world == 1 and settings.max_tokens_per_forward:  # bounded activation memory, same gradient
+                shares = [sub for sh in shares for sub in split_by_tokens(sh, lengths, settings.max_tokens_per_forward)]
             n_sup = sum(sum(1 for t in examples[j][1][1:] if t != IGNORE_INDEX) for mb in window for j in mb)
             step_loss = torch.zeros((), dtype=torch.float64, device=device)  # summed on device: one sync per step
             step_tokens = 0
