@@ -147,6 +147,7 @@ def _looks_like_path(model: str) -> bool:
         model.startswith(("/", "./", "../", "~", ".\\", "..\\"))
         or "\\" in model
         or model.count("/") >= 2
+        or model.lower().endswith(".gguf")  # a model file, never a hub id
         or Path(model).expanduser().is_dir()
     )
 

@@ -62,10 +62,33 @@ def _field(reader: Any, name: str) -> Any:
 
 @lru_cache(maxsize=8)
 def gguf_info(path: str) -> GGUFInfo:
-    """The header of a GGUF file (no weights are read). A missing or malformed file is a `GGUFError`."""
+    """The header of a GGUF file (no weights are read). A missing or malformed file is a `GGUFError`.
+
+    The `gguf` reader parses every metadata field, the tokenizer's ~50k-entry vocabulary and merges included (seconds
+    of CPU), so what is read is remembered in a small JSON file under the cache, keyed by path, size and mtime."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise GGUFError(f"model {path}: no such GGUF file; fix the path (examples/cpu-lab/get_smollm2.sh fetches one)")
+    st = p.stat()
+    memo = cache_root() / "headers" / (hashlib.sha256(f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
+                                       .hexdigest()[:24] + ".json")
+    try:
+        d = json.loads(memo.read_text())
+        return GGUFInfo(d["path"], d["architecture"], d["quantization"], tuple(d["tensor_types"]), d["chat_template"])
+    except (OSError, ValueError, KeyError):
+        pass
+    info = _read_header(p, path)
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_suffix(f".tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(info.__dict__ | {"tensor_types": list(info.tensor_types)}))
+        os.replace(tmp, memo)
+    except OSError:
+        pass  # a read-only cache only costs the next read its time
+    return info
+
+
+def _read_header(p: Path, path: str) -> GGUFInfo:
     try:
         import gguf
     except ImportError:
