@@ -67,7 +67,7 @@ def test_rendering_is_the_handwritten_chatml(smol, template, system):
     r = smol.render(BUILTIN[template].apply(QUERY, "hf"))
     assert r.text == chatml(system, user)
     assert list(r.input_ids) == encode(smol, chatml(system, user))
-    assert r.input_ids[0] == IM_START and list(r.input_ids[-3:]) == encode(smol, "<|im_start|>assistant\n")
+    assert r.input_ids[0] == IM_START and list(r.input_ids[-4:]) == [IM_START, *encode(smol, "assistant\n")]
     t = smol.render(BUILTIN[template].apply(QUERY, "hf", answer=ANSWER))
     assert list(t.input_ids) == encode(smol, chatml(system, user, ANSWER))
 
