@@ -213,8 +213,8 @@ def _convert(src: str, dest: str, sha: str) -> None:
     out = Path(dest)
     # The weights are plain float32 tensors now; transformers still tags the model as gguf-quantized, which it
     # refuses to save: drop the tag so the folder is an ordinary float32 checkpoint.
-    model.hf_quantizer = None
-    model.is_quantized = False
+    model.hf_quantizer = None  # type: ignore[assignment]  # transformers' attribute, typed loosely by torch
+    model.is_quantized = False  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(str(out), safe_serialization=True)
