@@ -45,6 +45,8 @@ from pydantic import Field
 from ptst.errors import BackendError, require
 from ptst.types import Frozen, Hyperparameters
 
+CPU_TOKENS_PER_FORWARD = 256
+
 
 class TrainSettings(Frozen):
     """Everything `train_lora` needs, serialisable for the torchrun worker."""
@@ -210,6 +212,10 @@ def _train_steps(  # type: ignore[no-untyped-def]
         num_training_steps=total_steps,
     )
     grouping = "padded" if settings.batching == "length_grouped" else settings.batching
+    # On CPU a forward's float32 activations cost ~2 MB per token for a 135M model (more for larger ones): unless the
+    # spec says otherwise, forwards hold at most CPU_TOKENS_PER_FORWARD tokens, which keeps a small real model's run
+    # under 2 GiB. Like the device itself, this changes the dropout masks' random stream, not the experiment.
+    budget = settings.max_tokens_per_forward or (CPU_TOKENS_PER_FORWARD if device == "cpu" else None)
     save_steps = set(hp.save_steps)
     fingerprint = settings_fingerprint(settings, world)
     progress: dict[str, Any] = {"losses": [], "tokens": 0, "checkpoints": {}}
@@ -244,8 +250,8 @@ def _train_steps(  # type: ignore[no-untyped-def]
             t_step = time.perf_counter()
             # this rank's share of each micro-batch
             shares = [mb[rank::world] for mb in window]
-            if world == 1 and settings.max_tokens_per_forward:  # bounded activation memory, same gradient
-                shares = [sub for sh in shares for sub in split_by_tokens(sh, lengths, settings.max_tokens_per_forward)]
+            if world == 1 and budget:  # bounded activation memory, same gradient
+                shares = [sub for sh in shares for sub in split_by_tokens(sh, lengths, budget)]
             n_sup = sum(sum(1 for t in examples[j][1][1:] if t != IGNORE_INDEX) for mb in window for j in mb)
             step_loss = torch.zeros((), dtype=torch.float64, device=device)  # summed on device: one sync per step
             step_tokens = 0

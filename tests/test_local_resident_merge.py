@@ -71,3 +71,28 @@ def test_merged_folder_equals_base_plus_adapter_and_is_reused(trained, tmp_path)
 def test_a_run_with_no_or_several_adapters_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="expected one finished adapter"):
         merge.find_adapter(Path(tmp_path))
+
+
+def test_split_by_tokens_keeps_order_and_budget():
+    from ptst.backends.local.data import split_by_tokens
+
+    lengths = [100, 100, 60, 300, 50, 50]
+    assert split_by_tokens([0, 1, 2, 3, 4, 5], lengths, 256) == [[0, 1], [2], [3], [4, 5]]
+    assert split_by_tokens([5, 4], lengths, 1000) == [[5, 4]]
+
+
+def test_forwards_of_a_bounded_size_give_the_same_update(trained, tmp_path):
+    """Splitting a micro-batch into several forwards changes memory, not the gradient (dropout off)."""
+    from safetensors.torch import load_file
+
+    model, _, ex = trained
+    out = {}
+    for budget in (10_000, 40):
+        s = TrainSettings(model=str(model), seed=0, device="cpu", max_tokens_per_forward=budget,
+                          hyperparameters=Hyperparameters(epochs=2, batch_size=4, learning_rate=5e-2,
+                                                          lora=LoraSpec(r=4, alpha=8, dropout=0.0)))
+        summary = train_lora(s, ex, tmp_path / str(budget))
+        out[budget] = (summary["final_loss"], load_file(str(tmp_path / str(budget) / "adapter/adapter_model.safetensors")))
+    assert out[40][0] == pytest.approx(out[10_000][0], rel=1e-5)
+    for k, v in out[10_000][1].items():
+        assert torch.allclose(v, out[40][1][k], atol=1e-5), k
