@@ -45,7 +45,7 @@ from pydantic import Field
 from ptst.errors import BackendError, require
 from ptst.types import Frozen, Hyperparameters
 
-CPU_TOKENS_PER_FORWARD = 256
+CPU_TOKENS_PER_FORWARD = 128
 
 
 class TrainSettings(Frozen):
