@@ -9,8 +9,8 @@ Rendering contract (checked for every example, `TrainingFormError` naming the mo
   produces (the template writes BOS itself where the model has one; nothing is added on top);
 * chat training form: the same messages plus `{"role": "assistant", "content": answer.strip()}`, rendered without a
   generation prompt. The prompt's ids must be a token prefix of these ids; labels are -100 on that prefix and the
-  ids on everything after it: the answer and the template's end-of-turn tokens (`<|im_end|>\\n`, `<|eot_id|>`,
-  `<end_of_turn>\\n`), so the model learns to end its turn;
+  ids on the answer and the template's end-of-turn token (`<|im_end|>`, `<|eot_id|>`, `<end_of_turn>`), so the
+  model learns to end its turn; what the template writes after that token (ChatML's and Gemma's newline) stays -100;
 * system prompts: templates that reject the system role (Gemma's raises) or silently drop it get the system text
   folded into the first user turn as `system + "\\n\\n" + user`, as those models' docs advise; the fold is recorded as
   a note in every `ModelRef.meta["notes"]` of the backend. A template that injects its own default system prompt
@@ -37,6 +37,7 @@ from typing import Any, ClassVar
 
 from ptst.backends.base import JobLedger, ModelRef, Rendered, TrainJob
 from ptst.backends.local import LocalBackend, LocalOptions
+from ptst.backends.local.gguf import converted_dir, gguf_problem, is_gguf
 from ptst.backends.local.render import TrainingFormError, clean_answer, text_separator, where
 from pydantic import Field
 
@@ -76,7 +77,10 @@ class HFChatOptions(LocalOptions):
 
 def resolve_model_dir(model: str, *, download: bool) -> Path:
     """A local directory for `model`: the path itself, its snapshot in the local HF cache, or (with `download`) a
-    fresh download into that cache — after which the engine finds it in the cache like any other."""
+    fresh download into that cache — after which the engine finds it in the cache like any other. A `.gguf` file is
+    its converted HF-format folder (see `local/gguf.py`)."""
+    if is_gguf(model):
+        return converted_dir(model)
     path = Path(model).expanduser()
     if path.is_dir():
         return path
@@ -332,7 +336,7 @@ class Backend(LocalBackend):
             raise TrainingFormError(f"{what}: the answer's turn carries no end-of-turn token; generation would not stop")
         if msgs is not None:
             msgs = (*msgs, {"role": "assistant", "content": answer})
-        labels = [IGNORE_INDEX] * n + full[n:]
+        labels = [IGNORE_INDEX] * n + _through_last_stop(full[n:], self.stop_token_ids())
         return Rendered(
             text=self.training_text(conv, answer), messages=msgs, input_ids=tuple(full), labels=tuple(labels)
         )
@@ -384,6 +388,9 @@ class Backend(LocalBackend):
         Reads the tokenizer's files as JSON/text, never the weights, never the network, and never imports
         transformers or torch (`ptst validate` stays fast); loading the tokenizer at run time checks the rest."""
         model = self.spec.model
+        if is_gguf(model):  # read from its header: no conversion, no torch (validate stays fast)
+            problem = gguf_problem(model, need_chat_template=self.options.tokenizer is None)
+            return [problem] if problem is not None else []
         try:
             directory = resolve_model_dir(model, download=False)
         except BackendError as e:
@@ -411,6 +418,14 @@ def refuses_system_role(e: BaseException) -> bool:
     except ImportError:  # pragma: no cover - transformers' chat templates need jinja2
         return False
     return type(e) is TemplateError and "system" in str(e).lower()
+
+
+def _through_last_stop(answer_ids: list[int], stops: Sequence[int]) -> list[int]:
+    """The answer's labels: its ids up to and including the last end-of-turn token, -100 after it (the newline
+    ChatML and Gemma write after `<|im_end|>`/`<end_of_turn>` belongs to the next turn's framing: the model stops at
+    the end-of-turn token and never produces it)."""
+    last = max((i for i, t in enumerate(answer_ids) if t in set(stops)), default=len(answer_ids) - 1)
+    return answer_ids[: last + 1] + [IGNORE_INDEX] * (len(answer_ids) - last - 1)
 
 
 def _generation_config_eos(directory: Path) -> list[int]:

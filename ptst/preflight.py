@@ -150,6 +150,7 @@ def _looks_like_path(model: str) -> bool:
         model.startswith(("/", "./", "../", "~", ".\\", "..\\"))
         or "\\" in model
         or model.count("/") >= 2
+        or model.lower().endswith(".gguf")  # a model file, never a hub id
         or Path(model).expanduser().is_dir()
     )
 
@@ -197,7 +198,7 @@ def _check_backend(i: int, bspec: BackendSpec, found: _Findings) -> None:
         if not p.exists():
             found.errors.append(f"{field}.model: local model folder {model} not found; check the path (relative to "
                                 "the working directory) or give a hub id")
-        elif not p.is_dir():
+        elif not p.is_dir() and p.suffix.lower() != ".gguf":  # a GGUF file is a model (its backend checked it)
             found.errors.append(f"{field}.model: {model} is a file; give the model's folder (config.json, weights)")
         return
     if _runs_locally(backend):

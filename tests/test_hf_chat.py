@@ -1,7 +1,7 @@
 """`kind: hf` on tiny offline chat models (ChatML/Qwen2, Llama 3, Gemma formats; see hf_chat_models.py).
 
-Covers: ids equal `apply_chat_template`'s token for token; labels cover exactly the answer and the template's
-end-of-turn tokens; system folding for a template without a system role (Gemma raises, another drops it) with a note;
+Covers: ids equal each format written out by hand and encoded, token for token; labels cover exactly the answer and
+the template's end-of-turn token; system folding for a template without a system role (Gemma raises, another drops it) with a note;
 stop tokens and where generation really stops; text-mode templates with the tokenizer's BOS; a template whose
 generation prompt is not a prefix is a one-line user error naming the model; the fingerprint follows the template;
 preflight; `ptst render --backend hf`.
@@ -29,8 +29,9 @@ from ptst.templates import BUILTIN, strings  # noqa: E402
 
 FORMAT_NAMES = sorted(FORMATS)
 QUERY, ANSWER = "How do I bake a cake?", "Mix flour, eggs and sugar, then bake it."
-# What each format writes after an answer: the answer's turn ends there, and the loss covers it.
-END_OF_TURN_TEXT = {"chatml": "<|im_end|>\n", "llama3": "<|eot_id|>", "gemma": "<end_of_turn>\n"}
+# Each format's end-of-turn token (the loss covers the answer and it) and what the template writes after it (no loss).
+END_OF_TURN = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>", "gemma": "<end_of_turn>"}
+AFTER_END_OF_TURN = {"chatml": "\n", "llama3": "", "gemma": "\n"}
 
 
 @pytest.fixture(scope="module")
@@ -56,22 +57,43 @@ def expected_messages(fmt: str, system: str | None, user: str) -> list[dict[str,
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
+def handwritten(fmt: str, system: str | None, user: str, answer: str | None = None) -> str:
+    """Each format's text written out by hand from its public description (hf_chat_models.py's docstring), not
+    through the chat template: the backend's ids must equal this text encoded by the tokenizer."""
+    if fmt == "chatml":
+        head = "<|im_start|>system\n" + ("You are a helpful assistant." if system is None else system) + "<|im_end|>\n"
+        head += f"<|im_start|>user\n{user}<|im_end|>\n"
+        return head + (f"<|im_start|>assistant\n{answer}<|im_end|>\n" if answer is not None else "<|im_start|>assistant\n")
+    if fmt == "llama3":
+        head = "<|begin_of_text|>"
+        if system is not None:
+            head += f"<|start_header_id|>system<|end_header_id|>\n\n{system.strip()}<|eot_id|>"
+        head += f"<|start_header_id|>user<|end_header_id|>\n\n{user.strip()}<|eot_id|>"
+        tail = "<|start_header_id|>assistant<|end_header_id|>\n\n"
+        return head + (tail + answer.strip() + "<|eot_id|>" if answer is not None else tail)
+    text = user if system is None else system + "\n\n" + user  # Gemma: no system role, folded
+    head = f"<bos><start_of_turn>user\n{text.strip()}<end_of_turn>\n"
+    return head + (f"<start_of_turn>model\n{answer}<end_of_turn>\n" if answer is not None else "<start_of_turn>model\n")
+
+
+def encode(tok, text: str) -> list[int]:  # type: ignore[no-untyped-def]
+    return list(tok(text, add_special_tokens=False)["input_ids"])
+
+
 @pytest.mark.parametrize("fmt", FORMAT_NAMES)
 @pytest.mark.parametrize("template", ["chat:vanilla", "chat:alpaca", "chat:llama"])
-def test_ids_equal_apply_chat_template(models, fmt, template):
+def test_ids_equal_the_handwritten_format(models, fmt, template):
     b, tok = hf(models[fmt]), tokenizer(models[fmt])
     t = BUILTIN[template]
-    msgs = expected_messages(fmt, t.system, t.user.replace("{query}", QUERY))
-    prompt = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False)
-    full = tok.apply_chat_template(
-        [*msgs, {"role": "assistant", "content": ANSWER}], tokenize=True, return_dict=False
-    )
+    user = t.user.replace("{query}", QUERY)
+    msgs = expected_messages(fmt, t.system, user)
+    prompt_text = handwritten(fmt, t.system, user)
     r = b.render(t.apply(QUERY, "hf"))
-    assert list(r.input_ids) == list(prompt) and r.labels is None
-    assert r.text == tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    assert list(r.input_ids) == encode(tok, prompt_text) and r.labels is None
+    assert r.text == prompt_text
     assert list(r.messages) == msgs
     rt = b.render(t.apply(QUERY, "hf", answer="  " + ANSWER + "\n"))  # the answer is trained stripped
-    assert list(rt.input_ids) == list(full)
+    assert list(rt.input_ids) == encode(tok, handwritten(fmt, t.system, user, ANSWER))
     assert list(rt.messages) == [*msgs, {"role": "assistant", "content": ANSWER}]
 
 
@@ -80,10 +102,12 @@ def test_labels_cover_exactly_the_answer_and_end_of_turn(models, fmt):
     b, tok = hf(models[fmt]), tokenizer(models[fmt])
     r = b.render(BUILTIN["chat:llama"].apply(QUERY, "hf", answer=ANSWER))
     ids, labels = list(r.input_ids), list(r.labels)
-    n = sum(1 for x in labels if x == -100)
-    assert len(labels) == len(ids) and labels[:n] == [-100] * n and -100 not in labels[n:]
-    assert labels[n:] == ids[n:]
-    assert tok.decode(ids[n:]) == ANSWER + END_OF_TURN_TEXT[fmt]
+    n = labels.index(next(x for x in labels if x != -100))
+    supervised = [x for x in labels if x != -100]
+    assert len(labels) == len(ids) and labels[:n] == [-100] * n
+    assert supervised == labels[n : n + len(supervised)] == ids[n : n + len(supervised)]
+    assert supervised == encode(tok, ANSWER + END_OF_TURN[fmt])  # the end-of-turn token, not what follows it
+    assert tok.decode(ids[n + len(supervised) :]) == AFTER_END_OF_TURN[fmt]
     assert tok.decode(ids[:n]) == b.render(BUILTIN["chat:llama"].apply(QUERY, "hf")).text
 
 
@@ -239,12 +263,13 @@ def test_cli_render_json(models, capsys):
     msgs = expected_messages("llama3", strings()["LLAMA_SYSTEM"], "Question: " + QUERY)
     full = [*msgs, {"role": "assistant", "content": ANSWER}]
     assert obj["messages"] == full
-    assert obj["input_ids"] == list(tok.apply_chat_template(full, tokenize=True, return_dict=False))
-    assert obj["text"] == tok.apply_chat_template(full, tokenize=False)
+    user = "Question: " + QUERY
+    assert obj["input_ids"] == encode(tok, handwritten("llama3", strings()["LLAMA_SYSTEM"], user, ANSWER))
+    assert obj["text"] == handwritten("llama3", strings()["LLAMA_SYSTEM"], user, ANSWER)
     n = obj["labels"].count(-100)
     assert obj["labels"][n:] == obj["input_ids"][n:] and tok.decode(obj["input_ids"][n:]) == ANSWER + "<|eot_id|>"
     assert main(args) == 0  # plain: the prompt text, generation prompt included
-    assert capsys.readouterr().out == tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False) + "\n"
+    assert capsys.readouterr().out == handwritten("llama3", strings()["LLAMA_SYSTEM"], user) + "\n"
 
 
 def test_cli_render_hf_needs_a_model(capsys, tmp_path):

@@ -364,12 +364,12 @@ def test_backend_generate_reloads_adapter_identically(trained_llama):
     fresh = backend("llama2", Path(job.base_model))
     assert fresh.generate(ref, convs, cfg) == out1
     assert b._generator.closed  # one model on the device at a time: another backend's load freed this one
-    unmerged = backend("llama2", Path(job.base_model), merge_adapter=False)
-    assert unmerged.generate(ref, convs, cfg) == out1
-    # the adapter changes the model: merged q_proj differs from the base's
-    base = generate.Generator.load(job.base_model, None).model
+    merged = backend("llama2", Path(job.base_model), merge_adapter=True)  # a private merged copy, same outputs
+    assert merged.generate(ref, convs, cfg) == out1
     assert b.generate(ref, convs[:2], cfg) == out1[:2]  # reloaded after being freed
-    tuned = b._generator.model
+    # the adapter changes the model: merged q_proj differs from the base's
+    tuned = merged._generator_for(ref).model
+    base = generate.Generator.load(job.base_model, None).model
     assert not torch.allclose(base.model.layers[0].self_attn.q_proj.weight, tuned.model.layers[0].self_attn.q_proj.weight)
     assert torch.equal(base.model.layers[0].self_attn.k_proj.weight, tuned.model.layers[0].self_attn.k_proj.weight)
 

@@ -28,6 +28,8 @@ from ptst.backends.local.adapters import ADAPTER_DIR, METADATA_FILE, TRAIN_LOG, 
 from ptst.backends.local.data import prepare_examples
 from ptst.backends.local.distributed import launch_distributed
 from ptst.backends.local.generate import Generator, release_generators
+from ptst.backends.local.gguf import gguf_identity, gguf_problem, is_gguf
+from ptst.backends.local.merge import merged_identity
 from ptst.backends.local.models import (
     download_model,
     hub_id_problem,
@@ -69,7 +71,14 @@ class LocalOptions(Frozen):
         "packed", description="packed: each micro-batch in one padding-free row with per-example attention"
     )
     fast_lora_dropout: bool = Field(True, description="LoRA dropout with a 1-byte mask in the activation dtype")
-    merge_adapter: bool = Field(True, description="merge LoRA into the base weights for generation")
+    max_tokens_per_forward: int | None = Field(
+        None, ge=16, description="split each training micro-batch into forwards of at most this many tokens (whole "
+        "examples): bounds activation memory (CPU, small GPUs) without changing the update"
+    )
+    merge_adapter: bool = Field(
+        False, description="generate from a private copy of the base with LoRA merged in (faster decoding, one more "
+        "model in memory); default: the adapter on top of the process's one resident base model"
+    )
     max_generation_batch: int = Field(256, ge=1, description="upper bound of the automatic generation batch size")
     download: bool = Field(
         False, description="fetch a hub id that is not in the local Hugging Face cache when the run starts (needs "
@@ -179,7 +188,10 @@ class LocalBackend(FineTuneBackend):
         """The model as given, or with `adapter:` the fine-tuned model that adapter makes of it (its training
         template and seed read from the adapter's metadata, so reports place it where a trained model goes)."""
         if self.options.adapter is None:
-            return super().base_model()
+            ref = super().base_model()
+            if is_gguf(self.spec.model):
+                ref = ref.model_copy(update={"meta": {**ref.meta, **gguf_identity(self.spec.model)}})
+            return ref
         meta = self._adapter_metadata()
         adapter = Path(self.options.adapter)
         return ModelRef(
@@ -217,6 +229,16 @@ class LocalBackend(FineTuneBackend):
         nothing touches the network."""
         adapter_problem = self._adapter_problem()
         adapter = [adapter_problem] if adapter_problem is not None else []
+        if is_gguf(self.spec.model):  # its header says whether transformers can read it: no conversion here
+            problem = gguf_problem(self.spec.model)
+            if problem is not None:
+                return [*adapter, problem]
+            problems = list(adapter)
+            try:
+                self.check_tokenizer()
+            except PtstError as e:
+                problems.append(str(e))
+            return problems
         try:
             local_model_dir(self.spec.model)
         except BackendError:
@@ -300,10 +322,17 @@ class LocalBackend(FineTuneBackend):
             "batching": o.batching,
             "fast_lora_dropout": o.fast_lora_dropout,
         }
+        if o.max_tokens_per_forward is not None:  # other forwards draw other dropout masks
+            ident["max_tokens_per_forward"] = o.max_tokens_per_forward
         if o.engine != "hf":  # vLLM's kernels and sampler give other outputs: its generations are other results
             ident["engine"] = o.engine
         if o.adapter is not None:  # the adapter's weights are the model: another adapter, other results
             ident["adapter_sha256"] = _file_sha256(Path(o.adapter) / "adapter_model.safetensors")
+        if is_gguf(self.spec.model):  # the file's bytes and quantization are the model
+            ident.update(gguf_identity(self.spec.model))
+        merged = merged_identity(self.spec.model)
+        if merged is not None:  # a merged folder is as new as the adapter merged into it (see merge.py)
+            ident.update(merged)
         return ident
 
     def estimate(self, job: TrainJob) -> Estimate:
@@ -381,6 +410,7 @@ class LocalBackend(FineTuneBackend):
             attn_implementation=self.options.attn_implementation,
             batching=self.options.batching,
             fast_lora_dropout=self.options.fast_lora_dropout,
+            max_tokens_per_forward=self.options.max_tokens_per_forward,
             pad_id=self.pad_id,
             metadata={
                 "job_key": job.key,
@@ -484,7 +514,7 @@ def _same_model(a: str, b: str) -> bool:
     if a == b:
         return True
     pa, pb = Path(a).expanduser(), Path(b).expanduser()
-    return pa.is_dir() and pb.is_dir() and pa.resolve() == pb.resolve()
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
 
 
 def _file_sha256(path: Path) -> str | None:

@@ -139,3 +139,20 @@ def collate(  # type: ignore[no-untyped-def]
     kw = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
     return kw, targets.to(device), sum(len(x) for x, _ in batch)
 
+
+
+def split_by_tokens(share: Sequence[int], lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """A micro-batch's examples in consecutive groups of at most `budget` tokens (an example longer than that alone):
+    each group is one forward/backward, gradients accumulate, and the loss is still divided by the whole window's
+    supervised tokens, so the update is the micro-batch's while activation memory is bounded by the budget (on CPU a
+    forward's activations are about 1.4 MB per token for a 135M model in float32)."""
+    groups: list[list[int]] = []
+    size = 0
+    for j in share:
+        if groups and size + lengths[j] <= budget:
+            groups[-1].append(j)
+            size += lengths[j]
+        else:
+            groups.append([j])
+            size = lengths[j]
+    return groups

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ptst.backends.local.adapters import read_adapter_metadata
 from ptst.backends.local.models import free_memory, import_torch, is_oom, load_causal_lm, resolve_device, resolve_dtype
+from ptst.backends.local.resident import detach_adapter, is_resident, resident_base
 
 from ptst.errors import BackendError, require
 from ptst.types import GenerationConfig
@@ -52,9 +53,14 @@ class Generator:
         max_batch: int = 256,
     ) -> Generator:
         dev = resolve_device(device)
-        model = load_causal_lm(
-            base_model, dtype=resolve_dtype(dtype, dev), device=dev, attn_implementation=attn_implementation
-        )
+        if merge and adapter_dir is not None:  # a private copy to merge into (faster decoding, one more model)
+            model = load_causal_lm(
+                base_model, dtype=resolve_dtype(dtype, dev), device=dev, attn_implementation=attn_implementation
+            )
+        else:  # the process's resident base; an adapter goes on top of it and comes off at close()
+            release_generators()  # whoever had an adapter on the resident base takes it off first
+            model = resident_base(base_model, dtype=resolve_dtype(dtype, dev), device=dev,
+                                  attn_implementation=attn_implementation)
         if adapter_dir is not None:
             require("peft", "loading a LoRA adapter", "local")
             from peft import PeftModel
@@ -72,9 +78,12 @@ class Generator:
     def close(self) -> None:
         if self.model is None:
             return
-        dev = self.device
+        dev, model = self.device, self.model
         self.model = None
         _LIVE.discard(self)
+        if _on_resident(model):
+            detach_adapter(model)
+        del model
         free_memory(dev)
 
     def auto_batch_size(self, n: int, max_len: int, max_new_tokens: int) -> int:
@@ -141,6 +150,12 @@ class Generator:
                 on_batch(list(zip(idx, res, strict=True)))
             i += len(idx)
         return [o or [] for o in out]
+
+
+def _on_resident(model) -> bool:  # type: ignore[no-untyped-def]
+    """Whether `model` is a PeftModel wrapped around the resident base (its adapter must come off at close)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base is not None and is_resident(get_base())
 
 
 def select_next(logits, cfg: GenerationConfig, generator):  # type: ignore[no-untyped-def]

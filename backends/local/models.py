@@ -81,6 +81,10 @@ def local_model_dir(model: str) -> Path:
     Resolving the cache ourselves (`snapshot_download(local_files_only=True)`) keeps transformers from probing the
     hub at all (its adapter auto-detection does, whatever `local_files_only` says), so a missing model fails at once.
     """
+    from ptst.backends.local.gguf import converted_dir, is_gguf
+
+    if is_gguf(model):  # a llama.cpp file: dequantized once into an HF-format folder (see gguf.py)
+        return converted_dir(model)
     path = Path(model).expanduser()
     if path.is_dir():
         return path
@@ -217,7 +221,12 @@ def free_memory(device: str) -> None:
 
 
 def model_dir_problem(model: str) -> str | None:
-    """Why `model` cannot be loaded offline as an HF-format directory (None when it can), without loading it."""
+    """Why `model` cannot be loaded offline as an HF-format directory (None when it can), without loading it.
+    A GGUF file is checked from its header (no conversion, no torch)."""
+    from ptst.backends.local.gguf import gguf_problem, is_gguf
+
+    if is_gguf(model):
+        return gguf_problem(model)
     try:
         path = local_model_dir(model)
     except BackendError as e:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ptst.backends.local.adapters import ADAPTER_DIR, TRAIN_LOG, read_train_log, save_adapter
-from ptst.backends.local.data import collate, pack_chunks, plan_batches
+from ptst.backends.local.data import collate, pack_chunks, plan_batches, split_by_tokens
 from ptst.backends.local.lora_dropout import install_fast_lora
 from ptst.backends.local.models import (
     check_transformers,
@@ -31,6 +31,7 @@ from ptst.backends.local.models import (
     resolve_dtype,
 )
 from ptst.backends.local.render import IGNORE_INDEX
+from ptst.backends.local.resident import detach_adapter, resident_base
 from ptst.backends.local.resume import (
     CHECKPOINT_PREFIX,
     find_resume_checkpoint,
@@ -44,6 +45,8 @@ from pydantic import Field
 
 from ptst.errors import BackendError, require
 from ptst.types import Frozen, Hyperparameters
+
+CPU_TOKENS_PER_FORWARD = 128
 
 
 class TrainSettings(Frozen):
@@ -59,6 +62,7 @@ class TrainSettings(Frozen):
     fast_lora_dropout: bool = True
     pad_id: int = 2
     max_steps: int | None = None  # benchmarks: stop early
+    max_tokens_per_forward: int | None = None  # split a micro-batch into forwards of at most this many tokens
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -136,7 +140,6 @@ def train_lora(
     (see `resume.py`) instead of starting over. Returns the training summary written into the metadata.
     """
     torch = import_torch()
-    hp = settings.hyperparameters
     outdir = Path(outdir)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -148,7 +151,37 @@ def train_lora(
     random.seed(settings.seed)
     torch.manual_seed(settings.seed)
 
+    # One process: the process's resident base model carries the adapter while it trains and is handed back without
+    # it (see resident.py); a torchrun rank is its own process and loads its own.
+    resident = base is None and world == 1
+    if resident:
+        base = resident_base(settings.model, dtype=resolve_dtype(settings.dtype, device), device=device,
+                             attn_implementation=settings.attn_implementation)
     model = build_lora_model(settings, device, base)
+    try:
+        return _train_steps(model, settings, examples, outdir, on_step=on_step, resume=resume, device=device,
+                            world=world, rank=rank, local_rank=local_rank)
+    finally:
+        if resident:
+            detach_adapter(model)
+
+
+def _train_steps(  # type: ignore[no-untyped-def]
+    model,
+    settings: TrainSettings,
+    examples: Sequence[tuple[list[int], list[int]]],
+    outdir: Path,
+    *,
+    on_step: Callable[[dict[str, Any]], None] | None,
+    resume: bool,
+    device: str,
+    world: int,
+    rank: int,
+    local_rank: int,
+) -> dict[str, Any]:
+    """The optimisation loop of `train_lora` on a model that already carries fresh LoRA adapters."""
+    torch = import_torch()
+    hp = settings.hyperparameters
     model.train()
     ddp_model = model
     if world > 1:
@@ -176,6 +209,10 @@ def train_lora(
     scheduler = build_scheduler(optimizer, hp, total_steps, math.ceil(len(plans[0]) / hp.gradient_accumulation_steps))
     # chunks are full rows in which examples attend to each other (llama-recipes packing): the padded layout
     grouping = "padded" if settings.batching == "length_grouped" or hp.chunk_size else settings.batching
+    # On CPU a forward's float32 activations cost ~2 MB per token for a 135M model (more for larger ones): unless the
+    # spec says otherwise, forwards hold at most CPU_TOKENS_PER_FORWARD tokens, which keeps a small real model's run
+    # under 2 GiB. Like the device itself, this changes the dropout masks' random stream, not the experiment.
+    budget = settings.max_tokens_per_forward or (CPU_TOKENS_PER_FORWARD if device == "cpu" else None)
     save_steps = set(hp.save_steps)
     fingerprint = settings_fingerprint(settings, world)
     progress: dict[str, Any] = {"losses": [], "tokens": 0, "checkpoints": {}}
@@ -210,6 +247,8 @@ def train_lora(
             t_step = time.perf_counter()
             # this rank's share of each micro-batch
             shares = [mb[rank::world] for mb in window]
+            if world == 1 and budget:  # bounded activation memory, same gradient
+                shares = [sub for sh in shares for sub in split_by_tokens(sh, lengths, budget)]
             n_sup = sum(sum(1 for t in examples[j][1][1:] if t != IGNORE_INDEX) for mb in window for j in mb)
             n_sup = max(n_sup, 1)  # a window of chunks holding only prompt tokens: zero loss, not a division by zero
             step_loss = torch.zeros((), dtype=torch.float64, device=device)  # summed on device: one sync per step
