@@ -135,9 +135,6 @@ class FineTuneBackend(ABC):
     def __init__(self, spec: BackendSpec):
         self.spec = spec
         self.options = self.Options.model_validate(spec.options)
-        # Set by `ptst estimate` (no run, no store): the backend may stand in for what is not on this machine yet (a
-        # hub model not downloaded: its identity gets a placeholder), since no key it makes is ever stored.
-        self.estimate_only = False
 
     # -- what the model sees -------------------------------------------------------------------------------------
     def supports(self, template: Template) -> bool:

@@ -42,8 +42,6 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         data = load_datasets(spec, spec_path.resolve().parent, limit=args.limit, loader=loader)
         with no_downloads():  # offline and free: a `download: true` model is not fetched to be estimated
             backends = [(b, create_backend(b)) for b in spec.backends]
-            for _, backend in backends:
-                backend.estimate_only = True  # no store: keys are never kept, so a model not downloaded can be planned
             planned = {b.name: train_jobs(spec, b, backend, data) for b, backend in backends}
             est = estimate_run(spec, data, backends, planned)
         est = est.model_copy(update={"notes": (*loader.notes, *est.notes)})

@@ -312,9 +312,10 @@ class LocalBackend(FineTuneBackend):
         the transformers engine are not: they change speed and float rounding, not the experiment. vLLM is: its
         outputs differ beyond rounding (own kernels and sampler), so its generations are keyed apart."""
         o = self.options
-        # A hub id not downloaded yet has no tokenizer to hash: only an estimate, whose keys are never stored, may use
-        # a placeholder; a run needs the real tokenizer first (tokenizer_fingerprint raises a user error without it).
-        absent = (self.estimate_only and self._tokenizer_absent()) or self.awaiting_download()
+        # A hub id not downloaded yet has no tokenizer to hash: only a command that downloads nothing (`ptst
+        # estimate`, whose keys are never stored) may use a placeholder; a run needs the real tokenizer first
+        # (tokenizer_fingerprint raises a user error without it).
+        absent = not downloads_allowed() and (self._tokenizer_absent() or self.awaiting_download())
         fingerprint = f"absent:{self.spec.model}" if absent else self.tokenizer_fingerprint()
         ident: dict[str, Any] = {
             "tokenizer_sha256": fingerprint,
