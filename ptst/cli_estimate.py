@@ -13,12 +13,6 @@ from pathlib import Path
 from ptst.errors import PtstError
 
 
-def _console():
-    from ptst.report.terminal import terminal_console
-
-    return terminal_console()
-
-
 def cmd_estimate(args: argparse.Namespace) -> int:
     """Every stage's work and cost before anything is spent: a table per job, then the totals (or one JSON object)."""
     from rich.table import Table
@@ -67,7 +61,9 @@ def cmd_estimate(args: argparse.Namespace) -> int:
             f"{e.n_billed_tokens:,}" if e.n_billed_tokens is not None else "?",
             f"{e.usd:,.4f}" if e.usd is not None else "?", e.notes,
         )
-    console = _console()
+    from ptst.report.terminal import terminal_console
+
+    console = terminal_console()
     if est.train:
         console.print(table)
     by = est.usd_by_stage

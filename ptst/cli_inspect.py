@@ -19,12 +19,6 @@ DEFAULT_MODELS = {
 }
 
 
-def _console():
-    from ptst.report.terminal import terminal_console
-
-    return terminal_console()
-
-
 def cmd_templates(args: argparse.Namespace) -> int:
     from rich.table import Table
 
@@ -38,7 +32,9 @@ def cmd_templates(args: argparse.Namespace) -> int:
     table = Table("name", "mode", "safety prompt", "description")
     for t in [*BUILTIN.values(), *custom.values()]:
         table.add_row(t.name, t.mode, "yes" if t.safety else "", t.description or "(user-defined)")
-    _console().print(table)
+    from ptst.report.terminal import terminal_console
+
+    terminal_console().print(table)
     return 0
 
 
@@ -106,7 +102,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(json.dumps([dict(zip(headers, r, strict=True)) for r in rows], indent=2) + "\n")
         return 0
-    console = _console()
+    from ptst.report.terminal import terminal_console
+
+    console = terminal_console()
     console.print("\n".join(render(headers, rows, console.width)), markup=False, highlight=False)
     return 0
 
