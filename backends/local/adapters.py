@@ -15,6 +15,17 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ptst.backends.local.train import TrainSettings
 
+@contextlib.contextmanager
+def quiet_peft() -> Any:
+    """peft (0.21) reads transformers' `is_gradient_checkpointing`, which 5.2x deprecates with a FutureWarning on
+    every call: that warning is about peft's code, not the user's, so it stays off their terminal."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
 METADATA_FILE = "ptst_adapter.json"  # written last: its presence marks a complete adapter directory
 ADAPTER_DIR = "adapter"
 TRAIN_LOG = "train_log.jsonl"

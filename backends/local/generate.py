@@ -4,12 +4,12 @@ merged into the base weights."""
 
 from __future__ import annotations
 
-import warnings
+import inspect
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ptst.backends.local.adapters import read_adapter_metadata
+from ptst.backends.local.adapters import quiet_peft, read_adapter_metadata
 from ptst.backends.local.models import free_memory, import_torch, is_oom, load_causal_lm, resolve_device, resolve_dtype
 from ptst.backends.local.resident import detach_adapter, is_resident, resident_base
 
@@ -67,8 +67,7 @@ class Generator:
 
             if read_adapter_metadata(Path(adapter_dir)) is None:
                 raise BackendError(f"adapter directory {adapter_dir} is missing or incomplete; re-run the fine-tune")
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            with quiet_peft():
                 model = PeftModel.from_pretrained(model, adapter_dir)
             if merge:
                 model = model.merge_and_unload()
@@ -172,6 +171,14 @@ def select_next(logits, cfg: GenerationConfig, generator):  # type: ignore[no-un
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def cache_argument(model) -> str:  # type: ignore[no-untyped-def]
+    """The name under which this transformers version's forward takes the KV cache: `cache` from 5.2x on, where
+    `past_key_values` still works but warns on the user's terminal; `past_key_values` before."""
+    get_base = getattr(model, "get_base_model", None)
+    forward = (get_base() if get_base is not None else model).forward
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
 PRUNE_EVERY = 4  # decoding steps between checks for finished rows (each check is one host sync)
 
 
@@ -206,8 +213,9 @@ def decode_batch(  # type: ignore[no-untyped-def]
     ids, attn = ids.to(device), attn.to(device)
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.config)
+    cache_arg = cache_argument(model)
     out = model(
-        input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1
+        input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1, **{cache_arg: cache}
     )
     nxt = select_next(out.logits[:, -1], cfg, generator)
     last_pos = pos[:, -1]
@@ -238,8 +246,8 @@ def decode_batch(  # type: ignore[no-untyped-def]
             input_ids=nxt[:, None],
             attention_mask=attn,
             position_ids=last_pos[:, None],
-            past_key_values=cache,
             use_cache=True,
+            **{cache_arg: cache},
         )
         nxt = select_next(out.logits[:, -1], cfg, generator)
     lengths = length.tolist()

@@ -64,12 +64,14 @@ def merge_run(source: str | Path, out: str | Path) -> Path:
         return out
     import torch
     from peft import PeftModel
+    from ptst.backends.local.adapters import quiet_peft
     from ptst.backends.local.models import load_causal_lm, local_model_dir
 
     base_model = str(meta["base_model"])
     base_dir = local_model_dir(base_model)
     model = load_causal_lm(base_model, dtype=torch.float32, device="cpu", attn_implementation=None)
-    model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    with quiet_peft():
+        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp), safe_serialization=True)

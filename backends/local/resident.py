@@ -58,7 +58,10 @@ def detach_adapter(peft_model):  # type: ignore[no-untyped-def]
         base.requires_grad_(False)
         base.eval()
         base.config.use_cache = True
-        if getattr(base, "is_gradient_checkpointing", False):
+        checkpointing = getattr(base, "is_activation_checkpointing", None)  # transformers 5.2x; the old name warns
+        if checkpointing is None:
+            checkpointing = getattr(base, "is_gradient_checkpointing", False)
+        if checkpointing:
             if hasattr(base, "activation_checkpointing_disable"):
                 base.activation_checkpointing_disable()
             else:

@@ -14,12 +14,11 @@ import math
 import os
 import random
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from ptst.backends.local.adapters import ADAPTER_DIR, TRAIN_LOG, read_train_log, save_adapter
+from ptst.backends.local.adapters import ADAPTER_DIR, TRAIN_LOG, quiet_peft, read_train_log, save_adapter
 from ptst.backends.local.data import collate, pack_chunks, plan_batches, split_by_tokens
 from ptst.backends.local.lora_dropout import install_fast_lora
 from ptst.backends.local.models import (
@@ -114,8 +113,7 @@ def build_lora_model(settings: TrainSettings, device: str, base=None):  # type: 
         task_type="CAUSAL_LM",
     )
     torch.manual_seed(settings.seed)
-    with warnings.catch_warnings():  # peft reads a transformers attribute that now warns on every call
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with quiet_peft():
         model = get_peft_model(model, cfg)
     if settings.fast_lora_dropout:
         install_fast_lora(model)
