@@ -168,6 +168,7 @@ class RunProgress:
         self.usd: dict[str, float | None] = dict.fromkeys(STAGES, 0.0)
         self.expected = dict(expected_usd or {})
         self.started = clock()
+        self._first: dict[str, tuple[float, int]] = {}  # stage -> (time, work done) at its first advance
         self._last_line: float | None = None
         self._last_text = ""
         self._lock = threading.RLock()
@@ -212,6 +213,7 @@ class RunProgress:
             return
         with self._lock:
             self.done[stage] = min(self.done[stage] + n, max(self.total[stage], self.done[stage]))
+            self._first.setdefault(stage, (self.clock(), self.done[stage] - self.failed[stage]))
         self._refresh(stage)
 
     def skip(self, stage: str, n: int) -> None:
@@ -278,9 +280,17 @@ class RunProgress:
         return f"${sum(known):,.2f}" + ("+?" if unknown else "")
 
     def _eta(self, stage: str, elapsed: float) -> str:
+        """Time left at the stage's own rate: measured from its first advance on (generation may wait minutes for
+        training, which says nothing about its speed); until a second advance, from the start of the run."""
         d, t = self.done[stage], self.total[stage]
         worked = d - self.failed[stage]  # skipped work took no time: the rate is the work actually done
-        return f" eta {duration((t - d) * elapsed / worked)}" if worked > 0 and d < t and elapsed > 0 else ""
+        if worked <= 0 or d >= t or elapsed <= 0:
+            return ""
+        t0, w0 = self._first.get(stage, (self.started, 0))
+        since = self.clock() - t0
+        if worked > w0 and since > 0:
+            return f" eta {duration((t - d) * since / (worked - w0))}"
+        return f" eta {duration((t - d) * elapsed / worked)}"
 
     def line(self) -> str:
         """The plain summary: each stage's done/total, ETA and money, then the backends' bars."""

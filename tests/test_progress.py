@@ -55,6 +55,21 @@ def test_eta_and_expected_money_per_stage(lines):
                          "judge 0/50 cost unpriced")
 
 
+def test_a_stage_that_waited_is_timed_from_its_own_first_results(lines):
+    """Generation that waited 10 minutes for training: its ETA comes from its own rate, not the run's age."""
+    now = {"t": 0.0}
+    with progress.RunProgress({"train": 1, "generate": 1456, "judge": 0}, live=False, clock=lambda: now["t"],
+                              ticker=False) as p:
+        now["t"] = 600.0
+        p.advance("train")
+        now["t"] = 630.0
+        p.advance("generate", 32)  # the first batch: no rate of its own yet, so the run's age stands in
+        assert "generate 32/1456 eta 7h47m" in lines[-1]  # 1,424 left x 630 s / 32
+        now["t"] = 660.0
+        p.advance("generate", 32)  # 32 more in 30 s: 1,392 left take 1,305 s
+    assert "generate 64/1456 eta 21m45s" in lines[-1]
+
+
 def test_failed_work_counts_done_and_shows_failed(lines):
     now = {"t": 0.0}
     with progress.RunProgress({"train": 2, "generate": 20, "judge": 10}, live=False, clock=lambda: now["t"],
