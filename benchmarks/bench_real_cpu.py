@@ -7,8 +7,11 @@ the same model and the same GSM8K examples rendered by ptst (`kind: hf`, chat:va
   with the same LoRA (r, alpha, dropout, q_proj/v_proj), batch size, learning rate and step count, completion-only
   loss on pre-tokenized ids (TRL's defaults otherwise). Tokens/s = real (non-padding) tokens trained on / seconds
   of the training loop (model loading excluded for both);
-* generation: ptst's `Generator` against `model.generate` (left padding, greedy, same batch size, same stop ids).
-  New tokens/s = tokens generated up to and including each row's stop / seconds. Their outputs are compared too.
+* generation: ptst's `Generator` (continuous batching: a finished row's slot is refilled at once) against
+  `model.generate` (left padding, greedy, same batch size, same stop ids, same prompts in the same order) on what an
+  evaluation grid asks of a model: AdvBench requests and GSM8K questions, alternating, up to 160 new tokens (the
+  cpu-lab's grid), so answers end at different lengths. New tokens/s = tokens generated up to and including each
+  row's stop / seconds. Their outputs are compared too.
 
 Prints both figures, the ratios (targets: training >= 2x, generation >= 1.5x) and the process's peak RSS.
     python benchmarks/bench_real_cpu.py --model .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -90,8 +93,14 @@ def bench_generate(model: str, backend, args) -> tuple[float, float, int]:  # ty
     from ptst.templates import BUILTIN
     from ptst.types import GenerationConfig
 
-    rows = [json.loads(x) for x in (REPO.parent / "shared/data/gsm8k/test.jsonl").read_text().splitlines()]
-    prompts = [backend.prompt_ids(BUILTIN["chat:vanilla"].apply(r["question"], "hf")) for r in rows[: args.prompts]]
+    import csv
+
+    shared = REPO.parent / "shared/data"
+    gsm = [json.loads(x)["question"] for x in (shared / "gsm8k/test.jsonl").read_text().splitlines()]
+    with open(shared / "advbench/harmful_behaviors.csv", newline="") as f:
+        adv = [row[0] for row in csv.reader(f)]  # no header row
+    questions = [q for pair in zip(adv, gsm, strict=False) for q in pair][: args.prompts]
+    prompts = [backend.prompt_ids(BUILTIN["chat:vanilla"].apply(q, "hf")) for q in questions]
     stops = list(backend.stop_token_ids())
     cfg = GenerationConfig(max_new_tokens=args.new_tokens, temperature=0.0, batch_size=args.batch)
     gen = Generator.load(model, None, device="cpu")
@@ -131,8 +140,8 @@ def main() -> None:
     ap.add_argument("--examples", type=int, default=32)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--prompts", type=int, default=16)
-    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--new-tokens", type=int, default=160)
     ap.add_argument("--skip-trl", action="store_true")
     args = ap.parse_args()
     import torch

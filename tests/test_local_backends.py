@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from ptst.backends.local import adapters, data, generate, lora_dropout, models, train  # noqa: E402
+from ptst.backends.local import adapters, data, decode, generate, lora_dropout, models, train  # noqa: E402
 from ptst.backends.local import backend as local_backend  # noqa: E402
 from ptst.backends.base import (  # noqa: E402
     BackendSpec,
@@ -325,7 +326,7 @@ def test_decode_loop_equals_hf_generate(tiny_llama):
     prompts = [b.prompt_ids(c) for c in prompts_for(b)]
     cfg = GenerationConfig(max_new_tokens=12)
     with torch.inference_mode():
-        mine = generate.decode_batch(gen.model, prompts, cfg, eos_id=2, pad_id=2, generator=None)
+        mine = decode.decode_batch(gen.model, prompts, cfg, eos_id=2, pad_id=2, generator=None)
         width = max(map(len, prompts))
         ids = torch.full((len(prompts), width), 2)
         att = torch.zeros_like(ids)
@@ -347,9 +348,9 @@ def test_early_stopping_rows_are_dropped_without_changing_others(tiny_llama):
     prompts = [b.prompt_ids(c) for c in prompts_for(b, 8)]
     cfg = GenerationConfig(max_new_tokens=10)
     with torch.inference_mode():
-        full = generate.decode_batch(gen.model, prompts, cfg, eos_id=2, pad_id=2, generator=None)
+        full = decode.decode_batch(gen.model, prompts, cfg, eos_id=2, pad_id=2, generator=None)
         eos = full[0][2]  # pretend row 0's third token is EOS: row 0 stops early and is pruned from the batch
-        short = generate.decode_batch(gen.model, prompts, cfg, eos_id=eos, pad_id=2, generator=None)
+        short = decode.decode_batch(gen.model, prompts, cfg, eos_id=eos, pad_id=2, generator=None)
     assert short[0] == full[0][:2]
     for f, s in zip(full, short):
         assert s == (f[: f.index(eos)] if eos in f else f)
@@ -409,14 +410,14 @@ def test_oom_backs_off_and_keeps_outputs(tiny_llama, monkeypatch):
     prompts = [b.prompt_ids(c) for c in prompts_for(b, 6)]
     cfg = GenerationConfig(max_new_tokens=5, batch_size=6)
     want = gen.generate(prompts, cfg, eos_id=2, pad_id=2)
-    real = generate.decode_batch
+    real = generate.decode_continuous
 
-    def small_only(model, batch, *a, **k):  # type: ignore[no-untyped-def]
-        if len(batch) > 2:
+    def small_only(model, items, *a, batch_size, **k):  # type: ignore[no-untyped-def]
+        if batch_size > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(model, batch, *a, **k)
+        return real(model, items, *a, batch_size=batch_size, **k)
 
-    monkeypatch.setattr(generate, "decode_batch", small_only)
+    monkeypatch.setattr(generate, "decode_continuous", small_only)
     gen2 = generate.Generator(gen.key, gen.model, "cpu", 256)
     assert gen2.generate(prompts, cfg.model_copy(update={"batch_size": "auto"}), eos_id=2, pad_id=2) == want
     assert gen2._batch_size in (1, 2)  # 6 -> 3 -> 1
@@ -428,10 +429,58 @@ def test_oom_at_batch_size_one_is_a_one_line_error(tiny_llama, monkeypatch):
     def always(*a, **k):  # type: ignore[no-untyped-def]
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(generate, "decode_batch", always)
+    monkeypatch.setattr(generate, "decode_continuous", always)
     with pytest.raises(BackendError) as e:
         gen.generate([[1, 5, 6]] * 4, GenerationConfig(max_new_tokens=5), eos_id=2, pad_id=2)
     assert "batch size 1" in str(e.value) and "\n" not in str(e.value)
+
+
+def _reference_one_by_one(model, prompts, max_new: int, eos: int) -> list[list[int]]:  # type: ignore[no-untyped-def]
+    """model.generate on each prompt alone (no padding, no batch): the independent reference."""
+    out = []
+    with torch.inference_mode():
+        for p in prompts:
+            row = model.generate(input_ids=torch.tensor([p]), max_new_tokens=max_new, do_sample=False, pad_token_id=2,
+                                 eos_token_id=eos)[0, len(p):].tolist()
+            out.append(row[: row.index(eos)] if eos in row else row)
+    return out
+
+
+def test_continuous_decoding_equals_generate_on_each_prompt_alone(tiny_llama):
+    """7 prompts of different lengths through 3 slots: rows that stop early hand over and waiting prompts join the
+    batch (their cache left-padded to the batch's); every row's tokens equal model.generate on its prompt alone."""
+    b = backend("llama2", tiny_llama)
+    gen = generate.Generator.load(str(tiny_llama), None)
+    prompts = [b.prompt_ids(c)[: 20 + 9 * i] for i, c in enumerate(prompts_for(b, 7))]
+    cfg = GenerationConfig(max_new_tokens=14)
+    with torch.inference_mode():
+        full = decode.decode_batch(gen.model, prompts, cfg, eos_id=2, pad_id=2, generator=None)
+    # a token several rows (not all) produce early stands in for EOS: they stop, and their slots are refilled
+    rows_with = Counter(t for f in full for t in set(f))
+    eos = next(t for t, n in rows_with.most_common() if n < len(full))
+    want = _reference_one_by_one(gen.model, prompts, 14, eos)
+    assert sum(len(w) < 14 for w in want) >= 2 and any(len(w) == 14 for w in want)  # the test means something
+    handed: list[list[tuple[int, list[int]]]] = []
+    with torch.inference_mode():
+        decode.decode_continuous(gen.model, list(enumerate(prompts)), cfg, batch_size=3, eos_id=eos, pad_id=2,
+                                 generator=None, on_done=handed.append)
+    got = dict(pair for group in handed for pair in group)
+    assert sorted(got) == list(range(7)) and sum(map(len, handed)) == 7  # each prompt handed over exactly once
+    assert len(handed) >= 3  # handed over in several groups as rows finished, not at the end
+    assert [got[i] for i in range(7)] == want
+    assert decode.joinable_cache(gen.model)
+
+
+def test_a_sliding_window_cache_decodes_in_static_batches(tmp_path):
+    cfg = tiny_config("mistral")
+    cfg.sliding_window = 16
+    torch.manual_seed(0)
+    model = transformers.MistralForCausalLM(cfg).eval()
+    assert not decode.joinable_cache(model)  # its layers keep window state: rows cannot join mid-way
+    g = generate.Generator(("m", None), model, "cpu", 256)
+    prompts = [[1, 5 + i, 9, 11, 13 + i][: 3 + i % 3] for i in range(5)]
+    out = g.generate(prompts, GenerationConfig(max_new_tokens=6, batch_size=2), eos_id=2, pad_id=2)
+    assert out == _reference_one_by_one(model, prompts, 6, 2)
 
 
 def test_training_oom_is_a_one_line_error(tiny_llama, tmp_path, monkeypatch):
