@@ -104,7 +104,9 @@ def usd_by_stage(store: RunStore) -> dict[str, float | None]:
             "generate": None, "judge": None}
 
 
-def run_info(store: RunStore, records: Sequence[ItemRecord] | None = None) -> RunInfo:
+def run_info(store: RunStore, records: Sequence[ItemRecord] | None = None, *, status: str | None = None) -> RunInfo:
+    """The run's facts from its meta; `status` when already known (a finished plan's record), else read from the
+    item records."""
     judge_meta = store.get_meta("judge") or {}
     spec = store.get_meta("spec") or {}
     return RunInfo(
@@ -113,7 +115,7 @@ def run_info(store: RunStore, records: Sequence[ItemRecord] | None = None) -> Ru
         train_templates=tuple(store.get_meta("train_templates") or []),
         test_templates=tuple(store.get_meta("test_templates") or []),
         safety_templates=tuple(store.get_meta("safety_templates") or []),
-        status=run_status(store, records),  # type: ignore[arg-type]
+        status=status or run_status(store, records),  # type: ignore[arg-type]
         limit=store.get_meta("limit"),
         started_at=store.get_meta("started_at"), finished_at=store.get_meta("finished_at"),
         usd_by_stage=usd_by_stage(store),

@@ -6,8 +6,11 @@ re-run finds its finished steps in the store.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from ptst.backends.base import BackendSpec, FineTuneBackend
@@ -89,6 +92,36 @@ def backend_identity(spec: BackendSpec, backend: FineTuneBackend) -> dict[str, A
 
 def base_model_key(spec: BackendSpec, backend: FineTuneBackend) -> str:
     return base_model_key_v1(backend_identity(spec, backend))
+
+
+def plan_digest(spec: Spec, data: Datasets, backends: Sequence[tuple[BackendSpec, FineTuneBackend]],
+                judges: Sequence[tuple[str, str]]) -> str:
+    """One hash of everything a run's results are derived from besides its store: the spec, each dataset's content
+    (categories included), each backend's identity, the judges, and the code that turns stored rows into numbers.
+    A finished run keeps its results under this digest (`RunStore.record_finished`), so the same command again on
+    an unchanged store costs the data load and this hash, not one key per response."""
+    def rows(examples: Sequence[Example]) -> str:
+        return content_hash([[e.prompt, e.answer, _category(e)] for e in examples])
+
+    return content_hash({
+        "code": code_digest(), "spec": spec.model_dump(mode="json"),
+        "backends": [backend_identity(b, be) for b, be in backends], "judges": [list(j) for j in judges],
+        "train": [[label, rows(ex)] for label, ex in data.mixes()] if spec.train is not None else [],
+        "safety": {name: rows(ex) for name, ex in data.safety.items()},
+        "tasks": {name: [rows(ex), metric] for name, (ex, metric) in data.tasks.items()},
+    })
+
+
+@functools.cache
+def code_digest() -> str:
+    """A hash of ptst's own source: results derived by another version of the analysis are never reused (the
+    package version alone does not move during development)."""
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parent
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
 
 
 def checkpoint_model_key(run_key: str, step: int) -> str:

@@ -23,6 +23,7 @@ from ptst.collect import (
     collect_results,
     export_rows,
     item_records,
+    run_info,
 )
 from ptst.data import DatasetRef, Example, load, sample
 from ptst.errors import BudgetExceeded
@@ -33,6 +34,7 @@ from ptst.plan import (
     CellKeys,
     Datasets,
     PlannedJob,
+    plan_digest,
     train_jobs,
 )
 from ptst.progress import RunProgress, log
@@ -178,6 +180,12 @@ def run_experiment(
         # the judges results are read with; "judge" (the primary) is what a single-judge reader knows
         store.set_meta("judge", {"name": judges[0].name, "version": judges[0].version})
         store.set_meta("judges", [{"name": j.name, "version": j.version} for j in judges])
+        digest = plan_digest(spec, data, backends, [(j.name, j.version) for j in judges])
+        finished = store.finished_results(digest)
+        if finished is not None:  # this plan finished before, and nothing in the store changed since
+            status, stored = finished
+            log(f"nothing to do: every result of this spec is already in {out} (the reports are read from there)")
+            return Results.model_validate(stored), run_info(store, status=status)
 
         planned = {bspec.name: train_jobs(spec, bspec, backend, data) for bspec, backend in backends}
         expected: dict[str, float | None] = {}
@@ -199,7 +207,10 @@ def run_experiment(
             scheduler.submit(tasks)
             scheduler.run()
         store.set_meta("finished_at", _now())
-        return collect(store, graph.judgment_keys)
+        results, info = collect(store, graph.judgment_keys)
+        if info.status in ("complete", "complete_limited"):
+            store.record_finished(digest, info.status, results.model_dump(mode="json"))
+        return results, info
 
 
 def _check_budget(

@@ -65,6 +65,13 @@ CHECKPOINT_S = 2.0
 COUNTED = ("jobs", "ledger", "generations", "judgments")  # the tables whose rows are paid work
 SCAN_ABOVE = 20_000  # keys looked up at once above which a table scan beats indexed IN lists
 SCAN_FROM = 2_000  # from this many keys, a scan also wins when they are a third of the table or more
+# How `RunStore.stamp` sees each table: "*" a digest of every row (the small tables, where a hand edit in place
+# matters: a job's model_ref, a ledger entry), else the row count and the latest value of the column that says when a
+# row was written (None: count only) for the tables that grow with the responses.
+STAMPED = {"jobs": "*", "ledger": "*", "cells": "*", "failures": "*", "cell_items": None, "generations": "created",
+           "judgments": "created", "costs": "updated"}
+# meta entries that every run (or close) rewrites without changing what the results are made from
+VOLATILE_META = ("finished_at", "finished_plan", "committed")
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -318,6 +325,41 @@ class RunStore:
                 f"restore the folder from a backup, or copy out what survives with `sqlite3 {db} .recover > "
                 "recovered.sql` and choose another --out"
             ) from None
+
+    # -- what the results are made from, and the results of a finished plan -------------------------------------
+    def stamp(self) -> dict[str, list]:
+        """What the results are made from, cheaply: every row of the small tables and the meta entries (less the
+        volatile ones) as digests, and count and latest write time of the large ones. Any new, replaced or deleted row
+        moves it; so does any edit of a job, ledger entry, cell or failure. A generation or verdict edited in place by
+        hand keeps its write time: `ptst report DIR` rebuilds from the rows themselves."""
+        out: dict[str, list] = {}
+        with self.lock:
+            for table, col in STAMPED.items():
+                if col == "*":
+                    rows = self.conn.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
+                    out[table] = [len(rows), hashlib.sha256(repr(rows).encode("utf-8", "surrogatepass")).hexdigest()]
+                    continue
+                agg = f"count(*), max({col})" if col else "count(*), NULL"
+                out[table] = list(self.conn.execute(f"SELECT {agg} FROM {table}").fetchone())
+            marks = ",".join("?" * len(VOLATILE_META))
+            meta = self.conn.execute(f"SELECT key, value FROM meta WHERE key NOT IN ({marks}) ORDER BY key",
+                                     VOLATILE_META).fetchall()
+        out["meta"] = [hashlib.sha256(json.dumps(meta).encode("utf-8", "surrogatepass")).hexdigest()]
+        return out
+
+    def record_finished(self, plan: str, status: str, results: Any) -> None:
+        """Keep the results of a run that finished its whole plan, with the store's stamp at that moment: a re-run of
+        the same plan on an unchanged store (`finished_results`) then reads them instead of re-deriving every key."""
+        self.set_meta("finished_plan", {"plan": plan, "status": status, "stamp": self.stamp(), "results": results})
+
+    def finished_results(self, plan: str) -> tuple[str, Any] | None:
+        """(status, results) recorded by `record_finished` for `plan`, if nothing in the store changed since; else
+        None (another plan, or any row written, replaced or deleted since)."""
+        rec = self.get_meta("finished_plan")
+        if not isinstance(rec, dict) or rec.get("plan") != plan or rec.get("stamp") != self.stamp():
+            return None
+        status, results = rec.get("status"), rec.get("results")
+        return (status, results) if isinstance(status, str) and isinstance(results, dict) else None
 
     # -- ledger (JobLedger protocol) --------------------------------------------------------------------------
     def get(self, name: str) -> dict[str, Any] | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from ptst.backends.local.models import import_torch
 
@@ -169,14 +170,21 @@ def decode_continuous(  # type: ignore[no-untyped-def]
     cols = max_new + PRUNE_EVERY  # a row may run a few steps past its end before the next check sees it
     waiting = list(prompts)[::-1]  # popped from the end: started in the given order
     live_idx: list[int] = []
-    cache = attn = nxt = last_pos = tokens = count = stop_at = None
+    # the live batch, None between batches (Any: torch's own annotations do not follow these through nonlocal)
+    cache: Any = None
+    attn: Any = None
+    nxt: Any = None
+    last_pos: Any = None
+    tokens: Any = None
+    count: Any = None
+    stop_at: Any = None
 
     def admit(k: int) -> None:
         """Prefill the next `k` waiting prompts and join them to the live batch."""
         nonlocal cache, attn, nxt, last_pos, tokens, count, stop_at
         group = [waiting.pop() for _ in range(min(k, len(waiting)))]
         ids, g_attn, pos = _left_padded([p for _, p in group], pad_id, device)
-        g_cache = DynamicCache(config=model.config)
+        g_cache: Any = DynamicCache(config=model.config)
         out = model(input_ids=ids, attention_mask=g_attn, position_ids=pos, use_cache=True, logits_to_keep=1,
                     **{cache_arg: g_cache})
         first = select_next(out.logits[:, -1], cfg, generator)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ptst.report.fingerprint import FINGERPRINT_FILE, fingerprint, record_text, store_stamp, up_to_date
+from ptst.report.fingerprint import FINGERPRINT_FILE, fingerprint, record_text, up_to_date
 from ptst.results import Results
 
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ def write_run_reports(
     stamps = []
     for d in runs:
         with RunStore.open(d, lock=False) as store:
-            stamps.append(store_stamp(store))
+            stamps.append(store.stamp())
     fp = fingerprint(results, stamps)
     if not force:
         current = up_to_date(out, fp)

@@ -9,7 +9,7 @@ file it lists is still there. `ptst report DIR` always rebuilds: asking for repo
 The fingerprint covers: the ptst version and `REPORT_FORMAT` (bumped when the report code changes what it writes
 without a version bump, as during development), the results (minus `finished_at`, which every run restamps: a
 re-run that did no work keeps the reports, and the finish time they state, as they were), and a stamp of the store's
-tables (row counts and the latest write time of each), which moves when a response, verdict, job or cell changes.
+tables (`RunStore.stamp`: row counts and the latest write time of each), which moves when a response, verdict, job or cell changes.
 """
 
 from __future__ import annotations
@@ -17,33 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ptst import __version__
 from ptst.results import Results
 
-if TYPE_CHECKING:
-    from ptst.store import RunStore
-
 REPORT_FORMAT = 2
 FINGERPRINT_FILE = ".report-fingerprint.json"
-
-# table -> the column that says when a row was last written (None: count only)
-_STAMPED = {"jobs": "updated", "cells": None, "cell_items": None, "generations": "created", "judgments": "created",
-            "costs": "updated", "failures": "updated"}
-
-
-def store_stamp(store: RunStore) -> dict[str, list]:
-    """Row count and latest write time per table, and the meta entries (less the run's finish time): cheap (one
-    aggregate per table) and moved by any change of content."""
-    out: dict[str, list] = {}
-    with store.lock:
-        for table, col in _STAMPED.items():
-            agg = f"count(*), max({col})" if col else "count(*), NULL"
-            out[table] = list(store.conn.execute(f"SELECT {agg} FROM {table}").fetchone())
-        meta = store.conn.execute("SELECT key, value FROM meta WHERE key != 'finished_at' ORDER BY key").fetchall()
-    out["meta"] = [hashlib.sha256(json.dumps(meta).encode()).hexdigest()]
-    return out
 
 
 def fingerprint(results: Results, stamps: list[dict[str, list]]) -> str:
