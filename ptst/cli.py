@@ -67,19 +67,21 @@ def _default_out(spec_path: Path, name: str) -> Path:
 def cmd_run(args: argparse.Namespace) -> int:
     from ptst import progress
     from ptst.errors import EXIT_INCOMPLETE
+    from ptst.plan import JudgmentKeys
     from ptst.report import print_tables, write_run_reports
     from ptst.report.terminal import summary_line
     from ptst.runner import run_experiment
     from ptst.spec import load_spec
 
     progress.set_quiet(args.quiet)
+    memo = JudgmentKeys()  # the run's judgment keys, which its reports find the verdicts by
     spec_path = Path(args.spec)
     spec = load_spec(spec_path, args.set)
     out = Path(args.out) if args.out else _default_out(spec_path, spec.name)
     try:
         results, info = run_experiment(
             spec, out, spec_dir=spec_path.resolve().parent, yes=args.yes, retry_failed=args.retry_failed,
-            limit=args.limit, overrides=args.set,
+            limit=args.limit, overrides=args.set, judgment_memo=memo,
         )
     except KeyboardInterrupt:
         print(
@@ -88,7 +90,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         return 130
     with progress.step("writing reports"):
-        paths, rebuilt = write_run_reports(results, [out])  # skipped when nothing changed since they were written
+        # skipped when nothing changed since they were written
+        paths, rebuilt = write_run_reports(results, [out], judgment_memo=memo)
     if args.quiet:
         print(summary_line(results, out))
     else:

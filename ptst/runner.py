@@ -33,13 +33,14 @@ from ptst.metrics import join_metrics, split_metrics
 from ptst.plan import (
     CellKeys,
     Datasets,
+    JudgmentKeys,
     PlannedJob,
     plan_digest,
     train_jobs,
 )
 from ptst.progress import RunProgress, log
 from ptst.records import RunInfo
-from ptst.report.plots import preload_figures
+from ptst.report import figure_process
 from ptst.results import Results
 from ptst.scheduler import Scheduler
 from ptst.spec import SafetyMix, Spec
@@ -144,10 +145,11 @@ def run(spec: Spec, out: Path, *, spec_dir: Path | None = None, yes: bool = Fals
 
 def run_experiment(
     spec: Spec, out: Path, *, spec_dir: Path | None = None, yes: bool = False, retry_failed: bool = False,
-    limit: int | None = None, overrides: Sequence[str] = (),
+    limit: int | None = None, overrides: Sequence[str] = (), judgment_memo: JudgmentKeys | None = None,
 ) -> tuple[Results, RunInfo]:
     """Run (or resume) a spec into `out`; the RunInfo's status says whether everything finished. `limit` (a smoke
-    run) keeps the first N rows of every dataset, recorded in the stored spec and the store's `limit` meta."""
+    run) keeps the first N rows of every dataset, recorded in the stored spec and the store's `limit` meta.
+    `judgment_memo`: the run's judgment keys are kept there, for the caller's reports to find the verdicts by."""
     from ptst.judge.rubric import judge_endpoint_warning, resolve_judge_spec
     from ptst.preflight import preflight
 
@@ -196,9 +198,11 @@ def run_experiment(
             store.set_meta("started_at", _now())
         store.set_meta("finished_at", None)  # until this run finishes: a killed run reads as unfinished
         graph = Graph(spec, store, data, judges, out, retry_failed, usd, cell_keys)
+        if judgment_memo is not None:
+            graph.judgment_keys = judgment_memo
         tasks = graph.plan(backends, planned)
         if any(graph.totals.values()):  # new results: the reports will be redrawn, so load the plotting code now
-            preload_figures()
+            figure_process.start()
         with RunProgress(graph.totals, expected_usd=expected) as progress:
             for usd_done in store.costs("train"):  # money spent by earlier runs on this folder counts too
                 progress.spend("train", usd_done)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +15,7 @@ from ptst.report.fingerprint import FINGERPRINT_FILE, fingerprint, record_text, 
 from ptst.results import Results
 
 if TYPE_CHECKING:
+    from ptst.plan import JudgmentKeys
     from ptst.report.samples import SampleRow
 
 
@@ -39,15 +40,21 @@ def atomic_write(path: Path, text: str | bytes) -> None:
         raise
 
 
+Samples = tuple[Sequence[str], Sequence["SampleRow"]]
+
+
 def write_reports(
-    results: Results, out_dir: Path, *, samples: tuple[Sequence[str], Sequence[SampleRow]] | None = None,
+    results: Results, out_dir: Path, *, samples: Samples | Callable[[], Samples] | None = None,
     fingerprint_hex: str | None = None,
 ) -> list[Path]:
     """Write every report file into `out_dir` and return their paths, the main three first. `samples`: (judge names,
-    rows) for the per-sample viewer; `fingerprint_hex`: recorded beside the reports (see `write_run_reports`)."""
+    rows) for the per-sample viewer, or a function that reads them (called once the figures are on their way, so
+    the figure process draws while they are read); `fingerprint_hex`: recorded beside the reports (see
+    `write_run_reports`)."""
     # The renderers are imported here: a re-run whose reports are up to date never loads them.
+    from ptst.report import figure_process
     from ptst.report.grids import build_grids
-    from ptst.report.html import FigureFiles, render_html
+    from ptst.report.html import Figures, render_html
     from ptst.report.markdown import render_markdown
     from ptst.report.samples import SAMPLES_FILE, samples_js
     from ptst.report.tables import paper_tables, to_csv, to_latex
@@ -55,18 +62,20 @@ def write_reports(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     grids = build_grids(results)
-    figures: FigureFiles = {}
+    figures = Figures(figure_process.running())  # drawn in the figure process, if one runs, while the rest is built
+    page = render_html(results, grids, figures=figures, samples=samples is not None)
     files: dict[str, str | bytes] = {
         "results.json": json.dumps(results.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n",
         "report.md": render_markdown(results, grids),
-        "report.html": render_html(results, grids, figures=figures, samples=samples is not None),
+        "report.html": page,
     }
     if samples is not None:
-        files[SAMPLES_FILE] = samples_js(*samples)
+        files[SAMPLES_FILE] = samples_js(*(samples() if callable(samples) else samples))
     for t in paper_tables(results, grids):
         files[f"tables/{t.slug}.tex"] = to_latex(t)
         files[f"tables/{t.slug}.csv"] = to_csv(t)
-    files.update(figures)
+    files["report.html"] = figures.resolve(page)
+    files.update(figures.files)
     fp_path = out_dir / FINGERPRINT_FILE
     fp_path.unlink(missing_ok=True)  # a half-finished rewrite must not pass for the reports it replaces
     paths = []
@@ -82,6 +91,7 @@ def write_reports(
 
 def write_run_reports(
     results: Results, runs: Sequence[Path], out_dir: Path | None = None, *, force: bool = False,
+    judgment_memo: JudgmentKeys | None = None,
 ) -> tuple[list[Path], bool]:
     """The reports of one run (or a merge of several) with their per-sample data read from the run stores; skipped
     when the fingerprint recorded in `out_dir` matches and `force` is false. Returns (paths, rebuilt)."""
@@ -99,16 +109,23 @@ def write_run_reports(
         current = up_to_date(out, fp)
         if current is not None:
             return current, False
-    judges: list[str] = []
-    rows: list[SampleRow] = []
-    for d in runs:
-        with RunStore.open(d, lock=False) as store:
-            names, got = sample_rows(store, run=str(d) if several else None)
-        judges += [n for n in names if n not in judges]
-        # a merged report lines each run's verdicts up under the union of judge names
-        if names != judges:
-            pos = [names.index(j) if j in names else None for j in judges]
-            for r in got:
-                r.verdicts = [None if p is None or not r.verdicts else r.verdicts[p] for p in pos]
-        rows += got
-    return write_reports(results, out, samples=(judges, rows), fingerprint_hex=fp), True
+    from ptst.report import figure_process
+
+    figure_process.start()  # draws the figures on another core while the samples are read
+
+    def samples() -> Samples:
+        judges: list[str] = []
+        rows: list[SampleRow] = []
+        for d in runs:
+            with RunStore.open(d, lock=False) as store:
+                names, got = sample_rows(store, run=str(d) if several else None, memo=judgment_memo)
+            judges += [n for n in names if n not in judges]
+            # a merged report lines each run's verdicts up under the union of judge names
+            if names != judges:
+                pos = [names.index(j) if j in names else None for j in judges]
+                for r in got:
+                    r.verdicts = [None if p is None or not r.verdicts else r.verdicts[p] for p in pos]
+            rows += got
+        return judges, rows
+
+    return write_reports(results, out, samples=samples, fingerprint_hex=fp), True

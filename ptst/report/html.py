@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING
 
+from ptst.report import figure_process
 from ptst.report.grids import (
     FAILED_COLUMNS,
     SIMULATED_BANNER,
@@ -24,7 +25,7 @@ from ptst.report.grids import (
     row_label,
     seeds_note,
 )
-from ptst.report.plots import FORMATS, heatmap_figure, loss_figure, progress_figure, render
+from ptst.report.plots import FORMATS, heatmap_figure, loss_figure, progress_figure
 from ptst.report.sampleview import VIEW_CSS, sample_section
 from ptst.report.tables import slug
 from ptst.report.views import (
@@ -44,6 +45,8 @@ from ptst.results import Results
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+    from ptst.report.figure_process import Drawn, FigureProcess
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1300px}
@@ -69,24 +72,54 @@ pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:.85em}
 
 e = html.escape
 
-# Collects every figure's files (figures/<slug>.png|svg|pdf) while the page is drawn, so each figure is built once.
-FigureFiles = dict[str, bytes]
+class Figures:
+    """Every figure of a page, each drawn once and written in every format (figures/<slug>.png|svg|pdf). Drawn in
+    the figure process when one runs (`figure_process`): the page holds a placeholder per figure until `resolve`
+    swaps in the SVGs, so the caller builds its other files meanwhile; else drawn here as the page is built."""
 
+    def __init__(self, process: FigureProcess | None = None):
+        self.process = process
+        self.files: dict[str, bytes] = {}
+        self._pending: list[tuple[str, str, str, Callable[[], Figure], Callable[[], Drawn | None]]] = []
 
-def _figure(draw: Callable[[], Figure], name: str, alt: str, files: FigureFiles | None) -> str:
-    """One figure: drawn once, embedded as SVG (sharp at any zoom, text as text), and written in every format into
-    `files` when given. The SVG's width and height are its size in points, so the page shows it at print size."""
-    fig = draw()
-    svg = render(fig, "svg")
-    if files is not None:
+    def add(self, draw: Callable[[], Figure], name: str, alt: str) -> str:
+        """The page's `<img>` for this figure (or its placeholder until `resolve`)."""
         stem = slug(name)
-        while f"figures/{stem}.svg" in files:
+        while f"figures/{stem}.svg" in self.files or any(p[0] == stem for p in self._pending):
             stem += "_"
+        if self.process is None:
+            return self._keep(stem, alt, figure_process.draw(draw, FORMATS))
+        token = f"\x00figure:{len(self._pending)}\x00"
+        self._pending.append((stem, token, alt, draw, self.process.submit(draw, FORMATS)))
+        return token
+
+    def resolve(self, page: str) -> str:
+        """`page` with every placeholder replaced, once each figure is back (redrawn here if the process failed)."""
+        for stem, token, alt, draw, wait in self._pending:
+            drawn = wait() or figure_process.draw(draw, FORMATS)
+            page = page.replace(token, self._keep(stem, alt, drawn), 1)
+        self._pending.clear()
+        return page
+
+    def _keep(self, stem: str, alt: str, drawn: Drawn) -> str:
         for fmt in FORMATS:
-            files[f"figures/{stem}.{fmt}"] = svg if fmt == "svg" else render(fig, fmt)
-    w, h = (round(144 * x) for x in fig.get_size_inches())  # twice print size: 7 pt text reads at 14 px on screen
-    data = base64.b64encode(svg).decode("ascii")
+            self.files[f"figures/{stem}.{fmt}"] = drawn[fmt]
+        return _img(drawn, alt)
+
+
+def _img(drawn: Drawn, alt: str) -> str:
+    """The figure embedded as SVG (sharp at any zoom, text as text), its width and height twice its print size in
+    points, so 7 pt text reads at 14 px on screen."""
+    w, h = (round(144 * x) for x in drawn["size"])
+    data = base64.b64encode(drawn["svg"]).decode("ascii")
     return f'<img alt="{e(alt)}" width="{w}" height="{h}" src="data:image/svg+xml;base64,{data}">'
+
+
+def _figure(draw: Callable[[], Figure], name: str, alt: str, files: Figures | None) -> str:
+    """One figure: into `files` when given, else drawn here as SVG only (a page rendered on its own)."""
+    if files is not None:
+        return files.add(draw, name, alt)
+    return _img(figure_process.draw(draw, ("svg",)), alt)
 
 
 _BREAKS = re.compile(r" (?=\[|· |± |\()")
@@ -166,7 +199,7 @@ def _categories(results: Results) -> list[str]:
     return out
 
 
-def _progress(results: Results, sim: bool, files: FigureFiles | None) -> list[str]:
+def _progress(results: Results, sim: bool, files: Figures | None) -> list[str]:
     views = progress_views(results)
     out = ['<h2 id="checkpoints">Along training (checkpoints)</h2>'] if views else []
     for v in views:
@@ -177,7 +210,7 @@ def _progress(results: Results, sim: bool, files: FigureFiles | None) -> list[st
     return out
 
 
-def _training(results: Results, sim: bool, files: FigureFiles | None) -> list[str]:
+def _training(results: Results, sim: bool, files: Figures | None) -> list[str]:
     """A table of jobs with their final loss, then one loss-vs-step figure per backend."""
     if not results.jobs:
         return []
@@ -222,7 +255,7 @@ def _toc(results: Results, grids: Sequence[Grid], samples: bool) -> str:
     return '<nav class="toc">' + "".join(f'<a href="#{k}">{e(h)}</a>' for k, h in links) + "</nav>"
 
 
-def render_html(results: Results, grids: Sequence[Grid] | None = None, *, figures: FigureFiles | None = None,
+def render_html(results: Results, grids: Sequence[Grid] | None = None, *, figures: Figures | None = None,
                 samples: bool = False) -> str:
     """The page; `figures` (when given) receives every figure as PNG, SVG and PDF; `samples`: include the viewer
     (the caller writes samples.js beside the page)."""

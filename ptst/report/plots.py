@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import re
-import threading
 from typing import TYPE_CHECKING
 
 from ptst.report.grids import MISSING, PTST_MARK, Grid, col_label, row_label
@@ -31,20 +30,14 @@ OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
-def _import_renderers() -> None:
+def import_renderers() -> None:
+    """matplotlib and the three renderers (the figure process imports them first, while its parent works)."""
     import matplotlib.backends.backend_agg
     import matplotlib.backends.backend_pdf
     import matplotlib.backends.backend_svg
     import matplotlib.figure
     import matplotlib.patches
     import matplotlib.ticker  # noqa: F401
-
-
-def preload_figures() -> None:
-    """Import matplotlib and its three renderers in a background thread, for a run about to produce new results:
-    its reports will be redrawn, and the import (~0.6 s) then overlaps the run's waits on the store and the backends
-    instead of adding to the report time. A run with nothing new never calls this, so it never loads matplotlib."""
-    threading.Thread(target=_import_renderers, name="ptst:preload-figures", daemon=True).start()
 
 
 def render(fig: Figure, fmt: str = "png") -> bytes:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ptst.plan import JudgmentKeys
     from ptst.store import RunStore
 
 SAMPLES_FILE = "samples.js"
@@ -84,8 +85,10 @@ def prompt_text(stored: str | None) -> str | None:
     return json.dumps(d, ensure_ascii=False, indent=1)
 
 
-def sample_rows(store: RunStore, run: str | None = None) -> tuple[list[str], list[SampleRow]]:
-    """(judge names, one row per planned item) of one run store; `run` names the run in a merged report."""
+def sample_rows(store: RunStore, run: str | None = None, memo: JudgmentKeys | None = None,
+                ) -> tuple[list[str], list[SampleRow]]:
+    """(judge names, one row per planned item) of one run store; `run` names the run in a merged report; `memo`:
+    the judgment keys of the run that just wrote the store (a finished run's reports hash none again)."""
     from ptst.collect import judgment_keys, run_judges
 
     judges = run_judges(store)
@@ -97,7 +100,7 @@ def sample_rows(store: RunStore, run: str | None = None) -> tuple[list[str], lis
     safety_items = [it for d, items, _ in cells if d["kind"] == "safety" for it in items]
     per_judge: list[dict[str, tuple[bool | None, int | None, str | None]]] = []
     for name, version in judges if safety_items else []:
-        jk = judgment_keys(name, version, safety_items, responses)
+        jk = judgment_keys(name, version, safety_items, responses, memo)
         got = store.judgments(jk.values())
         per_judge.append({g: (v.unsafe, v.score, v.raw) for g, k in jk.items() if (v := got.get(k)) is not None})
     rows: list[SampleRow] = []
