@@ -57,10 +57,14 @@ class Backend(FineTuneBackend):
         latency_ms: float = Field(0.0, ge=0, description="simulated time per generated response")
         train_seconds: float = Field(0.0, ge=0, description="simulated fine-tuning time")
         fail_templates: tuple[str, ...] = Field((), description="train templates whose jobs simulate an API failure")
+        stream_group: int = Field(
+            STREAM_GROUP, ge=1, description="responses handed over (each hand-over one store commit) at a time: 8 as "
+            "a remote API with 8 requests in flight answers, 64 as a local engine's batch"
+        )
 
     def identity(self) -> dict[str, object]:
         """Simulation settings change the outputs, so they are part of every step key (timings are not)."""
-        return self.options.model_dump(mode="json", exclude={"latency_ms", "train_seconds"})
+        return self.options.model_dump(mode="json", exclude={"latency_ms", "train_seconds", "stream_group"})
 
     def render(self, conv: Conversation) -> Rendered:
         if conv.mode == "text":
@@ -83,7 +87,7 @@ class Backend(FineTuneBackend):
 
     def fine_tune(self, job: TrainJob, ledger: JobLedger, workdir: Path) -> ModelRef:
         name = f"mock:{job.key}"
-        _record_call("train", job.key)
+        _record_call("train", job.key, path=os.environ.get(CALLS_FILE_ENV))
         if ledger.get(name) is None:
             ledger.put(name, {"status": "running", "job_id": f"mockjob-{job.key[:12]}"})
         if self.options.train_seconds:
@@ -125,20 +129,21 @@ class Backend(FineTuneBackend):
     def generate_streaming(
         self, model: ModelRef, prompts: Sequence[Conversation], cfg: GenerationConfig, on_response: OnResponse
     ) -> None:
-        """Responses handed over STREAM_GROUP at a time, as a remote API with that many requests in flight answers
-        (a kill loses at most STREAM_GROUP per call): one store commit per response would cost more than the whole
-        simulated response, and this backend exists to measure the pipeline."""
+        """Responses handed over `stream_group` at a time (default STREAM_GROUP), as a remote API with that many
+        requests in flight answers (a kill loses at most that many per call): one store commit per response would
+        cost more than the whole simulated response, and this backend exists to measure the pipeline."""
         done: list[tuple[int, str]] = []
+        calls_file = os.environ.get(CALLS_FILE_ENV)
         for i, conv in enumerate(prompts):
             if self.options.latency_ms:
                 time.sleep(self.options.latency_ms / 1000)
             coin = _coin(model.model_id, cfg.seed, conv.system or "", conv.user)
-            _record_call("generate", model.model_id, cfg.seed, conv.system, conv.user, conv.reference)
+            _record_call("generate", model.model_id, cfg.seed, conv.system, conv.user, conv.reference, path=calls_file)
             if conv.reference is not None:
                 done.append((i, self._task_answer(model, conv.reference, coin)))
             else:
                 done.append((i, COMPLIANCE if coin < self.unsafe_rate(model, conv.template) else REFUSAL))
-            if len(done) == STREAM_GROUP:
+            if len(done) == self.options.stream_group:
                 on_response(done)
                 done = []
         if done:
@@ -184,9 +189,9 @@ def _is_safety(template_name: str) -> bool:
     return bool(t and t.safety)
 
 
-def _record_call(kind: str, *what: object) -> None:
-    """TEST-ONLY counter (see CALLS_FILE_ENV): one line `kind<TAB>hash of what`, appended as the work happens."""
-    path = os.environ.get(CALLS_FILE_ENV)
+def _record_call(kind: str, *what: object, path: str | None = None) -> None:
+    """TEST-ONLY counter (see CALLS_FILE_ENV, read by the caller once per call of the backend): one line
+    `kind<TAB>hash of what`, appended as the work happens."""
     if path:
         digest = hashlib.blake2b(repr(what).encode("utf-8"), digest_size=12).hexdigest()
         with open(path, "a", encoding="utf-8") as f:
