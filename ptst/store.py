@@ -71,7 +71,7 @@ SCAN_FROM = 2_000  # from this many keys, a scan also wins when they are a third
 STAMPED = {"jobs": "*", "ledger": "*", "cells": "*", "failures": "*", "cell_items": None, "generations": "created",
            "judgments": "created", "costs": "updated"}
 # meta entries that every run (or close) rewrites without changing what the results are made from
-VOLATILE_META = ("finished_at", "finished_plan", "committed")
+VOLATILE_META = ("finished_at", "finished_plan", "committed", "closed_cleanly")
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -189,6 +189,7 @@ class RunStore:
                 store._init(writable=lock)
                 yield store
                 if lock:
+                    store.set_meta("closed_cleanly", True)  # the next open may skip the integrity scan
                     store.checkpoint()  # a finished command leaves everything in ptst.db itself
             finally:
                 with store.lock:
@@ -200,8 +201,11 @@ class RunStore:
 
     def _init(self, *, writable: bool) -> None:
         db = self.directory / "ptst.db"
+        # The integrity scan reads the whole file (a second per few hundred MB): it runs when the last writer did
+        # not close the store (a kill, a crash, a run still going), and damage done while it was closed surfaces as
+        # the same one-line error from the first read that meets it (`_writing`).
         try:
-            check = self.conn.execute("PRAGMA quick_check").fetchone()
+            check = ("ok",) if self._closed_cleanly() else self.conn.execute("PRAGMA quick_check").fetchone()
         except sqlite3.DatabaseError as e:
             raise _corrupt(db, str(e)) from None
         if check is None or check[0] != "ok":
@@ -213,6 +217,9 @@ class RunStore:
                 self.conn.executescript(SCHEMA)
                 if not self._has_category():  # a store made before per-category rows: the column is added
                     self.conn.execute("ALTER TABLE cell_items ADD COLUMN category TEXT")
+        if writable:
+            with self._writing():  # until this writer closes it, the next opener scans it
+                self.conn.execute("DELETE FROM meta WHERE key = 'closed_cleanly'")
         self._writable = writable
         has_meta = self._read("SELECT 1 FROM sqlite_master WHERE name = 'meta'")
         schema = self.get_meta("key_schema") if has_meta else None
@@ -227,6 +234,13 @@ class RunStore:
             self.set_meta("key_schema", KEY_SCHEMA)
         if writable:
             self._check_counts()
+
+    def _closed_cleanly(self) -> bool:
+        """Whether the last writer closed the store (its mark is removed while a writer has it open)."""
+        if not self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
+            return False
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'closed_cleanly'").fetchone()
+        return row == ("true",)
 
     # -- committed work: checkpoints and the counts that detect its loss ------------------------------------------
     def _counts(self) -> dict[str, int]:
@@ -288,6 +302,10 @@ class RunStore:
                     "and run the same command again to resume"
                 ) from None
             raise
+        except sqlite3.DatabaseError as e:
+            if type(e) is sqlite3.DatabaseError:  # "database disk image is malformed": damage met by a read or write
+                raise _corrupt(self.directory / "ptst.db", str(e)) from None
+            raise  # a constraint or programming error: a bug, with its traceback
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

@@ -209,3 +209,33 @@ def test_a_large_lookup_scans_the_table_with_the_same_answer(tmp_path, monkeypat
         scanned = (s.responses(wanted), s.have_responses(wanted), s.judgments(["j1", "j2", "nope"]))
     assert scanned == indexed
     assert indexed[0] == {f"g{i}": f"response {i}" for i in range(0, 50, 3)} and set(indexed[2]) == {"j1", "j2"}
+
+
+def _damage_pages(db, first: int = 4, n: int = 8) -> None:
+    raw = bytearray(db.read_bytes())
+    page = 4096
+    raw[first * page : (first + n) * page] = b"\xff" * (n * page)  # b-tree pages past the header, overwritten
+    db.write_bytes(bytes(raw))
+
+
+def test_a_cleanly_closed_store_skips_the_scan_and_damage_still_meets_a_clear_error(tmp_path):
+    with RunStore.open(tmp_path) as s:
+        s.put_generations([(f"k{i}", "{}", "x" * 500) for i in range(400)])
+    db = tmp_path / "ptst.db"
+    with sqlite3.connect(db) as c:  # the writer's mark: the next open need not read the whole file
+        assert c.execute("SELECT value FROM meta WHERE key = 'closed_cleanly'").fetchone() == ("true",)
+    _damage_pages(db)
+    with RunStore.open(tmp_path, lock=False) as s, pytest.raises(StoreError) as e:
+        s.responses(f"k{i}" for i in range(400))  # the first read that meets the damage
+    assert "unreadable" in str(e.value) and ".recover" in str(e.value)
+
+
+def test_a_store_its_writer_did_not_close_is_scanned_at_open(tmp_path):
+    with RunStore.open(tmp_path) as s:
+        s.put_generations([(f"k{i}", "{}", "x" * 500) for i in range(400)])
+    db = tmp_path / "ptst.db"
+    with sqlite3.connect(db) as c:  # as a killed run leaves it
+        c.execute("DELETE FROM meta WHERE key = 'closed_cleanly'")
+    _damage_pages(db)
+    with pytest.raises(StoreError, match="unreadable"), RunStore.open(tmp_path):
+        pass
