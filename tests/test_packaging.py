@@ -1,5 +1,5 @@
-"""Every package in the source tree is in pyproject's explicit package list (backends/ is mapped onto ptst.backends,
-so setuptools cannot discover them itself): a package missing from the list would be absent from a wheel."""
+"""The wheel holds every package in the source tree: setuptools finds them (no hand-kept list), so this checks the
+finder's configuration, and that the typed-package marker ships."""
 
 from __future__ import annotations
 
@@ -9,27 +9,28 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _declared() -> set[str]:
+def _pyproject() -> dict:
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover
         import tomli as tomllib
-    data = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
-    return set(data["tool"]["setuptools"]["packages"])
+    return tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
 
 
-def _on_disk() -> set[str]:
-    found = set()
-    for root, prefix in ((REPO / "ptst", "ptst"), (REPO / "backends", "ptst.backends")):
-        for init in root.rglob("__init__.py"):
-            rel = init.parent.relative_to(root).parts
-            found.add(".".join((prefix, *rel)))
-    return found
+def test_setuptools_finds_every_package_on_disk() -> None:
+    from setuptools import find_packages
+
+    cfg = _pyproject()["tool"]["setuptools"]["packages"]["find"]
+    found = set(find_packages(str(REPO), include=cfg["include"]))
+    on_disk = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "ptst").rglob("__init__.py")}
+    assert on_disk - found == set()
+    assert "ptst.backends" in found and "ptst.backends.local" in found
 
 
-def test_every_package_is_declared() -> None:
-    assert _on_disk() - _declared() == set()
+def test_no_package_dir_mapping() -> None:
+    assert "package-dir" not in _pyproject()["tool"]["setuptools"]
 
 
-def test_every_declared_package_exists() -> None:
-    assert _declared() - _on_disk() == set()
+def test_py_typed_ships() -> None:
+    assert (REPO / "ptst" / "py.typed").is_file()
+    assert "py.typed" in _pyproject()["tool"]["setuptools"]["package-data"]["ptst"]

@@ -4,8 +4,8 @@ Exit codes: 0 complete; 2 user error, one line on stderr (spec, data, paths, cre
 --yes, run folder busy or unreadable; `ptst` with no command, which prints the help); 3 finished with failed jobs or
 cells (results written; `--retry-failed` resubmits jobs the API failed, a plain re-run retries the rest); 130
 interrupted; 1 only for bugs (with their traceback). A closed stdout (`ptst run ... | head`) is not an error.
-Help texts and examples are in ptst.cli_help, `--set` in ptst.overrides, `list`/`schema` in ptst.listing; the
-`estimate` command is ptst.cli_estimate, `render`/`templates`/`list`/`schema` are ptst.cli_inspect.
+Help texts and examples are in ptst.cli.help, `--set` in ptst.overrides, `list`/`schema` in ptst.cli.listing; the
+`estimate` command is ptst.cli.estimate, `render`/`templates`/`list`/`schema` are ptst.cli.inspect.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ptst import __version__
-from ptst.cli_estimate import cmd_estimate
-from ptst.cli_help import ALL_TABLES_HELP, DESCRIPTION, EXAMPLES, OVERVIEW, QUIET_HELP, SET_HELP
-from ptst.cli_inspect import cmd_list, cmd_render, cmd_schema, cmd_templates
+from ptst.cli.estimate import cmd_estimate
+from ptst.cli.help import ALL_TABLES_HELP, DESCRIPTION, EXAMPLES, OVERVIEW, QUIET_HELP, SET_HELP
+from ptst.cli.inspect import cmd_list, cmd_render, cmd_schema, cmd_templates
 from ptst.errors import PtstError, UsageError
 
 if TYPE_CHECKING:
@@ -322,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dir", metavar="DIR", help="the run directory (the --out of `ptst run`)")
     s.set_defaults(func=cmd_cancel)
 
-    from ptst.listing import WHAT
+    from ptst.cli.listing import WHAT
 
     s = add("list", "list what a spec can name: datasets, metrics, judges, templates or backends")
     s.add_argument("what", choices=WHAT, metavar="{" + ",".join(WHAT) + "}", help="what to list")

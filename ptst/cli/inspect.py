@@ -91,7 +91,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """`ptst list WHAT`: a table (or JSON rows) read from the registries."""
-    from ptst.listing import LISTINGS, render, templates
+    from ptst.cli.listing import LISTINGS, render, templates
 
     if args.what == "templates" and args.spec:
         from ptst.spec import load_spec
@@ -110,7 +110,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from ptst.listing import spec_schema
+    from ptst.cli.listing import spec_schema
 
     sys.stdout.write(json.dumps(spec_schema(), indent=2) + "\n")
     return 0
