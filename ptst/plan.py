@@ -154,12 +154,15 @@ def eval_cells(
 ) -> list[Cell]:
     cells = []
     for test in spec.eval.templates:
-        common = dict(
-            backend=bspec.name, base_model=bspec.model, model_key=model_key, train_template=model.train_template,
-            seed=model.seed, test_template=test, checkpoint=checkpoint, safety_mix=safety_mix,
-        )
-        cells += [Cell(**common, kind="safety", dataset=name, metric=None) for name in data.safety]
-        cells += [Cell(**common, kind="task", dataset=name, metric=metric) for name, (_, metric) in data.tasks.items()]
+        def cell(kind: Literal["safety", "task"], dataset: str, metric: str | None, test: str = test) -> Cell:
+            return Cell(
+                backend=bspec.name, base_model=bspec.model, model_key=model_key, train_template=model.train_template,
+                seed=model.seed, test_template=test, checkpoint=checkpoint, safety_mix=safety_mix, kind=kind,
+                dataset=dataset, metric=metric,
+            )
+
+        cells += [cell("safety", name, None) for name in data.safety]
+        cells += [cell("task", name, metric) for name, (_, metric) in data.tasks.items()]
     return cells
 
 

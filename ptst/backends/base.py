@@ -29,6 +29,7 @@ from ptst.types import (
 )
 
 __all__ = [
+    "BackendOptions",
     "BackendSpec",
     "Estimate",
     "FineTuneBackend",
@@ -103,6 +104,10 @@ class BackendSpec(BaseModel):
         return self
 
 
+class BackendOptions(Frozen):
+    """The options of a backend that has none: any key in its spec entry beyond the common ones is an error."""
+
+
 class FineTuneBackend(ABC):
     """What the runner needs from a vendor. Subclass it, set the class attributes, implement the abstract methods.
 
@@ -129,8 +134,10 @@ class FineTuneBackend(ABC):
     min_train_examples: ClassVar[int] = 1
     trains_with_example_turns: ClassVar[bool] = True
 
-    class Options(Frozen):
-        """Backend-specific spec options; subclasses extend it. Unknown keys are validation errors."""
+    # A backend's options model: any frozen model (`Frozen`), by default one with no fields. A subclass sets its own
+    # and narrows `options` to it (`options: Options`), so mypy sees its fields on `self.options`.
+    Options: ClassVar[type[Frozen]] = BackendOptions
+    options: Frozen  # `Options` validated from the spec entry
 
     def __init__(self, spec: BackendSpec):
         self.spec = spec

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
+from pydantic import Field
+
 from ptst.backends.base import (
     Estimate,
     FineTuneBackend,
@@ -25,8 +27,6 @@ from ptst.backends.base import (
     Rendered,
     TrainJob,
 )
-from pydantic import Field
-
 from ptst.conversation import Conversation
 from ptst.errors import JobFailed
 from ptst.templates import BUILTIN
@@ -61,6 +61,8 @@ class Backend(FineTuneBackend):
             STREAM_GROUP, ge=1, description="responses handed over (each hand-over one store commit) at a time: 8 as "
             "a remote API with 8 requests in flight answers, 64 as a local engine's batch"
         )
+
+    options: Options
 
     def identity(self) -> dict[str, object]:
         """Simulation settings change the outputs, so they are part of every step key (timings are not)."""
