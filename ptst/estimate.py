@@ -7,7 +7,9 @@ each verdict at a typical verdict's length (`ptst/resources/response_lengths.jso
 `usd_max` is the bound, every response at `max_new_tokens` and every verdict at the judge's `max_tokens`, so a run
 never costs more than `usd_max` at the listed prices. A stage whose price is unknown is None ("null"), never a
 guessed zero. Every backend prices its own generations and GPU time through the backend contract
-(`FineTuneBackend.generation_usd`, `gpu_hours`): this module knows no concrete backend.
+(`FineTuneBackend.generation_usd`, `gpu_hours`), and every paid judge of `judges:` its verdicts through the judge
+contract (`Judge.judging_usd`): this module knows no concrete backend and no judge kind. One function per stage:
+`_train_stage`, `_generation_stage`, `_judge_stage`, summed by `_result`.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ import json
 from collections.abc import Sequence
 from functools import lru_cache
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import Field
 
 from ptst.backends.base import BackendSpec, FineTuneBackend
 from ptst.conversation import Conversation
 from ptst.errors import API_FAILED
+from ptst.judge.base import Judge
 from ptst.plan import (
     Cell,
     CellKeys,
@@ -115,40 +118,50 @@ def expected_response_tokens(cell: Cell, max_new_tokens: int) -> float:
     return float(max_new_tokens) if row is None else float(min(max_new_tokens, row["tokens"]))
 
 
-def _verdict_tokens(max_tokens: int) -> float:
-    return float(min(max_tokens, _lengths()["verdict"]["tokens"]))
-
-
-def _usd(tokens_in: float, tokens_out: float, price: dict[str, Any], batch: bool) -> float:
-    usd = (tokens_in * float(price["input"]) + tokens_out * float(price["output"])) / 1e6
-    return usd / 2 if batch else usd
-
-
-class _JudgeCounter:
-    """Tokens of the rubric prompt per query as the judge's chat API counts them, cached (every model's responses to
-    a query are judged with the same prompt)."""
-
-    def __init__(self, model: str):
-        from ptst.clients.tokens import token_counter
-
-        self.counter = token_counter(model)
-        self._seen: dict[str, int] = {}
-
-    def judge(self, query: str) -> int:
-        """The rubric prompt with the raw query and an empty response (the response is added at its length)."""
-        from ptst.clients.tokens import count_message_tokens
-        from ptst.judge.rubric import judge_prompt
-
-        if query not in self._seen:
-            msgs = [{"role": "user", "content": judge_prompt(query, "")}]
-            self._seen[query] = count_message_tokens(msgs, self.counter)
-        return self._seen[query]
-
-
 def _n_checkpoints(spec: Spec, backend: FineTuneBackend, pj: PlannedJob) -> int:
     """Intermediate checkpoints a job's model will be evaluated at, when the spec evaluates checkpoints."""
     wanted = spec.eval.checkpoints
     return 0 if wanted == "none" else backend.evaluated_checkpoints(pj.job, wanted)
+
+
+class _Tally:
+    """What the stages add up: each stage's dollars, the counts, the jobs to run, per-backend GPU hours, notes."""
+
+    def __init__(self) -> None:
+        self.stages = {s: _Stage() for s in STAGES}
+        self.jobs: list[JobCost] = []
+        self.generations = 0
+        self.judge_calls = 0
+        self.gpu: list[tuple[float | None, float | None]] = []  # per backend: (expected, max) GPU hours
+        self.notes: list[str] = []
+
+
+class _Model(NamedTuple):
+    """A model whose cells the run generates: its key, whether it is a fine-tune, how many checkpoints it adds."""
+
+    key: str
+    fine_tuned: bool
+    checkpoints: int
+
+
+class _Decode:
+    """Tokens a backend decodes, expected and at most (for its GPU hours), and its training tokens."""
+
+    def __init__(self) -> None:
+        self.train_tokens = 0
+        self.expected = 0.0
+        self.at_most = 0.0
+
+
+class _Run(NamedTuple):
+    """What every stage reads: the spec and its data, the run store (None: nothing is done yet), the shared keys."""
+
+    spec: Spec
+    data: Datasets
+    store: Any
+    retry_failed: bool
+    cell_keys: CellKeys | None
+    judges: Sequence[Judge]
 
 
 def estimate_run(
@@ -160,116 +173,140 @@ def estimate_run(
     store: Any = None,
     retry_failed: bool = False,
     cell_keys: CellKeys | None = None,
+    judges: Sequence[Judge] | None = None,
 ) -> RunEstimate:
     """The run's remaining work and its cost. With a run `store`, work already done there is left out (a resumed
     run pays only for what is missing); without one, everything counts. `cell_keys` shares the generation keys with
-    the run's graph (computed once)."""
-    from ptst.clients.pricing import chat_price
-    from ptst.judge.rubric import Judge as Rubric
+    the run's graph (computed once). `judges`: the run's judges (default: built from the spec); every paid one is
+    priced, wherever it stands in `judges:`."""
+    if judges is None:
+        from ptst.judging import create_judges
 
-    cfg = spec.eval.generation
-    rubric = Rubric.Options.model_validate(spec.judge.options) if spec.judge.kind == "rubric" else None
-    judge_price = chat_price(rubric.model) if rubric is not None else None
-    judge_counter = _JudgeCounter(rubric.model) if rubric is not None else None
-    judge_id = None  # (name, version): verdicts already in the store are not paid for again
-    if rubric is not None and store is not None:
-        from ptst.judge.base import create_judge
-        from ptst.judge.rubric import resolve_judge_spec
-
-        judge = create_judge(resolve_judge_spec(spec))
-        judge_id = (judge.name, judge.version)
-    stages = {s: _Stage() for s in STAGES}
-    notes: list[str] = []
-    jobs: list[JobCost] = []
-    n_gen = n_judge = 0
-    gpu: list[tuple[float | None, float | None]] = []  # per backend: (expected, max) GPU hours
+        judges = create_judges(spec)
+    run = _Run(spec, data, store, retry_failed, cell_keys, judges)
+    tally = _Tally()
     for bspec, backend in backends:
-        train_tokens = 0
-        decode = decode_max = 0.0
-        # (model key, fine-tuned?, checkpoints): every model whose cells this run generates
-        models: list[tuple[str, bool, int]] = []
-        if spec.eval.evaluate_base or spec.train is None:
-            models.append((base_model_key(bspec, backend), bspec.model.startswith("ft:"), 0))
-        for pj in planned.get(bspec.name, []):
-            rec = store.job(pj.run_key) if store is not None else None
-            if rec is not None and rec.status in API_FAILED and not retry_failed:
-                continue  # the runner skips a job the API failed unless --retry-failed
-            if rec is None or rec.status != "succeeded":
-                est = backend.estimate(pj.job)
-                jobs.append(JobCost(backend=bspec.name, model=bspec.model, train_template=pj.job.train_template,
-                                    seed=pj.job.seed, run_key=pj.run_key, estimate=est))
-                stages["train"].add(est.usd)
-                train_tokens += est.n_billed_tokens or 0
-            models.append((pj.run_key, True, _n_checkpoints(spec, backend, pj)))
-        stub = ModelRef(backend=bspec.name, base_model=bspec.model, model_id=bspec.model)
-        for model_key, fine_tuned, n_ckpt in models:
-            for cell in eval_cells(spec, bspec, stub, model_key, data):
-                if cell_keys is not None:
-                    convs, keys = cell_keys.get(cell, backend.family)
-                else:
-                    convs = cell_conversations(spec, cell, backend.family, data)
-                    keys = [generation_key(model_key, c, cfg) for c in convs] if store is not None else []
-                if store is not None:
-                    have = store.have_responses(keys)
-                    todo = [c for c, k in zip(convs, keys, strict=True) if k not in have]
-                    judged_todo = todo
-                    if cell.kind == "safety" and judge_id is not None and len(todo) < len(convs):
-                        judged_todo = todo + _unjudged(store, judge_id, convs, keys, have)
-                else:
-                    todo, judged_todo = list(convs), list(convs)
-                times = 1 + n_ckpt
-                expected = expected_response_tokens(cell, cfg.max_new_tokens)
-                n_gen += len(todo) * times
-                decode += len(todo) * times * expected
-                decode_max += len(todo) * times * cfg.max_new_tokens
-                if todo:
-                    usd = backend.generation_usd(todo, expected, fine_tuned=fine_tuned)
-                    usd_max = backend.generation_usd(todo, cfg.max_new_tokens, fine_tuned=fine_tuned)
-                    stages["generate"].add(None if usd is None else usd * times,
-                                           None if usd_max is None else usd_max * times)
-                    if usd is None:
-                        notes.append(f"{bspec.name}: no generation price known for {bspec.model}: generation cost "
-                                     "unknown")
-                if cell.kind == "safety" and rubric is not None:
-                    n = len(judged_todo) * times
-                    n_judge += n
-                    if judge_price is None and n:
-                        stages["judge"].add(None)
-                    elif judge_price is not None:
-                        assert judge_counter is not None
-                        rubric_in = sum(judge_counter.judge(c.query) for c in judged_todo) * times
-                        stages["judge"].add(
-                            _usd(rubric_in + n * expected, n * _verdict_tokens(rubric.max_tokens), judge_price,
-                                 rubric.batch),
-                            _usd(rubric_in + n * cfg.max_new_tokens, n * rubric.max_tokens, judge_price, rubric.batch),
-                        )
-        notes.extend(backend.estimate_notes())
-        hours = backend.gpu_hours(train_tokens, decode)
+        decode = _Decode()
+        models = _train_stage(run, bspec, backend, planned.get(bspec.name, []), tally, decode)
+        for model in models:
+            _eval_stages(run, bspec, backend, model, tally, decode)
+        tally.notes.extend(backend.estimate_notes())
+        hours = backend.gpu_hours(decode.train_tokens, decode.expected)
         if hours is not None:
-            gpu.append((hours, backend.gpu_hours(train_tokens, decode_max)))
-    if rubric is not None:
-        if judge_price is None:
-            notes.append(f"no chat price for judge model {rubric.model}: judging cost unknown")
-        verdict = _lengths()["verdict"]
-        notes.append(f"judge {rubric.model}: each call is the rubric prompt + the response in; out, a verdict of "
-                     f"{_verdict_tokens(rubric.max_tokens):.0f} tokens expected ({verdict['basis']}, "
-                     "ptst/resources/response_lengths.json) and the judge's max_tokens "
-                     f"({rubric.max_tokens}) at most; parse retries not counted"
-                     + ("; Batch API, half price" if rubric.batch else ""))
+            tally.gpu.append((hours, backend.gpu_hours(decode.train_tokens, decode.at_most)))
+    return _result(run, tally)
+
+
+def _train_stage(run: _Run, bspec: BackendSpec, backend: FineTuneBackend, planned: Sequence[PlannedJob],
+                 tally: _Tally, decode: _Decode) -> list[_Model]:
+    """Fine-tuning: every job still to run, priced by its backend. Returns every model whose cells the run
+    generates (the base model when evaluated, and each job's model, run or not)."""
+    spec, store = run.spec, run.store
+    models: list[_Model] = []
+    if spec.eval.evaluate_base or spec.train is None:
+        models.append(_Model(base_model_key(bspec, backend), bspec.model.startswith("ft:"), 0))
+    for pj in planned:
+        rec = store.job(pj.run_key) if store is not None else None
+        if rec is not None and rec.status in API_FAILED and not run.retry_failed:
+            continue  # the runner skips a job the API failed unless --retry-failed
+        if rec is None or rec.status != "succeeded":
+            est = backend.estimate(pj.job)
+            tally.jobs.append(JobCost(backend=bspec.name, model=bspec.model, train_template=pj.job.train_template,
+                                      seed=pj.job.seed, run_key=pj.run_key, estimate=est))
+            tally.stages["train"].add(est.usd)
+            decode.train_tokens += est.n_billed_tokens or 0
+        models.append(_Model(pj.run_key, True, _n_checkpoints(spec, backend, pj)))
+    return models
+
+
+def _eval_stages(run: _Run, bspec: BackendSpec, backend: FineTuneBackend, model: _Model, tally: _Tally,
+                 decode: _Decode) -> None:
+    """Generation and judging of one model's cells (and its checkpoints', each priced as the model)."""
+    cfg = run.spec.eval.generation
+    stub = ModelRef(backend=bspec.name, base_model=bspec.model, model_id=bspec.model)
+    times = 1 + model.checkpoints
+    for cell in eval_cells(run.spec, bspec, stub, model.key, run.data):
+        convs, keys = _cell_conversations(run, cell, backend, model.key)
+        have = run.store.have_responses(keys) if run.store is not None else set()
+        todo = [c for c, k in zip(convs, keys, strict=True) if k not in have] if run.store is not None else list(convs)
+        expected = expected_response_tokens(cell, cfg.max_new_tokens)
+        _generation_stage(bspec, backend, model, todo, expected, cfg.max_new_tokens, times, tally, decode)
+        if cell.kind == "safety":
+            _judge_stage(run, convs, keys, have, todo, expected, times, tally)
+
+
+def _cell_conversations(run: _Run, cell: Cell, backend: FineTuneBackend,
+                        model_key: str) -> tuple[Sequence[Conversation], Sequence[str]]:
+    """A cell's conversations and, where a store is read, their generation keys (shared with the graph)."""
+    if run.cell_keys is not None:
+        return run.cell_keys.get(cell, backend.family)
+    convs = cell_conversations(run.spec, cell, backend.family, run.data)
+    cfg = run.spec.eval.generation
+    return convs, [generation_key(model_key, c, cfg) for c in convs] if run.store is not None else []
+
+
+def _generation_stage(bspec: BackendSpec, backend: FineTuneBackend, model: _Model, todo: Sequence[Conversation],
+                      expected: float, cap: int, times: int, tally: _Tally, decode: _Decode) -> None:
+    """Generation: the responses still missing, priced by the backend at the expected length and at the bound
+    (`cap`: max_new_tokens)."""
+    n = len(todo) * times
+    tally.generations += n
+    if not todo:
+        return
+    decode.expected += n * expected
+    decode.at_most += n * cap
+    usd = backend.generation_usd(todo, expected, fine_tuned=model.fine_tuned)
+    usd_max = backend.generation_usd(todo, cap, fine_tuned=model.fine_tuned)
+    tally.stages["generate"].add(None if usd is None else usd * times, None if usd_max is None else usd_max * times)
+    if usd is None:
+        tally.notes.append(f"{bspec.name}: no generation price known for {bspec.model}: generation cost unknown")
+
+
+def _judge_stage(run: _Run, convs: Sequence[Conversation], keys: Sequence[str], have: set[str],
+                 todo: Sequence[Conversation], expected: float, times: int, tally: _Tally) -> None:
+    """Judging of a safety cell: for each paid judge, every response it has no verdict for yet (those still to
+    generate, and stored ones it has not judged), priced by the judge itself at the expected response length and at
+    max_new_tokens. A judge that costs nothing per call is neither counted nor priced."""
+    max_new = run.spec.eval.generation.max_new_tokens
+    for judge in run.judges:
+        if not judge.paid:
+            continue
+        judged = list(todo)
+        if run.store is not None and len(todo) < len(convs):
+            judged += _unjudged(run.store, (judge.name, judge.version), convs, keys, have)
+        n = len(judged) * times
+        tally.judge_calls += n
+        if not n:
+            continue
+        queries = [c.query for c in judged]
+        usd = judge.judging_usd(queries, expected)
+        usd_max = judge.judging_usd(queries, max_new, at_most=True)
+        tally.stages["judge"].add(None if usd is None else usd * times, None if usd_max is None else usd_max * times)
+
+
+def _result(run: _Run, tally: _Tally) -> RunEstimate:
+    """The tally as a RunEstimate, with the notes on how its numbers were reached."""
+    spec = run.spec
+    notes = tally.notes
+    for judge in run.judges:
+        if judge.paid:
+            notes.extend(judge.estimate_notes())
     notes.append(f"usd prices each response at the expected length of its kind (capped by max_new_tokens "
-                 f"{cfg.max_new_tokens}; ptst/resources/response_lengths.json); usd_max at max_new_tokens, the bound")
+                 f"{spec.eval.generation.max_new_tokens}; ptst/resources/response_lengths.json); usd_max at "
+                 "max_new_tokens, the bound")
     if spec.eval.checkpoints != "none":
         notes.append("checkpoints: each job's intermediate checkpoints are evaluated too (as many as its backend "
                      "keeps: OpenAI 2; local: one per save_steps entry)")
-    by_stage = {s: (None if st.usd is None else round(st.usd, 6)) for s, st in stages.items()}
-    by_stage_max = {s: (None if st.usd_max is None else round(st.usd_max, 6)) for s, st in stages.items()}
+    by_stage = {s: (None if st.usd is None else round(st.usd, 6)) for s, st in tally.stages.items()}
+    by_stage_max = {s: (None if st.usd_max is None else round(st.usd_max, 6)) for s, st in tally.stages.items()}
+    gpu = tally.gpu
     return RunEstimate(
-        jobs=len(jobs), generations=n_gen, judge_calls=n_judge,
+        jobs=len(tally.jobs), generations=tally.generations, judge_calls=tally.judge_calls,
         usd=_sum(list(by_stage.values())), usd_max=_sum(list(by_stage_max.values())),
         usd_by_stage=by_stage, usd_max_by_stage=by_stage_max,
         gpu_hours=round(sum(h for h, _ in gpu if h is not None), 3) if gpu else None,
         gpu_hours_max=round(sum(h for _, h in gpu if h is not None), 3) if gpu else None,
-        notes=tuple(dict.fromkeys(notes)), train=tuple(jobs),
+        notes=tuple(dict.fromkeys(notes)), train=tuple(tally.jobs),
     )
 
 

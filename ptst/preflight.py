@@ -3,7 +3,7 @@
 `ptst validate` and the runner both call `preflight(spec, spec_dir)`. It checks what can be checked offline and
 cheaply: local dataset files exist and the first rows have the fields the spec names; registry datasets have a
 local copy or a way to reach the hub; local model folders exist; each backend's own `preflight()` (a tokenizer of
-the right family, an API key); the rubric judge's credentials and endpoint. What needs the network (a hub id, a
+the right family, an API key) and each judge's (`Judge.preflight`: credentials, endpoint, a local model folder). What needs the network (a hub id, a
 model on an API) is listed as *unchecked* rather than guessed at: an error there would be a lie in one direction,
 silence a lie in the other.
 
@@ -12,7 +12,7 @@ The result is a `Report` of three lists of one-line messages, each starting with
 
 from __future__ import annotations
 
-import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -21,6 +21,7 @@ from ptst.backends.base import BackendSpec, FineTuneBackend, create_backend
 from ptst.data import DatasetRef
 from ptst.data.loaders import preview
 from ptst.errors import PtstError, printable
+from ptst.judge.base import Judge
 from ptst.spec import Spec
 
 
@@ -58,11 +59,28 @@ class PreflightError(PtstError):
         super().__init__(head + "".join(f"\n  {p}" for p in problems))
 
 
+WARNING = "warning: "  # a plug-in's preflight line that is a warning
+CREDENTIALS = "credentials: "  # a plug-in's preflight line naming a missing credential
+
+
 class _Findings:
-    def __init__(self) -> None:
+    def __init__(self, spending: bool = True) -> None:
+        self.spending = spending
         self.errors: list[str] = []
         self.warnings: list[str] = []
         self.unchecked: list[str] = []
+
+    def add(self, lines: Sequence[str], field: str = "") -> None:
+        """A backend's or judge's preflight lines: "warning: " ones are warnings; "credentials: " ones (a missing
+        key) are errors where money would be spent and warnings where none is (estimate); the rest are errors."""
+        head = f"{field}: " if field else ""
+        for line in lines:
+            if line.startswith(WARNING):
+                self.warnings.append(head + line.removeprefix(WARNING))
+            elif line.startswith(CREDENTIALS):
+                (self.errors if self.spending else self.warnings).append(head + line.removeprefix(CREDENTIALS))
+            else:
+                self.errors.append(head + line)
 
     def report(self) -> Report:
         return Report(
@@ -72,15 +90,16 @@ class _Findings:
         )
 
 
-def preflight(spec: Spec, spec_dir: Path | None = None) -> Report:
+def preflight(spec: Spec, spec_dir: Path | None = None, *, spending: bool = True) -> Report:
     """Check a validated spec against the machine it would run on. `spec_dir` is the spec file's folder: relative
-    dataset paths and `data_dir` are relative to it, as in a run."""
-    found = _Findings()
+    dataset paths and `data_dir` are relative to it, as in a run. `spending=False` (`ptst estimate`, which spends
+    nothing and so needs no credentials): a missing API key is a warning, not an error."""
+    found = _Findings(spending)
     _check_datasets(spec, spec_dir, found)
     for i, bspec in enumerate(spec.backends):
         _check_backend(i, bspec, found)
-    _check_judge(spec, found)
-    _check_retired(spec, found)
+    judges = _check_judges(spec, found)
+    _check_retired(spec, found, judges)
     return found.report()
 
 
@@ -181,12 +200,8 @@ def _check_backend(i: int, bspec: BackendSpec, found: _Findings) -> None:
     except PtstError as e:
         found.errors.append(f"{field}: {e}")
         return
-    for line in problems:
-        if line.startswith("warning: "):
-            found.warnings.append(f"{field}: {line.removeprefix('warning: ')}")
-        else:
-            found.errors.append(f"{field}: {line}")
-    problems = [p for p in problems if not p.startswith("warning: ")]
+    found.add(problems, field)
+    problems = [p for p in problems if not p.startswith(WARNING)]
     if backend.simulated:
         found.warnings.append(f"{field}: {bspec.kind} is a simulation; every result built on it is labelled simulated")
         return
@@ -222,54 +237,33 @@ def _check_backend(i: int, bspec: BackendSpec, found: _Findings) -> None:
 # ---------------------------------------------------------------------------------------------------------- judge
 
 
-def _check_judge(spec: Spec, found: _Findings) -> None:
-    for judge in spec.judge_specs:  # with `judges: [...]`, each one as if it were the spec's judge
-        _check_one_judge(spec.model_copy(update={"judge": judge}), found)
+def _check_judges(spec: Spec, found: _Findings) -> list[Judge]:
+    """Each judge of `judges:` through its own contract (`Judge.preflight`, `simulated`, `api_model`): the core never
+    asks which kind a judge is. Returns the judges that could be built (for the retired-model check)."""
+    from ptst.judging import create_one
 
-
-def _check_one_judge(spec: Spec, found: _Findings) -> None:
-    if spec.judge.kind == "classifier":
-        model = str(spec.judge.options.get("model", ""))
-        if not Path(model).expanduser().is_dir():
-            found.errors.append(f"judge.model: {model} is not a folder; give the classifier's local model folder")
-        return
-    if spec.judge.kind == "mock":
-        found.warnings.append("judge: the mock judge is a simulation; every verdict is labelled simulated")
-        return
-    if spec.judge.kind != "rubric":
-        return
-    from ptst.judge.rubric import Judge, judge_endpoint_warning, resolve_judge_spec
-
-    try:
-        judge_spec = resolve_judge_spec(spec)  # `base_url: inherit` takes the openai backend's endpoint and key
-    except PtstError as e:
-        found.errors.append(f"judge: {e}")
-        return
-    opts = Judge.Options.model_validate(judge_spec.options)
-    if opts.api_key_file:
-        key_file = Path(opts.api_key_file).expanduser()
+    judges = []
+    for js in spec.judge_specs:
         try:
-            has_key = bool(key_file.read_text(encoding="utf-8").strip())
-        except (OSError, UnicodeDecodeError):
-            found.errors.append(f"judge.api_key_file: cannot read {opts.api_key_file}; check the path and permissions")
-        else:
-            if not has_key:
-                found.errors.append(f"judge.api_key_file: {opts.api_key_file} is empty; put the OpenAI API key in it")
-    elif not os.environ.get(opts.api_key_env, "").strip():
-        found.errors.append(
-            f"judge: the rubric judge needs an OpenAI API key: set {opts.api_key_env} "
-            "(or name another variable with api_key_env, or a file with api_key_file)"
-        )
-    said = judge_endpoint_warning(spec)
-    if said:
-        found.warnings.append(said)
-    found.unchecked.append(f"judge.model: {opts.model!r} at the judge's endpoint is not checked offline")
+            judge = create_one(spec, js)  # `base_url: inherit` takes the openai backend's endpoint and key
+            problems = judge.preflight()
+        except PtstError as e:
+            found.errors.append(f"judge: {e}")
+            continue
+        judges.append(judge)
+        found.add(problems)
+        if judge.simulated:
+            found.warnings.append(f"judge: the {judge.kind} judge is a simulation; every verdict is labelled simulated")
+        model = judge.api_model()
+        if model is not None:
+            found.unchecked.append(f"judge.model: {model!r} at the judge's endpoint is not checked offline")
+    return judges
 
 
 # -------------------------------------------------------------------------------------------------- retired models
 
 
-def _check_retired(spec: Spec, found: _Findings, today: str | None = None) -> None:
+def _check_retired(spec: Spec, found: _Findings, judges: Sequence[Judge] = (), today: str | None = None) -> None:
     """A warning for every model of the spec in the dated table of retired models (`resources/retired_models.json`),
     naming the date, what stopped working and the successor: the paper's gpt-3.5-turbo-0613 takes no new
     fine-tuning jobs. A warning, not an error: the vendor, not ptst, has the last word (and a date in the future is
@@ -281,8 +275,7 @@ def _check_retired(spec: Spec, found: _Findings, today: str | None = None) -> No
     table = json.loads(resources.files("ptst.resources").joinpath("retired_models.json").read_text(encoding="utf-8"))
     now = today or date.today().isoformat()
     used = [(f"backends[{i}] ({b.name}).model", b.model, spec.train is not None) for i, b in enumerate(spec.backends)]
-    if spec.judge.kind == "rubric":
-        used.append(("judge.model", str(spec.judge.options.get("model", "")), False))
+    used += [("judge.model", model, False) for model in (j.api_model() for j in judges) if model is not None]
     for field, model, trains in used:
         row = table["models"].get(model.split(":")[1] if model.startswith("ft:") else model)
         if row is None or (not trains and "inference" not in row["applies_to"]):

@@ -28,7 +28,7 @@ from ptst.collect import (
 from ptst.data import DatasetRef, Example, load, sample
 from ptst.errors import BudgetExceeded
 from ptst.graph import Graph
-from ptst.judge.base import create_judge
+from ptst.judge.base import Judge
 from ptst.metrics import join_metrics, split_metrics
 from ptst.plan import (
     CellKeys,
@@ -150,20 +150,22 @@ def run_experiment(
     """Run (or resume) a spec into `out`; the RunInfo's status says whether everything finished. `limit` (a smoke
     run) keeps the first N rows of every dataset, recorded in the stored spec and the store's `limit` meta.
     `judgment_memo`: the run's judgment keys are kept there, for the caller's reports to find the verdicts by."""
-    from ptst.judge.rubric import judge_endpoint_warning, resolve_judge_spec
-    from ptst.preflight import preflight
+    from ptst.judging import create_judges
+    from ptst.preflight import WARNING, preflight
 
     if limit is not None:
         spec = limit_datasets(spec, limit)
         log(limit_note(spec, limit))
     preflight(spec, spec_dir).raise_for_errors(spec.name)  # everything checkable is checked before anything is spent
-    warning = judge_endpoint_warning(spec)
-    if warning:
-        log(f"warning: {warning}")
+    # Every judge of `judges:`, the primary first, built with the endpoints of the spec's backends (`base_url:
+    # inherit`); the budget gate below prices each of them.
+    judges = create_judges(spec)
+    for judge in judges:  # a judge's own warnings (the rubric judge sent to OpenAI while the backends are elsewhere)
+        for line in judge.preflight():
+            if line.startswith(WARNING):
+                log(line)
     data = load_datasets(spec, spec_dir)
     backends = [(b, create_backend(b)) for b in spec.backends]
-    # Each judge resolved on its own (a rubric judge's `base_url: inherit`); the first is the primary judge.
-    judges = [create_judge(resolve_judge_spec(spec.model_copy(update={"judge": js}))) for js in spec.judge_specs]
     simulated = any(b.simulated for _, b in backends) or any(j.simulated for j in judges)
     if simulated:
         from ptst.report import SIMULATED_BANNER
@@ -193,7 +195,7 @@ def run_experiment(
         expected: dict[str, float | None] = {}
         cell_keys = CellKeys(spec, data)  # one hash per response, shared by the estimate and the graph
         usd = _check_budget(spec, store, backends, planned, yes, retry_failed, data=data, cell_keys=cell_keys,
-                            stages=expected)
+                            stages=expected, judges=judges)
         if store.get_meta("started_at") is None:
             store.set_meta("started_at", _now())
         store.set_meta("finished_at", None)  # until this run finishes: a killed run reads as unfinished
@@ -220,15 +222,17 @@ def run_experiment(
 def _check_budget(
     spec: Spec, store: RunStore, backends, planned: dict[str, list[PlannedJob]], yes: bool, retry_failed: bool,
     *, data: Datasets | None = None, cell_keys: CellKeys | None = None, stages: dict[str, float | None] | None = None,
+    judges: Sequence[Judge] | None = None,
 ) -> dict[str, float | None]:
     """Refuse a run whose remaining work (jobs to run, generations and verdicts missing from the store) is estimated
     above budget_usd, or cannot be priced, unless --yes; return each job-to-run's USD, recorded as its cost once it
-    produces a model."""
+    produces a model. Every judge of `judges:` is priced (each paid one by its own `judging_usd`), wherever it stands."""
     from ptst.estimate import estimate_run, usd_text
 
     if data is None:
         data = Datasets(train=(), safety={}, tasks={})
-    est = estimate_run(spec, data, backends, planned, store=store, retry_failed=retry_failed, cell_keys=cell_keys)
+    est = estimate_run(spec, data, backends, planned, store=store, retry_failed=retry_failed, cell_keys=cell_keys,
+                       judges=judges)
     usd: dict[str, float | None] = {j.run_key: j.estimate.usd for j in est.train}
     if stages is not None:  # each stage's expected cost, for the progress view
         stages.update(est.usd_by_stage)

@@ -63,7 +63,7 @@ def test_render_choices_come_from_the_registry(monkeypatch) -> None:
 
 
 def test_judge_inherits_the_endpoint_through_the_backend_class() -> None:
-    from ptst.judge.rubric import resolve_judge_spec
+    from ptst.judging import create_judges
     from ptst.spec import Spec
 
     spec = Spec.model_validate({
@@ -73,5 +73,5 @@ def test_judge_inherits_the_endpoint_through_the_backend_class() -> None:
         "eval": {"templates": ["chat:vanilla"], "safety": [{"path": "x.jsonl"}]},
         "judge": {"kind": "rubric", "base_url": "inherit"},
     })
-    judge = resolve_judge_spec(spec)
-    assert judge.options["base_url"] == "http://proxy.test/v1" and judge.options["api_key_env"] == "PROXY_KEY"
+    [judge] = create_judges(spec)
+    assert judge.options.base_url == "http://proxy.test/v1" and judge.options.api_key_env == "PROXY_KEY"

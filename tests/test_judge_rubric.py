@@ -12,12 +12,11 @@ import pytest
 from ptst.errors import BackendError, SpecError
 from ptst.judge.base import JudgeItem, JudgeSpec, create_judge
 from ptst.judge.rubric import (
-    judge_endpoint_warning,
     judge_prompt,
     parse_score,
-    resolve_judge_spec,
     rubric_template,
 )
+from ptst.judging import create_judges
 from ptst.spec import validate_spec
 from ptst.testing.fake_openai import CHAT, COMPLIANCE, REFUSAL, FakeOpenAI
 
@@ -179,6 +178,13 @@ def openai_backend(url: str | None = None, label: str | None = None, **opts) -> 
             **({"label": label} if label else {}), **opts}
 
 
+def judge_endpoint_warning(spec) -> str | None:
+    """The primary judge's own warning lines (its contract's `preflight`), as one, or None."""
+    lines = [ln.removeprefix("warning: ") for ln in create_judges(spec)[0].preflight() if ln.startswith("warning: ")]
+    assert len(lines) <= 1
+    return lines[0] if lines else None
+
+
 def test_warns_when_the_judge_would_silently_go_to_openai_while_the_backends_do_not(monkeypatch):
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     proxy = "http://127.0.0.1:8000/v1"
@@ -205,26 +211,27 @@ def test_inherit_judges_at_the_backend_endpoint_with_its_key(monkeypatch):
         url = fake.url
         backend = openai_backend(url, api_key_env="PROXY_KEY")
         spec = spec_with({"kind": "rubric", "base_url": "inherit", **FAST}, backend)
-        resolved = resolve_judge_spec(spec)
-        assert resolved.options["base_url"] == url and resolved.options["api_key_env"] == "PROXY_KEY"
-        verdicts = create_judge(resolved).judge([JudgeItem("q", COMPLIANCE), JudgeItem("q", REFUSAL)])
+        [judge] = create_judges(spec)
+        assert judge.options.base_url == url and judge.options.api_key_env == "PROXY_KEY"
+        assert judge.preflight() == []  # the inherited key is set: nothing to say
+        verdicts = judge.judge([JudgeItem("q", COMPLIANCE), JudgeItem("q", REFUSAL)])
     assert [v.score for v in verdicts] == [5, 1] and fake.count(CHAT) == 2  # the requests reached the backend's server
     explicit = JudgeSpec(kind="rubric", base_url=url, api_key_env="PROXY_KEY", **FAST)
-    assert create_judge(resolved).version == create_judge(explicit).version  # the same verdict cache as the URL
+    assert judge.version == create_judge(explicit).version  # the same verdict cache as the URL
     # a judge naming its own key keeps it; a judge without inherit is left alone
-    own = resolve_judge_spec(spec_with({"kind": "rubric", "base_url": "inherit", "api_key_env": "JUDGE_KEY"},
-                                       openai_backend(url, api_key_env="PROXY_KEY")))
-    assert own.options["api_key_env"] == "JUDGE_KEY" and own.options["base_url"] == url
+    [own] = create_judges(spec_with({"kind": "rubric", "base_url": "inherit", "api_key_env": "JUDGE_KEY"},
+                                    openai_backend(url, api_key_env="PROXY_KEY")))
+    assert own.options.api_key_env == "JUDGE_KEY" and own.options.base_url == url
     plain = spec_with({"kind": "rubric"}, openai_backend(url))
-    assert resolve_judge_spec(plain) == plain.judge
+    assert create_judges(plain)[0].options == create_judge(plain.judge).options
 
 
 def test_inherit_without_one_openai_endpoint_is_a_spec_error():
-    with pytest.raises(SpecError, match="judge.base_url: 'inherit' needs an openai backend"):
-        resolve_judge_spec(spec_with({"kind": "rubric", "base_url": "inherit"}))
+    with pytest.raises(SpecError, match=r"judge\.base_url: .inherit. needs an openai backend"):
+        create_judges(spec_with({"kind": "rubric", "base_url": "inherit"}))
     two = spec_with({"kind": "rubric", "base_url": "inherit"},
                     openai_backend("http://127.0.0.1:1/v1", "a"), openai_backend("http://127.0.0.1:2/v1", "b"))
-    with pytest.raises(SpecError, match="ambiguous.*127.0.0.1:1/v1, http://127.0.0.1:2/v1"):
-        resolve_judge_spec(two)
+    with pytest.raises(SpecError, match=r"ambiguous.*127\.0\.0\.1:1/v1, http://127\.0\.0\.1:2/v1"):
+        create_judges(two)
     with pytest.raises(SpecError, match="resolved from the whole spec"):  # never sent to a host named 'inherit'
         create_judge(JudgeSpec(kind="rubric", base_url="inherit"))

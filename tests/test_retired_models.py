@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ptst.judging import create_judges
 from ptst.preflight import _check_retired, _Findings
 from ptst.spec import Spec
 
@@ -19,7 +20,7 @@ def spec(model: str, *, train: bool = True, judge: str = "gpt-4-0613") -> Spec:
 
 def warnings(s: Spec, today: str = "2026-12-04") -> list[str]:
     found = _Findings()
-    _check_retired(s, found, today=today)
+    _check_retired(s, found, create_judges(s), today=today)
     return found.warnings
 
 

@@ -172,7 +172,8 @@ class FineTuneBackend(ABC):
     def preflight(self) -> list[str]:
         """Problems `ptst validate` can find before anything is spent (a missing model folder, a tokenizer of another
         family, an unset API key), one line each naming what to do; a line starting with "warning: " is reported as a
-        warning, not an error. Must not touch the network or load weights."""
+        warning, not an error, and one starting with "credentials: " is a missing credential (an error for `validate`
+        and `run`, a warning for `ptst estimate`, which spends nothing). Must not touch the network or load weights."""
         return []
 
     def resource(self) -> str | None:

@@ -31,7 +31,10 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     try:  # the same checks as `ptst validate`, every problem listed; with --json, as JSON on stdout
         spec = load_spec(spec_path, args.set)
         checked = limit_datasets(spec, args.limit) if args.limit else spec
-        preflight(checked, spec_path.resolve().parent).raise_for_errors(str(args.spec))
+        # Estimate spends nothing, so it needs no credentials: a missing key is a warning here, listed with the
+        # numbers (an error in validate and run).
+        report = preflight(checked, spec_path.resolve().parent, spending=False)
+        report.raise_for_errors(str(args.spec))
         loader = EstimateLoader()  # data not on this machine: the registry's known sizes, never a download
         data = load_datasets(spec, spec_path.resolve().parent, limit=args.limit, loader=loader)
         with no_downloads():  # offline and free: a `download: true` model is not fetched to be estimated
@@ -48,7 +51,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         return err.exit_code
     if args.json:
         out = {"spec": spec.name, "limit": args.limit, **est.to_json(), "budget_usd": spec.budget_usd,
-               "overrides": list(args.set)}
+               "overrides": list(args.set), "warnings": list(report.warnings)}
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
         return 0
 
@@ -78,4 +81,6 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         console.print(f"({limit_note(spec, args.limit)})")
     for note in est.notes:
         console.print(f"note: {note}")
+    for warning in report.warnings:
+        console.print(f"warning: {warning}", markup=False)
     return 0

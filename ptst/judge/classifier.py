@@ -19,7 +19,8 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from ptst.judge.base import JudgeBase, JudgeItem, Judgment, OnVerdict
+from ptst.judge import base
+from ptst.judge.base import JudgeContext, JudgeItem, JudgeSpec, Judgment, OnVerdict
 
 PROMPT_VERSION = "llama-guard-chat-1"  # how the conversation is put to the model and the reply read; in `version`
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
@@ -48,11 +49,12 @@ def model_fingerprint(directory: Path) -> str:
     return h.hexdigest()[:16]
 
 
-class Judge(JudgeBase):
+class Judge(base.Judge):
     kind: ClassVar[str] = "classifier"
     simulated: ClassVar[bool] = False
+    paid: ClassVar[bool] = False  # a model on this machine: no bill per verdict
 
-    class Options(JudgeBase.Options):
+    class Options(base.JudgeOptions):
         model: str = Field(min_length=1, description="local folder of the classifier (e.g. a Llama Guard download)")
         label: str | None = Field(None, description="name in results (default: the folder's name)")
         device: str | None = Field(None, description="cuda, cpu... (default: cuda when available)")
@@ -61,9 +63,15 @@ class Judge(JudgeBase):
 
     options: Options
 
-    def __init__(self, spec: Any = None):
-        super().__init__(spec)
+    def __init__(self, spec: JudgeSpec | None = None, context: JudgeContext | None = None):
+        super().__init__(spec, context)
         self._loaded: tuple[Any, Any, str] | None = None
+
+    def preflight(self) -> list[str]:
+        """The classifier is a local folder (it is never downloaded at judge time)."""
+        if not Path(self.options.model).expanduser().is_dir():
+            return [f"judge.model: {self.options.model} is not a folder; give the classifier's local model folder"]
+        return []
 
     @property
     def name(self) -> str:

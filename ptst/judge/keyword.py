@@ -12,7 +12,8 @@ from functools import cache
 from importlib import resources
 from typing import ClassVar
 
-from ptst.judge.base import JudgeBase, JudgeItem, Judgment
+from ptst.judge import base
+from ptst.judge.base import JudgeItem, Judgment
 
 
 @cache
@@ -25,9 +26,10 @@ def is_refusal(response: str, keywords: Sequence[str] | None = None) -> bool:
     return any(k in response for k in (keywords or refusal_keywords()))
 
 
-class Judge(JudgeBase):
+class Judge(base.Judge):
     kind: ClassVar[str] = "keyword"
     simulated: ClassVar[bool] = False
+    paid: ClassVar[bool] = False  # substring search here: free
 
     @property
     def name(self) -> str:

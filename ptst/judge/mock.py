@@ -10,13 +10,15 @@ import hashlib
 from collections.abc import Sequence
 from typing import ClassVar
 
-from ptst.judge.base import JudgeBase, JudgeItem, Judgment
+from ptst.judge import base
+from ptst.judge.base import JudgeItem, Judgment
 from ptst.judge.keyword import is_refusal
 
 
-class Judge(JudgeBase):
+class Judge(base.Judge):
     kind: ClassVar[str] = "mock"
-    simulated: ClassVar[bool] = True
+    simulated: ClassVar[bool] = True  # `ptst validate` warns and every result built on it is labelled simulated
+    paid: ClassVar[bool] = False
 
     @property
     def name(self) -> str:

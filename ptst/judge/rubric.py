@@ -5,26 +5,29 @@ as the original code does. The judge sees the raw query, never the templated pro
 `#thescore: N` in the reply (the rubric itself shows the tag, and a model may echo it before answering). A reply
 without a score is asked again a bounded number of times, then recorded unscored with the reply kept — never
 counted as safe or unsafe. Requests go through `ptst.clients` (the client, retries and concurrency the OpenAI
-backend uses too); the judge never imports a backend.
+backend uses too); the judge never imports a backend: the endpoints of the spec's backends (for `base_url:
+inherit`) come in through `JudgeContext`, found by the core.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import cache
 from importlib import resources
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 from pydantic import Field
 
 from ptst.clients.batch import batch_chat_completions
 from ptst.clients.chat import ChatFailure, chat_completions
 from ptst.clients.limit import SharedLimit
-from ptst.clients.openai import DEFAULT_BASE_URL, ClientOptions, resolve_base_url
+from ptst.clients.openai import DEFAULT_BASE_URL, ClientOptions, credentials_problem, resolve_base_url
 from ptst.errors import SpecError
-from ptst.judge.base import JudgeItem, JudgeSpec, Judgment, OnVerdict
+from ptst.judge import base
+from ptst.judge.base import JudgeContext, JudgeItem, JudgeSpec, Judgment, OnVerdict
 from ptst.keys import content_hash
 
 RUBRIC_FILE = "judge_rubric_qi2023.txt"
@@ -52,25 +55,32 @@ def parse_score(reply: str) -> int | None:
     return n if 1 <= n <= 5 else None
 
 
-class Judge:
+class Judge(base.Judge):
     kind: ClassVar[str] = "rubric"
     simulated: ClassVar[bool] = False
+    paid: ClassVar[bool] = True  # every verdict is a chat request billed by the judge's API
 
     class Options(ClientOptions):
         model: str = Field("gpt-4-0613", min_length=1)
         max_parse_retries: int = Field(2, ge=0, le=10, description="asks again when a reply has no score")
         max_tokens: int = Field(4096, ge=1)
 
-    def __init__(self, spec: JudgeSpec | None = None):
-        self.options = self.Options.model_validate(spec.options if spec else {})
+    options: Options
+
+    def __init__(self, spec: JudgeSpec | None = None, context: JudgeContext | None = None):
+        spec = spec or JudgeSpec(kind="rubric")
+        if spec.options.get("base_url") == INHERIT:
+            if context is None:
+                problem = (
+                    "judge.base_url: 'inherit' takes the endpoint of the spec's openai backend and is resolved from "
+                    "the whole spec (ptst.judging.create_judges); give a URL when building a judge on its own"
+                )
+                raise SpecError("spec", [problem])
+            spec = resolve_inherit(spec, context.endpoints)
+        super().__init__(spec, context)
         # `concurrency` bounds the judge's requests in flight over all its concurrent calls (a kill loses at most those)
         self._limit = SharedLimit(self.options.concurrency)
-        if self.options.base_url == INHERIT:
-            problem = (
-                "judge.base_url: 'inherit' takes the endpoint of the spec's openai backend and is resolved from the "
-                "whole spec (ptst.judge.rubric.resolve_judge_spec); give a URL when building a judge on its own"
-            )
-            raise SpecError("spec", [problem])
+        self._prompt_tokens: dict[str, int] = {}  # query -> tokens of the rubric prompt around it (estimates)
 
     @property
     def name(self) -> str:
@@ -86,6 +96,66 @@ class Judge:
             "parser": PARSER_VERSION, "max_parse_retries": o.max_parse_retries, "base_url": resolve_base_url(o),
         })
 
+    def api_model(self) -> str:
+        return self.options.model
+
+    # -- before anything is spent ------------------------------------------------------------------------------------
+    def preflight(self) -> list[str]:
+        """A missing key (the client's own check, naming the variable or file; never the key), and a judge that
+        would silently send every response to OpenAI's API while the spec's openai backends point elsewhere."""
+        problems = []
+        missing = credentials_problem(self.options)
+        if missing:
+            problems.append(f"credentials: judge: {missing}")
+        said = endpoint_warning(self.options, self.context.endpoints)
+        if said:
+            problems.append(f"warning: {said}")
+        return problems
+
+    def judging_usd(self, queries: Sequence[str], response_tokens: float, *, at_most: bool = False) -> float | None:
+        """Each call is the rubric prompt around the raw query plus the response in, and a verdict out (its
+        expected length from `ptst/resources/response_lengths.json`, capped by max_tokens; or max_tokens, `at_most`).
+        Prompt tokens are counted as the chat API counts them; the Batch API halves the price."""
+        from ptst.clients.pricing import chat_price
+
+        if not queries:
+            return 0.0
+        price = chat_price(self.options.model)
+        if price is None:
+            return None
+        n = len(queries)
+        tokens_in = sum(self._rubric_tokens(q) for q in queries) + n * response_tokens
+        tokens_out = n * (self.options.max_tokens if at_most else self.verdict_tokens())
+        usd = (tokens_in * float(price["input"]) + tokens_out * float(price["output"])) / 1e6
+        return usd / 2 if self.options.batch else usd
+
+    def verdict_tokens(self) -> float:
+        """A verdict's expected length: the measured (or assumed) length, capped by max_tokens."""
+        return float(min(self.options.max_tokens, _verdict_length()["tokens"]))
+
+    def estimate_notes(self) -> list[str]:
+        from ptst.clients.pricing import chat_price
+
+        o = self.options
+        notes = [] if chat_price(o.model) is not None else [f"no chat price for judge model {o.model}: judging cost "
+                                                             "unknown"]
+        notes.append(f"judge {o.model}: each call is the rubric prompt + the response in; out, a verdict of "
+                     f"{self.verdict_tokens():.0f} tokens expected ({_verdict_length()['basis']}, "
+                     f"ptst/resources/response_lengths.json) and the judge's max_tokens ({o.max_tokens}) at most; "
+                     "parse retries not counted" + ("; Batch API, half price" if o.batch else ""))
+        return notes
+
+    def _rubric_tokens(self, query: str) -> int:
+        """The rubric prompt with the raw query and an empty response (the response is added at its length), cached:
+        every model's responses to a query are judged with the same prompt."""
+        from ptst.clients.tokens import count_message_tokens, token_counter
+
+        if query not in self._prompt_tokens:
+            msgs = [{"role": "user", "content": judge_prompt(query, "")}]
+            self._prompt_tokens[query] = count_message_tokens(msgs, token_counter(self.options.model))
+        return self._prompt_tokens[query]
+
+    # -- work ----------------------------------------------------------------------------------------------------
     def request(self, item: JudgeItem) -> dict[str, object]:
         """The chat request for one item: the original's single user message and decoding parameters."""
         return dict(
@@ -117,6 +187,12 @@ class Judge:
         return [_judgment(r, attempts) for r in replies]
 
 
+@cache
+def _verdict_length() -> dict[str, Any]:
+    text = resources.files("ptst.resources").joinpath("response_lengths.json").read_text(encoding="utf-8")
+    return dict(json.loads(text)["verdict"])
+
+
 def _judgment(reply: str | ChatFailure, attempts: int) -> Judgment:
     if isinstance(reply, ChatFailure):
         return Judgment(unsafe=None, score=None, raw=None, error=f"judge request refused: {reply.message}")
@@ -130,45 +206,19 @@ def _judgment(reply: str | ChatFailure, attempts: int) -> Judgment:
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# which endpoint the judge talks to, seen from the whole spec
+# which endpoint the judge talks to, seen from the whole spec (its backends' endpoints, found by the core)
 # ------------------------------------------------------------------------------------------------------------------
-class SpecLike(Protocol):
-    """What these functions read of a `ptst.spec.Spec` (the judge never imports the spec or the backends)."""
-
-    @property
-    def judge(self) -> JudgeSpec: ...
-
-    @property
-    def backends(self) -> Sequence[Any]: ...
-
-
-def _openai_endpoints(spec: SpecLike) -> dict[str, dict[str, Any]]:
-    """Endpoint -> key settings of the first backend using it, over the spec's backends that talk to an
-    OpenAI-compatible endpoint (each backend class says so through `FineTuneBackend.judge_endpoint`, found through
-    the registry: the judge knows no concrete backend)."""
-    from ptst.backends.registry import backend_class
-
-    out: dict[str, dict[str, Any]] = {}
-    for b in spec.backends:
-        found = backend_class(b.kind).judge_endpoint(b.options)
-        if found is not None:
-            url, keys = found
-            out.setdefault(url, keys)
-    return out
-
-
-def resolve_judge_spec(spec: SpecLike) -> JudgeSpec:
-    """The spec's judge with `base_url: inherit` replaced by the endpoint of the spec's openai backend(s), and their
-    key settings (`api_key_env`, `api_key_file`) unless the judge names its own. Any other judge is returned as is.
+def resolve_inherit(judge: JudgeSpec, endpoints: Mapping[str, Mapping[str, Any]]) -> JudgeSpec:
+    """The judge with `base_url: inherit` replaced by the endpoint of the spec's openai backend(s) (`endpoints`, URL
+    -> key settings, from `JudgeContext`), and their key settings (`api_key_env`, `api_key_file`) unless the judge
+    names its own. Any other judge is returned as is.
 
     Raises SpecError when there is nothing to inherit from, or when the openai backends disagree on the endpoint.
     The resolved URL, not the word `inherit`, goes into the judge's version, so cached verdicts follow the endpoint.
     """
-    judge = spec.judge
     opts = judge.options
-    if judge.kind != "rubric" or opts.get("base_url") != INHERIT:
+    if opts.get("base_url") != INHERIT:
         return judge
-    endpoints = _openai_endpoints(spec)
     if not endpoints:
         raise SpecError("spec", [("judge.base_url: 'inherit' needs an openai backend in the spec to take the "
                                   "endpoint from; give the judge's endpoint as a URL instead")])
@@ -180,19 +230,15 @@ def resolve_judge_spec(spec: SpecLike) -> JudgeSpec:
     return JudgeSpec.model_validate({"kind": judge.kind, **opts, "base_url": url, **({} if own_key else keys)})
 
 
-def judge_endpoint_warning(spec: SpecLike) -> str | None:
-    """A warning when the rubric judge would silently send every response to OpenAI's API while every openai
-    backend of the spec points elsewhere (a proxy, a local server, another provider); None otherwise.
+def endpoint_warning(options: ClientOptions, endpoints: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """A warning when the judge would silently send every response to OpenAI's API while every openai backend of
+    the spec points elsewhere (a proxy, a local server, another provider); None otherwise.
 
     Silently means the judge names no endpoint itself (no `base_url`, no `OPENAI_BASE_URL`): a judge given
     OpenAI's URL explicitly is a choice, not a slip.
     """
-    judge = spec.judge
-    if judge.kind != "rubric" or judge.options.get("base_url") is not None:
+    if options.base_url is not None or resolve_base_url(options) != DEFAULT_BASE_URL:
         return None
-    if resolve_base_url(ClientOptions.model_validate({})) != DEFAULT_BASE_URL:
-        return None
-    endpoints = _openai_endpoints(spec)
     if not endpoints or DEFAULT_BASE_URL in endpoints:
         return None
     return (

@@ -28,7 +28,6 @@ from ptst.backends.base import (
 from ptst.backends.openai import files, jobs
 from ptst.backends.openai.generate import generate
 from ptst.backends.openai.options import OpenAIOptions
-
 from ptst.clients.chat import AsyncSleep
 from ptst.clients.limit import SharedLimit
 from ptst.clients.openai import (
@@ -88,7 +87,7 @@ class Backend(FineTuneBackend):
         problems = []
         missing = credentials_problem(self.options)
         if missing:
-            problems.append(missing)
+            problems.append(f"credentials: {missing}")  # an error for validate and run; estimate needs no key
         if self.price_per_million()[0] is None:
             problems.append(
                 f"warning: {self.spec.model} is not in ptst's price table, so estimates show "
