@@ -30,12 +30,14 @@ BACKENDS: Registry[type[FineTuneBackend]] = Registry(
     "backend kind", group=ENTRY_POINT_GROUP, check=_is_backend, expects="a FineTuneBackend subclass",
     default_attr="Backend",
 )
-BACKENDS.add("mock", "ptst.backends.mock:Backend", "deterministic simulation for CI; every result is labelled simulated")
-BACKENDS.add("openai", "ptst.backends.openai:Backend", "OpenAI fine-tuning API and chat completions (extra openai)")
-BACKENDS.add("llama2", "ptst.backends.llama2:Backend", "local Llama 2 chat: LoRA with transformers + peft (extra local)")
-BACKENDS.add("mistral", "ptst.backends.mistral:Backend", "local Mistral Instruct, mistral-common token ids (extra local)")
-BACKENDS.add("hf", "ptst.backends.hf_chat:Backend",
-             "any transformers chat model through its own chat template (extra local)")
+for _kind, _target, _note in (
+    ("mock", "ptst.backends.mock:Backend", "deterministic simulation for CI; every result is labelled simulated"),
+    ("openai", "ptst.backends.openai:Backend", "OpenAI fine-tuning API and chat completions (extra openai)"),
+    ("llama2", "ptst.backends.llama2:Backend", "local Llama 2 chat: LoRA with transformers + peft (extra local)"),
+    ("mistral", "ptst.backends.mistral:Backend", "local Mistral Instruct, mistral-common token ids (extra local)"),
+    ("hf", "ptst.backends.hf_chat:Backend", "any transformers chat model through its own chat template (extra local)"),
+):
+    BACKENDS.add(_kind, _target, _note)
 
 
 def backend_kinds() -> list[str]:
