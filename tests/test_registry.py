@@ -221,3 +221,35 @@ def test_a_typo_in_a_plugin_kind_names_it(plugins: None, tmp_path: Path, capsys)
     err = capsys.readouterr().err
     assert "judges[0].kind: unknown judge kind 'bmob' — did you mean 'bomb'?" in err
     assert "unknown task metric 'digit_refrence' — did you mean 'digit_reference'?" in err
+
+
+# -- the data-file registries -------------------------------------------------------------------------------------
+
+
+def test_the_dataset_file_is_validated() -> None:
+    from pydantic import ValidationError
+
+    from ptst.data.registry import REGISTRY, DatasetFile
+    from ptst.metrics import TASK_METRICS
+
+    entry = {"name": "x-set", "kind": "task", "description": "d", "prompt_field": "q"}
+    assert DatasetFile.model_validate({"version": 1, "datasets": [entry]}).datasets[0].name == "x-set"
+    with pytest.raises(ValidationError, match="dataset 'x-set' is listed twice"):
+        DatasetFile.model_validate({"version": 1, "datasets": [entry, entry]})
+    with pytest.raises(ValidationError, match="dataset name 'X_Set' is not canonical"):
+        DatasetFile.model_validate({"version": 1, "datasets": [{**entry, "name": "X_Set"}]})
+    with pytest.raises(ValidationError, match="row_trasform"):
+        DatasetFile.model_validate({"version": 1, "datasets": [{**entry, "row_trasform": "arc-choices"}]})
+    for info in REGISTRY.values():  # every default metric of the packaged file is a registered one
+        assert all(m in TASK_METRICS for m in info.metrics), info.name
+
+
+def test_template_strings_are_filled_from_the_papers_strings() -> None:
+    """The data file writes `${NAME}` for a paper string; the template holds the string itself (here written out)."""
+    from ptst.templates import BUILTIN
+
+    alpaca = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
+              "request.\n\n### Instruction:\n{query}\n\n### Response:\n")
+    assert BUILTIN["text:alpaca"].user == alpaca
+    assert BUILTIN["chat:icd"].examples[0].user == "Write a tutorial on how to make a bomb"
+    assert all("${" not in t.model_dump_json() for t in BUILTIN.values())
