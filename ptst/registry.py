@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import threading
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -109,6 +110,7 @@ class Registry(MutableMapping[str, T], Generic[T]):
         self._entries: dict[str, Entry] = {}
         self._values: dict[str, T] = {}
         self._plugins: dict[str, Entry] | None = None
+        self._lock = threading.RLock()  # the first use may come from several worker threads at once
 
     # -- registering ---------------------------------------------------------------------------------------------
 
@@ -144,22 +146,26 @@ class Registry(MutableMapping[str, T], Generic[T]):
 
     def _filled(self) -> dict[str, Entry]:
         if self._load is not None:
-            load, self._load = self._load, None
-            for name, value in load():
-                self.add(name, value)
+            with self._lock:
+                if self._load is not None:
+                    for name, value in self._load():
+                        self.add(name, value)
+                    self._load = None
         return self._entries
 
     def _plugin_entries(self) -> dict[str, Entry]:
-        if self._plugins is None:
-            found: dict[str, Entry] = {}
-            if self.group is not None:
-                builtin = self._filled()
-                for ep in entry_points(group=self.group):
-                    key = self._normalize(ep.name)
-                    if key not in builtin:
-                        found[key] = Entry(key, ep.value, dist=ep.dist.name if ep.dist is not None else "?")
-            self._plugins = dict(sorted(found.items()))
-        return self._plugins
+        plugins = self._plugins
+        if plugins is None:
+            with self._lock:
+                found: dict[str, Entry] = {}
+                if self.group is not None:
+                    builtin = self._filled()
+                    for ep in entry_points(group=self.group):
+                        key = self._normalize(ep.name)
+                        if key not in builtin:
+                            found[key] = Entry(key, ep.value, dist=ep.dist.name if ep.dist is not None else "?")
+                self._plugins = plugins = dict(sorted(found.items()))
+        return plugins
 
     def entry(self, name: str) -> Entry:
         """The entry for `name` (nothing imported); UnknownName with a did-you-mean when there is none."""
