@@ -253,3 +253,10 @@ def test_template_strings_are_filled_from_the_papers_strings() -> None:
     assert BUILTIN["text:alpaca"].user == alpaca
     assert BUILTIN["chat:icd"].examples[0].user == "Write a tutorial on how to make a bomb"
     assert all("${" not in t.model_dump_json() for t in BUILTIN.values())
+
+
+def test_a_backend_kind_typo_names_the_closest_kind() -> None:
+    from ptst.backends.base import BackendSpec
+
+    with pytest.raises(ValueError, match=r"unknown backend kind 'opnai' — did you mean 'openai'\?"):
+        BackendSpec(kind="opnai", model="gpt-4o-mini")
