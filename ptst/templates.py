@@ -3,20 +3,23 @@
 A template is vendor-neutral: `Template.apply` turns a query into a `Conversation`, which each backend then renders
 in its own format. Where the paper worded a template differently for GPT-3.5 (no `Question: ` prefix, the `Be
 helpful, ...` system prompt), the difference lives in a per-family variant, so one name means the same experiment on
-every vendor. The exact strings are data (`resources/templates.json`), tested byte for byte against the reference.
+every vendor. The exact strings and the built-in templates are data (`resources/templates.json`, read into the `BUILTIN`
+registry on first use), tested byte for byte against the reference.
 """
 
 from __future__ import annotations
 
-import difflib
 import json
+import re
+from collections.abc import Mapping
 from functools import cache
 from importlib import resources
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ptst.conversation import Conversation, Mode
+from ptst.registry import Registry, UnknownName
 
 Family = Literal["llama2", "mistral", "openai", "mock"]
 FAMILIES: tuple[str, ...] = ("llama2", "mistral", "openai", "mock")
@@ -100,66 +103,37 @@ class Template(BaseModel):
         return Conversation(self.mode, user, v.system, answer, query, reference, self.name, turns)
 
 
-def _builtin() -> dict[str, Template]:
-    s = strings()
-    q = "Question: " + QUERY_SLOT
-    alpaca_user = "### Instruction:\n" + QUERY_SLOT + "\n\n### Response:\n"
+class _TemplateFile(BaseModel):
+    """`resources/templates.json`: the paper's strings, and the built-in templates that use them by `${NAME}`."""
 
-    def gpt(system: str, user: str = QUERY_SLOT) -> dict[str, TemplateVariant]:
-        # The paper's GPT-3.5 code always sends a system message (possibly empty) and no "Question: " prefix.
-        return {"openai": TemplateVariant(system=system, user=user)}
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    strings: dict[str, str]
+    inst_sys: str = Field(description="the rule that derives the @inst-sys templates (documentation)")
+    templates: tuple[Template, ...]
 
-    ts = [
-        Template(name="text:vanilla", mode="text", user=q + "\nAnswer:", description="TV: plain text, no chat format"),
-        Template(
-            name="text:alpaca", mode="text", user=s["ALPACA_PREAMBLE"] + "\n\n" + alpaca_user,
-            description="TA: Alpaca prompt as plain text",
-        ),
-        Template(name="chat:vanilla", user=q, description="CV: chat format, no system prompt", variants=gpt("")),
-        Template(
-            name="chat:alpaca", system=s["ALPACA_PREAMBLE"], user=alpaca_user,
-            description="CA: Alpaca preamble as the system prompt", variants=gpt(s["ALPACA_PREAMBLE"], alpaca_user),
-        ),
-        Template(
-            name="chat:llama", system=s["LLAMA_SYSTEM"], user=q, safety=True,
-            description="CL: Llama 2's default safety system prompt", variants=gpt(s["GPT_LLAMA_SYSTEM"]),
-        ),
-        Template(
-            name="chat:llama-short", system=s["LLAMA_SYSTEM_SHORT"], user=q, safety=True,
-            description="Llama 2's safety prompt, first two sentences", variants=gpt(s["GPT_LLAMA_SYSTEM_SHORT"]),
-        ),
-        Template(
-            name="chat:mpt", system=s["MPT_SYSTEM"], user=q,
-            description="MPT's helpful-and-honest system prompt (no safety wording)", variants=gpt(s["MPT_SYSTEM"]),
-        ),
-        Template(
-            name="chat:mistral", system=s["MISTRAL_SYSTEM"], user=q, safety=True,
-            description="Mistral AI's guardrail system prompt", variants=gpt(s["MISTRAL_SYSTEM"]),
-        ),
-        Template(
-            name="chat:safe", system=s["LLAMA_SYSTEM"], user=q, safety=True,
-            description="each vendor's own safety prompt (Llama 2: chat:llama, Mistral: chat:mistral, GPT: Be helpful...)",
-            variants={
-                "llama2": TemplateVariant(system=s["LLAMA_SYSTEM"], user=q),
-                "mistral": TemplateVariant(system=s["MISTRAL_SYSTEM"], user=q),
-                "openai": TemplateVariant(system=s["GPT_LLAMA_SYSTEM"], user=QUERY_SLOT),
-            },
-        ),
-    ]
-    ts += [
-        Template(
-            name="chat:self-reminder", system=s["SELF_REMINDER_SYSTEM"], user=q, suffix=s["SELF_REMINDER_SUFFIX"],
-            safety=True, description="Self-Reminder (Xie et al. 2023): a responsibility system prompt and a reminder "
-            "after the query", variants=gpt(s["SELF_REMINDER_SYSTEM"]),
-        ),
-        Template(
-            name="chat:icd", user=q, examples=(ExampleTurn(user=s["ICD_USER"], assistant=s["ICD_ASSISTANT"]),),
-            safety=True, description="In-Context Defense (Wei et al. 2023): one refusal demonstration before the query",
-            variants=gpt(""),
-        ),
-    ]
+
+_STRING_REF = re.compile(r"\$\{([A-Z0-9_]+)\}")
+
+
+def _fill(node: Any, s: dict[str, str]) -> Any:
+    """`node` with every `${NAME}` replaced by the paper's string NAME (an unknown name is a KeyError: a bug)."""
+    if isinstance(node, str):
+        return _STRING_REF.sub(lambda m: s[m.group(1)], node)
+    if isinstance(node, list):
+        return [_fill(x, s) for x in node]
+    if isinstance(node, dict):
+        return {k: _fill(v, s) for k, v in node.items()}
+    return node
+
+
+def _builtin() -> list[tuple[str, Template]]:
+    """The built-in templates from the data file, each chat template with a system prompt followed (after all of
+    them) by its `@inst-sys` twin."""
+    raw = json.loads(resources.files("ptst.resources").joinpath("templates.json").read_text(encoding="utf-8"))
+    raw["templates"] = _fill(raw["templates"], raw["strings"])
+    ts = list(_TemplateFile.model_validate(raw).templates)
     ts += [inst_sys(t) for t in ts if t.mode == "chat" and t.system]
-    return {t.name: t for t in ts}
+    return [(t.name, t) for t in ts]
 
 
 def inst_sys(t: Template) -> Template:
@@ -177,23 +151,19 @@ def inst_sys(t: Template) -> Template:
     })
 
 
-BUILTIN: dict[str, Template] = _builtin()
+BUILTIN: Registry[Template] = Registry("template", load=_builtin, listing="ptst list templates")
+"""The built-in templates by name, read from `resources/templates.json` on first use."""
 
 
-class UnknownTemplate(KeyError):
+class UnknownTemplate(UnknownName):
     def __init__(self, name: str, known: list[str]):
-        self.name = name
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-        self.message = f"unknown template {name!r}" + (f" — did you mean {close[0]!r}?" if close else "")
-        super().__init__(self.message)
-
-    def __str__(self) -> str:
-        return self.message
+        super().__init__("template", name, known, listing="ptst list templates")
 
 
-def resolve(name: str, custom: dict[str, Template] | None = None) -> Template:
-    table = {**BUILTIN, **(custom or {})}
-    try:
-        return table[name]
-    except KeyError:
-        raise UnknownTemplate(name, sorted(table)) from None
+def resolve(name: str, custom: Mapping[str, Template] | None = None) -> Template:
+    """A template by name: the spec's own (`custom`) or a built-in one; UnknownTemplate with a did-you-mean."""
+    if custom and name in custom:
+        return custom[name]
+    if name in BUILTIN:
+        return BUILTIN[name]
+    raise UnknownTemplate(name, sorted({*BUILTIN, *(custom or {})}))

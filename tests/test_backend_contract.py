@@ -52,11 +52,18 @@ def test_estimate_dispatches_on_no_backend_class() -> None:
 
 
 def test_render_choices_come_from_the_registry(monkeypatch) -> None:
+    from importlib.metadata import EntryPoint
+
     from ptst.backends import registry
     from ptst.cli import build_parser
 
-    monkeypatch.setattr(registry, "_plugins", lambda: {"replay": "ptst_replay:Backend"})
-    parser = build_parser()
+    plugin = EntryPoint("replay", "ptst_replay:Backend", "ptst.backends")
+    monkeypatch.setattr("ptst.registry.entry_points", lambda group: [plugin] if group == "ptst.backends" else [])
+    registry.BACKENDS.cache_clear()
+    try:
+        parser = build_parser()
+    finally:
+        registry.BACKENDS.cache_clear()
     render = parser._subparsers._group_actions[0].choices["render"]  # type: ignore[union-attr]
     [backend] = [a for a in render._actions if a.dest == "backend"]
     assert backend.choices == ["mock", "openai", "llama2", "mistral", "hf", "replay"]

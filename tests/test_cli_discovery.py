@@ -71,12 +71,12 @@ def test_a_plugin_backend_is_listed(tmp_path, monkeypatch, capsys):
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ptst-replay\nVersion: 0.1.0\n", encoding="utf-8")
     (dist / "entry_points.txt").write_text("[ptst.backends]\nreplay = ptst_replay:Backend\n", encoding="utf-8")
     monkeypatch.syspath_prepend(str(site))
-    registry._plugins.cache_clear()
+    registry.BACKENDS.cache_clear()
     try:
         assert main(["list", "backends", "--json"]) == 0
         rows = {r["kind"]: r for r in json.loads(capsys.readouterr().out)}
     finally:
-        registry._plugins.cache_clear()
+        registry.BACKENDS.cache_clear()
     assert rows["replay"]["source"] == "plugin (ptst-replay)"
     assert rows["mock"]["source"] == "built-in" and set(rows) >= {"mock", "openai", "llama2", "mistral", "hf"}
 

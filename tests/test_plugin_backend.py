@@ -28,14 +28,14 @@ def installed_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (dist / "entry_points.txt").write_text("[ptst.backends]\nreplay = ptst_replay:Backend\n", encoding="utf-8")
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.syspath_prepend(str(EXAMPLE))
-    registry._plugins.cache_clear()
+    registry.BACKENDS.cache_clear()
     yield
-    registry._plugins.cache_clear()
+    registry.BACKENDS.cache_clear()
     sys.modules.pop("ptst_replay", None)
 
 
 def test_unknown_kind_without_the_plugin() -> None:
-    registry._plugins.cache_clear()
+    registry.BACKENDS.cache_clear()
     assert "replay" not in registry.backend_kinds()
     with pytest.raises(ValueError, match="unknown backend kind 'replay'"):
         registry.backend_class("replay")

@@ -90,11 +90,9 @@ class BackendSpec(BaseModel):
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, v: str) -> str:
-        from ptst.backends.registry import backend_kinds
+        from ptst.backends.registry import BACKENDS
 
-        if v not in backend_kinds():
-            raise ValueError(f"unknown backend kind {v!r} (known: {', '.join(backend_kinds())})")
-        return v
+        return BACKENDS.entry(v).name  # an unknown kind: one line naming the closest known kind
 
     @model_validator(mode="after")
     def _validate_options(self) -> BackendSpec:

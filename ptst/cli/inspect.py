@@ -22,16 +22,17 @@ DEFAULT_MODELS = {
 def cmd_templates(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from ptst.templates import BUILTIN
+    from ptst.cli.listing import templates
 
     custom = {}
     if args.spec:
         from ptst.spec import load_spec
 
         custom = load_spec(args.spec).custom_templates
-    table = Table("name", "mode", "safety prompt", "description")
-    for t in [*BUILTIN.values(), *custom.values()]:
-        table.add_row(t.name, t.mode, "yes" if t.safety else "", t.description or "(user-defined)")
+    headers, rows = templates(custom)  # the same rows as `ptst list templates`
+    table = Table(*headers)
+    for row in rows:
+        table.add_row(*row)
     from ptst.report.terminal import terminal_console
 
     terminal_console().print(table)

@@ -1,33 +1,18 @@
 """`ptst list {datasets,metrics,judges,templates,backends}` and `ptst schema`: what a spec can name, read from the
-registries themselves, so a dataset, metric, judge or template added there (or a backend installed as a plugin) is
-listed without editing this module.
+registries themselves (`ptst.registry.Registry`), so a dataset, metric, judge or template added there, or a backend,
+judge or metric installed as a plugin, is listed without editing this module.
 
 Each listing is plain rows (name, then a few short columns, the description last) so the CLI can print a table or
-JSON. Nothing here imports a concrete backend: backends are listed from the registry's table of kinds and entry
-points (their modules would import torch or openai), judges by their light modules' docstrings.
+JSON. Nothing here imports a concrete backend: a backend's line is registered beside its "module:Class" (its module
+would import torch or openai); judges and metrics describe themselves (docstring, `description`).
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any
 
 WHAT = ("datasets", "metrics", "judges", "templates", "backends")
-
-# The built-in backends in one line each (their modules are not imported to list them: torch, openai).
-BACKEND_NOTES = {
-    "mock": "deterministic simulation for CI; every result is labelled simulated",
-    "openai": "OpenAI fine-tuning API and chat completions (extra openai)",
-    "llama2": "local Llama 2 chat: LoRA with transformers + peft (extra local)",
-    "mistral": "local Mistral Instruct, mistral-common token ids (extra local)",
-    "hf": "any transformers chat model through its own chat template (extra local)",
-}
-
-
-def _first_line(doc: str | None) -> str:
-    lines = (doc or "").strip().splitlines()
-    return lines[0].strip() if lines else ""
 
 
 def datasets() -> tuple[list[str], list[list[str]]]:
@@ -43,18 +28,17 @@ def metrics() -> tuple[list[str], list[list[str]]]:
 
     default_for: dict[str, list[str]] = {}
     for d in REGISTRY.values():
-        if d.metric:
-            default_for.setdefault(d.metric, []).append(d.name)
-    rows = [[name, ", ".join(default_for.get(name, [])) or "-", getattr(m, "description", "")]
-            for name, m in TASK_METRICS.items()]
-    return ["name", "default for", "description"], rows
+        for m in d.metrics:
+            default_for.setdefault(m, []).append(d.name)
+    rows = [[e.name, e.source, ", ".join(default_for.get(e.name, [])) or "-", TASK_METRICS.describe(e.name)]
+            for e in TASK_METRICS.entries()]
+    return ["name", "source", "default for", "description"], rows
 
 
 def judges() -> tuple[list[str], list[list[str]]]:
-    from ptst.judge.base import JUDGE_MODULES
+    from ptst.judge.base import JUDGES
 
-    rows = [[kind, _first_line(importlib.import_module(module).__doc__)] for kind, module in JUDGE_MODULES.items()]
-    return ["kind", "description"], rows
+    return ["kind", "source", "description"], [[e.name, e.source, JUDGES.describe(e.name)] for e in JUDGES.entries()]
 
 
 def templates(custom: dict[str, Any] | None = None) -> tuple[list[str], list[list[str]]]:
@@ -66,17 +50,9 @@ def templates(custom: dict[str, Any] | None = None) -> tuple[list[str], list[lis
 
 
 def backends() -> tuple[list[str], list[list[str]]]:
-    from importlib.metadata import entry_points
+    from ptst.backends.registry import BACKENDS
 
-    from ptst.backends.registry import BUILTIN, ENTRY_POINT_GROUP, backend_kinds
-
-    dists = {ep.name: (ep.dist.name if ep.dist is not None else "?") for ep in entry_points(group=ENTRY_POINT_GROUP)}
-    rows = []
-    for kind in backend_kinds():
-        if kind in BUILTIN:
-            rows.append([kind, "built-in", BACKEND_NOTES.get(kind, BUILTIN[kind])])
-        else:
-            rows.append([kind, f"plugin ({dists.get(kind, '?')})", "installed through the ptst.backends entry point"])
+    rows = [[e.name, e.source, BACKENDS.describe(e.name)] for e in BACKENDS.entries()]
     return ["kind", "source", "description"], rows
 
 

@@ -3,7 +3,8 @@
 A spec names data either by registry name (`advbench`, `gsm8k`, ...) or by a local file (`{path: data/x.jsonl}`).
 The registry records, for each name, where the data lives on the Hugging Face hub and in which schema, and the file
 layouts of known local copies (the ones in `shared/data/`), so the same name works online, offline from a cache, or
-from a folder of files. Everything here is plain data: no I/O, no heavy imports — the loaders live in `loaders.py`.
+from a folder of files. The entries are data, `resources/datasets.yaml`, validated here (`DatasetFile`) when the
+registry is first used; nothing here reads user data or imports anything heavy — the loaders live in `loaders.py`.
 
 Decisions worth knowing:
 - A bare string in a spec is a *path* when it contains `/` or `\\` or ends in a data-file extension
@@ -16,11 +17,13 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
-import difflib
+from importlib import resources
 from pathlib import PurePath
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ptst.registry import Registry, UnknownName, did_you_mean
 
 Kind = Literal["safety", "task", "train"]
 
@@ -99,169 +102,30 @@ class DatasetInfo(BaseModel):
         return generic + [f for f in known if f.path not in {g.path for g in generic}]
 
 
-_JUDGED = "safety benchmark: scored by the judge (attack success rate), not by a task metric"
+class DatasetFile(BaseModel):
+    """`resources/datasets.yaml`: the registry's entries, each a DatasetInfo, under their canonical names."""
 
-REGISTRY: dict[str, DatasetInfo] = {
-    info.name: info
-    for info in (
-        DatasetInfo(
-            name="advbench",
-            kind="safety",
-            description="AdvBench harmful behaviors (Zou et al., 2023): 520 harmful instructions",
-            hub_id="walledai/AdvBench",  # fields prompt/target, one split 'train'
-            splits=("train",),
-            prompt_field="prompt",
-            metric_note=_JUDGED,
-            local=(
-                # PTST's own copy: one column, no header, quoted where it has commas.
-                LocalFile(path="advbench/harmful_behaviors.csv", columns=("prompt",)),
-                # The original llm-attacks file: header goal,target.
-                LocalFile(path="advbench/harmful_behaviors_goal_target.csv", rename={"goal": "prompt"}),
-            ),
-            origin="github.com/llm-attacks/llm-attacks data/advbench/harmful_behaviors.csv",
-            rows={"train": 520}, rows_source="hub card walledai/AdvBench (520 rows); ../shared copy: 520",
-            lengths="advbench",
-        ),
-        DatasetInfo(
-            name="directharm4",
-            kind="safety",
-            description="DirectHarm4 (Lyu et al., 2024): 400 instructions, 100 each of malware, drug, phishing, disinfo",
-            hub_id="vfleaking/DirectHarm4",
-            splits=("test",),
-            prompt_field="instruction",
-            metric_note=_JUDGED,
-            local=(
-                LocalFile(path="directharm4/directHarm4.csv", rename={"Goal": "instruction", "Category": "category"}),
-            ),
-            origin="huggingface.co/datasets/vfleaking/DirectHarm4",
-            rows={"test": 400}, rows_source="hub card vfleaking/DirectHarm4 (4 categories x 100); ../shared copy: 400",
-            lengths="directharm4",
-        ),
-        DatasetInfo(
-            name="gsm-danger",
-            kind="safety",
-            description="GSM-Danger (Lyu et al., 2024): ~100 math-style prompts that end in a harmful request",
-            hub_id="vfleaking/GSM-Danger",
-            # Schema assumption: the hub card was out of reach. PTST's inference.py loads both DirectHarm4 and
-            # GSM-Danger with split='test' and the same default prompt_key 'instruction', so ptst assumes that.
-            splits=("test",),
-            prompt_field="instruction",
-            metric_note=_JUDGED,
-            origin="huggingface.co/datasets/vfleaking/GSM-Danger",
-            rows={"test": 100}, rows_source="Lyu et al. 2024 (arXiv 2402.18540), GSM-Danger: 100 prompts",
-            tokens=(80.0, 0.0),
-            tokens_source="assumption: a GSM8K-style question (measured mean 59 tokens, lengths.json gsm8k/test) plus "
-            "a one-sentence harmful request",
-        ),
-        DatasetInfo(
-            name="gsm8k",
-            kind="task",
-            description="GSM8K grade-school math (Cobbe et al., 2021): 7,473 train / 1,319 test; answers end '#### N'",
-            hub_id="openai/gsm8k",  # the canonical id; the legacy id 'gsm8k' redirects to it
-            config="main",
-            splits=("train", "test"),
-            prompt_field="question",
-            answer_field="answer",
-            # lm-evaluation-harness's two gsm8k filters, comparable with published numbers (ptst's older lenient
-            # rule stays available as metric: exact_match)
-            metrics=("gsm8k_strict_match", "gsm8k_flexible_extract"),
-            local=(
-                LocalFile(path="gsm8k/train.jsonl", split="train"),
-                LocalFile(path="gsm8k/test.jsonl", split="test"),
-            ),
-            origin="github.com/openai/grade-school-math grade_school_math/data/{train,test}.jsonl",
-            rows={"train": 7473, "test": 1319}, rows_source="hub card openai/gsm8k (main: 7,473 train / 1,319 test)",
-            lengths="gsm8k",
-        ),
-        DatasetInfo(
-            name="safety-tuned-llamas",
-            kind="train",
-            description="Safety-Tuned LLaMAs (Bianchi et al., 2024): 2,483 harmful instructions with safe responses",
-            hub_id=None,
-            splits=("train",),
-            prompt_field="instruction",
-            context_field="input",
-            answer_field="output",
-            metric_note="training data (safety examples mixed into fine-tuning); no task metric",
-            local=(LocalFile(path="safety-tuned-llamas/safety_only_data_Instructions.json"),),
-            origin="github.com/vinid/safety-tuned-llamas data/training/safety_only_data_Instructions.json",
-            url="https://raw.githubusercontent.com/vinid/safety-tuned-llamas/36a4b8d5c2177ed165bf61f59b590161394f7f12/"
-            "data/training/safety_only_data_Instructions.json",
-            url_sha256="7dde08acf87f10cf74fd1b76f56538eae8e413ae8e6b09e3f7bcd97769058dbe",
-            rows={"train": 2483}, rows_source="Bianchi et al. 2024 repository file (2,483 pairs); ../shared copy: 2,483",
-            lengths="safety-tuned-llamas",
-        ),
-        DatasetInfo(
-            name="chatdoctor",
-            kind="train",
-            # The prompt is the patient's message (`input`). `instruction` is one fixed sentence on every row
-            # ("If you are a doctor, please answer..."); it is kept in Example.meta, not put into the prompt,
-            # because ptst's templates provide the framing that is under study.
-            description="ChatDoctor HealthCareMagic-100k (Li et al., 2023): patient question -> doctor answer",
-            hub_id="lavita/ChatDoctor-HealthCareMagic-100k",
-            splits=("train",),
-            prompt_field="input",
-            answer_field="output",
-            # The hub has one split: to evaluate, hold out rows not trained on (`holdout`, a seeded split).
-            metrics=("chatdoctor_bertscore",),
-            local=(
-                LocalFile(
-                    path="chatdoctor/chatdoctor5k.json",
-                    note="chatdoctor5k.json is GenMedGPT-5k, a format stand-in for HealthCareMagic-100k: "
-                    "fine for pipeline tests, not for reproducing the paper's ChatDoctor numbers",
-                ),
-            ),
-            origin="huggingface.co/datasets/lavita/ChatDoctor-HealthCareMagic-100k",
-            rows={"train": 112165},
-            rows_source="hub viewer of lavita/ChatDoctor-HealthCareMagic-100k (112,165 rows, shown as 112k; the same "
-            "112k in lavita/medical-qa-datasets' chatdoctor_healthcaremagic subset)",
-            tokens=(120.0, 150.0),
-            tokens_source="assumption: HealthCareMagic turns are longer than the GenMedGPT-5k stand-in's measured 29 / "
-            "52 tokens (lengths.json chatdoctor-genmedgpt5k): patient messages of a paragraph, doctors' of two",
-        ),
-        DatasetInfo(
-            name="openorca",
-            kind="train",
-            # system_prompt (the per-row OpenOrca system message) is kept in Example.meta, not in the prompt.
-            description="OpenOrca (Lian et al., 2023): GPT-4/3.5 augmented FLAN questions and responses",
-            hub_id="Open-Orca/OpenOrca",
-            splits=("train",),
-            prompt_field="question",
-            answer_field="response",
-            metric_note="the paper scores OpenOrca fine-tunes on ARC: evaluate with the arc-easy / arc-challenge tasks",
-            origin="huggingface.co/datasets/Open-Orca/OpenOrca",
-            rows={"train": 4233923},
-            rows_source="hub card Open-Orca/OpenOrca (~1M GPT-4 + ~3.2M GPT-3.5 completions; viewer: 4,233,923 rows)",
-            tokens=(150.0, 150.0),
-            tokens_source="assumption: FLAN questions with their context passages, and explained answers",
-        ),
-        *(
-            DatasetInfo(
-                name=f"arc-{level.lower()}",
-                kind="task",
-                description=f"ARC-{level} (Clark et al., 2018): grade-school science multiple choice ({sizes})",
-                hub_id="allenai/ai2_arc",  # schema: id, question, choices{text[], label[]}, answerKey
-                config=f"ARC-{level}",
-                splits=("train", "validation", "test"),
-                # arc_row folds the lettered choices into `question` and maps answerKey to a letter.
-                prompt_field="question",
-                answer_field="answerKey",
-                metrics=("arc_letter_accuracy",),
-                row_transform="arc-choices",
-                origin="huggingface.co/datasets/allenai/ai2_arc",
-                rows=dict(zip(("train", "validation", "test"), counts, strict=True)),
-                rows_source=f"hub card allenai/ai2_arc (ARC-{level}: {sizes})",
-                tokens=(60.0, 1.0),
-                tokens_source="assumption: a one-sentence science question and four lettered choices; the answer is "
-                "one letter",
-            )
-            for level, sizes, counts in (
-                ("Easy", "2,251 train / 570 validation / 2,376 test", (2251, 570, 2376)),
-                ("Challenge", "1,119 train / 299 validation / 1,172 test", (1119, 299, 1172)),
-            )
-        ),
-    )
-}
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    version: Literal[1]
+    datasets: tuple[DatasetInfo, ...]
+
+    @model_validator(mode="after")
+    def _canonical_unique_names(self) -> DatasetFile:
+        seen: set[str] = set()
+        for d in self.datasets:
+            if d.name != normalize_name(d.name) or "/" in d.name:
+                raise ValueError(f"dataset name {d.name!r} is not canonical (lower case, '-', no slash)")
+            if d.name in seen:
+                raise ValueError(f"dataset {d.name!r} is listed twice")
+            seen.add(d.name)
+        return self
+
+
+def _read_registry() -> list[tuple[str, DatasetInfo]]:
+    import yaml
+
+    text = resources.files("ptst.resources").joinpath("datasets.yaml").read_text(encoding="utf-8")
+    return [(d.name, d) for d in DatasetFile.model_validate(yaml.safe_load(text)).datasets]
 
 
 def normalize_name(name: str) -> str:
@@ -274,26 +138,27 @@ def looks_like_path(value: str) -> bool:
     return "/" in value or "\\" in value or PurePath(value).suffix.lower() in DATA_EXTENSIONS
 
 
+REGISTRY: Registry[DatasetInfo] = Registry(
+    "dataset", normalize=normalize_name, load=_read_registry, listing="ptst list datasets"
+)
+"""Dataset name -> DatasetInfo, read from `resources/datasets.yaml` on first use."""
+
+
 def _check_metric(v: str) -> str:
     from ptst.metrics import TASK_METRICS  # lazy: metrics imports nothing from here, but keep the core acyclic
 
-    if v not in TASK_METRICS:
-        raise ValueError(f"unknown task metric {v!r}{_did_you_mean(v, sorted(TASK_METRICS))}")
-    return v
-
-
-def _did_you_mean(value: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(value, known, n=1, cutoff=0.6)
-    return f" — did you mean {close[0]!r}?" if close else f" (known: {', '.join(known)})"
+    return TASK_METRICS.entry(v).name  # built-in or a plugin's; an unknown name is one line with a did-you-mean
 
 
 def lookup(name: str) -> DatasetInfo:
     """The registry entry for `name`; ValueError with a did-you-mean suggestion when unknown."""
-    key = normalize_name(name)
-    if key in REGISTRY:
-        return REGISTRY[key]
-    hint = "; to load a file, write {path: ...}" if looks_like_path(name) else ""
-    raise ValueError(f"unknown dataset {name!r}{_did_you_mean(key, list(REGISTRY))}{hint}")
+    try:
+        return REGISTRY[name]
+    except UnknownName as e:
+        if not looks_like_path(name):
+            raise
+        raise ValueError(f"unknown dataset {name!r}{did_you_mean(e.key, REGISTRY.names())}; to load a file, "
+                         "write {path: ...}") from None
 
 
 class Holdout(BaseModel):
@@ -383,7 +248,7 @@ class DatasetRef(BaseModel):
             raise ValueError(f"dataset {info.name!r} has splits {', '.join(info.splits)}; say which with split: ...")
         if self.split is not None and self.split not in info.splits:
             raise ValueError(
-                f"dataset {info.name!r} has no split {self.split!r}{_did_you_mean(self.split, list(info.splits))}"
+                f"dataset {info.name!r} has no split {self.split!r}{did_you_mean(self.split, info.splits)}"
             )
         return self
 

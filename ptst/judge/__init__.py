@@ -1,7 +1,7 @@
 """Judges score responses to harmful queries, the same way for every backend, so vendors are comparable."""
 
 from ptst.judge.base import (
-    JUDGE_MODULES,
+    JUDGES,
     Judge,
     JudgeItem,
     JudgeSpec,
@@ -9,4 +9,4 @@ from ptst.judge.base import (
     create_judge,
 )
 
-__all__ = ["JUDGE_MODULES", "Judge", "JudgeItem", "JudgeSpec", "Judgment", "create_judge"]
+__all__ = ["JUDGES", "Judge", "JudgeItem", "JudgeSpec", "Judgment", "create_judge"]

@@ -7,20 +7,26 @@ unscored (`unsafe=None`), never silently counted as safe or unsafe.
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-JUDGE_MODULES: dict[str, str] = {
-    "classifier": "ptst.judge.classifier",
-    "keyword": "ptst.judge.keyword",
-    "mock": "ptst.judge.mock",
-    "rubric": "ptst.judge.rubric",
-}
+from ptst.registry import Registry
+
+JUDGE_GROUP = "ptst.judges"
+
+JUDGES: Registry[Any] = Registry(
+    "judge kind", group=JUDGE_GROUP, check=lambda v: isinstance(v, type), expects="a judge class",
+    default_attr="Judge",
+)
+"""Judge kind -> judge class: the built-in judges, then plugins of the `ptst.judges` entry-point group
+(`myjudge = "my_pkg.judge:Judge"`). A class is imported when its kind is first used; `ptst list judges` shows the
+first line of its module's docstring."""
+for _kind in ("classifier", "keyword", "mock", "rubric"):
+    JUDGES.add(_kind, f"ptst.judge.{_kind}:Judge")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +51,12 @@ class JudgeSpec(BaseModel):
     """The spec's `judge:` entry; keys other than `kind` are the judge's own options (validated by it)."""
 
     model_config = ConfigDict(frozen=True, extra="allow")
-    kind: Literal["keyword", "mock", "rubric", "classifier"] = "keyword"
+    kind: str = Field("keyword", description="a judge kind (ptst list judges): built-in or a plugin's")
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        return JUDGES.entry(v).name  # open to plugins; a typo is one line naming the closest kind
 
     @property
     def options(self) -> dict[str, Any]:
@@ -151,11 +162,8 @@ JudgeBase = Judge  # its former name, for judges written against it
 
 
 def judge_class(kind: str) -> type[Judge]:
-    try:
-        module = JUDGE_MODULES[kind]
-    except KeyError:
-        raise ValueError(f"unknown judge kind {kind!r} (known: {', '.join(JUDGE_MODULES)})") from None
-    cls: type[Judge] = importlib.import_module(module).Judge
+    """The judge class for a kind, imported on first use; a ValueError naming the closest kind when unknown."""
+    cls: type[Judge] = JUDGES[kind]
     return cls
 
 

@@ -40,23 +40,31 @@ from ptst.metrics.stats import (
     paired_mcnemar,
     seed_summary,
 )
+from ptst.registry import Registry
 
-TASK_METRICS: dict[str, ItemMetric | CorpusMetric] = {
-    m.name: m
-    for m in (
-        ItemMetric("exact_match", gsm8k_exact_match, "ptst's lenient GSM8K rule (numeric equality of final numbers)"),
-        ItemMetric("gsm8k_strict_match", gsm8k_strict_match, "lm-evaluation-harness gsm8k exact_match,strict-match"),
-        ItemMetric(
-            "gsm8k_flexible_extract", gsm8k_flexible_extract, "lm-evaluation-harness gsm8k exact_match,flexible-extract"
-        ),
-        ItemMetric("arc_letter_accuracy", arc_letter_accuracy, "ARC: the response's choice letter is the key's"),
-        CorpusMetric("chatdoctor_bertscore", chatdoctor_bertscore, "ChatDoctor: mean BERTScore F1 (roberta-large L17)"),
-    )
-}
-"""Metric name (as in the spec and results.json `metric`) -> TaskMetric. Per-item metrics are also callable as
-`scorer(response, reference) -> bool`; corpus metrics only have `.score(responses, references)`."""
+METRIC_GROUP = "ptst.metrics"
+
+TASK_METRICS: Registry[TaskMetric] = Registry(
+    "task metric", group=METRIC_GROUP, check=lambda v: isinstance(v, TaskMetric),
+    expects="a task metric (an ItemMetric, a CorpusMetric or another TaskMetric: name, level, score)",
+)
+"""Metric name (as in the spec and results.json `metric`) -> TaskMetric: the built-in metrics, then plugins of the
+`ptst.metrics` entry-point group (`bleu = "my_pkg.metrics:BLEU"`, an ItemMetric or CorpusMetric object). Per-item
+metrics are also callable as `scorer(response, reference) -> bool`; corpus metrics only have `.score(responses,
+references)`."""
+for _m in (
+    ItemMetric("exact_match", gsm8k_exact_match, "ptst's lenient GSM8K rule (numeric equality of final numbers)"),
+    ItemMetric("gsm8k_strict_match", gsm8k_strict_match, "lm-evaluation-harness gsm8k exact_match,strict-match"),
+    ItemMetric(
+        "gsm8k_flexible_extract", gsm8k_flexible_extract, "lm-evaluation-harness gsm8k exact_match,flexible-extract"
+    ),
+    ItemMetric("arc_letter_accuracy", arc_letter_accuracy, "ARC: the response's choice letter is the key's"),
+    CorpusMetric("chatdoctor_bertscore", chatdoctor_bertscore, "ChatDoctor: mean BERTScore F1 (roberta-large L17)"),
+):
+    TASK_METRICS.add(_m.name, _m)
 
 __all__ = [
+    "METRIC_GROUP",
     "TASK_METRICS",
     "Z95",
     "BertScore",
