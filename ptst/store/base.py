@@ -30,6 +30,7 @@ class StoreBase:
         self.lock = threading.RLock()
         self._writable = False
         self._checkpointed = time.monotonic()
+        self.secrets: tuple[str, ...] = ()  # known API keys, scrubbed from every text stored (`ptst.store.scrub`)
 
     @property
     def db(self) -> Path:
@@ -37,6 +38,20 @@ class StoreBase:
 
     def _maybe_checkpoint(self) -> None:
         """Overridden by the integrity part (`ptst.store.integrity`): writes call it after each commit."""
+
+    def _committed(self, table: str, added: int) -> None:
+        """Overridden by the integrity part: `added` new rows of a paid-work table were just committed."""
+
+    def _index_changed(self, c: sqlite3.Connection) -> None:
+        """Overridden by the integrity part: the cell index was rewritten inside transaction `c`."""
+
+    def _scrub(self, text: Any) -> Any:
+        """`text` without any known secret (an endpoint that echoes its key must not put it in the store)."""
+        if not self.secrets or not isinstance(text, str):
+            return text
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
 
     def _has_category(self) -> bool:
         with self.lock:
@@ -59,6 +74,17 @@ class StoreBase:
                 raise StoreError(
                     f"{self.db}: {msg} — everything committed before is kept; free some space "
                     "and run the same command again to resume"
+                ) from None
+            if "Could not decode to UTF-8" in msg:  # a text edited by hand into bytes that are not UTF-8
+                raise StoreError(
+                    f"{self.db}: a stored text is not valid UTF-8 ({msg.split(' with text')[0]}): the store was edited "
+                    f"or damaged; restore the folder from a backup, or copy out what survives with `sqlite3 {self.db} "
+                    ".recover > recovered.sql` and choose another --out"
+                ) from None
+            if "no such table" in msg or "no such column" in msg:  # a table dropped or altered by hand
+                raise StoreError(
+                    f"{self.db}: {msg} (the store was edited or damaged); restore the folder from a backup, or copy out "
+                    f"what survives with `sqlite3 {self.db} .recover > recovered.sql` and choose another --out"
                 ) from None
             raise
         except sqlite3.DatabaseError as e:

@@ -34,7 +34,10 @@ class CellTables(StoreBase):
         old index or the new one, never a mix. Responses and verdicts are cached by key and stay. An index identical
         to the stored one (a re-run of the same spec) is left as it is: rewriting 100,000 items took seconds."""
         digest = cells_digest(rows)
-        if self._read("SELECT 1 FROM meta WHERE key = 'cells_digest' AND value = ?", (json.dumps(digest),)):
+        n_items = sum(len(items) for *_, items in rows)
+        if self._read("SELECT 1 FROM meta WHERE key = 'cells_digest' AND value = ?", (json.dumps(digest),)) and \
+                self._read("SELECT count(*) FROM cell_items")[0][0] == n_items and \
+                self._read("SELECT count(*) FROM cells")[0][0] == len(rows):
             return
         with self.transaction() as c:
             c.execute("DELETE FROM cells")
@@ -43,6 +46,7 @@ class CellTables(StoreBase):
                 c.execute("INSERT INTO cells VALUES (?, ?, ?)", (key, json.dumps(spec, sort_keys=True), position))
                 c.executemany(_INSERT_ITEM, _item_rows(key, items))
             c.execute("INSERT OR REPLACE INTO meta VALUES ('cells_digest', ?)", (json.dumps(digest),))
+            self._index_changed(c)
 
     def put_cell(self, key: str, spec: dict[str, Any], position: int, items: Sequence[Item]) -> None:
         """Record (or reset) one cell and its items (gen_key, query, reference[, category]) in one transaction."""
@@ -51,6 +55,7 @@ class CellTables(StoreBase):
             c.execute("INSERT OR REPLACE INTO cells VALUES (?, ?, ?)", (key, json.dumps(spec, sort_keys=True), position))
             c.execute("DELETE FROM cell_items WHERE cell = ?", (key,))
             c.executemany(_INSERT_ITEM, _item_rows(key, items))
+            self._index_changed(c)
 
     def drop_cells(self, keys: Iterable[str]) -> None:
         """Remove cells from the index (those of a job that ended without a model), in one transaction."""
@@ -59,9 +64,19 @@ class CellTables(StoreBase):
             c.execute("DELETE FROM meta WHERE key = 'cells_digest'")  # the index no longer matches the recorded one
             c.executemany("DELETE FROM cells WHERE key = ?", [(k,) for k in keys])
             c.executemany("DELETE FROM cell_items WHERE cell = ?", [(k,) for k in keys])
+            self._index_changed(c)
 
     def cells(self) -> list[tuple[str, dict[str, Any]]]:
-        return [(k, json.loads(s)) for k, s in self._read("SELECT key, spec FROM cells ORDER BY position, key")]
+        out = []
+        for k, s in self._read("SELECT key, spec FROM cells ORDER BY position, key"):
+            try:
+                spec = json.loads(s)
+            except (TypeError, ValueError):
+                spec = None
+            if not isinstance(spec, dict):
+                raise self.edited(f"cells row {k}: spec", s, "not a JSON object")
+            out.append((k, spec))
+        return out
 
     def cell_items(self, cell: str) -> list[tuple[str, str, str | None]]:
         """(gen_key, query, reference) of a cell, in order."""
@@ -75,7 +90,8 @@ class CellTables(StoreBase):
 
     # -- failures of cells (a generation or judge error after retries) ------------------------------------------
     def put_failure(self, key: str, stage: str, what: str, message: str) -> None:
-        self._write("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?, ?)", (key, stage, what, message, time.time()))
+        self._write("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?, ?)",
+                    (key, stage, what, self._scrub(message), time.time()))
 
     def clear_failure(self, key: str) -> None:
         self._write("DELETE FROM failures WHERE key = ?", (key,))

@@ -34,6 +34,8 @@ CREATE TABLE IF NOT EXISTS failures (
   key TEXT PRIMARY KEY, stage TEXT NOT NULL, what TEXT NOT NULL, message TEXT NOT NULL, updated REAL NOT NULL);
 """
 
+TABLES = ("meta", "ledger", "jobs", "cells", "cell_items", "generations", "judgments", "costs", "failures")
+
 # How long a write waits for another process's write lock (a `sqlite3` shell with an open transaction) before the
 # run stops with exit 2; committed work is kept either way.
 BUSY_TIMEOUT_S = 30.0

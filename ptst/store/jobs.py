@@ -28,17 +28,31 @@ class JobRecord:
 
 class JobTables(StoreBase):
     # -- ledger (JobLedger protocol) --------------------------------------------------------------------------
+    def _ledger_value(self, name: str, text: Any) -> dict[str, Any]:
+        """A ledger value that is not a JSON object is a hand edit: refused (a miss would create the job again)."""
+        try:
+            value = json.loads(text)
+        except (TypeError, ValueError):
+            value = None
+        if not isinstance(value, dict):
+            raise self.edited(f"ledger row {name!r}", text, "not a JSON object")
+        return value
+
     def get(self, name: str) -> dict[str, Any] | None:
         rows = self._read("SELECT value FROM ledger WHERE name = ?", (name,))
-        return json.loads(rows[0][0]) if rows else None
+        return self._ledger_value(name, rows[0][0]) if rows else None
 
     def put(self, name: str, value: dict[str, Any]) -> None:
-        self._write("INSERT OR REPLACE INTO ledger VALUES (?, ?, ?)", (name, json.dumps(value, sort_keys=True), time.time()))
+        text = self._scrub(json.dumps(value, sort_keys=True))
+        with self.transaction() as c:
+            new = c.execute("SELECT 1 FROM ledger WHERE name = ?", (name,)).fetchone() is None
+            c.execute("INSERT OR REPLACE INTO ledger VALUES (?, ?, ?)", (name, text, time.time()))
+        self._committed("ledger", int(new))
         self._maybe_checkpoint()
 
     def ledger_entries(self, prefix: str = "") -> list[tuple[str, dict[str, Any]]]:
         rows = self._read("SELECT name, value FROM ledger WHERE name LIKE ? ORDER BY name", (prefix + "%",))
-        return [(n, json.loads(v)) for n, v in rows]
+        return [(n, self._ledger_value(n, v)) for n, v in rows]
 
     # -- fine-tuning jobs ---------------------------------------------------------------------------------------
     def job(self, key: str) -> JobRecord | None:
@@ -50,23 +64,29 @@ class JobTables(StoreBase):
 
     def put_job(self, rec: JobRecord, *, usd: float | None = None) -> None:
         """Record a job's outcome, with its cost when it succeeded (the estimate: what the vendor bills)."""
+        ref = self._scrub(json.dumps(rec.model_ref)) if rec.model_ref is not None else None
         with self.transaction() as c:
+            new = c.execute("SELECT 1 FROM jobs WHERE key = ?", (rec.key,)).fetchone() is None
             c.execute(
                 "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    rec.key, rec.backend, rec.base_model, rec.train_template, rec.seed, rec.status,
-                    json.dumps(rec.model_ref) if rec.model_ref is not None else None, rec.code, rec.message,
-                    time.time(),
+                    rec.key, rec.backend, rec.base_model, rec.train_template, rec.seed, rec.status, ref,
+                    self._scrub(rec.code), self._scrub(rec.message), time.time(),
                 ),
             )
             if rec.status == "succeeded":
                 c.execute("INSERT OR REPLACE INTO costs VALUES (?, 'train', ?, ?)", (rec.key, usd, time.time()))
             else:
                 c.execute("DELETE FROM costs WHERE key = ?", (rec.key,))
+        self._committed("jobs", int(new))
 
     def costs(self, stage: str) -> list[float | None]:
         """The recorded cost of each finished step of a stage (None: not known)."""
-        return [u for (u,) in self._read("SELECT usd FROM costs WHERE stage = ? ORDER BY key", (stage,))]
+        rows = self._read("SELECT key, usd FROM costs WHERE stage = ? ORDER BY key", (stage,))
+        for key, u in rows:
+            if u is not None and not isinstance(u, (int, float)):
+                raise self.edited(f"costs row {key}: usd", u, "not a number")
+        return [u for _, u in rows]
 
 
 def _job(row: tuple[Any, ...], db: Path) -> JobRecord:

@@ -59,25 +59,44 @@ class ResponseTables(StoreBase):
                                                         keys)}
 
     def put_generations(self, rows: Sequence[tuple[str, str, str]]) -> None:
-        """rows: (gen_key, rendered_prompt_json, response), written in one transaction."""
+        """rows: (gen_key, rendered_prompt_json, response), written in one transaction (known secrets scrubbed)."""
         now = time.time()
         with self.transaction() as c:
-            c.executemany("INSERT OR REPLACE INTO generations VALUES (?, ?, ?, ?)", [(*r, now) for r in rows])
+            new = _new_keys(c, "generations", [r[0] for r in rows])
+            c.executemany("INSERT OR REPLACE INTO generations VALUES (?, ?, ?, ?)",
+                          [(k, self._scrub(p), self._scrub(r), now) for k, p, r in rows])
+        self._committed("generations", new)
         self._maybe_checkpoint()
 
     def judgments(self, keys: Iterable[str]) -> dict[str, Judged]:
         rows = self._lookup("SELECT key, unsafe, score, raw, error FROM judgments WHERE key IN (%s)", keys)
+        for k, u, s, _, _ in rows:  # a hand edit (a score typed as text) must not reach the analysis
+            if not (u is None or type(u) is int) or not (s is None or type(s) is int):
+                raise self.edited(f"judgments row {k}: unsafe/score", (u, s), "not an integer")
         return {k: Judged(None if u is None else bool(u), s, raw, err) for k, u, s, raw, err in rows}
 
     def put_judgments(self, judge: str, rows: Sequence[tuple[str, Judged]]) -> None:
-        """rows: (judgment_key, verdict), written in one transaction."""
+        """rows: (judgment_key, verdict), written in one transaction (known secrets scrubbed)."""
         now = time.time()
         with self.transaction() as c:
+            new = _new_keys(c, "judgments", [k for k, _ in rows])
             c.executemany(
                 "INSERT OR REPLACE INTO judgments VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (k, judge, None if j.unsafe is None else int(j.unsafe), j.score, j.raw, j.error, now)
+                    (k, judge, None if j.unsafe is None else int(j.unsafe), j.score, self._scrub(j.raw),
+                     self._scrub(j.error), now)
                     for k, j in rows
                 ],
             )
+        self._committed("judgments", new)
         self._maybe_checkpoint()
+
+
+def _new_keys(c: Any, table: str, keys: Sequence[str]) -> int:
+    """How many of `keys` are not in `table` yet (inside the writing transaction): the paid rows it adds."""
+    unique = list(dict.fromkeys(keys))
+    have = 0
+    for i in range(0, len(unique), 900):
+        chunk = unique[i : i + 900]
+        have += c.execute(f"SELECT count(*) FROM {table} WHERE key IN ({','.join('?' * len(chunk))})", chunk).fetchone()[0]
+    return len(unique) - have
