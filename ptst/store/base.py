@@ -77,7 +77,7 @@ class StoreBase:
                 ) from None
             if "Could not decode to UTF-8" in msg:  # a text edited by hand into bytes that are not UTF-8
                 raise StoreError(
-                    f"{self.db}: a stored text is not valid UTF-8 ({msg.split(' with text')[0]}): the store was edited "
+                    f"{self.db}: a stored text is not valid UTF-8 ({msg.partition(' with text')[0]}): the store was edited "
                     f"or damaged; restore the folder from a backup, or copy out what survives with `sqlite3 {self.db} "
                     ".recover > recovered.sql` and choose another --out"
                 ) from None
