@@ -197,6 +197,7 @@ class Integrity(StoreBase):
     def checkpoint(self) -> None:
         """Record the committed counts and copy the WAL into ptst.db (without waiting for readers): from here on,
         losing the -wal file loses nothing before this moment. Called every CHECKPOINT_S by writes, and at close."""
+        self._gate()
         with self.lock:
             self._checkpointed = time.monotonic()
             with self._writing():

@@ -62,13 +62,18 @@ class RunStore(Integrity, JobTables, CellTables, ResponseTables):
             store.secrets = tuple(secrets)
             try:
                 store._init(writable=lock, created=created)
-                yield store
+                try:
+                    yield store
+                except (KeyboardInterrupt, SystemExit):
+                    store.interrupted.set()  # worker threads stop at the store (`_gate`), losing only what is in flight
+                    raise
                 if lock:
                     store.set_meta("closed_cleanly", True)  # the next open may skip the integrity scan
                     store.checkpoint()  # a finished command leaves everything in ptst.db itself
             finally:
-                with store.lock:
-                    conn.close()
+                if not store.interrupted.is_set():  # interrupted: a worker may be mid-commit; the exit closes it
+                    with store.lock:
+                        conn.close()
         finally:
             if lock_file is not None:
                 _lock.release(lock_file)
