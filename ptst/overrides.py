@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from ptst.errors import SpecError, UsageError
-from ptst.spec_io import UniqueKeyLoader, _DuplicateKey, field_path
+from ptst.spec_io import HUGE_INT, UniqueKeyLoader, _DuplicateKey, field_path, is_huge_int
 
 _SEGMENT = re.compile(r"\[(-?\d+)\]|([^.\[\]]+)")
 _INDEX = re.compile(r"-?\d+")
@@ -53,6 +53,10 @@ def parse_value(key: str, text: str) -> Any:
     except (yaml.YAMLError, _DuplicateKey) as e:  # both end as one usage line
         problem = getattr(e, "problem", None) or getattr(e, "message", None) or str(e).splitlines()[0]
         raise UsageError(f"--set {key}: the value {text!r} is not valid YAML ({problem}); quote it") from None
+    except ValueError as e:
+        if is_huge_int(e):
+            raise UsageError(f"--set {key}: the value is {HUGE_INT}") from None
+        raise
 
 
 def parse_override(item: str) -> tuple[str, tuple[str | int, ...], Any]:

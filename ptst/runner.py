@@ -45,6 +45,7 @@ from ptst.results import Results
 from ptst.scheduler import Scheduler
 from ptst.spec import SafetyMix, Spec
 from ptst.store import RunStore
+from ptst.store.scrub import known_secrets
 
 __all__ = ["collect_results", "export_rows", "item_records", "load_datasets", "run", "run_experiment"]
 
@@ -139,17 +140,20 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def run(spec: Spec, out: Path, *, spec_dir: Path | None = None, yes: bool = False, retry_failed: bool = False) -> Results:
-    return run_experiment(spec, out, spec_dir=spec_dir, yes=yes, retry_failed=retry_failed)[0]
+def run(spec: Spec, out: Path, *, spec_dir: Path | None = None, yes: bool = False, retry_failed: bool = False,
+        fresh: bool = False) -> Results:
+    return run_experiment(spec, out, spec_dir=spec_dir, yes=yes, retry_failed=retry_failed, fresh=fresh)[0]
 
 
 def run_experiment(
     spec: Spec, out: Path, *, spec_dir: Path | None = None, yes: bool = False, retry_failed: bool = False,
     limit: int | None = None, overrides: Sequence[str] = (), judgment_memo: JudgmentKeys | None = None,
+    fresh: bool = False,
 ) -> tuple[Results, RunInfo]:
     """Run (or resume) a spec into `out`; the RunInfo's status says whether everything finished. `limit` (a smoke
     run) keeps the first N rows of every dataset, recorded in the stored spec and the store's `limit` meta.
-    `judgment_memo`: the run's judgment keys are kept there, for the caller's reports to find the verdicts by."""
+    `judgment_memo`: the run's judgment keys are kept there, for the caller's reports to find the verdicts by.
+    `fresh`: start over in a folder whose store was lost (refused without it: its work would be bought again)."""
     from ptst.judging import create_judges
     from ptst.preflight import WARNING, preflight
 
@@ -171,7 +175,7 @@ def run_experiment(
         from ptst.report import SIMULATED_BANNER
 
         log(SIMULATED_BANNER)
-    with RunStore.open(out) as store:
+    with RunStore.open(out, fresh=fresh, secrets=known_secrets(spec.model_dump(mode="json"))) as store:
         store.set_meta("spec", spec.model_dump(mode="json"))
         store.set_meta("spec_name", spec.name)
         store.set_meta("limit", limit)

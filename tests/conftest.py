@@ -19,8 +19,10 @@ def shared() -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests never touch the network: the HF hub is told to stay offline, and no real OpenAI key is ever used."""
+def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests never touch the network: the HF hub is told to stay offline, and no real OpenAI key is ever used. The
+    per-user state folder (the job locks) is the session's, never the user's."""
+    monkeypatch.setenv("PTST_STATE_DIR", str(tmp_path_factory.getbasetemp() / "ptst-state"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")

@@ -153,12 +153,12 @@ class FullDisk(sqlite3.Connection):
 def test_full_disk_ends_cleanly_and_the_store_still_opens(tmp_path, monkeypatch, capsys):
     import json
 
-    from ptst import store as store_mod
     from ptst.cli import main
+    from ptst.store import files as store_mod
 
     spec = _mock_spec(tmp_path)
     out = tmp_path / "out"
-    monkeypatch.setattr(store_mod, "_connect", lambda p: sqlite3.connect(
+    monkeypatch.setattr(store_mod, "connect", lambda p: sqlite3.connect(
         p, timeout=30, isolation_level=None, check_same_thread=False, factory=FullDisk))
     FullDisk.seen = 0
     assert main(["run", str(spec), "--out", str(out)]) == 2
@@ -198,7 +198,7 @@ def _mock_spec(tmp: Path) -> Path:
 
 
 def test_a_large_lookup_scans_the_table_with_the_same_answer(tmp_path, monkeypatch):
-    from ptst import store as store_mod
+    from ptst.store import responses as store_mod
 
     with RunStore.open(tmp_path) as s:
         s.put_generations([(f"g{i}", "{}", f"response {i}") for i in range(50)])

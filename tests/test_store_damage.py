@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 from test_store import _mock_spec
 
-from ptst import store as store_mod
 from ptst.cli import main
 from ptst.errors import RunLocked
 from ptst.store import Judged, RunStore
+from ptst.store import files as store_files
+from ptst.store import integrity as store_integrity
+from ptst.store import lock as store_lock
 
 
 def _errors(capsys) -> list[str]:
@@ -69,9 +71,9 @@ def test_the_wal_is_checkpointed_as_the_run_goes(tmp_path, monkeypatch):
             shutil.copy(where / "ptst.db", copy / "ptst.db")  # as if killed now and the -wal deleted
         return _rows(copy / "ptst.db", "generations")
 
-    monkeypatch.setattr(store_mod, "CHECKPOINT_S", 3600.0)
+    monkeypatch.setattr(store_integrity, "CHECKPOINT_S", 3600.0)
     assert written_then_wal_lost(tmp_path / "rare") == 0
-    monkeypatch.setattr(store_mod, "CHECKPOINT_S", 0.0)
+    monkeypatch.setattr(store_integrity, "CHECKPOINT_S", 0.0)
     assert written_then_wal_lost(tmp_path / "often") == 50
 
 
@@ -122,7 +124,7 @@ def _hold_write_lock(db: Path, seconds: float, started: threading.Event) -> None
 def test_a_store_locked_by_another_process_at_start_is_exit_2(tmp_path, capsys, monkeypatch):
     spec, out = _mock_spec(tmp_path), tmp_path / "out"
     assert main(["run", str(spec), "--out", str(out)]) == 0
-    monkeypatch.setattr(store_mod, "BUSY_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(store_files, "BUSY_TIMEOUT_S", 0.3)
     started = threading.Event()
     holder = threading.Thread(target=_hold_write_lock, args=(out / "ptst.db", 3.0, started))
     holder.start()
@@ -139,7 +141,7 @@ def test_a_store_locked_by_another_process_at_start_is_exit_2(tmp_path, capsys, 
 
 def test_a_store_locked_mid_run_is_exit_2_and_the_work_is_kept(tmp_path, capsys, monkeypatch):
     spec, out = _mock_spec(tmp_path), tmp_path / "out"
-    monkeypatch.setattr(store_mod, "BUSY_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(store_files, "BUSY_TIMEOUT_S", 0.3)
     real, holders = RunStore.put_generations, []
 
     def put_generations(self, rows):  # once the first responses are stored, another process takes the lock
@@ -194,7 +196,7 @@ def test_the_lock_file_holds_the_pid_whole(tmp_path):
 
     with RunStore.open(tmp_path):
         text = (tmp_path / "ptst.lock").read_text()
-    assert text.strip() == str(os.getpid()) and len(text) == store_mod.PID_WIDTH
+    assert text.strip() == str(os.getpid()) and len(text) == store_lock.PID_WIDTH
 
 
 def test_verdicts_are_counted_in_the_committed_meta(tmp_path):

@@ -81,6 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         results, info = run_experiment(
             spec, out, spec_dir=spec_path.resolve().parent, yes=args.yes, retry_failed=args.retry_failed,
+            fresh=args.fresh,
             limit=args.limit, overrides=args.set, judgment_memo=memo,
         )
     except KeyboardInterrupt:
@@ -269,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="output directory (default: runs/<spec name>)")
     s.add_argument("--yes", action="store_true", help="start even when the cost estimate exceeds budget_usd")
     s.add_argument("--retry-failed", action="store_true", help="retry fine-tuning jobs recorded as failed")
+    s.add_argument("--fresh", action="store_true",
+                   help="start over in a run folder whose store (ptst.db) was lost, buying its work again")
     s.add_argument("--limit", type=_positive_int, metavar="N",
                    help="smoke run: only the first N rows of every dataset (train, safety, tasks, safety_mix); the run "
                         "folder records it and its results are not a measurement")

@@ -17,6 +17,7 @@ from typing import Any
 
 from ptst.data.registry import DATA_EXTENSIONS
 from ptst.errors import DataError
+from ptst.spec_io import HUGE_INT, is_huge_int, missing_file_problem
 
 Row = tuple[str, dict[str, Any]]  # (location for messages and Example.source, the record)
 
@@ -32,7 +33,9 @@ def read_rows(path: Path, columns: Sequence[str] | None = None) -> Iterator[Row]
     the result is rows or one `DataError` naming the file, the row and what to do.
     """
     if not path.exists():
-        raise DataError(f"{path}: file not found; check the path (relative paths are relative to the spec file)")
+        problem = missing_file_problem(path)
+        hint = "check the path (relative paths are relative to the spec file)" if problem == "file not found" else ""
+        raise DataError(f"{path}: {problem}" + (f"; {hint}" if hint else ""))
     if not path.is_file():
         raise DataError(f"{path}: not a file; give the path of a data file ({', '.join(DATA_EXTENSIONS)})")
     suffix = path.suffix.lower()
@@ -110,6 +113,10 @@ def _read_jsonl(path: Path) -> Iterator[Row]:
             raise DataError(f"{where}: invalid JSON ({e.msg}, {hint}); fix or remove the line") from None
         except RecursionError:
             raise DataError(f"{where}: JSON nested too deeply to read; fix or remove the line") from None
+        except ValueError as e:
+            if is_huge_int(e):
+                raise DataError(f"{where}: {HUGE_INT}, or quote it as text") from None
+            raise
         if not isinstance(obj, dict):
             raise DataError(
                 f"{where}: expected a JSON object per line, got {type(obj).__name__}; write each row as "
@@ -139,6 +146,10 @@ def _read_json(path: Path) -> Iterator[Row]:
         raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg}, column {e.colno}){cut}; fix the file") from None
     except RecursionError:
         raise DataError(f"{path}: JSON nested too deeply to read; a dataset is an array of flat records") from None
+    except ValueError as e:
+        if is_huge_int(e):
+            raise DataError(f"{path}: {HUGE_INT}, or quote it as text") from None
+        raise
     items = _json_records(path, data)
     for i, item in enumerate(items):
         where = f"{path}[{i}]"

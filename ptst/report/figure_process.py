@@ -6,8 +6,9 @@ is about to produce new results (`start`), imports matplotlib on another core wh
 figure it is sent (every format, and its size for the page) while this process reads the store and writes
 samples.js and the tables. On one core it costs about what drawing here does.
 
-The child is `python -m ptst.report.figure_process`: no user `__main__` is re-imported (as multiprocessing's spawn
-would), it exits when this process closes its stdin or dies (EOF), and its stderr is discarded (a failure comes back
+The child runs `ptst.report.figure_process` as `__main__`, started isolated (`ptst.child`: `-I` with an explicit
+path, so nothing in the user's working directory is imported): no user `__main__` is re-imported (as
+multiprocessing's spawn would), it exits when this process closes its stdin or dies (EOF), and its stderr is discarded (a failure comes back
 as a message). Anything that goes wrong with it (it could not start, died, or a figure raised there) makes the caller
 draw that figure here instead (`Figures.resolve`), where a real bug raises with its own traceback.
 
@@ -18,7 +19,6 @@ fmt: bytes, ...}) or (id, None) when drawing failed.
 from __future__ import annotations
 
 import atexit
-import os
 import pickle
 import queue
 import struct
@@ -26,7 +26,6 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -68,13 +67,10 @@ class FigureProcess:
     """The child process and a reader thread that files its replies by request id."""
 
     def __init__(self) -> None:
-        import ptst
+        from ptst.child import module_command
 
-        env = dict(os.environ)
-        root = str(Path(ptst.__file__).resolve().parents[1])  # where this ptst is imported from, first
-        env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
-        self._proc = subprocess.Popen([sys.executable, "-m", "ptst.report.figure_process"], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+        self._proc = subprocess.Popen(module_command("ptst.report.figure_process"), stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         self._replies: dict[int, queue.SimpleQueue[Drawn | None]] = {}
         self._lock = threading.Lock()
         self._next = 0

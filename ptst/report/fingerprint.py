@@ -3,8 +3,8 @@
 Reports are a pure function of the results, the per-sample records and the ptst version that draws them. Rebuilding
 them (figures in three formats, tables, the per-sample data) costs seconds and imports matplotlib; a finished `ptst
 run` repeated with the same spec on the same store should cost little more than `ptst validate`. So the writer
-records a fingerprint of what the reports were made from, and `ptst run` skips the rebuild when it matches and every
-file it lists is still there. `ptst report DIR` always rebuilds: asking for reports is asking for them to be drawn.
+records a fingerprint of what the reports were made from, with each file's sha256, and `ptst run` skips the rebuild
+when it matches and every file it lists still holds the bytes written. `ptst report DIR` always rebuilds: asking for reports is asking for them to be drawn.
 
 The fingerprint covers: the ptst version and `REPORT_FORMAT` (bumped when the report code changes what it writes
 without a version bump, as during development), the results (minus `finished_at`, which every run restamps: a
@@ -32,23 +32,33 @@ def fingerprint(results: Results, stamps: list[dict[str, list]]) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-def recorded(out_dir: Path) -> tuple[str, list[Path]] | None:
-    """The fingerprint and file list recorded by the last write into `out_dir`; None if absent or unreadable."""
+def recorded(out_dir: Path) -> tuple[str, dict[Path, str]] | None:
+    """The fingerprint and each file's sha256 recorded by the last write into `out_dir`; None if absent, unreadable
+    or from a writer that recorded no digests."""
     try:
         d = json.loads((out_dir / FINGERPRINT_FILE).read_text(encoding="utf-8"))
-        return str(d["fingerprint"]), [out_dir / p for p in d["files"]]
-    except (OSError, ValueError, KeyError, TypeError):
+        return str(d["fingerprint"]), {out_dir / p: str(h) for p, h in d["sha256"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _sha256(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
         return None
 
 
 def up_to_date(out_dir: Path, fp: str) -> list[Path] | None:
-    """The report files when the recorded fingerprint is `fp` and every recorded file exists; else None."""
+    """The report files when the recorded fingerprint is `fp` and every recorded file still holds the bytes written
+    (a results.json edited, truncated or replaced by junk is rewritten, not trusted); else None."""
     rec = recorded(out_dir)
-    if rec is None or rec[0] != fp or not all(p.is_file() for p in rec[1]):
+    if rec is None or rec[0] != fp or not all(_sha256(p) == h for p, h in rec[1].items()):
         return None
-    return rec[1]
+    return list(rec[1])
 
 
 def record_text(fp: str, out_dir: Path, paths: list[Path]) -> str:
-    files = [p.relative_to(out_dir).as_posix() for p in paths]
-    return json.dumps({"fingerprint": fp, "ptst_version": __version__, "files": files}, indent=1) + "\n"
+    digests = {p.relative_to(out_dir).as_posix(): _sha256(p) for p in paths}
+    return json.dumps({"fingerprint": fp, "ptst_version": __version__, "files": list(digests), "sha256": digests},
+                      indent=1) + "\n"

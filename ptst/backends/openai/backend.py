@@ -44,6 +44,7 @@ from ptst.clients.tokens import TokenCounter, count_message_tokens, token_counte
 from ptst.conversation import Conversation
 from ptst.errors import JobFailed
 from ptst.progress import log
+from ptst.store.joblock import job_lock
 from ptst.training_loss import loss_summary
 
 # Intermediate checkpoints evaluated per job with eval.checkpoints: the API keeps those of the last 3 epochs, the final
@@ -153,27 +154,30 @@ class Backend(FineTuneBackend):
         opts = self.options
         client = make_client(opts)
         try:
-            remote = (jobs.retrieve_recorded(client, opts, entry["job_id"]) if entry.get("job_id")
-                      else jobs.find_by_metadata(client, opts, job.key, entry.get("previous_job_ids", [])))
-            if remote is not None and remote.status in ("failed", "cancelled") and entry.get("reported") == remote.id:
-                # The runner recorded this failure and calls again: that is `--retry-failed`, so start a new job.
-                entry["previous_job_ids"] = [*entry.get("previous_job_ids", []), remote.id]
-                for k in ("job_id", "reported", "status"):
-                    entry.pop(k, None)
-                ledger.put(name, entry)  # a crash after the next create is then recovered by metadata, not repeated
-                remote = None
-            if remote is None:
-                file_id = files.upload_training_file(client, opts, files.training_jsonl(msgs), ledger, workdir,
-                                                     self._sleep)
-                params = jobs.job_params(self.spec.model, job, file_id)
-                remote = jobs.create_job(client, opts, params, entry.get("previous_job_ids", []), self._sleep)
-                entry.update(job_id=remote.id, file_id=file_id, base_url=resolve_base_url(opts),
-                             model=self.spec.model, status=remote.status)
-                ledger.put(name, entry)  # before waiting: a kill from here on resumes this job
-                log(f"  created OpenAI fine-tuning job {remote.id} ({job.train_template}, seed {job.seed})")
-            elif entry.get("job_id") != remote.id:
-                entry.update(job_id=remote.id, base_url=resolve_base_url(opts), model=self.spec.model)
-                ledger.put(name, entry)
+            # one run at a time per job on this machine, whatever its --out: the second finds the first's job
+            with job_lock(name):
+                remote = (jobs.retrieve_recorded(client, opts, entry["job_id"]) if entry.get("job_id")
+                          else jobs.find_by_metadata(client, opts, job.key, entry.get("previous_job_ids", [])))
+                failed = remote is not None and remote.status in ("failed", "cancelled")
+                if failed and entry.get("reported") == remote.id:
+                    # The runner recorded this failure and calls again: that is `--retry-failed`, so start a new job.
+                    entry["previous_job_ids"] = [*entry.get("previous_job_ids", []), remote.id]
+                    for k in ("job_id", "reported", "status"):
+                        entry.pop(k, None)
+                    ledger.put(name, entry)  # a crash after the next create is recovered by metadata, not repeated
+                    remote = None
+                if remote is None:
+                    file_id = files.upload_training_file(client, opts, files.training_jsonl(msgs), ledger, workdir,
+                                                         self._sleep)
+                    params = jobs.job_params(self.spec.model, job, file_id)
+                    remote = jobs.create_job(client, opts, params, entry.get("previous_job_ids", []), self._sleep)
+                    entry.update(job_id=remote.id, file_id=file_id, base_url=resolve_base_url(opts),
+                                 model=self.spec.model, status=remote.status)
+                    ledger.put(name, entry)  # before waiting: a kill from here on resumes this job
+                    log(f"  created OpenAI fine-tuning job {remote.id} ({job.train_template}, seed {job.seed})")
+                elif entry.get("job_id") != remote.id:
+                    entry.update(job_id=remote.id, base_url=resolve_base_url(opts), model=self.spec.model)
+                    ledger.put(name, entry)
             label = f"fine-tune {self.spec.model} {job.train_template} seed {job.seed}"
             remote = jobs.wait_for_job(client, opts, remote, label, self._sleep)
             if remote.status == "succeeded":
