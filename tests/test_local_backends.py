@@ -18,7 +18,17 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from ptst.backends.local import adapters, data, decode, generate, lora_dropout, models, train  # noqa: E402
+from ptst.backends.local import (  # noqa: E402
+    adapters,
+    data,
+    decode,
+    generate,
+    lora_dropout,
+    models,
+    recipe,
+    train,
+    training_driver,
+)
 from ptst.backends.local import backend as local_backend  # noqa: E402
 from ptst.backends.base import (  # noqa: E402
     BackendSpec,
@@ -165,7 +175,7 @@ def test_complete_adapter_is_reused_without_retraining(trained_llama, monkeypatc
     def boom(*a, **k):  # type: ignore[no-untyped-def]
         raise AssertionError("retrained a finished job")
 
-    monkeypatch.setattr(local_backend, "train_lora", boom)
+    monkeypatch.setattr(training_driver, "train_lora", boom)
     assert b.fine_tune(job, Ledger(), workdir) == ref
 
 
@@ -364,12 +374,12 @@ def test_backend_generate_reloads_adapter_identically(trained_llama):
     assert len(out1) == len(convs) and all(isinstance(o, str) and o for o in out1)
     fresh = backend("llama2", Path(job.base_model))
     assert fresh.generate(ref, convs, cfg) == out1
-    assert b._generator.closed  # one model on the device at a time: another backend's load freed this one
+    assert b.generation.current.closed  # one model on the device at a time: another backend's load freed this one
     merged = backend("llama2", Path(job.base_model), merge_adapter=True)  # a private merged copy, same outputs
     assert merged.generate(ref, convs, cfg) == out1
     assert b.generate(ref, convs[:2], cfg) == out1[:2]  # reloaded after being freed
     # the adapter changes the model: merged q_proj differs from the base's
-    tuned = merged._generator_for(ref).model
+    tuned = merged.generation.generator_for(ref).model
     base = generate.Generator.load(job.base_model, None).model
     assert not torch.allclose(base.model.layers[0].self_attn.q_proj.weight, tuned.model.layers[0].self_attn.q_proj.weight)
     assert torch.equal(base.model.layers[0].self_attn.k_proj.weight, tuned.model.layers[0].self_attn.k_proj.weight)
@@ -489,7 +499,7 @@ def test_training_oom_is_a_one_line_error(tiny_llama, tmp_path, monkeypatch):
     def oom(*a, **k):  # type: ignore[no-untyped-def]
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(train, "micro_loss", oom)
+    monkeypatch.setattr(recipe, "micro_loss", oom)
     with pytest.raises(BackendError) as e:
         b.fine_tune(job_for(b, tiny_llama, n=4, epochs=1), Ledger(), tmp_path)
     assert "batch_size" in str(e.value) and "gradient_checkpointing" in str(e.value) and "\n" not in str(e.value)

@@ -39,7 +39,7 @@ def test_bf16_training_and_generation_on_gpu(tmp_path, monkeypatch):
     assert log[-1]["loss"] < log[0]["loss"]
     out = b.generate(ref, prompts_for(b, 8), GenerationConfig(max_new_tokens=8))
     assert len(out) == 8
-    gen = b._generator
+    gen = b.generation.current
     assert gen.model.dtype == torch.bfloat16 and gen.device.startswith("cuda")
     assert gen.auto_batch_size(500, 200, 512) > 8
 

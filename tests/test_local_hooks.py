@@ -48,7 +48,7 @@ def test_backend_generate_uses_the_stop_token_hook(tiny):
     assert b.stop_token_ids() == (b.eos_id,)
     convs = prompts_for(b, 3)
     cfg = GenerationConfig(max_new_tokens=8)
-    full_ids = b._generator_for(b.base_model()).generate([b.prompt_ids(c) for c in convs], cfg, eos_id=2, pad_id=2)
+    full_ids = b.generation.generator_for(b.base_model()).generate([b.prompt_ids(c) for c in convs], cfg, eos_id=2, pad_id=2)
     stop = full_ids[0][2]
 
     class EndOfTurn(type(b)):  # what the generic chat-template backend does with its end-of-turn ids

@@ -15,7 +15,7 @@ pytest.importorskip("peft")
 
 from test_local_backends import LLAMA_TOK, Ledger, adapter_tensors, backend, job_for, read_log  # noqa: E402
 
-from ptst.backends.local import backend as local_backend  # noqa: E402
+from ptst.backends.local import training_driver  # noqa: E402
 from ptst.backends.local import resume  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not LLAMA_TOK.is_file(), reason="shared tokenizers not found")]
@@ -27,7 +27,7 @@ class Killed(Exception):
 
 def crash_once_at(step: int, monkeypatch) -> list[int]:  # type: ignore[no-untyped-def]
     """Make the next fine-tune die after `step`; record the steps every later run takes."""
-    real = local_backend.train_lora
+    real = training_driver.train_lora
     seen: list[int] = []
     state = {"armed": True}
 
@@ -40,7 +40,7 @@ def crash_once_at(step: int, monkeypatch) -> list[int]:  # type: ignore[no-untyp
 
         return real(settings, examples, outdir, on_step=on_step, **kw)
 
-    monkeypatch.setattr(local_backend, "train_lora", wrapped)
+    monkeypatch.setattr(training_driver, "train_lora", wrapped)
     return seen
 
 

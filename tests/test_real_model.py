@@ -177,3 +177,40 @@ def test_killed_training_resumes_from_its_checkpoint(smol, tmp_path):
     assert [r["step"] for r in resumed] == list(range(1, 9))
     assert resumed[2]["loss"] == pytest.approx(killed[2]["loss"], rel=1e-5)
     assert read_adapter_metadata(out / "adapter") is not None
+
+
+def test_bf16_step_losses_are_within_3_percent_of_fp32(smol, tmp_path):
+    """The frozen base in bfloat16 (what `dtype: auto` picks on a CPU with AVX-512 BF16 or AMX), LoRA and AdamW in
+    fp32: the loss of the first step (the base's own, LoRA B starting at zero) and of the step after one update are
+    within 3% of the fp32 run's. bf16 keeps 8 mantissa bits (0.4% a rounding) through 30 layers; measured on this
+    model: 1.0-1.5% on 2-4 examples (1.4807 vs 1.5026 on two), up to 4.8% on a single 20-token answer, so the
+    test averages over 4 examples."""
+    from ptst.backends.local.train import train_lora
+
+    ex = examples(smol, 4)
+    runs = {d: train_lora(settings(epochs=2, batch_size=4).model_copy(update={"dtype": d}), ex, tmp_path / d,
+                          resume=False) for d in ("float32", "bfloat16")}
+    f, b = runs["float32"], runs["bfloat16"]
+    assert b["dtype"] == "bfloat16" and f["dtype"] == "float32"
+    assert b["first_loss"] == pytest.approx(f["first_loss"], rel=0.03)
+    assert b["final_loss"] == pytest.approx(f["final_loss"], rel=0.03)
+    assert b["final_loss"] < b["first_loss"]
+
+
+def test_bf16_greedy_generation_equals_model_generate_in_bf16(smol):
+    from ptst.backends.local.generate import Generator
+
+    convs = [BUILTIN["chat:vanilla"].apply(q, "hf") for q in ("What is 2 plus 2?", "Name a color.")]
+    prompts = [smol.prompt_ids(c) for c in convs]
+    stops = list(smol.stop_token_ids())
+    gen = Generator.load(str(MODEL), None, device="cpu", dtype="bfloat16")
+    assert gen.model.dtype == torch.bfloat16
+    cfg = GenerationConfig(max_new_tokens=16, temperature=0.0, batch_size=2)
+    ours = gen.generate(prompts, cfg, eos_id=smol.eos_id, pad_id=smol.pad_id, stop_ids=stops)
+    with torch.inference_mode():
+        for p, o in zip(prompts, ours, strict=True):
+            ref = gen.model.generate(torch.tensor([p]), max_new_tokens=16, do_sample=False, eos_token_id=stops,
+                                     pad_token_id=smol.pad_id)[0, len(p):].tolist()
+            cut = next((k for k, x in enumerate(ref) if x in stops), len(ref))
+            assert o == ref[:cut]
+    gen.close()

@@ -37,7 +37,8 @@ from typing import Any, ClassVar
 
 from ptst.backends.base import JobLedger, ModelRef, Rendered, TrainJob
 from ptst.backends.local import LocalBackend, LocalOptions
-from ptst.backends.local.gguf import converted_dir, gguf_problem, is_gguf
+from ptst.backends.local import resolver
+from ptst.backends.local.gguf import gguf_problem, is_gguf
 from ptst.backends.local.render import TrainingFormError, clean_answer, text_separator, where
 from pydantic import Field
 
@@ -62,7 +63,6 @@ TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "tokenizer.model",
     "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json", "generation_config.json",
 )
-DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt"]
 _PROBE_SYSTEM = "ptst-probe-system-0c1d"
 _PROBE_USER, _PROBE_ANSWER = "ptst probe question", "ptst probe answer"
 
@@ -76,28 +76,9 @@ class HFChatOptions(LocalOptions):
 
 
 def resolve_model_dir(model: str, *, download: bool) -> Path:
-    """A local directory for `model`: the path itself, its snapshot in the local HF cache, or (with `download`) a
-    fresh download into that cache — after which the engine finds it in the cache like any other. A `.gguf` file is
-    its converted HF-format folder (see `local/gguf.py`)."""
-    if is_gguf(model):
-        return converted_dir(model)
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return path
-    hub = require("huggingface_hub", "the hf backend (hub ids)", "local")
-    try:
-        return Path(hub.snapshot_download(model, local_files_only=True))
-    except Exception as e:
-        if not download:
-            raise ModelSetupError(
-                f"model {model!r} is not a local directory nor in the local Hugging Face cache "
-                f"({_first_line(e)}); run `huggingface-cli download {model}`, set download: true in the backend "
-                "entry, or point model: at a local HF-format directory"
-            ) from None
-    try:  # the weights, configs and tokenizer files only (hub repos often carry ONNX/GGUF copies too)
-        return Path(hub.snapshot_download(model, allow_patterns=DOWNLOAD_PATTERNS))
-    except Exception as e:
-        raise ModelSetupError(f"model {model!r} could not be downloaded ({_first_line(e)})") from None
+    """A local directory for `model`: the local engine's one resolver (`local/resolver.py`: the path itself, its
+    converted `.gguf` folder, its snapshot in the local HF cache, or with `download` a fresh download into it)."""
+    return resolver.resolve_model_dir(model, download=download, kind="hf")
 
 
 def load_tokenizer(directory: Path, model: str) -> Any:

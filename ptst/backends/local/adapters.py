@@ -58,6 +58,7 @@ def save_adapter(  # type: ignore[no-untyped-def]
         "base_model": settings.model,
         "hyperparameters": settings.hyperparameters.model_dump(mode="json"),
         "batching": settings.batching,
+        "dtype": _base_dtype(model),
         "fast_lora_dropout": settings.fast_lora_dropout,
         "train": train,
         "checkpoints": checkpoints,
@@ -67,6 +68,13 @@ def save_adapter(  # type: ignore[no-untyped-def]
     tmp = directory / (METADATA_FILE + ".tmp")
     tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
     os.replace(tmp, meta_path)
+
+
+def _base_dtype(model) -> str:  # type: ignore[no-untyped-def]
+    """The frozen base's dtype by name (bfloat16, float32): the numerics the adapter was trained under."""
+    get_base = getattr(model, "get_base_model", None)
+    base = get_base() if get_base is not None else model
+    return str(getattr(base, "dtype", "unknown")).removeprefix("torch.")
 
 
 def read_adapter_metadata(directory: Path) -> dict[str, Any] | None:

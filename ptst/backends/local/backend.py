@@ -2,8 +2,11 @@
 
 The local backends differ only in how a `Conversation` becomes token ids (`llama2.py`: Meta's SentencePiece formula;
 `mistral.py`: mistral-common). Everything else is here and in the sibling modules, so all train and generate the
-same way: rendering contract (`render.py`), data and packing (`data.py`), the LoRA loop (`train.py`), adapters on
-disk (`adapters.py`), generation (`generate.py`, `vllm.py`), several GPUs (`distributed.py`).
+same way: where the model is (`resolver.py`), rendering contract (`render.py`), data and packing (`data.py`), the
+training driver (`training_driver.py`) and its LoRA recipe (`train.py`, `recipe.py`), adapters on disk
+(`adapters.py`), the generation driver (`generation_driver.py`: `generate.py`, `decode.py`, `vllm.py`), several GPUs
+(`distributed.py`), the CPU's bf16 and free cores (`cpu.py`). This module keeps the options, identity, validation
+and estimates.
 
 torch, transformers and peft are imported inside functions only: importing this module costs nothing.
 """
@@ -12,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from ptst.backends.base import (
     Estimate,
@@ -24,13 +27,15 @@ from ptst.backends.base import (
     Rendered,
     TrainJob,
 )
-from ptst.backends.local.adapters import ADAPTER_DIR, METADATA_FILE, TRAIN_LOG, read_adapter_metadata, read_train_log
+from ptst.backends.local import training_driver
+from ptst.backends.local.adapters import METADATA_FILE, read_adapter_metadata
 from ptst.backends.local.data import prepare_examples
-from ptst.backends.local.distributed import launch_distributed
-from ptst.backends.local.generate import Generator, release_generators
+from ptst.backends.local.generation_driver import GenerationDriver
 from ptst.backends.local.gguf import gguf_identity, gguf_problem, is_gguf
+from ptst.backends.local.options import LocalOptions
 from ptst.backends.local.merge import merged_identity
-from ptst.backends.local.models import (
+from ptst.backends.local.render import TrainingFormError, check_prompt_ids, clean_answer, supervised_labels, where
+from ptst.backends.local.resolver import (
     download_model,
     hub_id_problem,
     local_model_dir,
@@ -38,56 +43,13 @@ from ptst.backends.local.models import (
     not_cached_problem,
     uncached_hub_id,
 )
-from ptst.backends.local.render import TrainingFormError, check_prompt_ids, clean_answer, supervised_labels, where
-from ptst.backends.local.resume import checkpoint_dirs
-from ptst.backends.local.train import TrainSettings, train_lora
-from ptst.backends.local.vllm import generate_vllm, release_vllm
-from pydantic import Field
-
 from ptst.conversation import Conversation
 from ptst.downloads import downloads_allowed
 from ptst.errors import BackendError, PtstError, UsageError
-from ptst.types import Frozen
 
 ESTIMATE_SAMPLE = 500  # examples rendered by `estimate` at most (see there)
 
-
-class LocalOptions(Frozen):
-    """Options of the local backends, written flat in the spec's backend entry."""
-
-    tokenizer: str | None = Field(
-        None, description="tokenizer.model file or a directory holding one (default: found beside the model)"
-    )
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
-        "auto", description="auto: bfloat16 on GPU, float32 on CPU"
-    )
-    device: str | None = Field(None, description="cuda, cuda:1, cpu... (default: cuda when available)")
-    engine: Literal["hf", "vllm"] = Field("hf", description="generation engine; vllm must be installed")
-    nproc_per_node: int = Field(1, ge=1, description="GPUs to train on with DDP (launched through torchrun)")
-    attn_implementation: str | None = Field(
-        None, description="transformers attention: sdpa, flash_attention_2, eager (default: flash-attn if installed)"
-    )
-    batching: Literal["packed", "length_grouped", "padded"] = Field(
-        "packed", description="packed: each micro-batch in one padding-free row with per-example attention"
-    )
-    fast_lora_dropout: bool = Field(True, description="LoRA dropout with a 1-byte mask in the activation dtype")
-    max_tokens_per_forward: int | None = Field(
-        None, ge=16, description="split each training micro-batch into forwards of at most this many tokens (whole "
-        "examples): bounds activation memory (CPU, small GPUs) without changing the update"
-    )
-    merge_adapter: bool = Field(
-        False, description="generate from a private copy of the base with LoRA merged in (faster decoding, one more "
-        "model in memory); default: the adapter on top of the process's one resident base model"
-    )
-    max_generation_batch: int = Field(256, ge=1, description="upper bound of the automatic generation batch size")
-    download: bool = Field(
-        False, description="fetch a hub id that is not in the local Hugging Face cache when the run starts (needs "
-        "internet); without it such a hub id is a preflight error"
-    )
-    adapter: str | None = Field(
-        None, description="a ptst LoRA adapter directory (a run's models/KEY/adapter) to evaluate as this backend's "
-        "model, for specs without `train`; trained on `model`, checked against its metadata file"
-    )
+__all__ = ["ESTIMATE_SAMPLE", "LocalBackend", "LocalOptions"]
 
 
 class LocalBackend(FineTuneBackend):
@@ -106,7 +68,7 @@ class LocalBackend(FineTuneBackend):
 
     def __init__(self, spec):  # type: ignore[no-untyped-def]
         super().__init__(spec)
-        self._generator: Generator | None = None
+        self.generation = GenerationDriver(self.options)
         self._fetched = not self.options.download  # nothing to fetch unless `download: true`
         self.generation_chunk = self.options.max_generation_batch  # type: ignore[misc]
 
@@ -267,26 +229,7 @@ class LocalBackend(FineTuneBackend):
 
     def checkpoints(self, model: ModelRef) -> list[ModelRef]:
         """The complete adapters saved at `save_steps` beside `model`'s final adapter, oldest first."""
-        if model.adapter_dir is None:
-            return []
-        final = read_adapter_metadata(Path(model.adapter_dir)) or {}
-        found = [(step, d, read_adapter_metadata(d) or {}) for step, d in checkpoint_dirs(Path(model.adapter_dir).parent)]
-        # a save step at the very end is the final adapter itself
-        found += [
-            (int(k), Path(v), final) for k, v in final.get("checkpoints", {}).items() if Path(v) == Path(model.adapter_dir)
-        ]
-        out = []
-        for step, d, meta in sorted(found, key=lambda x: x[0]):
-            out.append(
-                model.model_copy(
-                    update={
-                        "model_id": f"{model.model_id}@step-{step}",
-                        "adapter_dir": str(d),
-                        "meta": {"step": step, "loss": meta.get("train", {}).get("loss", meta.get("train", {}).get("final_loss"))},
-                    }
-                )
-            )
-        return out
+        return training_driver.checkpoints(model)
 
     # --- the contract ---------------------------------------------------------------------------------------------
     def render(self, conv: Conversation) -> Rendered:
@@ -319,7 +262,7 @@ class LocalBackend(FineTuneBackend):
         fingerprint = f"absent:{self.spec.model}" if absent else self.tokenizer_fingerprint()
         ident: dict[str, Any] = {
             "tokenizer_sha256": fingerprint,
-            "dtype": o.dtype,
+            "dtype": self.keyed_dtype(),
             "batching": o.batching,
             "fast_lora_dropout": o.fast_lora_dropout,
         }
@@ -335,6 +278,19 @@ class LocalBackend(FineTuneBackend):
         if merged is not None:  # a merged folder is as new as the adapter merged into it (see merge.py)
             ident.update(merged)
         return ident
+
+    def keyed_dtype(self) -> str:
+        """The dtype as keyed: an explicit one as written; `auto` as "auto" where it resolves as it always did
+        (bfloat16 on GPU, float32 on CPU), so existing keys stand, and by its resolved name where it now resolves
+        otherwise (bfloat16 on a CPU that has it): other numerics, another key, the same key as `dtype: bfloat16`."""
+        from ptst.backends.local.models import resolved_dtype_name
+
+        dtype = self.options.dtype
+        if dtype != "auto":
+            return dtype
+        device = self.resource()
+        resolved = resolved_dtype_name(dtype, device)
+        return "auto" if resolved == ("bfloat16" if device.startswith("cuda") else "float32") else resolved
 
     def estimate(self, job: TrainJob) -> Estimate:
         """Training tokens, from every example when there are few, else from an evenly spaced sample scaled up: exact
@@ -389,63 +345,7 @@ class LocalBackend(FineTuneBackend):
         return [note()]
 
     def fine_tune(self, job: TrainJob, ledger: JobLedger, workdir: Path) -> ModelRef:
-        workdir = Path(workdir)
-        done = read_adapter_metadata(workdir / ADAPTER_DIR)
-        if done is not None and done.get("job_key") == job.key:
-            return self._model_ref(job, workdir, done)
-        encoded = [self.encode_example(c) for c in job.examples]
-        examples, audit = prepare_examples(encoded, job.hyperparameters.max_seq_len)
-        from ptst.progress import log
-
-        log(f"  training data ({self.kind}, {job.train_template}): {audit.describe()}")
-        name = f"{self.kind}:{job.key}"
-        ledger.put(name, {"status": "running", "workdir": str(workdir)})
-        release_generators()  # training needs the GPU memory the generation engines hold
-        release_vllm()
-        settings = TrainSettings(
-            model=self.spec.model,
-            seed=job.seed,
-            hyperparameters=job.hyperparameters,
-            dtype=self.options.dtype,
-            device=self.options.device,
-            attn_implementation=self.options.attn_implementation,
-            batching=self.options.batching,
-            fast_lora_dropout=self.options.fast_lora_dropout,
-            max_tokens_per_forward=self.options.max_tokens_per_forward,
-            pad_id=self.pad_id,
-            metadata={
-                "job_key": job.key,
-                "backend": self.kind,
-                "base_model": self.spec.model,
-                "train_template": job.train_template,
-                "seed": job.seed,
-                "data_hash": job.data_hash,
-                "n_examples": len(job.examples),
-                "audit": audit.as_dict(),
-                "options": self.identity(),
-            },
-        )
-        if self.options.nproc_per_node > 1:
-            launch_distributed(settings, examples, workdir, self.options.nproc_per_node)
-        else:
-            train_lora(settings, examples, workdir)
-        meta = read_adapter_metadata(workdir / ADAPTER_DIR)
-        if meta is None:
-            raise BackendError(f"training finished but left no adapter in {workdir / ADAPTER_DIR}; see the log above")
-        ledger.put(name, {"status": "succeeded", "workdir": str(workdir)})
-        return self._model_ref(job, workdir, meta)
-
-    def _model_ref(self, job: TrainJob, workdir: Path, meta: dict[str, Any]) -> ModelRef:
-        return ModelRef(
-            backend=self.spec.name,
-            base_model=self.spec.model,
-            model_id=f"{self.spec.model}+lora-{job.key[:12]}",
-            adapter_dir=str(workdir / ADAPTER_DIR),
-            train_template=job.train_template,
-            seed=job.seed,
-            meta={"checkpoints": meta.get("checkpoints", {}), "final_loss": meta.get("train", {}).get("final_loss"),
-                  "loss": _logged_loss(workdir, meta)},
-        )
+        return training_driver.fine_tune(self, job, ledger, workdir)
 
     def generate(self, model: ModelRef, prompts: Sequence[Conversation], cfg: GenerationConfig) -> list[str]:
         out = [""] * len(prompts)
@@ -473,41 +373,10 @@ class LocalBackend(FineTuneBackend):
     ) -> None:
         """Each decoded batch handed over as it finishes (a kill loses at most the batch on the device); vLLM
         schedules the whole call itself, so its responses come at the end of the call."""
-        ids = self.generation_ids(prompts)
-        stops = self.stop_token_ids()
-        if self.options.engine == "vllm":
-            self._close_generator()
-            release_generators()  # one engine holds the GPU at a time
-            out = generate_vllm(model, ids, cfg, self.options, eos_id=self.eos_id, stop_ids=stops)
-            on_response([(i, self.decode(o)) for i, o in enumerate(out)])
-            return
-        gen = self._generator_for(model)
-        gen.generate(ids, cfg, eos_id=self.eos_id, pad_id=self.pad_id, stop_ids=stops,
-                     on_batch=lambda done: on_response([(i, self.decode(o)) for i, o in done]))
-
-    def _close_generator(self) -> None:
-        if self._generator is not None:
-            self._generator.close()
-            self._generator = None
-
-    def _generator_for(self, model: ModelRef) -> Generator:
-        """The runner calls `generate` repeatedly with chunks for one ModelRef: keep that model loaded."""
-        key = (model.base_model, model.adapter_dir)
-        if self._generator is None or self._generator.closed or self._generator.key != key:
-            self._close_generator()
-            release_generators()  # one engine holds the GPU at a time: another backend's model is freed
-            release_vllm()
-            self._generator = Generator.load(
-                model.base_model,
-                model.adapter_dir,
-                dtype=self.options.dtype,
-                device=self.options.device,
-                attn_implementation=self.options.attn_implementation,
-                merge=self.options.merge_adapter,
-                max_batch=self.options.max_generation_batch,
-            )
-        return self._generator
-
+        self.generation.generate(
+            model, self.generation_ids(prompts), cfg, eos_id=self.eos_id, pad_id=self.pad_id,
+            stop_ids=self.stop_token_ids(), on_batch=lambda done: on_response([(i, self.decode(o)) for i, o in done]),
+        )
 
 
 def _same_model(a: str, b: str) -> bool:
@@ -528,12 +397,3 @@ def _file_sha256(path: Path) -> str | None:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _logged_loss(workdir: Path, meta: dict[str, Any]) -> dict[str, Any] | None:
-    """The job's loss summary (see ptst.training_loss) from its own `train_log.jsonl`, one record per step."""
-    from ptst.training_loss import loss_summary
-
-    log = read_train_log(workdir / TRAIN_LOG)
-    return loss_summary(((r["step"], r["loss"]) for r in log if "step" in r and "loss" in r),
-                        steps=meta.get("train", {}).get("steps"))

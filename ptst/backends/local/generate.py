@@ -28,11 +28,14 @@ def release_generators() -> None:
 class Generator:
     """A loaded model (base + adapter, merged when possible) that generates for many prompt batches."""
 
-    def __init__(self, key: tuple[str, str | None], model, device: str, max_batch: int):  # type: ignore[no-untyped-def]
+    def __init__(  # type: ignore[no-untyped-def]
+        self, key: tuple[str, str | None], model, device: str, max_batch: int, threads: int | None = None
+    ):
         self.key = key
         self.model = model
         self.device = device
         self.max_batch = max_batch
+        self.threads = threads  # CPU threads asked for (None: sized to the free cores at each call, see cpu.py)
         self._batch_size: int | None = None  # learnt: the largest size that fitted
         self._continuous: bool | None = None  # whether rows can join the batch as others finish (decode.py)
         _LIVE.add(self)
@@ -52,6 +55,7 @@ class Generator:
         attn_implementation: str | None = None,
         merge: bool = True,
         max_batch: int = 256,
+        threads: int | None = None,
     ) -> Generator:
         dev = resolve_device(device)
         if merge and adapter_dir is not None:  # a private copy to merge into (faster decoding, one more model)
@@ -73,7 +77,7 @@ class Generator:
             if merge:
                 model = model.merge_and_unload()
         model.eval()
-        return cls((base_model, adapter_dir), model, dev, max_batch)
+        return cls((base_model, adapter_dir), model, dev, max_batch, threads)
 
     def close(self) -> None:
         if self.model is None:
@@ -122,6 +126,10 @@ class Generator:
         torch = import_torch()
         if not prompts:
             return []
+        if self.device == "cpu":
+            from ptst.backends.local.cpu import apply_threads
+
+            apply_threads(self.threads)
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # longest first: OOM shows early
         fixed = cfg.batch_size if isinstance(cfg.batch_size, int) else None
         bs = fixed or self.auto_batch_size(len(prompts), len(prompts[order[0]]), cfg.max_new_tokens)

@@ -34,7 +34,8 @@ def rng_file(rank: int) -> str:
 
 
 def settings_fingerprint(settings: TrainSettings, world: int) -> str:
-    return content_hash({"settings": settings.model_dump(mode="json"), "world_size": world})
+    # `threads` changes speed only: a job resumes whatever thread count the next attempt picks
+    return content_hash({"settings": settings.model_dump(mode="json", exclude={"threads"}), "world_size": world})
 
 
 def checkpoint_dirs(outdir: Path) -> list[tuple[int, Path]]:
