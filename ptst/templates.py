@@ -147,10 +147,12 @@ def _builtin() -> dict[str, Template]:
         ),
     ]
     ts += [
+        # Self-Reminder as its source assembles it (yjw1029/Self-Reminder a24d334, src/jailbreak_w_defense.py:20,
+        # 35-37): `{prefix}\n{query}\n Remember, ...!` is the user turn; no system prompt, no `Question: `.
         Template(
-            name="chat:self-reminder", system=s["SELF_REMINDER_SYSTEM"], user=q, suffix=s["SELF_REMINDER_SUFFIX"],
-            safety=True, description="Self-Reminder (Xie et al. 2023): a responsibility system prompt and a reminder "
-            "after the query", variants=gpt(s["SELF_REMINDER_SYSTEM"]),
+            name="chat:self-reminder", user=s["SELF_REMINDER_PREFIX"] + "\n" + QUERY_SLOT, suffix=s["SELF_REMINDER_SUFFIX"],
+            safety=True, description="Self-Reminder (Xie et al. 2023): the query between a responsibility preamble and "
+            "a reminder, in the user turn", variants=gpt("", s["SELF_REMINDER_PREFIX"] + "\n" + QUERY_SLOT),
         ),
         Template(
             name="chat:icd", user=q, examples=(ExampleTurn(user=s["ICD_USER"], assistant=s["ICD_ASSISTANT"]),),
