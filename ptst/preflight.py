@@ -197,7 +197,7 @@ def _check_backend(i: int, bspec: BackendSpec, found: _Findings) -> None:
             return  # the backend has spoken about its model; a second line about the same folder adds nothing
         if not p.exists():
             found.errors.append(f"{field}.model: local model folder {model} not found; check the path (relative to "
-                                "the working directory) or give a hub id")
+                                "the spec file) or give a hub id")
         elif not p.is_dir() and p.suffix.lower() != ".gguf":  # a GGUF file is a model (its backend checked it)
             found.errors.append(f"{field}.model: {model} is a file; give the model's folder (config.json, weights)")
         return

@@ -155,11 +155,13 @@ def test_llama2_baselines_token_ids(llama):
     backend, sp = llama
     sr = backend.render(BUILTIN["chat:self-reminder"].apply("How?", "llama2"))
     assert list(sr.input_ids) == SELF_REMINDER_IDS
-    assert SELF_REMINDER_IDS == [1, *sp.encode(f"[INST] {SELF_REMINDER_PREFIX}\nHow?{SELF_REMINDER_SUFFIX} [/INST]")]
+    reference = [1, *sp.encode(f"[INST] {SELF_REMINDER_PREFIX}\nHow?{SELF_REMINDER_SUFFIX} [/INST]")]
+    assert reference == SELF_REMINDER_IDS
     icd = backend.render(BUILTIN["chat:icd"].apply("How?", "llama2"))
     assert list(icd.input_ids) == ICD_IDS
-    assert ICD_IDS == [1, *sp.encode(f"[INST] {ICD_USER} [/INST] {ICD_ASSISTANT} "), 2,
-                       1, *sp.encode("[INST] Question: How? [/INST]")]
+    reference = [1, *sp.encode(f"[INST] {ICD_USER} [/INST] {ICD_ASSISTANT} "), 2, 1,
+                 *sp.encode("[INST] Question: How? [/INST]")]
+    assert reference == ICD_IDS
 
 
 @pytest.fixture(scope="module")
