@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from ptst.backends.base import BackendSpec, FineTuneBackend, create_backend
 from ptst.data import DatasetRef
 from ptst.data.loaders import preview
+from ptst.data.registry import DatasetInfo
 from ptst.errors import PtstError, printable
 from ptst.spec import Spec
 
@@ -72,11 +73,12 @@ class _Findings:
         )
 
 
-def preflight(spec: Spec, spec_dir: Path | None = None) -> Report:
+def preflight(spec: Spec, spec_dir: Path | None = None, *, for_run: bool = False) -> Report:
     """Check a validated spec against the machine it would run on. `spec_dir` is the spec file's folder: relative
-    dataset paths and `data_dir` are relative to it, as in a run."""
+    dataset paths and `data_dir` are relative to it, as in a run. `for_run`: the runner's check, which also asks once
+    whether the hub answers when a dataset must come from it (an error if not, before any download retries)."""
     found = _Findings()
-    _check_datasets(spec, spec_dir, found)
+    _check_datasets(spec, spec_dir, found, for_run=for_run)
     for i, bspec in enumerate(spec.backends):
         _check_backend(i, bspec, found)
     _check_judge(spec, found)
@@ -114,10 +116,12 @@ def _dataset_roles(spec: Spec) -> list[tuple[str, DatasetRef, bool]]:
     return roles
 
 
-def _check_datasets(spec: Spec, spec_dir: Path | None, found: _Findings) -> None:
+def _check_datasets(spec: Spec, spec_dir: Path | None, found: _Findings, *, for_run: bool = False) -> None:
+    from ptst.data.hub_cache import hub_reachable, is_cached, uncached_line
     from ptst.data.loaders import search_dirs
     from ptst.errors import DataError
 
+    uncached: dict[tuple[str, str | None, str], tuple[DatasetInfo, str]] = {}
     dirs = _data_dirs(spec, spec_dir)
     for d in dirs:
         if not d.is_dir():
@@ -138,6 +142,16 @@ def _check_datasets(spec: Spec, spec_dir: Path | None, found: _Findings) -> None
                 f"{field}: dataset {info.name!r} has no local copy ({where}); it will be loaded from {source}, which "
                 "cannot be checked offline"
             )
+            split = ref.resolved_split() or ""
+            if info.hub_id is not None and not is_cached(info.hub_id):
+                uncached.setdefault((info.hub_id, ref.config or info.config, split),
+                                    (info.model_copy(update={"config": ref.config or info.config}), split))
+    if uncached:  # one line for all of them, with the command that fetches them
+        needed = list(uncached.values())
+        if for_run and not hub_reachable():
+            found.errors.append(uncached_line(needed, reachable=False))
+        else:
+            found.warnings.append(uncached_line(needed))
 
 
 # ------------------------------------------------------------------------------------------------------- backends
