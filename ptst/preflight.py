@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from ptst.backends.base import BackendSpec, FineTuneBackend, create_backend
 from ptst.data import DatasetRef
 from ptst.data.loaders import preview
+from ptst.data.registry import DatasetInfo
 from ptst.errors import PtstError, printable
 from ptst.judge.base import Judge
 from ptst.spec import Spec
@@ -90,12 +91,14 @@ class _Findings:
         )
 
 
-def preflight(spec: Spec, spec_dir: Path | None = None, *, spending: bool = True) -> Report:
+def preflight(spec: Spec, spec_dir: Path | None = None, *, spending: bool = True, for_run: bool = False) -> Report:
     """Check a validated spec against the machine it would run on. `spec_dir` is the spec file's folder: relative
     dataset paths and `data_dir` are relative to it, as in a run. `spending=False` (`ptst estimate`, which spends
-    nothing and so needs no credentials): a missing API key is a warning, not an error."""
+    nothing and so needs no credentials): a missing API key is a warning, not an error. `for_run`: the runner's
+    check, which also asks once whether the hub answers when a dataset must come from it (an error if not, before
+    any download retries)."""
     found = _Findings(spending)
-    _check_datasets(spec, spec_dir, found)
+    _check_datasets(spec, spec_dir, found, for_run=for_run)
     for i, bspec in enumerate(spec.backends):
         _check_backend(i, bspec, found)
     judges = _check_judges(spec, found)
@@ -133,10 +136,12 @@ def _dataset_roles(spec: Spec) -> list[tuple[str, DatasetRef, bool]]:
     return roles
 
 
-def _check_datasets(spec: Spec, spec_dir: Path | None, found: _Findings) -> None:
+def _check_datasets(spec: Spec, spec_dir: Path | None, found: _Findings, *, for_run: bool = False) -> None:
+    from ptst.data.hub_cache import hub_reachable, is_cached, uncached_line
     from ptst.data.loaders import search_dirs
     from ptst.errors import DataError
 
+    uncached: dict[tuple[str, str | None, str], tuple[DatasetInfo, str]] = {}
     dirs = _data_dirs(spec, spec_dir)
     for d in dirs:
         if not d.is_dir():
@@ -157,6 +162,16 @@ def _check_datasets(spec: Spec, spec_dir: Path | None, found: _Findings) -> None
                 f"{field}: dataset {info.name!r} has no local copy ({where}); it will be loaded from {source}, which "
                 "cannot be checked offline"
             )
+            split = ref.resolved_split() or ""
+            if info.hub_id is not None and not is_cached(info.hub_id):
+                uncached.setdefault((info.hub_id, ref.config or info.config, split),
+                                    (info.model_copy(update={"config": ref.config or info.config}), split))
+    if uncached:  # one line for all of them, with the command that fetches them
+        needed = list(uncached.values())
+        if for_run and not hub_reachable():
+            found.errors.append(uncached_line(needed, reachable=False))
+        else:
+            found.warnings.append(uncached_line(needed))
 
 
 # ------------------------------------------------------------------------------------------------------- backends
@@ -212,7 +227,7 @@ def _check_backend(i: int, bspec: BackendSpec, found: _Findings) -> None:
             return  # the backend has spoken about its model; a second line about the same folder adds nothing
         if not p.exists():
             found.errors.append(f"{field}.model: local model folder {model} not found; check the path (relative to "
-                                "the working directory) or give a hub id")
+                                "the spec file) or give a hub id")
         elif not p.is_dir() and p.suffix.lower() != ".gguf":  # a GGUF file is a model (its backend checked it)
             found.errors.append(f"{field}.model: {model} is a file; give the model's folder (config.json, weights)")
         return

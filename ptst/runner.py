@@ -160,7 +160,8 @@ def run_experiment(
     if limit is not None:
         spec = limit_datasets(spec, limit)
         log(limit_note(spec, limit))
-    preflight(spec, spec_dir).raise_for_errors(spec.name)  # everything checkable is checked before anything is spent
+    # everything checkable is checked before anything is spent (and an unreachable hub before any download retries)
+    preflight(spec, spec_dir, for_run=True).raise_for_errors(spec.name)
     # Every judge of `judges:`, the primary first, built with the endpoints of the spec's backends (`base_url:
     # inherit`); the budget gate below prices each of them.
     judges = create_judges(spec)

@@ -303,12 +303,103 @@ def validate_spec(raw: Any, source: str = "spec") -> Spec:
     return spec
 
 
+def _looks_like_model_path(model: str, base: Path) -> bool:
+    """A model value that names a file or folder rather than a hub id. Hub ids are `name` or `org/name`; the one
+    exception to "relative paths resolve against the spec file" is that such a value stays a hub id unless it
+    exists next to the spec file (write `./org/name` to mean a folder that does not exist yet)."""
+    return (
+        model.startswith(("/", "./", "../", "~", ".\\", "..\\"))
+        or "\\" in model
+        or model.count("/") >= 2
+        or model.lower().endswith(".gguf")  # a model file, never a hub id
+        or (base / model).exists()
+    )
+
+
+def _resolved(value: Any, base: Path) -> Any:
+    """A relative path string made absolute against `base` (other values, absolute and `~` paths as they are)."""
+    if not isinstance(value, str) or not value.strip():
+        return value
+    p = Path(value).expanduser()
+    return value if p.is_absolute() else str(base / p)
+
+
+def _resolve_dataset(ref: Any, base: Path) -> Any:
+    from ptst.data.registry import looks_like_path
+
+    if isinstance(ref, str):
+        return _resolved(ref, base) if looks_like_path(ref) else ref
+    if isinstance(ref, dict) and "path" in ref:
+        return {**ref, "path": _resolved(ref["path"], base)}
+    return ref
+
+
+_PATH_OPTIONS = ("tokenizer", "adapter", "api_key_file")
+"""Backend and judge options that name a file or folder."""
+
+
+def resolve_paths(raw: Any, base: Path) -> Any:
+    """Every relative path of a raw spec made absolute against `base`, the spec file's folder: dataset paths,
+    `data_dir`, local models (see `_looks_like_model_path` for the hub-id exception), tokenizers, adapters, key files
+    and a classifier judge's model. So a spec means the same files from any working directory
+    (`cd examples/cpu-lab && ptst validate align.yaml`). Unknown shapes are left for validation to report."""
+    if not isinstance(raw, dict):
+        return raw
+    out = dict(raw)
+    if "data_dir" in out:
+        out["data_dir"] = _resolved(out["data_dir"], base)
+    if isinstance(out.get("backends"), list):
+        backends = []
+        for b in out["backends"]:
+            if isinstance(b, dict):
+                b = dict(b)
+                if isinstance(b.get("model"), str) and _looks_like_model_path(b["model"], base):
+                    b["model"] = _resolved(b["model"], base)
+                b.update({k: _resolved(b[k], base) for k in _PATH_OPTIONS if k in b})
+            backends.append(b)
+        out["backends"] = backends
+    judges = [("judge", out.get("judge"))] + [(i, j) for i, j in enumerate(_list(out.get("judges")))]
+    for where, j in judges:
+        if not isinstance(j, dict):
+            continue
+        j = dict(j)
+        j.update({k: _resolved(j[k], base) for k in _PATH_OPTIONS if k in j})
+        if j.get("kind") == "classifier" and "model" in j:
+            j["model"] = _resolved(j["model"], base)
+        if where == "judge":
+            out["judge"] = j
+        else:
+            out["judges"] = [*out["judges"][: int(where)], j, *out["judges"][int(where) + 1:]]
+    train = out.get("train")
+    if isinstance(train, dict):
+        train = dict(train)
+        if "dataset" in train:
+            train["dataset"] = _resolve_dataset(train["dataset"], base)
+        mix = train.get("safety_mix")
+        mixes = mix if isinstance(mix, list) else [mix]
+        mixes = [{**m, "dataset": _resolve_dataset(m["dataset"], base)} if isinstance(m, dict) and "dataset" in m
+                 else m for m in mixes]
+        if "safety_mix" in train:
+            train["safety_mix"] = mixes if isinstance(mix, list) else mixes[0]
+        out["train"] = train
+    ev = out.get("eval")
+    if isinstance(ev, dict):
+        ev = dict(ev)
+        for key in ("safety", "tasks"):
+            if isinstance(ev.get(key), list):
+                ev[key] = [_resolve_dataset(r, base) for r in ev[key]]
+        out["eval"] = ev
+    return out
+
+
 def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> Spec:
-    """Read, override (`--set KEY=VALUE`, see ptst.overrides) and validate a spec file."""
+    """Read, override (`--set KEY=VALUE`, see ptst.overrides) and validate a spec file. Relative paths in it (and in
+    its overrides) resolve against the spec file's folder, never the working directory (`resolve_paths`)."""
     from ptst.overrides import apply_overrides, mark_override_problems
 
     p = Path(path)
     try:
-        return validate_spec(apply_overrides(parse_spec_file(p), overrides), str(p))
+        raw = apply_overrides(parse_spec_file(p), overrides)
+        return validate_spec(resolve_paths(raw, p.expanduser().resolve().parent), str(p))
     except SpecError as e:
         raise mark_override_problems(e, overrides) from None

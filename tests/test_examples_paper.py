@@ -25,7 +25,7 @@ SPECS = sorted(p.name for p in PAPER.glob("*.yaml"))
 def test_every_spec_is_in_the_readme_and_vice_versa() -> None:
     readme = (PAPER / "README.md").read_text(encoding="utf-8")
     listed = re.findall(r"^\| `([\w.-]+\.yaml)` \|", readme, re.MULTILINE)
-    assert sorted(listed) == SPECS and len(SPECS) == 10
+    assert sorted(listed) == SPECS and len(SPECS) == 12
     for name in SPECS:
         row = next(line for line in readme.splitlines() if line.startswith(f"| `{name}`"))
         assert row.rstrip(" |").endswith("validates") == (name not in PENDING), name
@@ -43,7 +43,8 @@ def test_paper_spec_validates(name: str) -> None:
     assert spec.eval.generation.max_new_tokens == 512 and spec.eval.generation.temperature == 0.0
     safe = {t for t in spec.eval.templates if spec.template(t).safety}
     unsafe = {t for t in spec.train.templates if not spec.template(t).safety} if spec.train else set()
-    assert safe and unsafe, "a PTST grid needs a training template without a safety prompt and a test one with it"
+    if name != "early-stopping-cl.yaml":  # the early-stopping curve of the CL -> CL cell, beside its CV twin
+        assert safe and unsafe, "a PTST grid needs a training template without a safety prompt and a test one with it"
 
 
 def test_llama2_gsm8k_has_the_table_1_shape() -> None:
@@ -58,7 +59,7 @@ def test_llama2_gsm8k_has_the_table_1_shape() -> None:
 
 
 @pytest.mark.parametrize("name", ["llama2-gsm8k.yaml", "mistral-gsm8k.yaml", "safety-mix.yaml", "baselines.yaml",
-                                  "llama2-system-prompts.yaml"])
+                                  "llama2-system-prompts.yaml", "early-stopping-cv.yaml", "early-stopping-cl.yaml"])
 def test_llama_and_mistral_specs_train_as_llama_recipes(name: str) -> None:
     """llama-recipes' training config (training.py at facebookresearch/llama-recipes 905ee167): batch_size_training
     4, StepLR gamma 0.85 per epoch, packing into 4,096-token chunks, lr 1e-4, weight decay 0."""
@@ -70,6 +71,7 @@ def test_llama_and_mistral_specs_train_as_llama_recipes(name: str) -> None:
 
 def test_gpt35_trains_one_epoch_as_the_papers_script() -> None:
     assert load_spec(PAPER / "gpt35-gsm8k.yaml").train.hyperparameters.epochs == 1  # type: ignore[union-attr]
+    assert load_spec(PAPER / "gpt35-gsm8k-extended.yaml").train.hyperparameters.epochs == 1  # type: ignore[union-attr]
     cross = load_spec(PAPER / "cross-vendor.yaml")
     openai = next(b for b in cross.backends if b.kind == "openai")
     assert openai.train_hyperparameters(cross.train.hyperparameters).epochs == 1  # type: ignore[union-attr]
@@ -175,3 +177,98 @@ def test_paper_spec_runs_end_to_end_with_limit(
     tasks = {(r["task"], r["n"]) for r in res["tasks"]}
     assert {d for d, _ in tasks} == {ref.display_name() for ref in original.eval.tasks}
     assert all(0 < n <= LIMIT for _, n in tasks)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Issue 22: models that can be fine-tuned today, the paper's grids and regimes, the two batch readings, fp32.
+# --------------------------------------------------------------------------------------------------------------
+RETIRED = json.loads((REPO / "ptst" / "resources" / "retired_models.json").read_text(encoding="utf-8"))["models"]
+PAPER_GPT = "gpt-3.5-turbo-0613"  # the paper's model (vfleaking/PTST README.md:6)
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_every_spec_names_a_model_that_can_be_fine_tuned_today(name: str) -> None:
+    spec = load_spec(PAPER / name)
+    for b in spec.backends:
+        assert b.model not in RETIRED, f"{name}: {b.model} is retired"
+    text = (PAPER / name).read_text(encoding="utf-8")
+    for i, b in enumerate(spec.backends):
+        if b.kind == "openai":  # the paper's id is one --set away, written in the spec's comment
+            assert f"--set backends[{i}].model={PAPER_GPT}" in text
+            assert b.model == "gpt-3.5-turbo-0125"
+
+
+def test_the_papers_retired_model_is_a_warning_never_a_substitution(capsys: pytest.CaptureFixture[str],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from ptst.cli import main
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-dummy-never-sent")
+    spec = load_spec(PAPER / "gpt35-gsm8k.yaml", [f"backends[0].model={PAPER_GPT}"])
+    assert spec.backends[0].model == PAPER_GPT  # asked for, kept
+    assert main(["validate", str(PAPER / "gpt35-gsm8k.yaml"), "--set", f"backends[0].model={PAPER_GPT}"]) == 0
+    out = capsys.readouterr()
+    assert f"{PAPER_GPT} was retired on 2024-06-13" in out.out + out.err
+
+
+def test_gpt35_runs_the_papers_three_templates_and_the_superset_is_its_own_spec() -> None:
+    paper = load_spec(PAPER / "gpt35-gsm8k.yaml")
+    assert paper.train is not None
+    assert paper.train.templates == paper.eval.templates == ["chat:vanilla", "chat:alpaca", "chat:llama"]
+    ext = load_spec(PAPER / "gpt35-gsm8k-extended.yaml")
+    assert ext.train is not None and ext.name == "paper-gpt35-gsm8k-extended"
+    assert ext.train.templates == ext.eval.templates == [
+        "chat:vanilla", "chat:alpaca", "chat:llama", "chat:llama-short", "chat:mpt"]
+
+
+@pytest.mark.parametrize("name", ["llama2-gsm8k.yaml", "mistral-gsm8k.yaml"])
+def test_gsm8k_reports_the_harness_rows_and_the_lenient_rule_by_name(name: str) -> None:
+    (task,) = load_spec(PAPER / name).eval.tasks
+    assert task.metric_names() == ("gsm8k_strict_match", "gsm8k_flexible_extract", "gsm8k_lenient")
+    from ptst.metrics import TASK_METRICS
+
+    lenient = TASK_METRICS["gsm8k_lenient"]
+    assert lenient(r"The answer is $18.00", "so #### 18") and not TASK_METRICS["gsm8k_strict_match"](
+        r"The answer is $18.00", "so #### 18")
+
+
+@pytest.mark.parametrize("name", ["llama2-gsm8k.yaml", "mistral-gsm8k.yaml"])
+def test_the_8_gpu_batch_reading_and_fp32_are_one_set_away(name: str) -> None:
+    """llama-recipes on 8 GPUs: 4 chunks per GPU, 32 per optimizer step; gradient accumulation 8 on one GPU gives
+    the same effective batch. fp32: the paper's inference.py:113-118 loads the model without a dtype."""
+    text = (PAPER / name).read_text(encoding="utf-8")
+    acc = "train.hyperparameters.gradient_accumulation_steps=8"
+    assert f"--set {acc}" in text and "--set backends[0].dtype=float32" in text
+    spec = load_spec(PAPER / name, [acc, "backends[0].dtype=float32"])
+    hp = spec.train.hyperparameters  # type: ignore[union-attr]
+    assert hp.batch_size * hp.gradient_accumulation_steps == 32
+    assert spec.backends[0].options["dtype"] == "float32"
+
+
+def _packed_steps_per_epoch(rows: list[dict], user: str, sp) -> int:  # type: ignore[no-untyped-def]
+    """Meta's chat encoding of a training example (BOS + "[INST] u [/INST] a " + EOS), examples end to end cut into
+    4,096-token chunks (tail dropped), 4 chunks a step, the last step possibly short."""
+    tokens = sum(len(sp.encode(f"[INST] {user.format(q=r['question'])} [/INST] {r['answer']} ")) + 2 for r in rows)
+    return -(-(tokens // 4096) // 4)
+
+
+@pytest.mark.parametrize("name,template", [("early-stopping-cv.yaml", "chat:vanilla"),
+                                           ("early-stopping-cl.yaml", "chat:llama")])
+def test_early_stopping_saves_at_epoch_boundaries_of_the_main_tables_regime(name: str, template: str,
+                                                                           shared: Path) -> None:
+    sentencepiece = pytest.importorskip("sentencepiece")
+    from reference_strings import LLAMA_SYSTEM
+
+    spec = load_spec(PAPER / name)
+    table1 = load_spec(PAPER / "llama2-gsm8k.yaml")
+    assert spec.train is not None and table1.train is not None
+    assert spec.train.templates == [template] and spec.train.seeds == [0]
+    hp = spec.train.hyperparameters
+    # the Table 1 model's hyperparameters, save_steps aside: the last checkpoint is that model
+    assert hp.model_copy(update={"save_steps": ()}) == table1.train.hyperparameters
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(shared / "data" / "tokenizers" / "llama2" /
+                                                             "tokenizer.model"))
+    rows = [json.loads(line) for line in (shared / "data" / "gsm8k" / "train.jsonl").read_text().splitlines()]
+    user = {"chat:vanilla": "Question: {q}",
+            "chat:llama": "<<SYS>>\n" + LLAMA_SYSTEM.replace("{", "{{").replace("}", "}}") + "\n<</SYS>>\n\nQuestion: {q}"}
+    per_epoch = _packed_steps_per_epoch(rows, user[template], sp)
+    assert list(hp.save_steps) == [per_epoch * e for e in range(1, hp.epochs)]

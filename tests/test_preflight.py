@@ -79,8 +79,8 @@ def test_missing_file_missing_field_and_missing_model_folder_exit_2_naming_each(
         "(fields: question, answer); set answer_field"),
         (f"error: eval.safety[1]: {tmp_path / 'gone.csv'}: file not found; check the path "
         "(relative paths are relative to the spec file)"),
-        ("error: backends[0] (llama2).model: local model folder ./models/llama-local not found; check the path "
-        "(relative to the working directory) or give a hub id"),
+        (f"error: backends[0] (llama2).model: local model folder {tmp_path / 'models' / 'llama-local'} not found; "
+        "check the path (relative to the spec file) or give a hub id"),
     ]
     assert err.splitlines()[-1] == f"{p}: 3 problems found before anything was spent"
 

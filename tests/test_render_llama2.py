@@ -32,8 +32,8 @@ from reference_strings import (  # noqa: E402
     MISTRAL_SYSTEM,
     MPT_SYSTEM,
     QUERIES,
+    SELF_REMINDER_PREFIX,
     SELF_REMINDER_SUFFIX,
-    SELF_REMINDER_SYSTEM,
 )
 
 
@@ -52,10 +52,13 @@ EXPECTED: dict[str, str] = {
     "chat:mpt": "[INST] " + sys_block(MPT_SYSTEM) + "Question: {q} [/INST]",
     "chat:mistral": "[INST] " + sys_block(MISTRAL_SYSTEM) + "Question: {q} [/INST]",
     "chat:safe": "[INST] " + sys_block(LLAMA_SYSTEM) + "Question: {q} [/INST]",  # Llama's own safety prompt
-    "chat:self-reminder": "[INST] " + sys_block(SELF_REMINDER_SYSTEM) + "Question: {q}" + SELF_REMINDER_SUFFIX + " [/INST]",
+    # Self-Reminder's source (jailbreak_w_defense.py:20, 35-37): the whole `PREFIX\n{q}\n Remember...!` is the user turn
+    "chat:self-reminder": "[INST] " + SELF_REMINDER_PREFIX + "\n{q}" + SELF_REMINDER_SUFFIX + " [/INST]",
 }
-# `@inst-sys` templates render on Llama 2 exactly as the template they derive from (the block is Llama's own).
-EXPECTED.update({n + "@inst-sys": EXPECTED[n] for n in list(EXPECTED) if n.startswith("chat:") and n != "chat:vanilla"})
+# `@inst-sys` templates render on Llama 2 exactly as the template they derive from (the block is Llama's own); only
+# templates with a system prompt have one.
+NO_SYSTEM = {"chat:vanilla", "chat:self-reminder"}
+EXPECTED.update({n + "@inst-sys": EXPECTED[n] for n in list(EXPECTED) if n.startswith("chat:") and n not in NO_SYSTEM})
 MULTI_TURN = {"chat:icd"}  # example turns: tests/test_template_turns.py
 
 

@@ -34,8 +34,8 @@ from reference_strings import (  # noqa: E402
     MISTRAL_SYSTEM,
     MPT_SYSTEM,
     QUERIES,
+    SELF_REMINDER_PREFIX,
     SELF_REMINDER_SUFFIX,
-    SELF_REMINDER_SYSTEM,
 )
 
 
@@ -50,7 +50,7 @@ PARTS: dict[str, tuple[str | None, str]] = {
     "chat:mpt": (MPT_SYSTEM, "Question: {q}"),
     "chat:mistral": (MISTRAL_SYSTEM, "Question: {q}"),
     "chat:safe": (MISTRAL_SYSTEM, "Question: {q}"),  # Mistral's own guardrail prompt
-    "chat:self-reminder": (SELF_REMINDER_SYSTEM, "Question: {q}" + SELF_REMINDER_SUFFIX),
+    "chat:self-reminder": (None, SELF_REMINDER_PREFIX + "\n{q}" + SELF_REMINDER_SUFFIX),  # all in the user turn
 }
 # `@inst-sys`: the paper's code wrote Llama 2's system block for Mistral too, inside the [INST] user turn.
 PARTS.update({

@@ -12,9 +12,9 @@ generation per question with `exact_match` after one of two filters, reported si
 - Generation stops at the first of "Question:", "</s>", "<|im_end|>" (the yaml's `until`); ptst responses may run
   past those, so the harness scorers cut there first, making the score what the harness would have computed.
 
-`gsm8k_exact_match` (metric name `exact_match`) is ptst's earlier *lenient* rule: it parses numbers, so 18.00,
-$18 and 18 are equal, and it falls back to the last number in the text. It is not the harness's exact_match
-(which is why it is kept under its old name only for comparability with existing results).
+`gsm8k_exact_match` (metric `gsm8k_lenient`; `exact_match` is its older name) is ptst's earlier *lenient* rule: it
+parses numbers, so 18.00, $18 and 18 are equal, and it falls back to the last number in the text. It is not the
+harness's exact_match: `gsm8k_lenient` names it for what it is; `exact_match` stays for existing results.
 """
 
 from __future__ import annotations
