@@ -290,3 +290,24 @@ def test_a_local_model_not_downloaded_is_estimated_without_its_tokenizer(tmp_pat
     per = token_counter("gpt-4").count(text)
     assert est.n_tokens == round(4 * per * 1.247) and est.n_billed_tokens == 2 * est.n_tokens
     assert "tokenizer not on this machine" in est.notes and math.isclose(est.usd or 0.0, 0.0)
+
+
+def test_default_view_of_a_paper_spec_fits_one_screen_at_80_columns(monkeypatch, capsys):
+    """llama2-gsm8k (15 jobs): totals first, then per stage and per backend, each note once; --detail adds the jobs."""
+    monkeypatch.setenv("COLUMNS", "80")
+    spec = Path(__file__).resolve().parents[1] / "examples" / "paper" / "llama2-gsm8k.yaml"
+    assert main(["estimate", str(spec)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) <= 80 and max(len(ln) for ln in lines) <= 80
+    assert lines[0].startswith("total estimated cost: $")
+    text = "\n".join(lines)
+    assert text.index("stage") < text.index("backend") < text.index("note:")
+    assert "15 fine-tuning job(s)" in text and "187,120 generations" in text and "81,600 judge calls" in text
+    assert text.count("local LoRA training, no API cost") == 1  # the job note once, not on every row
+    assert "meta-llama/Llama-2-7b-chat-hf" in text.replace("\n", "")
+    assert main(["estimate", str(spec), "--detail"]) == 0
+    detail = capsys.readouterr().out.splitlines()
+    assert max(len(ln) for ln in detail) <= 80
+    job_rows = [ln for ln in detail if ln.startswith("llama2 ") and ln.rstrip().endswith("[1]")]
+    assert len(job_rows) == 15  # 5 templates × 3 seeds, one line each
+    assert sum(1 for ln in job_rows if "text:vanilla" in ln and " 7,473 " in ln) == 3

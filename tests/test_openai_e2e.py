@@ -52,10 +52,10 @@ def test_full_spec_with_openai_backend_and_rubric_judge(tmp_path, shared, monkey
         assert sum(fake.counts.values()) == 0
 
         monkeypatch.setenv("COLUMNS", "200")  # a wide table, so the cells are not wrapped
-        assert main(["estimate", str(spec)]) == 0
+        assert main(["estimate", str(spec), "--detail"]) == 0  # a row per job, with its template
         table = capsys.readouterr().out
         assert "chat:vanilla" in table and "chat:llama" in table and "$8/1M" in table
-        assert "total estimated fine-tuning cost" in table and sum(fake.counts.values()) == 0
+        assert "total estimated cost" in table and sum(fake.counts.values()) == 0
 
         # the first job fails in OpenAI's moderation: recorded, and the run goes on
         fake.fail_next_job()

@@ -305,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="one JSON object: jobs, generations, judge_calls, usd (expected), "
                    "usd_max (bound), usd_by_stage and usd_max_by_stage {train, generate, judge}, gpu_hours, "
                    "gpu_hours_max, notes, train (per job)")
+    s.add_argument("--detail", action="store_true", help="also a row per fine-tuning job")
     s.add_argument("--limit", type=_positive_int, help="as `ptst run --limit N`: the first N rows of every dataset")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     s.set_defaults(func=cmd_estimate)

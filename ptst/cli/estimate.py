@@ -1,5 +1,5 @@
-"""`ptst estimate`: every stage's work and cost before anything is spent, as a table per job and totals or as one
-JSON object (errors included, so a script reading --json always gets JSON). ptst.cli wires it into its parser; the
+"""`ptst estimate`: every stage's work and cost before anything is spent, on one screen (totals, then per stage and
+per backend, each note once; `--detail` adds a row per job) or as one JSON object (errors included, so a script reading --json always gets JSON). ptst.cli wires it into its parser; the
 numbers come from ptst.estimate, this module only checks, plans and prints.
 """
 
@@ -9,19 +9,24 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ptst.errors import PtstError
 
-
-def cmd_estimate(args: argparse.Namespace) -> int:
-    """Every stage's work and cost before anything is spent: a table per job, then the totals (or one JSON object)."""
+if TYPE_CHECKING:
+    from rich.console import Console
     from rich.table import Table
 
+    from ptst.estimate import RunEstimate
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    """Every stage's work and cost before anything is spent: the totals, then per stage and per backend (or one JSON
+    object)."""
     from ptst.backends.base import create_backend
     from ptst.data.standin import EstimateLoader
     from ptst.downloads import no_downloads
     from ptst.estimate import estimate_run
-    from ptst.estimate import usd_text as money
     from ptst.plan import train_jobs
     from ptst.preflight import preflight
     from ptst.runner import limit_datasets, limit_note, load_datasets
@@ -55,32 +60,93 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
         return 0
 
-    table = Table("backend", "model", "train template", "seed", "examples", "tokens/epoch", "billed tokens", "USD", "notes")
-    for j in est.train:
-        e = j.estimate
-        table.add_row(
-            j.backend, j.model, j.train_template, str(j.seed), f"{e.n_examples:,}",
-            f"{e.n_tokens:,}" if e.n_tokens is not None else "?",
-            f"{e.n_billed_tokens:,}" if e.n_billed_tokens is not None else "?",
-            f"{e.usd:,.4f}" if e.usd is not None else "?", e.notes,
-        )
     from ptst.report.terminal import terminal_console
 
     console = terminal_console()
-    if est.train:
-        console.print(table)
-    by = est.usd_by_stage
-    budget = f" (budget_usd {spec.budget_usd:,.2f})" if spec.budget_usd is not None else ""
-    console.print(f"total estimated fine-tuning cost: {money(by['train'])}")
-    console.print(f"{est.jobs} fine-tuning job(s) {money(by['train'])}; {est.generations:,} generations "
-                  f"{money(by['generate'])}; {est.judge_calls:,} judge calls {money(by['judge'])}")
-    gpu = (f"; about {est.gpu_hours:,.1f} GPU hours (at most {est.gpu_hours_max:,.1f})"
-           if est.gpu_hours is not None and est.gpu_hours_max is not None else "")
-    console.print(f"total estimated cost: {money(est.usd)}, at most {money(est.usd_max)}{budget}{gpu}")
-    if args.limit:
-        console.print(f"({limit_note(spec, args.limit)})")
-    for note in est.notes:
-        console.print(f"note: {note}")
-    for warning in report.warnings:
+    print_estimate(console, est, budget_usd=spec.budget_usd, detail=args.detail,
+                   limit=limit_note(spec, args.limit) if args.limit else None)
+    for warning in report.warnings:  # a missing key, a retired model: said with the numbers, never instead of them
         console.print(f"warning: {warning}", markup=False)
     return 0
+
+
+def print_estimate(console: Console, est: RunEstimate, *, budget_usd: float | None, detail: bool = False,
+                   limit: str | None = None) -> None:
+    """One screen: the totals first, then a table per stage and per backend, each note once (a note shared by
+    several jobs names how many); `detail` adds a row per fine-tuning job. Wraps at the console's width."""
+    from ptst.estimate import usd_text as money
+
+    by, top = est.usd_by_stage, est.usd_max_by_stage
+    budget = f" (budget_usd {budget_usd:,.2f})" if budget_usd is not None else ""
+    console.print(f"total estimated cost: {money(est.usd)}, at most {money(est.usd_max)}{budget}")
+    if est.gpu_hours is not None and est.gpu_hours_max is not None:
+        console.print(f"about {est.gpu_hours:,.1f} GPU hours (at most {est.gpu_hours_max:,.1f})")
+    if limit:
+        console.print(f"({limit})")
+    stages = _plain("stage", "work", "expected", "at most")
+    for stage, work in (("train", f"{est.jobs} fine-tuning job(s)"), ("generate", f"{est.generations:,} generations"),
+                        ("judge", f"{est.judge_calls:,} judge calls")):
+        stages.add_row(stage, work, money(by.get(stage)), money(top.get(stage, by.get(stage))))
+    for col in (2, 3):
+        stages.columns[col].justify = "right"
+    console.print()
+    console.print(stages)
+    job_notes = list(dict.fromkeys(j.estimate.notes for j in est.train if j.estimate.notes))
+    if est.train:
+        backends = _plain("backend", "model", "jobs", "examples", "billed tokens", "train USD")
+        backends.columns[1].overflow = "fold"  # a model id is never cut: it is what the user checks
+        for col in range(2, 6):
+            backends.columns[col].justify = "right"
+        for backend, model in dict.fromkeys((j.backend, j.model) for j in est.train):
+            jobs = [j for j in est.train if (j.backend, j.model) == (backend, model)]
+            billed = [j.estimate.n_billed_tokens for j in jobs]
+            usd = [j.estimate.usd for j in jobs]
+            backends.add_row(
+                backend, model, str(len(jobs)), f"{sum(j.estimate.n_examples for j in jobs):,}",
+                "?" if None in billed else f"{sum(b or 0 for b in billed):,}",
+                money(None if None in usd else sum(u or 0.0 for u in usd)),
+            )
+        console.print()
+        console.print(backends)
+    if detail and est.train:
+        console.print()
+        console.print(_jobs_table(est, job_notes))
+    console.print()
+    notes = [(n, sum(1 for j in est.train if j.estimate.notes == n)) for n in job_notes]
+    for k, (note, count) in enumerate(notes, 1):
+        console.print(f"[{k}] {count} job(s): {note}", markup=False)
+    for note in est.notes:
+        console.print(f"note: {note}", markup=False)
+    if not detail and est.train:
+        console.print("(a row per fine-tuning job: --detail; every number as JSON: --json)")
+
+
+def _plain(*headers: str) -> Table:
+    """A table with a rule under its header and no frame: two spaces between columns, none at the edges."""
+    from rich import box
+    from rich.table import Table
+
+    return Table(*headers, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+
+
+def _jobs_table(est: RunEstimate, job_notes: list[str]) -> Table:
+    """A row per fine-tuning job (tokens per epoch, billed tokens over every epoch); labels fold onto a second line,
+    numbers are never cut."""
+    from ptst.estimate import usd_text as money
+
+    def count(v: int | None) -> str:
+        return f"{v:,}" if v is not None else "?"
+
+    rows = [(j.backend, j.train_template, str(j.seed), count(j.estimate.n_examples), count(j.estimate.n_tokens),
+             count(j.estimate.n_billed_tokens), money(j.estimate.usd),
+             f"[{job_notes.index(j.estimate.notes) + 1}]" if j.estimate.notes else "") for j in est.train]
+    table = _plain()
+    # Short headers, so the numbers keep their width at 80 columns (tokens: per epoch; billed: over every epoch).
+    for i, head in enumerate(("backend", "train template", "seed", "examples", "tokens", "billed", "USD", "note")):
+        if i < 2:
+            table.add_column(head, overflow="fold")
+        else:
+            table.add_column(head, justify="right", no_wrap=True)
+    for r in rows:
+        table.add_row(*r)
+    return table

@@ -38,6 +38,7 @@ examples:
     "estimate": """\
 examples:
   ptst estimate examples/paper/gpt35-gsm8k.yaml
+  ptst estimate examples/paper/llama2-gsm8k.yaml --detail
   ptst estimate spec.yaml --json --set train.seeds=[0,1,2]
 """,
     "report": """\

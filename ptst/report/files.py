@@ -1,5 +1,6 @@
 """Writing the report files atomically: results.json (the public contract, verbatim), report.md, report.html with
-its samples.js, every figure as PNG, SVG and PDF under figures/, every table as LaTeX and CSV under tables/, and the
+its samples.js, every figure as PNG, SVG and PDF under figures/, every table as LaTeX and CSV under tables/ with
+the tidy numeric tables (CSV, and Parquet when pyarrow is installed), and the
 content fingerprint that lets a re-run that changed nothing skip all of it (`ptst.report.fingerprint`)."""
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def write_reports(
     from ptst.report.markdown import render_markdown
     from ptst.report.samples import SAMPLES_FILE, samples_js
     from ptst.report.tables import paper_tables, to_csv, to_latex
+    from ptst.report.tidy import tidy_files
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -74,6 +76,7 @@ def write_reports(
     for t in paper_tables(results, grids):
         files[f"tables/{t.slug}.tex"] = to_latex(t)
         files[f"tables/{t.slug}.csv"] = to_csv(t)
+    files.update(tidy_files(results))  # tables/safety.csv, tasks.csv, ... (+ .parquet): numbers for programs
     files["report.html"] = figures.resolve(page)
     files.update(figures.files)
     fp_path = out_dir / FINGERPRINT_FILE
