@@ -80,7 +80,7 @@ def test_no_test_prompt_is_in_stage_one_or_stage_two_training(data_dir: Path, mo
     tested = [e.prompt for d in (one, two, pilot) for rows in d.safety.values() for e in rows]
     tested += [e.prompt for d in (one, two, pilot) for rows, _ in d.tasks.values() for e in rows]
     assert len(one.train) == 256 and len(two.train) == 64
-    assert len(tested) == (40 + 24 + 24) + (64 + 64 + 24) + (32 + 24)  # align, grid, pilot: safety + tasks
+    assert len(tested) == (48 + 24 + 24) + (48 + 48 + 24) + (32 + 24)  # align, grid, pilot: safety + tasks
     test_sets = [frozenset(_words(p)) for p in tested]
     for p in trained:
         w = _words(p)
