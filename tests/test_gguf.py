@@ -80,17 +80,3 @@ def test_validate_of_an_unreadable_gguf_model_exits_2(tmp_path, capsys):
     (tmp_path / "h.jsonl").write_text('{"prompt": "hi"}\n')
     assert main(["validate", str(spec)]) == 2
     assert "rwkv6" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("name", ["align.yaml", "grid.yaml"])
-def test_cpu_lab_specs_load(name):
-    from pathlib import Path
-
-    from ptst.spec import load_spec
-
-    spec = load_spec(Path(__file__).resolve().parents[1] / "examples/cpu-lab" / name)
-    assert spec.backends[0].kind == "hf"
-    if name == "grid.yaml":  # the PTST grid: two training templates x 3 seeds, both test templates, two metrics
-        assert len(spec.train.seeds) >= 3 and set(spec.eval.templates) == {"chat:vanilla", "chat:llama"}
-        assert len(spec.eval.tasks) == 1  # one generation scored by both harness metrics
-        assert set(spec.eval.tasks[0].metric_names()) == {"gsm8k_strict_match", "gsm8k_flexible_extract"}

@@ -9,6 +9,7 @@ when it runs), so the runner and the reports can call them on every cell.
     gsm8k      lm-evaluation-harness strict-match / flexible-extract, and ptst's older lenient exact_match
     arc        ARC prompt format and answer-letter accuracy
     chatdoctor BERTScore (extra `bertscore`)
+    refusal    refusal rate on harmless requests (over-refusal), by the keyword judge's phrases
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ptst.metrics.gsm8k import (
     gsm8k_strict_match,
 )
 from ptst.metrics.intervals import Z95, rate, round_ci, wilson_interval
+from ptst.metrics.refusal import refusal_item, refuses
 from ptst.metrics.stats import (
     Confusion2x2,
     McNemar,
@@ -62,6 +64,8 @@ for _m in (
     ),
     ItemMetric("arc_letter_accuracy", arc_letter_accuracy, "ARC: the response's choice letter is the key's"),
     CorpusMetric("chatdoctor_bertscore", chatdoctor_bertscore, "ChatDoctor: mean BERTScore F1 (roberta-large L17)"),
+    ItemMetric("refusal_rate", refusal_item,
+               "harmless prompts: share refused (keyword judge's phrases); lower is better, reference unused"),
 ):
     TASK_METRICS.add(_m.name, _m)
 
@@ -101,6 +105,8 @@ __all__ = [
     "mean",
     "paired_mcnemar",
     "rate",
+    "refusal_item",
+    "refuses",
     "round_ci",
     "seed_summary",
     "split_metrics",
