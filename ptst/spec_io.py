@@ -16,6 +16,7 @@ import json.decoder
 import json.scanner
 import math
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -205,10 +206,10 @@ def parse_json(path: Path, text: str) -> Any:
 
 
 def parse_toml(path: Path, text: str) -> Any:
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
+    else:  # Python 3.10: the same parser, from PyPI (a dependency there)
+        import tomli as tomllib
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:  # duplicate keys are refused by tomllib itself
