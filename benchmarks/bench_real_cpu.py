@@ -86,14 +86,13 @@ def bench_trl_train(model_dir: str, examples, args) -> float:  # type: ignore[no
 
 
 def bench_generate(model: str, backend, args) -> tuple[float, float, int]:  # type: ignore[no-untyped-def]
+    import csv
+
     import torch
 
     from ptst.backends.local.generate import Generator
-    from ptst.conversation import Conversation
     from ptst.templates import BUILTIN
     from ptst.types import GenerationConfig
-
-    import csv
 
     shared = REPO.parent / "shared/data"
     gsm = [json.loads(x)["question"] for x in (shared / "gsm8k/test.jsonl").read_text().splitlines()]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 import sys
 import threading
@@ -127,7 +128,7 @@ def test_a_request_refused_for_one_item_leaves_only_that_item_unscored(fake):
 
 
 def test_an_unknown_judge_model_stops_the_run_instead_of_recording_unscored_verdicts(fake):
-    with pytest.raises(BackendError, match="HTTP 404.*does not exist"):
+    with pytest.raises(BackendError, match=r"HTTP 404.*does not exist"):
         judge(fake, model="ft:gpt-4-0613:nobody::x").judge([JudgeItem("q", "r"), JudgeItem("q2", "r2")])
 
 
@@ -220,11 +221,11 @@ def test_inherit_judges_at_the_backend_endpoint_with_its_key(monkeypatch):
 
 
 def test_inherit_without_one_openai_endpoint_is_a_spec_error():
-    with pytest.raises(SpecError, match="judge.base_url: 'inherit' needs an openai backend"):
+    with pytest.raises(SpecError, match=re.escape("judge.base_url: 'inherit' needs an openai backend")):
         resolve_judge_spec(spec_with({"kind": "rubric", "base_url": "inherit"}))
     two = spec_with({"kind": "rubric", "base_url": "inherit"},
                     openai_backend("http://127.0.0.1:1/v1", "a"), openai_backend("http://127.0.0.1:2/v1", "b"))
-    with pytest.raises(SpecError, match="ambiguous.*127.0.0.1:1/v1, http://127.0.0.1:2/v1"):
+    with pytest.raises(SpecError, match=r"ambiguous.*127\.0\.0\.1:1/v1, http://127\.0\.0\.1:2/v1"):
         resolve_judge_spec(two)
     with pytest.raises(SpecError, match="resolved from the whole spec"):  # never sent to a host named 'inherit'
         create_judge(JudgeSpec(kind="rubric", base_url="inherit"))

@@ -13,10 +13,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from test_local_backends import LLAMA_TOK, Ledger, adapter_tensors, backend, job_for, read_log  # noqa: E402
+from test_local_backends import LLAMA_TOK, Ledger, adapter_tensors, backend, job_for, read_log
 
-from ptst.backends.local import backend as local_backend  # noqa: E402
-from ptst.backends.local import resume  # noqa: E402
+from ptst.backends.local import backend as local_backend
+from ptst.backends.local import resume
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not LLAMA_TOK.is_file(), reason="shared tokenizers not found")]
 

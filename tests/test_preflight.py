@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ptst.backends.mock import Backend as MockBackend
 
+from ptst.backends.mock import Backend as MockBackend
 from ptst.cli import main
 from ptst.preflight import PreflightError, Report, preflight
 from ptst.spec import validate_spec

@@ -19,15 +19,15 @@ from ptst.templates import BUILTIN
 pytest.importorskip("mistral_common")
 spm = pytest.importorskip("sentencepiece")
 
-from mistral_common.protocol.instruct.messages import AssistantMessage, SystemMessage, UserMessage  # noqa: E402
-from mistral_common.protocol.instruct.request import ChatCompletionRequest  # noqa: E402
-from mistral_common.protocol.instruct.validator import ValidationMode  # noqa: E402
-from mistral_common.tokens.tokenizers.mistral import MistralTokenizer  # noqa: E402
+from mistral_common.protocol.instruct.messages import AssistantMessage, SystemMessage, UserMessage
+from mistral_common.protocol.instruct.request import ChatCompletionRequest
+from mistral_common.protocol.instruct.validator import ValidationMode
+from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_TOKENIZER = REPO.parent / "shared" / "data" / "tokenizers" / "mistral" / "tokenizer.model"
 
-from reference_strings import (  # noqa: E402
+from reference_strings import (
     ALPACA,
     LLAMA_SYSTEM,
     LLAMA_SYSTEM_SHORT,
@@ -37,9 +37,6 @@ from reference_strings import (  # noqa: E402
     SELF_REMINDER_SUFFIX,
     SELF_REMINDER_SYSTEM,
 )
-
-
-
 
 # name -> (system or None, user with {q}); the expected text follows from mistral-common's documented v1 format
 PARTS: dict[str, tuple[str | None, str]] = {

@@ -35,12 +35,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
+from pydantic import Field
+
 from ptst.backends.base import JobLedger, ModelRef, Rendered, TrainJob
 from ptst.backends.local import LocalBackend, LocalOptions
 from ptst.backends.local.gguf import converted_dir, gguf_problem, is_gguf
 from ptst.backends.local.render import TrainingFormError, clean_answer, text_separator, where
-from pydantic import Field
-
 from ptst.conversation import Conversation
 from ptst.errors import BackendError, require
 

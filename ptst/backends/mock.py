@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
+from pydantic import Field
+
 from ptst.backends.base import (
     Estimate,
     FineTuneBackend,
@@ -25,8 +27,6 @@ from ptst.backends.base import (
     Rendered,
     TrainJob,
 )
-from pydantic import Field
-
 from ptst.conversation import Conversation
 from ptst.errors import JobFailed
 from ptst.templates import BUILTIN

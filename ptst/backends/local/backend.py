@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from pydantic import Field
+
 from ptst.backends.base import (
     Estimate,
     FineTuneBackend,
@@ -42,8 +44,6 @@ from ptst.backends.local.render import TrainingFormError, check_prompt_ids, clea
 from ptst.backends.local.resume import checkpoint_dirs
 from ptst.backends.local.train import TrainSettings, train_lora
 from ptst.backends.local.vllm import generate_vllm, release_vllm
-from pydantic import Field
-
 from ptst.conversation import Conversation
 from ptst.downloads import downloads_allowed
 from ptst.errors import BackendError, PtstError, UsageError

@@ -12,7 +12,6 @@ from ptst.backends.local.adapters import quiet_peft, read_adapter_metadata
 from ptst.backends.local.decode import decode_batch, decode_continuous, joinable_cache
 from ptst.backends.local.models import free_memory, import_torch, is_oom, load_causal_lm, resolve_device, resolve_dtype
 from ptst.backends.local.resident import detach_adapter, is_resident, resident_base
-
 from ptst.errors import BackendError, require
 from ptst.types import GenerationConfig
 

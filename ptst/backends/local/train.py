@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import Field
+
 from ptst.backends.local.adapters import ADAPTER_DIR, TRAIN_LOG, quiet_peft, read_train_log, save_adapter
 from ptst.backends.local.data import collate, pack_chunks, plan_batches, split_by_tokens
 from ptst.backends.local.lora_dropout import install_fast_lora
@@ -40,8 +42,6 @@ from ptst.backends.local.resume import (
     settings_fingerprint,
 )
 from ptst.backends.local.schedule import build_scheduler
-from pydantic import Field
-
 from ptst.errors import BackendError, require
 from ptst.types import Frozen, Hyperparameters
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ptst.backends.local.models import first_line, import_torch, local_model_dir, resolve_dtype
-
 from ptst.errors import PtstError
 from ptst.types import GenerationConfig, ModelRef
 

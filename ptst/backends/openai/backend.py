@@ -28,7 +28,6 @@ from ptst.backends.base import (
 from ptst.backends.openai import files, jobs
 from ptst.backends.openai.generate import generate
 from ptst.backends.openai.options import OpenAIOptions
-
 from ptst.clients.chat import AsyncSleep
 from ptst.clients.limit import SharedLimit
 from ptst.clients.openai import (

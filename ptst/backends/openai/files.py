@@ -17,7 +17,6 @@ from typing import Any
 
 from ptst.backends.base import JobLedger
 from ptst.backends.openai.options import OpenAIOptions
-
 from ptst.clients.openai import backoff_with_jitter, call_with_retries, resolve_base_url
 from ptst.clients.tokens import TokenCounter, count_message_tokens
 from ptst.conversation import Conversation

@@ -14,7 +14,6 @@ from typing import Any
 
 from ptst.backends.base import TrainJob
 from ptst.backends.openai.options import OpenAIOptions
-
 from ptst.clients.openai import (
     api_error,
     backoff_with_jitter,
