@@ -151,7 +151,7 @@ def _n_checkpoints(spec: Spec, backend: FineTuneBackend, pj: PlannedJob) -> int:
     return 0 if wanted == "none" else backend.evaluated_checkpoints(pj.job, wanted)
 
 
-def estimate_run(
+def estimate_run(  # noqa: C901 — being split one function per stage (issue 20, contracts)
     spec: Spec,
     data: Datasets,
     backends: Sequence[tuple[BackendSpec, FineTuneBackend]],

@@ -179,7 +179,7 @@ def test_hf_llama_tokenizer_disagrees_at_text_start():
     assert reference[:3] == [733, 16289, 28793]  # `▁[`, `INST`, `]`: the ids mistral-common renders (see above)
     try:
         ids = list(transformers.LlamaTokenizer(vocab_file=str(SHARED_TOKENIZER))("[INST] Hello [/INST]")["input_ids"])
-    except Exception:  # failing to build one at all is a disagreement too
+    except Exception:  # noqa: BLE001 — failing to build one at all is a disagreement too
         ids = []
     assert [i for i in ids if i != 1][:3] != reference[:3]
 

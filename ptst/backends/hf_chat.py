@@ -87,7 +87,7 @@ def resolve_model_dir(model: str, *, download: bool) -> Path:
     hub = require("huggingface_hub", "the hf backend (hub ids)", "local")
     try:
         return Path(hub.snapshot_download(model, local_files_only=True))
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 — not cached: huggingface_hub says so with several unrelated types
         if not download:
             raise ModelSetupError(
                 f"model {model!r} is not a local directory nor in the local Hugging Face cache "
@@ -96,7 +96,7 @@ def resolve_model_dir(model: str, *, download: bool) -> Path:
             ) from None
     try:  # the weights, configs and tokenizer files only (hub repos often carry ONNX/GGUF copies too)
         return Path(hub.snapshot_download(model, allow_patterns=DOWNLOAD_PATTERNS))
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 — network, access, id: every failure is one line naming the model
         raise ModelSetupError(f"model {model!r} could not be downloaded ({_first_line(e)})") from None
 
 
@@ -185,7 +185,7 @@ class Backend(LocalBackend):
         msgs = [{"role": "system", "content": _PROBE_SYSTEM}, {"role": "user", "content": _PROBE_USER}]
         try:
             text = self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-        except Exception as e:  # whatever Jinja or the template raises: sorted here, never swallowed
+        except Exception as e:  # noqa: BLE001 — whatever Jinja or the template raises: sorted here, never swallowed
             if refuses_system_role(e):
                 return False
             raise ModelSetupError(
@@ -228,7 +228,7 @@ class Backend(LocalBackend):
                 msgs, add_generation_prompt=generation_prompt, tokenize=True, return_dict=True
             )
             return [int(i) for i in enc["input_ids"]]
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 — a model's template (Jinja) can raise anything; named in one line
             raise TrainingFormError(
                 f"model {self.spec.model}: its chat template failed on a {'/'.join(m['role'] for m in msgs)} "
                 f"conversation ({_first_line(e)})"

@@ -139,7 +139,7 @@ def run_async(coro: Any) -> Any:
     def target() -> None:
         try:
             box["value"] = asyncio.run(coro)
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 — carried to the calling thread, which re-raises it
             box["error"] = e
 
     t = threading.Thread(target=target, name="ptst-openai")

@@ -396,7 +396,7 @@ def _hub_rows(info: DatasetInfo, config: str | None, split: str, cache_dir: Path
         ds = datasets.load_dataset(
             info.hub_id, config, split=split, cache_dir=str(cache_dir) if cache_dir is not None else None
         )
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 — datasets raises many types (network, config, script); one line
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         offline = " (offline: HF_HUB_OFFLINE is set and it is not in the local cache)" if _offline() else ""
         raise _HubUnavailable(f"{info.hub_id} could not be loaded{offline}: {first[:200]}") from None

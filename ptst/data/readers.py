@@ -226,7 +226,7 @@ def _read_parquet(path: Path) -> Iterator[Row]:
             raise DataError(f"{path}: reading parquet needs pyarrow: pip install pyarrow (or 'ptst[hub]')") from None
     try:
         records = read()
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 — pyarrow raises many types on a bad file; one line naming it
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         what = "not a parquet file" if magic != b"PAR1" else "a damaged or truncated parquet file"
         raise DataError(f"{path}: {what} ({first}); re-export it, or give the data as .jsonl or .csv") from None

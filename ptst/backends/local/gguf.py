@@ -56,7 +56,7 @@ def _field(reader: Any, name: str) -> Any:
         return None
     try:
         return f.contents()
-    except Exception:
+    except Exception:  # noqa: BLE001 — a field gguf cannot decode reads as absent
         return None
 
 
@@ -97,7 +97,7 @@ def _read_header(p: Path, path: str) -> GGUFInfo:
         ) from None
     try:
         reader = gguf.GGUFReader(str(p))
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 — gguf raises what numpy or struct raise on a non-GGUF file
         raise GGUFError(f"model {path}: not a readable GGUF file ({_first_line(e)})") from None
     arch = str(_field(reader, "general.architecture") or "")
     types = tuple(sorted({t.tensor_type.name for t in reader.tensors}))

@@ -164,7 +164,7 @@ def train_lora(
             detach_adapter(model)
 
 
-def _train_steps(  # type: ignore[no-untyped-def]
+def _train_steps(  # type: ignore[no-untyped-def]  # noqa: C901 — being split into steps (issue 20, cpuengine)
     model,
     settings: TrainSettings,
     examples: Sequence[tuple[list[int], list[int]]],
