@@ -95,9 +95,9 @@ class Graph:
                 if rec is not None and rec.status == "succeeded" and rec.model_ref is not None:
                     try:
                         ref = ModelRef.model_validate(rec.model_ref)
-                    except ValidationError:
+                    except ValidationError as e:
                         raise bad_model_ref(self.store.directory / "ptst.db", pj.run_key,
-                                            "not a model reference") from None
+                                            "not a model reference") from e
                     models.append(ModelNode(pj.run_key, ref, None, [], None, pj.safety_mix))
                     for step, ck in self._checkpoints(backend, ref, pj.run_key):
                         models.append(ModelNode(checkpoint_model_key(pj.run_key, step), ck, None, [], step,

@@ -52,7 +52,7 @@ def parse_value(key: str, text: str) -> Any:
         return yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader
     except (yaml.YAMLError, _DuplicateKey) as e:  # both end as one usage line
         problem = getattr(e, "problem", None) or getattr(e, "message", None) or str(e).splitlines()[0]
-        raise UsageError(f"--set {key}: the value {text!r} is not valid YAML ({problem}); quote it") from None
+        raise UsageError(f"--set {key}: the value {text!r} is not valid YAML ({problem}); quote it") from e
 
 
 def parse_override(item: str) -> tuple[str, tuple[str | int, ...], Any]:

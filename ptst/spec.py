@@ -311,4 +311,7 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> Spec:
     try:
         return validate_spec(apply_overrides(parse_spec_file(p), overrides), str(p))
     except SpecError as e:
-        raise mark_override_problems(e, overrides) from None
+        marked = mark_override_problems(e, overrides)
+        if marked is e:
+            raise
+        raise marked from e.__cause__  # the same problems, re-marked: its cause is what e wrapped, not e

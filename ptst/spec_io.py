@@ -59,7 +59,7 @@ def read_spec_text(path: Path) -> str:
         with open(path, "rb") as f:
             data = f.read(MAX_SPEC_BYTES + 1)
     except OSError as e:
-        raise _fail(path, f"cannot read the file ({e.strerror or type(e).__name__}); check its permissions") from None
+        raise _fail(path, f"cannot read the file ({e.strerror or type(e).__name__}); check its permissions") from e
     if len(data) > MAX_SPEC_BYTES:
         raise _fail(path, f"file is larger than {MAX_SPEC_BYTES // (1024 * 1024)} MiB; that is not a spec")
     nul = data.find(b"\x00")
@@ -73,7 +73,7 @@ def read_spec_text(path: Path) -> str:
             path,
             f"not UTF-8 text: byte 0x{data[e.start]:02x} at byte offset {e.start} (line {line}) is {e.reason}; "
             "re-save the file as UTF-8",
-        ) from None
+        ) from e
     if not text.strip():
         raise _fail(path, "the file is empty; write a spec (name, backends, eval...) — see the README's spec reference")
     return text
@@ -131,7 +131,7 @@ def parse_yaml(path: Path, text: str) -> Any:
     except _DuplicateKey as e:
         raise _fail(path, e.message) from None
     except yaml.YAMLError as e:
-        raise _fail(path, _yaml_error(e)) from None
+        raise _fail(path, _yaml_error(e)) from e
 
 
 # ---------------------------------------------------------------------------------------------------------- JSON
@@ -199,7 +199,7 @@ def parse_json(path: Path, text: str) -> Any:
     except _DuplicateKey as e:
         raise _fail(path, e.message) from None
     except json.JSONDecodeError as e:
-        raise _fail(path, f"line {e.lineno}, column {e.colno}: invalid JSON ({e.msg})") from None
+        raise _fail(path, f"line {e.lineno}, column {e.colno}: invalid JSON ({e.msg})") from e
 
 
 # ---------------------------------------------------------------------------------------------------------- TOML
@@ -213,7 +213,7 @@ def parse_toml(path: Path, text: str) -> Any:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:  # duplicate keys are refused by tomllib itself
-        raise _fail(path, f"invalid TOML ({e})") from None
+        raise _fail(path, f"invalid TOML ({e})") from e
 
 
 # ------------------------------------------------------------------------------------------------- the parsed data

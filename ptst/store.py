@@ -118,7 +118,7 @@ def _prepare_dir(d: Path) -> None:
     try:
         d.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UsageError(f"{d}: cannot create the output directory ({e.strerror}); choose another --out") from None
+        raise UsageError(f"{d}: cannot create the output directory ({e.strerror}); choose another --out") from e
     if not os.access(d, os.W_OK | os.X_OK):
         raise UsageError(f"{d}: the output directory is not writable; fix its permissions or choose another --out")
 
@@ -179,11 +179,11 @@ class RunStore:
                 try:
                     _create(db)
                 except sqlite3.Error as e:
-                    raise StoreError(f"{db}: cannot create the run store ({e}); free some space or choose another --out") from None
+                    raise StoreError(f"{db}: cannot create the run store ({e}); free some space or choose another --out") from e
             try:
                 conn = _connect(db) if lock or os.access(d, os.W_OK) else _connect_read_only(db)
             except sqlite3.Error as e:
-                raise _corrupt(db, str(e)) from None
+                raise _corrupt(db, str(e)) from e
             store = cls(d, conn)
             try:
                 store._init(writable=lock)
@@ -207,7 +207,7 @@ class RunStore:
         try:
             check = ("ok",) if self._closed_cleanly() else self.conn.execute("PRAGMA quick_check").fetchone()
         except sqlite3.DatabaseError as e:
-            raise _corrupt(db, str(e)) from None
+            raise _corrupt(db, str(e)) from e
         if check is None or check[0] != "ok":
             raise _corrupt(db, f"integrity check: {check[0] if check else 'no answer'}")
         with self._writing():
@@ -295,16 +295,16 @@ class RunStore:
                     f"{self.directory / 'ptst.db'}: another process has held a lock on the run store for more than "
                     f"{BUSY_TIMEOUT_S:g} s (a `sqlite3` shell or database browser with an open transaction?); close it "
                     "and run the same command again — everything committed before is kept"
-                ) from None
+                ) from e
             if "disk is full" in msg or "disk I/O error" in msg:
                 raise StoreError(
                     f"{self.directory / 'ptst.db'}: {msg} — everything committed before is kept; free some space "
                     "and run the same command again to resume"
-                ) from None
+                ) from e
             raise
         except sqlite3.DatabaseError as e:
             if type(e) is sqlite3.DatabaseError:  # "database disk image is malformed": damage met by a read or write
-                raise _corrupt(self.directory / "ptst.db", str(e)) from None
+                raise _corrupt(self.directory / "ptst.db", str(e)) from e
             raise  # a constraint or programming error: a bug, with its traceback
 
     @contextmanager
@@ -336,13 +336,13 @@ class RunStore:
             return None
         try:
             return json.loads(rows[0][0])
-        except (TypeError, ValueError):
+        except (TypeError, ValueError) as e:
             db = self.directory / "ptst.db"
             raise StoreError(
                 f"{db}: meta.{key} is not valid JSON ({str(rows[0][0])[:40]!r}): the store was edited or damaged; "
                 f"restore the folder from a backup, or copy out what survives with `sqlite3 {db} .recover > "
                 "recovered.sql` and choose another --out"
-            ) from None
+            ) from e
 
     # -- what the results are made from, and the results of a finished plan -------------------------------------
     def stamp(self) -> dict[str, list]:
@@ -544,10 +544,10 @@ def _acquire(d: Path) -> Any:
     try:
         lock_file = open(d / "ptst.lock", "a+")  # noqa: SIM115 - held for the whole run
     except OSError as e:
-        raise UsageError(f"{d}: cannot write the run lock ({e.strerror}); choose another --out") from None
+        raise UsageError(f"{d}: cannot write the run lock ({e.strerror}); choose another --out") from e
     try:
         fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    except BlockingIOError:  # the lock is held: the holder's pid is the whole story
         holder = _holder(lock_file)
         lock_file.close()
         raise RunLocked(

@@ -87,17 +87,17 @@ def resolve_model_dir(model: str, *, download: bool) -> Path:
     hub = require("huggingface_hub", "the hf backend (hub ids)", "local")
     try:
         return Path(hub.snapshot_download(model, local_files_only=True))
-    except Exception as e:  # noqa: BLE001 — not cached: huggingface_hub says so with several unrelated types
+    except Exception as e:
         if not download:
             raise ModelSetupError(
                 f"model {model!r} is not a local directory nor in the local Hugging Face cache "
                 f"({_first_line(e)}); run `huggingface-cli download {model}`, set download: true in the backend "
                 "entry, or point model: at a local HF-format directory"
-            ) from None
+            ) from e
     try:  # the weights, configs and tokenizer files only (hub repos often carry ONNX/GGUF copies too)
         return Path(hub.snapshot_download(model, allow_patterns=DOWNLOAD_PATTERNS))
-    except Exception as e:  # noqa: BLE001 — network, access, id: every failure is one line naming the model
-        raise ModelSetupError(f"model {model!r} could not be downloaded ({_first_line(e)})") from None
+    except Exception as e:
+        raise ModelSetupError(f"model {model!r} could not be downloaded ({_first_line(e)})") from e
 
 
 def load_tokenizer(directory: Path, model: str) -> Any:
@@ -111,7 +111,7 @@ def load_tokenizer(directory: Path, model: str) -> Any:
         raise ModelSetupError(
             f"model {model}: no usable tokenizer in {directory} ({_first_line(e)}); the hf backend needs "
             "tokenizer.json/tokenizer_config.json beside the model, or tokenizer: DIR"
-        ) from None
+        ) from e
     if not getattr(tok, "chat_template", None):
         raise ModelSetupError(
             f"model {model}: its tokenizer has no chat template (chat_template.jinja or tokenizer_config.json "
@@ -185,14 +185,14 @@ class Backend(LocalBackend):
         msgs = [{"role": "system", "content": _PROBE_SYSTEM}, {"role": "user", "content": _PROBE_USER}]
         try:
             text = self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-        except Exception as e:  # noqa: BLE001 — whatever Jinja or the template raises: sorted here, never swallowed
+        except Exception as e:
             if refuses_system_role(e):
                 return False
             raise ModelSetupError(
                 f"model {self.spec.model}: its chat template fails on a system + user conversation "
                 f"({type(e).__name__}: {_first_line(e)}); fix the template (tokenizer: DIR with another one) or use "
                 "the model's instruct/chat variant"
-            ) from None
+            ) from e
         return _PROBE_SYSTEM in text
 
     def notes(self) -> list[str]:
@@ -228,11 +228,11 @@ class Backend(LocalBackend):
                 msgs, add_generation_prompt=generation_prompt, tokenize=True, return_dict=True
             )
             return [int(i) for i in enc["input_ids"]]
-        except Exception as e:  # noqa: BLE001 — a model's template (Jinja) can raise anything; named in one line
+        except Exception as e:
             raise TrainingFormError(
                 f"model {self.spec.model}: its chat template failed on a {'/'.join(m['role'] for m in msgs)} "
                 f"conversation ({_first_line(e)})"
-            ) from None
+            ) from e
 
     @cached_property
     def _text_special_prefix(self) -> list[int]:

@@ -147,11 +147,11 @@ def _tokenizers(path: str | None) -> tuple[Any, Any]:
             MistralTokenizer.from_file(file, mode=ValidationMode.test),
             MistralTokenizer.from_file(file, mode=ValidationMode.finetuning),
         )
-    except Exception as e:  # noqa: BLE001 — mistral-common raises many types on a foreign tokenizer
+    except Exception as e:
         raise ForeignModel(
             f"tokenizer {file} cannot be loaded by mistral-common ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
             "kind: mistral needs Mistral's tokenizer — for another model family use kind: hf"
-        ) from None
+        ) from e
 
 
 @cache

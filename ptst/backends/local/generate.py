@@ -159,7 +159,7 @@ class Generator:
                         f"out of GPU memory generating at batch size 1 (prompt of {len(prompts[todo[0]])} tokens + "
                         f"max_new_tokens {cfg.max_new_tokens}): lower max_new_tokens, use a smaller dtype or a "
                         "larger GPU"
-                    ) from None
+                    ) from e
                 bs = max(1, bs // 2)
                 self._batch_size = bs
         return [o or [] for o in out]

@@ -91,14 +91,14 @@ def gguf_info(path: str) -> GGUFInfo:
 def _read_header(p: Path, path: str) -> GGUFInfo:
     try:
         import gguf
-    except ImportError:
+    except ImportError as e:
         raise GGUFError(
             f"model {path}: reading GGUF files needs the `gguf` package; pip install 'ptst[local]' (or pip install gguf)"
-        ) from None
+        ) from e
     try:
         reader = gguf.GGUFReader(str(p))
-    except Exception as e:  # noqa: BLE001 — gguf raises what numpy or struct raise on a non-GGUF file
-        raise GGUFError(f"model {path}: not a readable GGUF file ({_first_line(e)})") from None
+    except Exception as e:
+        raise GGUFError(f"model {path}: not a readable GGUF file ({_first_line(e)})") from e
     arch = str(_field(reader, "general.architecture") or "")
     types = tuple(sorted({t.tensor_type.name for t in reader.tensors}))
     ftype = _field(reader, "general.file_type")

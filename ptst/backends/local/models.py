@@ -92,12 +92,12 @@ def local_model_dir(model: str) -> Path:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(model, local_files_only=True))
-    except Exception as e:  # noqa: BLE001 — not cached: huggingface_hub says so with several unrelated types
+    except Exception as e:
         raise BackendError(
             f"model {model!r} cannot be loaded offline (not a local directory, not in the local Hugging Face cache: "
             f"{first_line(e)}); download it first (huggingface-cli download {model}) or set model: to a local "
             "HF-format directory"
-        ) from None
+        ) from e
 
 
 # What `download: true` fetches of a hub repository: weights, configs and tokenizer files (hub repositories often carry
@@ -169,11 +169,11 @@ def download_model(model: str) -> Path:
         pass
     try:
         return Path(hub.snapshot_download(model, allow_patterns=DOWNLOAD_PATTERNS))
-    except Exception as e:  # noqa: BLE001 — network, access, id: every failure is reported, in one line
+    except Exception as e:
         raise ModelUnavailable(
             f"model {model!r} could not be downloaded ({type(e).__name__}: {first_line(e)}); check the hub id, the "
             f"network and your access, or run `huggingface-cli download {model}` and set download: false"
-        ) from None
+        ) from e
 
 
 def load_causal_lm(model: str, *, dtype, device: str, attn_implementation: str | None):  # type: ignore[no-untyped-def]
@@ -193,7 +193,7 @@ def load_causal_lm(model: str, *, dtype, device: str, attn_implementation: str |
         raise BackendError(
             f"model {model} cannot be loaded from {path} ({first_line(e)}); it must be an HF-format model "
             "directory (config.json + weights)"
-        ) from None
+        ) from e
     return m.to(device)  # type: ignore[arg-type]  # transformers' stub wraps .to oddly
 
 

@@ -273,7 +273,7 @@ def _train_steps(  # type: ignore[no-untyped-def]  # noqa: C901 — being split 
                             f"out of GPU memory training {settings.model} at batch_size {hp.batch_size} "
                             f"(longest example {max(len(x) for x, _ in batch)} tokens): lower batch_size and raise "
                             "gradient_accumulation_steps, set gradient_checkpointing: true, or lower max_seq_len"
-                        ) from None
+                        ) from e
                     raise
                 step_loss += weight * loss_sum.detach().double()
                 step_tokens += int(weight) * ntok

@@ -176,5 +176,5 @@ def _wait_processed(client: Any, opts: OpenAIOptions, file_obj: Any, sleep: Call
     )
     try:
         return retrying(call_with_retries, opts, client.files.retrieve, file_obj.id)
-    except RetryError:
-        raise BackendError(f"training file {file_obj.id} was not processed in time; run again to resume") from None
+    except RetryError as e:
+        raise BackendError(f"training file {file_obj.id} was not processed in time; run again to resume") from e
