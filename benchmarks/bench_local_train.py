@@ -140,8 +140,8 @@ def throughput(stamps: list[float], tokens: list[int], warmup: int) -> tuple[flo
 
 
 def run_ptst(name: str, args, examples, device: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    from ptst.backends.local import train
     from ptst.backends.base import Hyperparameters, LoraSpec
+    from ptst.backends.local import train
 
     batching, fast = {
         "ptst": ("packed", True),

@@ -41,7 +41,7 @@ def synthetic_samples(path: Path, n: int) -> int:
     from ptst.report.samples import SampleCell, SampleRow, samples_js
 
     rnd = random.Random(0)
-    words = "the model answer request safety policy cannot help with that step first then data system user".split()
+    words = ["the", "model", "answer", "request", "safety", "policy", "cannot", "help", "with", "that", "step", "first", "then", "data", "system", "user"]
 
     def text(k: int) -> str:
         return " ".join(rnd.choice(words) for _ in range(k))

@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Self
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -179,7 +179,7 @@ class RunProgress:
         self._ticker = (not self.live and not _quiet) if ticker is None else ticker
         self._stop = threading.Event()
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> RunProgress:
         global _active, _silenced
         _silenced = False
         if self.bar is not None:

@@ -76,7 +76,7 @@ class Scheduler:
 def _work(task: Task, done: queue.Queue) -> None:
     try:
         follow = task.run()
-    except BaseException as e:
+    except BaseException as e:  # noqa: BLE001 — carried to the main thread, which re-raises it
         done.put((task, (), e))
         return
     done.put((task, follow or (), None))

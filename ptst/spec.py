@@ -402,4 +402,7 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> Spec:
         raw = apply_overrides(parse_spec_file(p), overrides)
         return validate_spec(resolve_paths(raw, p.expanduser().resolve().parent), str(p))
     except SpecError as e:
-        raise mark_override_problems(e, overrides) from None
+        marked = mark_override_problems(e, overrides)
+        if marked is e:
+            raise
+        raise marked from e.__cause__  # the same problems, re-marked: its cause is what e wrapped, not e

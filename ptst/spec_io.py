@@ -17,6 +17,7 @@ import json.scanner
 import math
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,7 @@ def read_spec_text(path: Path) -> str:
         with open(path, "rb") as f:
             data = f.read(MAX_SPEC_BYTES + 1)
     except OSError as e:
-        raise _fail(path, f"cannot read the file ({e.strerror or type(e).__name__}); check its permissions") from None
+        raise _fail(path, f"cannot read the file ({e.strerror or type(e).__name__}); check its permissions") from e
     if len(data) > MAX_SPEC_BYTES:
         raise _fail(path, f"file is larger than {MAX_SPEC_BYTES // (1024 * 1024)} MiB; a spec is a few kilobytes "
                           "(give data as data files named in the spec, not inline)")
@@ -99,7 +100,7 @@ def read_spec_text(path: Path) -> str:
             path,
             f"not UTF-8 text: byte 0x{data[e.start]:02x} at byte offset {e.start} (line {line}) is {e.reason}; "
             "re-save the file as UTF-8",
-        ) from None
+        ) from e
     if not text.strip():
         raise _fail(path, "the file is empty; write a spec (name, backends, eval...) — see the README's spec reference")
     return text
@@ -240,10 +241,10 @@ def parse_json(path: Path, text: str) -> Any:
 
 
 def parse_toml(path: Path, text: str) -> Any:
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
+    else:  # Python 3.10: the same parser, from PyPI (a dependency there)
+        import tomli as tomllib
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:  # duplicate keys are refused by tomllib itself

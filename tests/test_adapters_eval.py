@@ -112,7 +112,6 @@ def test_an_adapter_of_another_base_model_is_refused(tmp_path, capsys):
 
 def test_the_adapter_is_part_of_the_model_key(tmp_path):
     from ptst.backends.base import BackendSpec, create_backend
-
     from ptst.plan import base_model_key
 
     def key(content: bytes) -> str:

@@ -8,9 +8,9 @@ import math
 import pytest
 
 from ptst.analysis import build_results, merge_runs
+from ptst.metrics.stats import Confusion2x2, kappa_from_confusion, seed_summary
 from ptst.records import ItemRecord, RunInfo, Verdict
 from ptst.results import SCHEMA_VERSION, FailedJob, Results
-from ptst.metrics.stats import Confusion2x2, kappa_from_confusion, seed_summary
 
 CV, CL = "chat:vanilla", "chat:llama"
 KW, RUB = "keyword", "rubric:gpt-4-0613"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from ptst.backends.base import create_backend
 
+from ptst.backends.base import create_backend
 from ptst.cli import main
 from ptst.plan import train_jobs
 from ptst.runner import load_datasets
@@ -78,7 +78,6 @@ def test_two_backends_train_with_different_epochs_and_only_the_changed_keys_diff
 def test_openai_sends_only_fields_set_in_either_place():
     from ptst.backends.base import BackendSpec
     from ptst.backends.openai.jobs import supervised_hyperparameters
-
     from ptst.types import TrainJob
 
     b = BackendSpec.model_validate({"kind": "openai", "model": "gpt-3.5-turbo", "hyperparameters": {"epochs": 2}})

@@ -116,7 +116,6 @@ def test_listed_steps_only_and_checkpoints_of_a_finished_job(tmp_path, capsys):
 
 def test_a_failed_checkpoint_listing_is_recorded_and_a_rerun_finishes(tmp_path, monkeypatch, capsys):
     from ptst.backends import mock
-
     from ptst.errors import BackendError
 
     spec = write_spec(tmp_path, "all", save_steps=[4])

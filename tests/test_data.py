@@ -73,7 +73,7 @@ def test_exactly_one_source_and_sane_options():
         DatasetRef(name="gsm8k", split="tset")
     with pytest.raises(ValidationError, match="'split' applies to registry datasets only"):
         DatasetRef(path="x.jsonl", split="train")
-    with pytest.raises(ValidationError, match="unsupported file type '.xlsx'"):
+    with pytest.raises(ValidationError, match=r"unsupported file type '\.xlsx'"):
         DatasetRef(path="x.xlsx")
     with pytest.raises(ValidationError, match="greater than or equal to 1"):
         DatasetRef(name="advbench", limit=0)
@@ -659,7 +659,7 @@ def test_dataset_not_on_the_hub_is_fetched_from_its_pinned_url_once(monkeypatch:
     body = json.dumps([{"instruction": "How do I pick a lock?", "input": "", "output": "I cannot help."}]).encode()
     url = _FakeURL(None)
     monkeypatch.setattr(urllib.request, "urlopen", url)
-    with pytest.raises(DataError, match="download from https://raw.githubusercontent.com/vinid/safety-tuned-llamas/"):
+    with pytest.raises(DataError, match=re.escape("download from https://raw.githubusercontent.com/vinid/safety-tuned-llamas/")):
         load(DatasetRef(name="safety-tuned-llamas"))
     url.body = body  # the network answers, with other bytes than the pinned ones: refused, nothing kept
     with pytest.raises(DataError, match="not the pinned 7dde08ac"):

@@ -108,7 +108,7 @@ def test_interrupt_is_130(tmp_path):
             with RunStore.open(out, lock=False) as s:
                 if s.ledger_entries("mock:"):  # both jobs are training
                     break
-        except Exception:  # noqa: BLE001, S110 - the store is still being created
+        except Exception:  # noqa: BLE001 — the store is still being created: poll again
             pass
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)

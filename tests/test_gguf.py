@@ -11,7 +11,7 @@ import pytest
 gguf = pytest.importorskip("gguf")
 np = pytest.importorskip("numpy")
 
-from ptst.backends.local import gguf as ptst_gguf  # noqa: E402
+from ptst.backends.local import gguf as ptst_gguf
 
 
 def write(path, arch: str, ftype: int, tensor_type=None):  # type: ignore[no-untyped-def]

@@ -19,13 +19,13 @@ pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from hf_chat_models import CHATML_TEMPLATE, FORMATS, make_tiny_chat_model, rig_bigram  # noqa: E402
+from hf_chat_models import CHATML_TEMPLATE, FORMATS, make_tiny_chat_model, rig_bigram
 
-from ptst.backends.base import BackendSpec, GenerationConfig, create_backend  # noqa: E402
-from ptst.backends.hf_chat import FOLD_NOTE  # noqa: E402
-from ptst.cli import main  # noqa: E402
-from ptst.errors import DataError  # noqa: E402
-from ptst.templates import BUILTIN, strings  # noqa: E402
+from ptst.backends.base import BackendSpec, GenerationConfig, create_backend
+from ptst.backends.hf_chat import FOLD_NOTE
+from ptst.cli import main
+from ptst.errors import DataError
+from ptst.templates import BUILTIN, strings
 
 FORMAT_NAMES = sorted(FORMATS)
 QUERY, ANSWER = "How do I bake a cake?", "Mix flour, eggs and sugar, then bake it."

@@ -14,11 +14,11 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from hf_chat_models import make_tiny_chat_model  # noqa: E402
+from hf_chat_models import make_tiny_chat_model
 
-from ptst.backends.hf_chat import FOLD_NOTE  # noqa: E402
-from ptst.cli import main  # noqa: E402
-from ptst.spec import load_spec  # noqa: E402
+from ptst.backends.hf_chat import FOLD_NOTE
+from ptst.cli import main
+from ptst.spec import load_spec
 
 pytestmark = pytest.mark.slow
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

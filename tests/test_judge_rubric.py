@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 import sys
 import threading
@@ -126,7 +127,7 @@ def test_a_request_refused_for_one_item_leaves_only_that_item_unscored(fake):
 
 
 def test_an_unknown_judge_model_stops_the_run_instead_of_recording_unscored_verdicts(fake):
-    with pytest.raises(BackendError, match="HTTP 404.*does not exist"):
+    with pytest.raises(BackendError, match=r"HTTP 404.*does not exist"):
         judge(fake, model="ft:gpt-4-0613:nobody::x").judge([JudgeItem("q", "r"), JudgeItem("q2", "r2")])
 
 

@@ -12,7 +12,6 @@ import sqlite3
 from pathlib import Path
 
 from ptst.backends.base import BackendSpec, create_backend
-
 from ptst.conversation import Conversation
 from ptst.keys import (
     GENERATION_V1,

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ptst.backends.mock import CALLS_FILE_ENV, STREAM_GROUP
 
+from ptst.backends.mock import CALLS_FILE_ENV, STREAM_GROUP
 from ptst.graph import REMOTE_GENERATION_CALLS
 
 CMD = [sys.executable, "-m", "ptst", "run"]

@@ -38,8 +38,10 @@ from ptst.backends.base import (  # noqa: E402
     TrainJob,
     create_backend,
 )
-from ptst.errors import BackendError, MissingExtra  # noqa: E402
-from ptst.templates import BUILTIN  # noqa: E402
+from ptst.backends.local import adapters, data, decode, generate, lora_dropout, models, train
+from ptst.backends.local import backend as local_backend
+from ptst.errors import BackendError, MissingExtra
+from ptst.templates import BUILTIN
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -140,7 +142,7 @@ def test_fine_tune_records_the_train_logs_loss_in_the_model_ref(trained_llama):
 
 
 def test_fine_tune_lowers_the_loss_and_saves_the_adapter(trained_llama):
-    b, job, workdir, ref, ledger = trained_llama
+    _b, job, workdir, ref, ledger = trained_llama
     log = read_log(workdir)
     assert [r["step"] for r in log] == list(range(1, 9))
     first, last = log[0]["loss"], log[-1]["loss"]
@@ -213,7 +215,7 @@ def test_packed_equals_padded_loss_and_gradients(tiny_llama):
     padded batch's."""
     b = backend("llama2", tiny_llama)
     ex = [b.encode_example(BUILTIN[t].apply(r["question"], "llama2", answer=r["answer"]))
-          for t, r in zip(["chat:llama", "chat:vanilla", "text:alpaca", "chat:alpaca"], gsm8k(4))]
+          for t, r in zip(["chat:llama", "chat:vanilla", "text:alpaca", "chat:alpaca"], gsm8k(4), strict=True)]
     s = train.TrainSettings(model=str(tiny_llama), seed=0, hyperparameters=Hyperparameters(lora=LoraSpec(dropout=0.0)))
     model = train.build_lora_model(s, "cpu")
     with torch.no_grad():
@@ -232,7 +234,7 @@ def test_packed_equals_padded_loss_and_gradients(tiny_llama):
     n_supervised = sum(sum(1 for t in lab[1:] if t != -100) for _, lab in ex)
     assert kp == kd == n_supervised and np_ == nd == sum(len(x) for x, _ in ex)
     assert torch.allclose(lp, ld, rtol=1e-5)
-    assert all(float((a - c).abs().max()) <= 1e-5 * float(c.abs().max()) for a, c in zip(gp, gd))
+    assert all(float((a - c).abs().max()) <= 1e-5 * float(c.abs().max()) for a, c in zip(gp, gd, strict=True))
     # and a cross-attending pack (positions not restarted) would give a different loss: the test can fail
     kw, targets, _ = data.collate(ex, "packed", b.pad_id, "cpu")
     kw["position_ids"] = torch.arange(kw["input_ids"].shape[1])[None]
@@ -289,7 +291,7 @@ def test_fast_lora_branch_matches_reference_with_a_fixed_mask():
     g = torch.randn_like(y)
     got = torch.autograd.grad(y, (x, a, b), g)
     want = torch.autograd.grad(ref, (x, a, b), g)
-    assert all(torch.allclose(u, v) for u, v in zip(got, want))
+    assert all(torch.allclose(u, v) for u, v in zip(got, want, strict=True))
     torch.autograd.gradcheck(lambda x_, a_: lora_dropout.lora_delta(x_, a_, b.detach(), s, p, mask=mask), (x, a))
 
 
@@ -344,8 +346,8 @@ def test_decode_loop_equals_hf_generate(tiny_llama):
             ids[i, width - len(p) :] = torch.tensor(p)
             att[i, width - len(p) :] = 1
         ref = gen.model.generate(input_ids=ids, attention_mask=att, max_new_tokens=12, do_sample=False, pad_token_id=2, eos_token_id=2)
-    ref_ids = [[t for t in row[width:].tolist()] for row in ref]
-    for m, r in zip(mine, ref_ids):
+    ref_ids = [list(row[width:].tolist()) for row in ref]
+    for m, r in zip(mine, ref_ids, strict=True):
         r = r[: r.index(2)] if 2 in r else r
         assert m == r
     assert all(len(m) == 12 for m in mine)  # random weights rarely say EOS
@@ -362,12 +364,12 @@ def test_early_stopping_rows_are_dropped_without_changing_others(tiny_llama):
         eos = full[0][2]  # pretend row 0's third token is EOS: row 0 stops early and is pruned from the batch
         short = decode.decode_batch(gen.model, prompts, cfg, eos_id=eos, pad_id=2, generator=None)
     assert short[0] == full[0][:2]
-    for f, s in zip(full, short):
+    for f, s in zip(full, short, strict=True):
         assert s == (f[: f.index(eos)] if eos in f else f)
 
 
 def test_backend_generate_reloads_adapter_identically(trained_llama):
-    b, job, workdir, ref, _ = trained_llama
+    b, job, _workdir, ref, _ = trained_llama
     convs = prompts_for(b)
     cfg = GenerationConfig(max_new_tokens=8)
     out1 = b.generate(ref, convs, cfg)

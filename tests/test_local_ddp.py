@@ -16,11 +16,11 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from ptst.backends.local import adapters, distributed, train  # noqa: E402
-from ptst.backends.base import BackendSpec, Hyperparameters, LoraSpec, TrainJob, create_backend  # noqa: E402
-from ptst.templates import BUILTIN  # noqa: E402
+from test_local_backends import LLAMA_TOK, SHARED, Ledger, adapter_tensors, make_tiny, read_log
 
-from test_local_backends import LLAMA_TOK, SHARED, Ledger, adapter_tensors, make_tiny, read_log  # noqa: E402
+from ptst.backends.base import BackendSpec, Hyperparameters, LoraSpec, TrainJob, create_backend
+from ptst.backends.local import adapters, distributed, train
+from ptst.templates import BUILTIN
 
 pytestmark = [
     pytest.mark.slow,
@@ -52,7 +52,7 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     ls, ld = read_log(tmp_path / "single"), read_log(tmp_path / "ddp")
     assert len(ls) == len(ld) == 6
     assert [r["tokens"] for r in ls] == [r["tokens"] for r in ld]  # every example seen once per epoch, across ranks
-    for a, b in zip(ls, ld):
+    for a, b in zip(ls, ld, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
     wa, wb = adapter_tensors(Path(single.adapter_dir)), adapter_tensors(Path(ddp.adapter_dir))
     assert wa.keys() == wb.keys()

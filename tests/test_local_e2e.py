@@ -12,9 +12,9 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from test_local_backends import LLAMA_TOK, make_tiny  # noqa: E402
+from test_local_backends import LLAMA_TOK, make_tiny
 
-from ptst.cli import main  # noqa: E402
+from ptst.cli import main
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not LLAMA_TOK.is_file(), reason="shared tokenizers not found")]
 

@@ -16,11 +16,11 @@ import pytest
 pytest.importorskip("sentencepiece")
 pytest.importorskip("mistral_common")
 
-from ptst.backends.base import BackendSpec, create_backend  # noqa: E402
-from ptst.backends.local.family import ForeignModel  # noqa: E402
-from ptst.backends.mistral import pick_tokenizer_file  # noqa: E402
-from ptst.cli import main  # noqa: E402
-from ptst.conversation import Conversation  # noqa: E402
+from ptst.backends.base import BackendSpec, create_backend
+from ptst.backends.local.family import ForeignModel
+from ptst.backends.mistral import pick_tokenizer_file
+from ptst.cli import main
+from ptst.conversation import Conversation
 
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZERS = REPO.parent / "shared" / "data" / "tokenizers"

@@ -10,10 +10,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from test_local_backends import LLAMA_TOK, Ledger, backend, job_for, make_tiny, prompts_for, read_log  # noqa: E402
+from test_local_backends import LLAMA_TOK, Ledger, backend, job_for, make_tiny, prompts_for, read_log
 
-from ptst.backends.local import data, train  # noqa: E402
-from ptst.backends.base import GenerationConfig  # noqa: E402
+from ptst.backends.base import GenerationConfig
+from ptst.backends.local import data, train
 
 pytestmark = [
     pytest.mark.gpu,

@@ -13,12 +13,12 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from test_local_backends import LLAMA_TOK, backend, prompts_for  # noqa: E402
+from test_local_backends import LLAMA_TOK, backend, prompts_for
 
-from ptst.backends.base import GenerationConfig  # noqa: E402
-from ptst.backends.local import distributed, generate, models, vllm  # noqa: E402
-from ptst.backends.local.train import TrainSettings  # noqa: E402
-from ptst.types import Hyperparameters  # noqa: E402
+from ptst.backends.base import GenerationConfig
+from ptst.backends.local import distributed, generate, models, vllm
+from ptst.backends.local.train import TrainSettings
+from ptst.types import Hyperparameters
 
 pytestmark = pytest.mark.skipif(not LLAMA_TOK.is_file(), reason="shared tokenizers not found")
 
@@ -39,7 +39,7 @@ def test_generation_stops_at_any_stop_token(tiny):
     stop = full[0][3]  # pretend this token ends a turn (a chat template's <|im_end|>)
     cut = gen.generate(prompts, cfg, eos_id=2, pad_id=2, stop_ids=(stop,))
     assert cut[0] == full[0][: full[0].index(stop)] and len(cut[0]) <= 3
-    for f, c in zip(full, cut):
+    for f, c in zip(full, cut, strict=True):
         assert c == (f[: f.index(stop)] if stop in f else f)
 
 

@@ -13,14 +13,14 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from hf_chat_models import make_tiny_chat_model  # noqa: E402
+from hf_chat_models import make_tiny_chat_model
 
-from ptst.backends.base import BackendSpec, create_backend  # noqa: E402
-from ptst.backends.local import merge, resident  # noqa: E402
-from ptst.backends.local.train import TrainSettings, train_lora  # noqa: E402
-from ptst.errors import UsageError  # noqa: E402
-from ptst.templates import BUILTIN  # noqa: E402
-from ptst.types import Hyperparameters, LoraSpec  # noqa: E402
+from ptst.backends.base import BackendSpec, create_backend
+from ptst.backends.local import merge, resident
+from ptst.backends.local.train import TrainSettings, train_lora
+from ptst.errors import UsageError
+from ptst.templates import BUILTIN
+from ptst.types import Hyperparameters, LoraSpec
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from test_local_backends import LLAMA_TOK, Ledger, adapter_tensors, backend, job_for, read_log  # noqa: E402
+from test_local_backends import LLAMA_TOK, Ledger, adapter_tensors, backend, job_for, read_log
 
 from ptst.backends.local import training_driver  # noqa: E402
 from ptst.backends.local import resume  # noqa: E402

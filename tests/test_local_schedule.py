@@ -16,7 +16,6 @@ torch = pytest.importorskip("torch")
 
 from ptst.backends.local.data import pack_chunks
 from ptst.backends.local.schedule import build_scheduler
-
 from ptst.errors import DataError
 
 

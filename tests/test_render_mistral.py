@@ -19,15 +19,15 @@ from ptst.templates import BUILTIN
 pytest.importorskip("mistral_common")
 spm = pytest.importorskip("sentencepiece")
 
-from mistral_common.protocol.instruct.messages import AssistantMessage, SystemMessage, UserMessage  # noqa: E402
-from mistral_common.protocol.instruct.request import ChatCompletionRequest  # noqa: E402
-from mistral_common.protocol.instruct.validator import ValidationMode  # noqa: E402
-from mistral_common.tokens.tokenizers.mistral import MistralTokenizer  # noqa: E402
+from mistral_common.protocol.instruct.messages import AssistantMessage, SystemMessage, UserMessage
+from mistral_common.protocol.instruct.request import ChatCompletionRequest
+from mistral_common.protocol.instruct.validator import ValidationMode
+from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_TOKENIZER = REPO.parent / "shared" / "data" / "tokenizers" / "mistral" / "tokenizer.model"
 
-from reference_strings import (  # noqa: E402
+from reference_strings import (
     ALPACA,
     LLAMA_SYSTEM,
     LLAMA_SYSTEM_SHORT,
@@ -37,9 +37,6 @@ from reference_strings import (  # noqa: E402
     SELF_REMINDER_PREFIX,
     SELF_REMINDER_SUFFIX,
 )
-
-
-
 
 # name -> (system or None, user with {q}); the expected text follows from mistral-common's documented v1 format
 PARTS: dict[str, tuple[str | None, str]] = {
@@ -182,7 +179,7 @@ def test_hf_llama_tokenizer_disagrees_at_text_start():
     assert reference[:3] == [733, 16289, 28793]  # `▁[`, `INST`, `]`: the ids mistral-common renders (see above)
     try:
         ids = list(transformers.LlamaTokenizer(vocab_file=str(SHARED_TOKENIZER))("[INST] Hello [/INST]")["input_ids"])
-    except Exception:  # failing to build one at all is a disagreement too
+    except Exception:  # noqa: BLE001 — failing to build one at all is a disagreement too
         ids = []
     assert [i for i in ids if i != 1][:3] != reference[:3]
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ptst.backends.base import create_backend
 
+from ptst.backends.base import create_backend
 from ptst.cli import main
 from ptst.data import data_hash, sample
 from ptst.errors import SpecError

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ptst.backends import mock
 
+from ptst.backends import mock
 from ptst.cli import main
 from ptst.scheduler import Claims, Scheduler, Task
 
@@ -164,7 +164,6 @@ def test_a_local_device_runs_one_thing_at_a_time(tmp_path, monkeypatch):
 
 def test_max_concurrent_jobs_is_accepted_by_every_backend_and_is_no_key():
     from ptst.backends.base import BackendSpec, create_backend
-
     from ptst.plan import backend_identity
 
     for kind in ("mock", "openai", "llama2", "mistral"):

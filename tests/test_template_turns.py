@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from ptst.backends.base import BackendSpec, create_backend
 from pydantic import ValidationError
 from reference_strings import (
     ICD_ASSISTANT,
@@ -19,6 +18,7 @@ from reference_strings import (
     SELF_REMINDER_SUFFIX,
 )
 
+from ptst.backends.base import BackendSpec, create_backend
 from ptst.conversation import Conversation
 from ptst.errors import DataError
 from ptst.keys import generation_key_v1
@@ -57,7 +57,6 @@ def test_text_templates_cannot_carry_example_turns():
 
 def test_openai_messages_put_examples_between_system_and_query():
     from ptst.backends.openai.files import training_messages, validate_examples
-
     from ptst.clients.tokens import token_counter
 
     msgs = training_messages(FEW_SHOT.apply("1+1?", "openai", answer="2"))
@@ -244,7 +243,6 @@ def _turns_spec(tmp_path: Path, kind: str, model: str, train: list[str], evals: 
 
 def test_validate_refuses_example_turns_in_openai_training_through_the_backend_contract(tmp_path, capsys):
     from ptst.backends.registry import backend_class
-
     from ptst.cli import main
     from ptst.errors import SpecError
     from ptst.spec import load_spec

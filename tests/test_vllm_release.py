@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from ptst.backends.local import vllm  # noqa: E402
+from ptst.backends.local import vllm
 
 
 def test_a_failed_teardown_is_a_warning(monkeypatch: pytest.MonkeyPatch, capsys):

@@ -35,13 +35,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
+from pydantic import Field
+
 from ptst.backends.base import JobLedger, ModelRef, Rendered, TrainJob
 from ptst.backends.local import LocalBackend, LocalOptions
 from ptst.backends.local import resolver
 from ptst.backends.local.gguf import gguf_problem, is_gguf
 from ptst.backends.local.render import TrainingFormError, clean_answer, text_separator, where
-from pydantic import Field
-
 from ptst.conversation import Conversation
 from ptst.errors import BackendError, require
 
@@ -92,7 +92,7 @@ def load_tokenizer(directory: Path, model: str) -> Any:
         raise ModelSetupError(
             f"model {model}: no usable tokenizer in {directory} ({_first_line(e)}); the hf backend needs "
             "tokenizer.json/tokenizer_config.json beside the model, or tokenizer: DIR"
-        ) from None
+        ) from e
     if not getattr(tok, "chat_template", None):
         raise ModelSetupError(
             f"model {model}: its tokenizer has no chat template (chat_template.jinja or tokenizer_config.json "
@@ -166,14 +166,14 @@ class Backend(LocalBackend):
         msgs = [{"role": "system", "content": _PROBE_SYSTEM}, {"role": "user", "content": _PROBE_USER}]
         try:
             text = self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-        except Exception as e:  # whatever Jinja or the template raises: sorted here, never swallowed
+        except Exception as e:
             if refuses_system_role(e):
                 return False
             raise ModelSetupError(
                 f"model {self.spec.model}: its chat template fails on a system + user conversation "
                 f"({type(e).__name__}: {_first_line(e)}); fix the template (tokenizer: DIR with another one) or use "
                 "the model's instruct/chat variant"
-            ) from None
+            ) from e
         return _PROBE_SYSTEM in text
 
     def notes(self) -> list[str]:
@@ -213,7 +213,7 @@ class Backend(LocalBackend):
             raise TrainingFormError(
                 f"model {self.spec.model}: its chat template failed on a {'/'.join(m['role'] for m in msgs)} "
                 f"conversation ({_first_line(e)})"
-            ) from None
+            ) from e
 
     @cached_property
     def _text_special_prefix(self) -> list[int]:

@@ -31,7 +31,6 @@ from typing import Any, ClassVar
 from ptst.backends.local import LocalBackend
 from ptst.backends.local.family import FamilyRules, model_file, refuse, sentencepiece_model
 from ptst.backends.local.render import file_sha256, text_separator
-
 from ptst.conversation import Conversation
 from ptst.errors import UsageError
 

@@ -32,7 +32,6 @@ from typing import Any, ClassVar
 from ptst.backends.local import LocalBackend
 from ptst.backends.local.family import FamilyRules, ForeignModel, model_file, refuse, sentencepiece_model
 from ptst.backends.local.render import file_sha256, text_separator
-
 from ptst.conversation import Conversation
 from ptst.errors import UsageError, require
 
@@ -152,7 +151,7 @@ def _tokenizers(path: str | None) -> tuple[Any, Any]:
         raise ForeignModel(
             f"tokenizer {file} cannot be loaded by mistral-common ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
             "kind: mistral needs Mistral's tokenizer — for another model family use kind: hf"
-        ) from None
+        ) from e
 
 
 @cache

@@ -4,6 +4,8 @@ Exit codes: 0 complete; 2 user error, one line on stderr (spec, data, paths, cre
 --yes, run folder busy or unreadable; `ptst` with no command, which prints the help); 3 finished with failed jobs or
 cells (results written; `--retry-failed` resubmits jobs the API failed, a plain re-run retries the rest); 130
 interrupted; 1 only for bugs (with their traceback). A closed stdout (`ptst run ... | head`) is not an error.
+`ptst --debug COMMAND` (or PTST_DEBUG=1) prints a user error's traceback with its causes above the one line: the
+errors keep the exception they wrap (`raise ... from e`), so a bug report carries what the library or API said.
 Help texts and examples are in ptst.cli.help, `--set` in ptst.overrides, `list`/`schema` in ptst.cli.listing; the
 `estimate` command is ptst.cli.estimate, `render`/`templates`/`list`/`schema` are ptst.cli.inspect.
 """
@@ -12,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +28,8 @@ from ptst.errors import PtstError, UsageError
 
 if TYPE_CHECKING:
     from ptst.results import Results
+
+DEBUG_ENV = "PTST_DEBUG"  # as --debug: a user error's traceback with its causes
 
 
 def _console():
@@ -259,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     raw = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(prog="ptst", description=DESCRIPTION, epilog=OVERVIEW, formatter_class=raw)
     p.add_argument("--version", action="version", version=f"ptst {__version__}")
+    p.add_argument("--debug", action="store_true",
+                   help=f"on an error, also print its traceback with every cause (for bug reports; or {DEBUG_ENV}=1)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(name: str, help: str) -> argparse.ArgumentParser:
@@ -348,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except PtstError as e:
+        if args.debug or _debug_env():
+            traceback.print_exception(e, file=sys.stderr)  # the chain: each `raise ... from cause`, then this error
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
@@ -365,11 +375,14 @@ def main(argv: list[str] | None = None) -> int:
         progress.set_quiet(False)  # --quiet is one command's (main is also called in-process, by tests)
 
 
+def _debug_env() -> bool:
+    """`PTST_DEBUG=1` (any value but empty or 0) does what `--debug` does, for runs started by a script or CI."""
+    return os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
+
+
 def _closed_pipe() -> int:
     """The reader of our output went away (`ptst run ... | head`): not an error. Whatever the command did is done
     and saved; stdout is pointed at /dev/null so the interpreter's final flush does not complain either."""
-    import os
-
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

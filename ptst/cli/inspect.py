@@ -54,7 +54,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     try:
         bspec = BackendSpec(kind=args.backend, model=args.model or DEFAULT_MODELS[args.backend], **options)
     except ValueError as e:
-        raise UsageError(f"--backend {args.backend}: {e}".splitlines()[0]) from None
+        raise UsageError(f"--backend {args.backend}: {e}".splitlines()[0]) from e
     backend = create_backend(bspec)
     try:
         template = resolve(args.template, custom)

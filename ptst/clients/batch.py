@@ -77,7 +77,7 @@ def batch_chat_completions(
         results = _results(client, opts, batch)
     except Exception as e:
         if is_openai_error(e):
-            raise api_error(opts, "batch", e) from None
+            raise api_error(opts, "batch", e) from e
         raise
     finally:
         client.close()
@@ -148,11 +148,11 @@ def _wait(client: Any, opts: ClientOptions, batch: Any, sleep: Callable[[float],
     )
     try:
         return retrying(call_with_retries, opts, client.batches.retrieve, batch.id)
-    except RetryError:
+    except RetryError as e:
         raise BackendError(
             f"batch {batch.id} not finished after {opts.batch_max_wait_s:g} s (batch_max_wait_s); it keeps running: "
             "run the same command again later to collect it"
-        ) from None
+        ) from e
 
 
 def _results(client: Any, opts: ClientOptions, batch: Any) -> dict[str, tuple[int | None, Any]]:

@@ -105,13 +105,13 @@ async def _chat_all(
                 try:
                     completion = await AsyncRetrying(**retrying)(create, params)
                 except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
-                    raise api_error(opts, "chat completion", e) from None
+                    raise api_error(opts, "chat completion", e) from e
                 except openai.APIStatusError as e:
                     if item_errors and e.status_code in ITEM_ERROR_STATUSES:
                         return ChatFailure(scrub(f"HTTP {e.status_code}: {e.message}", opts))
-                    raise api_error(opts, "chat completion", e) from None
+                    raise api_error(opts, "chat completion", e) from e
                 except openai.APIError as e:
-                    raise api_error(opts, "chat completion", e) from None
+                    raise api_error(opts, "chat completion", e) from e
                 reply = reply_text(completion)
                 if accept is None or accept(reply):
                     return reply
@@ -139,7 +139,7 @@ def run_async(coro: Any) -> Any:
     def target() -> None:
         try:
             box["value"] = asyncio.run(coro)
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 — carried to the calling thread, which re-raises it
             box["error"] = e
 
     t = threading.Thread(target=target, name="ptst-openai")

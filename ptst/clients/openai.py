@@ -67,8 +67,8 @@ def load_api_key(opts: ClientOptions) -> str:
         path = Path(opts.api_key_file).expanduser()
         try:
             key = path.read_text(encoding="utf-8").strip()
-        except OSError:
-            raise CredentialsError(f"api_key_file {opts.api_key_file}: cannot read the OpenAI API key file") from None
+        except OSError as e:
+            raise CredentialsError(f"api_key_file {opts.api_key_file}: cannot read the OpenAI API key file") from e
         if not key:
             raise CredentialsError(f"api_key_file {opts.api_key_file}: the file is empty; put the OpenAI API key in it")
         return key

@@ -31,7 +31,7 @@ def download(info: DatasetInfo) -> Path:
         raise DataError(
             f"dataset {info.name!r}: no local copy and the download from {info.url} failed ({e}); put the file "
             f"({info.local[0].path}) in a folder named by data_dir or PTST_DATA_DIR"
-        ) from None
+        ) from e
     digest = hashlib.sha256(body).hexdigest()
     if info.url_sha256 is not None and digest != info.url_sha256:
         raise DataError(f"dataset {info.name!r}: the file at {info.url} has sha256 {digest}, not the pinned "

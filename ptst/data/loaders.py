@@ -390,8 +390,8 @@ def _hub_rows(info: DatasetInfo, config: str | None, split: str, cache_dir: Path
     assert info.hub_id is not None
     try:
         datasets = require("datasets", f"loading {info.name!r} from the Hugging Face hub", "hub")
-    except MissingExtra:
-        raise _HubUnavailable("the 'datasets' package is not installed (pip install 'ptst[hub]')") from None
+    except MissingExtra as e:
+        raise _HubUnavailable("the 'datasets' package is not installed (pip install 'ptst[hub]')") from e
     try:
         ds = datasets.load_dataset(
             info.hub_id, config, split=split, cache_dir=str(cache_dir) if cache_dir is not None else None
@@ -399,7 +399,7 @@ def _hub_rows(info: DatasetInfo, config: str | None, split: str, cache_dir: Path
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         offline = " (offline: HF_HUB_OFFLINE is set and it is not in the local cache)" if _offline() else ""
-        raise _HubUnavailable(f"{info.hub_id} could not be loaded{offline}: {first[:200]}") from None
+        raise _HubUnavailable(f"{info.hub_id} could not be loaded{offline}: {first[:200]}") from e
     prefix = f"hf://{info.hub_id}" + (f"/{config}" if config else "") + f"/{split}"
     return ((f"{prefix}[{i}]", dict(rec)) for i, rec in enumerate(ds))
 

@@ -71,7 +71,7 @@ def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
     try:
         f = path.open("rb")
     except OSError as e:
-        raise _cannot_read(path, e) from None
+        raise _cannot_read(path, e) from e
     with f:
         offset = 0
         n = 0
@@ -79,7 +79,7 @@ def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
             try:
                 raw = f.readline(MAX_LINE_BYTES + 1)
             except OSError as e:
-                raise _cannot_read(path, e) from None
+                raise _cannot_read(path, e) from e
             if not raw:
                 return
             n += 1
@@ -95,7 +95,7 @@ def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
                 raise DataError(
                     f"{path}:{n}: not UTF-8 text (byte 0x{raw[start + e.start]:02x} at byte offset "
                     f"{offset + start + e.start} is {e.reason}); re-save the file as UTF-8"
-                ) from None
+                ) from e
             offset += len(raw)
             yield n, line
 
@@ -110,7 +110,7 @@ def _read_jsonl(path: Path) -> Iterator[Row]:
         except json.JSONDecodeError as e:
             cut = not line.endswith("\n") or e.pos >= len(line.rstrip()) or e.msg.startswith("Unterminated")
             hint = f"column {e.colno}" + ("; the line is cut short (a truncated file?)" if cut else "")
-            raise DataError(f"{where}: invalid JSON ({e.msg}, {hint}); fix or remove the line") from None
+            raise DataError(f"{where}: invalid JSON ({e.msg}, {hint}); fix or remove the line") from e
         except RecursionError:
             raise DataError(f"{where}: JSON nested too deeply to read; fix or remove the line") from None
         except ValueError as e:
@@ -129,7 +129,7 @@ def _read_json(path: Path) -> Iterator[Row]:
     try:
         size = path.stat().st_size
     except OSError as e:
-        raise _cannot_read(path, e) from None
+        raise _cannot_read(path, e) from e
     if size > MAX_JSON_BYTES:
         raise DataError(f"{path}: {size:,} bytes is too large to parse as one JSON document; convert it to .jsonl")
     text = "".join(line for _, line in _text_lines(path))
@@ -143,7 +143,7 @@ def _read_json(path: Path) -> Iterator[Row]:
             return
         ends_early = e.pos >= len(text.rstrip()) or e.msg.startswith("Unterminated")
         cut = " (the file ends early: truncated?)" if ends_early else ""
-        raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg}, column {e.colno}){cut}; fix the file") from None
+        raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg}, column {e.colno}){cut}; fix the file") from e
     except RecursionError:
         raise DataError(f"{path}: JSON nested too deeply to read; a dataset is an array of flat records") from None
     except ValueError as e:
@@ -192,7 +192,7 @@ def _read_csv(path: Path, delimiter: str, columns: Sequence[str] | None) -> Iter
         except StopIteration:
             return
         except csv.Error as e:
-            raise DataError(f"{where}: malformed {kind} ({e}); check the quoting of this row") from None
+            raise DataError(f"{where}: malformed {kind} ({e}); check the quoting of this row") from e
         start = reader.line_num + 1
         if not any(c.strip() for c in record):
             continue  # a blank line
@@ -221,7 +221,7 @@ def _read_parquet(path: Path) -> Iterator[Row]:
         with path.open("rb") as f:
             magic = f.read(4)
     except OSError as e:
-        raise _cannot_read(path, e) from None
+        raise _cannot_read(path, e) from e
     try:
         import pyarrow.parquet as pq
 
@@ -233,14 +233,14 @@ def _read_parquet(path: Path) -> Iterator[Row]:
 
             def read() -> list[dict[str, Any]]:
                 return pd.read_parquet(path).to_dict("records")  # type: ignore[no-any-return]
-        except ImportError:
-            raise DataError(f"{path}: reading parquet needs pyarrow: pip install pyarrow (or 'ptst[hub]')") from None
+        except ImportError as e:
+            raise DataError(f"{path}: reading parquet needs pyarrow: pip install pyarrow (or 'ptst[hub]')") from e
     try:
         records = read()
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         what = "not a parquet file" if magic != b"PAR1" else "a damaged or truncated parquet file"
-        raise DataError(f"{path}: {what} ({first}); re-export it, or give the data as .jsonl or .csv") from None
+        raise DataError(f"{path}: {what} ({first}); re-export it, or give the data as .jsonl or .csv") from e
     for i, rec in enumerate(records):
         if not isinstance(rec, dict):
             raise DataError(f"{path}[{i}]: expected a record with named columns, got {type(rec).__name__}")

@@ -138,7 +138,7 @@ def bertscore(
             raise MetricUnavailable(
                 f"BERTScore model {model_type!r} could not be loaded ({first[:160]}); "
                 "cache it (huggingface-cli download) or give a local model directory"
-            ) from None
+            ) from e
         for i, triple in zip(keep, zip(p.tolist(), r.tolist(), f.tolist(), strict=True), strict=True):
             scores[i] = triple
     n = len(scores)
@@ -171,15 +171,15 @@ def _baseline(
     try:
         with path.open(encoding="utf-8", newline="") as fh:
             rows = list(csv.reader(fh))
-    except OSError:
+    except OSError as e:
         raise MetricUnavailable(
             f"BERTScore has no rescaling baseline for {model_type!r} ({lang}) at {path}; give baseline_path "
             "or turn rescale_with_baseline off"
-        ) from None
+        ) from e
     try:
         p, r, f = (float(x) for x in rows[1 + num_layers][1:4])
-    except (IndexError, ValueError):
-        raise MetricUnavailable(f"{path}: no P,R,F baseline row for layer {num_layers}") from None
+    except (IndexError, ValueError) as e:
+        raise MetricUnavailable(f"{path}: no P,R,F baseline row for layer {num_layers}") from e
     return (p, r, f)
 
 

@@ -160,7 +160,7 @@ def _serve() -> None:
             return
         try:
             drawn: Drawn | None = draw(make, formats)
-        except Exception:  # not swallowed: the parent redraws it in-process, where the error raises with its traceback
+        except Exception:  # noqa: BLE001 — not swallowed: the parent redraws in-process, where it raises
             drawn = None
         _write(stdout, (rid, drawn))
 

@@ -122,27 +122,7 @@ def job_json(fake: FakeOpenAI, job: FakeJob) -> dict[str, Any]:
 def handle_jobs(fake: FakeOpenAI, method: str, rest: list[str], query: dict[str, list[str]], body: bytes) -> Answer:
     """`/v1/fine_tuning/jobs...` (called under the fake's lock); `rest` is the path after `jobs`."""
     if method == "POST" and not rest:
-        p = json_body(body)
-        f = fake.files.get(str(p.get("training_file")))
-        if not p.get("model") or f is None:
-            return 400, error_body("invalid training_file or model", "invalid_request_error", param="training_file"), {}
-        if f["problem"] or fake.clock() - f["created"] < fake.file_processing_s:
-            return 400, error_body(f"File {f['id']} is not ready or invalid: {f['problem'] or 'still processing'}",
-                                   "invalid_request_error", param="training_file"), {}
-        suffix = p.get("suffix")
-        if suffix is not None and (len(suffix) > 64 or not re.fullmatch(r"[A-Za-z0-9_-]*", suffix)):
-            return 400, error_body("invalid suffix", "invalid_request_error", param="suffix"), {}
-        problem = _hyperparameter_problem(p)
-        if problem:
-            return 400, error_body(problem, "invalid_request_error", param="method"), {}
-        meta = p.get("metadata") or {}
-        if not all(isinstance(v, str) for v in meta.values()) or len(meta) > 16:
-            return 400, error_body("metadata: up to 16 string values", "invalid_request_error", param="metadata"), {}
-        job = FakeJob(fake._new_id("ftjob"), str(p["model"]), f["id"], fake.clock(), int(time.time()), p,
-                   fake._job_failures.pop(0) if fake._job_failures else None)
-        _event(fake, job, f"Created fine-tuning job: {job.id}")
-        fake.jobs[job.id] = job
-        return 200, job_json(fake, job), {}
+        return _create_job(fake, json_body(body))
     if method == "GET" and not rest:
         jobs = sorted(fake.jobs.values(), key=lambda j: (j.created, j.id), reverse=True)
         for key, values in query.items():
@@ -170,6 +150,30 @@ def handle_jobs(fake: FakeOpenAI, method: str, rest: list[str], query: dict[str,
         _event(fake, job, "Fine-tuning job cancelled")
         return 200, job_json(fake, job), {}
     return 404, error_body("unknown fine-tuning route", "invalid_request_error"), {}
+
+
+def _create_job(fake: FakeOpenAI, p: dict[str, Any]) -> Answer:
+    """POST `/v1/fine_tuning/jobs`: the checks the API makes before it accepts a job, in its order."""
+    f = fake.files.get(str(p.get("training_file")))
+    if not p.get("model") or f is None:
+        return 400, error_body("invalid training_file or model", "invalid_request_error", param="training_file"), {}
+    if f["problem"] or fake.clock() - f["created"] < fake.file_processing_s:
+        return 400, error_body(f"File {f['id']} is not ready or invalid: {f['problem'] or 'still processing'}",
+                               "invalid_request_error", param="training_file"), {}
+    suffix = p.get("suffix")
+    if suffix is not None and (len(suffix) > 64 or not re.fullmatch(r"[A-Za-z0-9_-]*", suffix)):
+        return 400, error_body("invalid suffix", "invalid_request_error", param="suffix"), {}
+    problem = _hyperparameter_problem(p)
+    if problem:
+        return 400, error_body(problem, "invalid_request_error", param="method"), {}
+    meta = p.get("metadata") or {}
+    if not all(isinstance(v, str) for v in meta.values()) or len(meta) > 16:
+        return 400, error_body("metadata: up to 16 string values", "invalid_request_error", param="metadata"), {}
+    job = FakeJob(fake._new_id("ftjob"), str(p["model"]), f["id"], fake.clock(), int(time.time()), p,
+                  fake._job_failures.pop(0) if fake._job_failures else None)
+    _event(fake, job, f"Created fine-tuning job: {job.id}")
+    fake.jobs[job.id] = job
+    return 200, job_json(fake, job), {}
 
 
 def _hyperparameter_problem(p: dict[str, Any]) -> str | None:

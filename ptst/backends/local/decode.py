@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ptst.backends.local.models import import_torch
-
 from ptst.types import GenerationConfig
 
 PRUNE_EVERY = 4  # decoding steps between checks for finished rows (each check is one host sync)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from ptst.backends.local.models import import_torch, resolve_device
 from ptst.backends.local.train import TrainSettings, train_lora
-
 from ptst.errors import BackendError
 
 WORKER_MODULE = "ptst.backends.local.distributed"

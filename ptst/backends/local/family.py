@@ -122,4 +122,4 @@ def sentencepiece_model(path: str, kind: str, expected: str) -> Any:
         raise ForeignModel(
             f"tokenizer {path} is not a SentencePiece model ({reason}); kind: {kind} needs {expected} — for another "
             "model family use kind: hf"
-        ) from None
+        ) from e

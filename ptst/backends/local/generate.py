@@ -12,7 +12,6 @@ from ptst.backends.local.adapters import quiet_peft, read_adapter_metadata
 from ptst.backends.local.decode import decode_batch, decode_continuous, joinable_cache
 from ptst.backends.local.models import free_memory, import_torch, is_oom, load_causal_lm, resolve_device, resolve_dtype
 from ptst.backends.local.resident import detach_adapter, is_resident, resident_base
-
 from ptst.errors import BackendError, require
 from ptst.types import GenerationConfig
 
@@ -168,7 +167,7 @@ class Generator:
                         f"out of GPU memory generating at batch size 1 (prompt of {len(prompts[todo[0]])} tokens + "
                         f"max_new_tokens {cfg.max_new_tokens}): lower max_new_tokens, use a smaller dtype or a "
                         "larger GPU"
-                    ) from None
+                    ) from e
                 bs = max(1, bs // 2)
                 self._batch_size = bs
         return [o or [] for o in out]

@@ -56,7 +56,7 @@ def _field(reader: Any, name: str) -> Any:
         return None
     try:
         return f.contents()
-    except Exception:
+    except Exception:  # noqa: BLE001 — a field gguf cannot decode reads as absent
         return None
 
 
@@ -91,14 +91,14 @@ def gguf_info(path: str) -> GGUFInfo:
 def _read_header(p: Path, path: str) -> GGUFInfo:
     try:
         import gguf
-    except ImportError:
+    except ImportError as e:
         raise GGUFError(
             f"model {path}: reading GGUF files needs the `gguf` package; pip install 'ptst[local]' (or pip install gguf)"
-        ) from None
+        ) from e
     try:
         reader = gguf.GGUFReader(str(p))
     except Exception as e:
-        raise GGUFError(f"model {path}: not a readable GGUF file ({_first_line(e)})") from None
+        raise GGUFError(f"model {path}: not a readable GGUF file ({_first_line(e)})") from e
     arch = str(_field(reader, "general.architecture") or "")
     types = tuple(sorted({t.tensor_type.name for t in reader.tensors}))
     ftype = _field(reader, "general.file_type")

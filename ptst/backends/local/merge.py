@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from ptst.backends.local.adapters import ADAPTER_DIR, read_adapter_metadata
-
 from ptst.errors import UsageError
 
 MERGED_FILE = "ptst_merged.json"
@@ -64,6 +63,7 @@ def merge_run(source: str | Path, out: str | Path) -> Path:
         return out
     import torch
     from peft import PeftModel
+
     from ptst.backends.local.adapters import quiet_peft
     from ptst.backends.local.models import load_causal_lm, local_model_dir
 

@@ -118,7 +118,7 @@ def load_causal_lm(model: str, *, dtype, device: str, attn_implementation: str |
         raise BackendError(
             f"model {model} cannot be loaded from {path} ({first_line(e)}); it must be an HF-format model "
             "directory (config.json + weights)"
-        ) from None
+        ) from e
     return m.to(device)  # type: ignore[arg-type]  # transformers' stub wraps .to oddly
 
 

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 from ptst.backends.local.adapters import read_adapter_metadata
 from ptst.backends.local.models import import_torch
-
 from ptst.keys import content_hash
 
 if TYPE_CHECKING:

@@ -26,7 +26,7 @@ def _table(path: str | None) -> dict[str, Any]:
             float(table["rows"][table["default"][stage]]["tokens_per_s"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UsageError(f"{ENV}={path}: not a readable throughput table ({e}); give a JSON file with `rows` and a "
-                         "`default` row per stage (train, decode), shaped like ptst/resources/throughput.json") from None
+                         "`default` row per stage (train, decode), shaped like ptst/resources/throughput.json") from e
     return table
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ptst.backends.local.models import first_line, import_torch, local_model_dir, resolve_dtype
-
 from ptst.errors import PtstError
 from ptst.types import GenerationConfig, ModelRef
 
@@ -108,8 +107,8 @@ def generate_vllm(
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
         from vllm.lora.request import LoRARequest
-    except ImportError:
-        raise PtstError("engine: vllm needs vLLM installed (pip install vllm), or set engine: hf") from None
+    except ImportError as e:
+        raise PtstError("engine: vllm needs vLLM installed (pip install vllm), or set engine: hf") from e
     base = str(local_model_dir(model.base_model))
     dtype = str(resolve_dtype(options.dtype, "cuda")).removeprefix("torch.")  # what the transformers path uses
     engine = _engine_for(base, dtype, adapter_rank(model.adapter_dir))

@@ -190,7 +190,7 @@ class Backend(FineTuneBackend):
             raise
         except Exception as e:
             if is_openai_error(e):
-                raise api_error(opts, "fine-tuning", e) from None
+                raise api_error(opts, "fine-tuning", e) from e
             raise
         finally:
             client.close()
@@ -227,7 +227,7 @@ class Backend(FineTuneBackend):
             found = jobs.list_checkpoints(client, opts, job_id)
         except Exception as e:
             if is_openai_error(e):
-                raise api_error(opts, f"listing the checkpoints of {job_id}", e) from None
+                raise api_error(opts, f"listing the checkpoints of {job_id}", e) from e
             raise
         finally:
             client.close()

@@ -17,7 +17,6 @@ from typing import Any
 
 from ptst.backends.base import JobLedger
 from ptst.backends.openai.options import OpenAIOptions
-
 from ptst.clients.openai import backoff_with_jitter, call_with_retries, resolve_base_url
 from ptst.clients.tokens import TokenCounter, count_message_tokens
 from ptst.conversation import Conversation
@@ -177,5 +176,5 @@ def _wait_processed(client: Any, opts: OpenAIOptions, file_obj: Any, sleep: Call
     )
     try:
         return retrying(call_with_retries, opts, client.files.retrieve, file_obj.id)
-    except RetryError:
-        raise BackendError(f"training file {file_obj.id} was not processed in time; run again to resume") from None
+    except RetryError as e:
+        raise BackendError(f"training file {file_obj.id} was not processed in time; run again to resume") from e

@@ -14,7 +14,6 @@ from typing import Any
 
 from ptst.backends.base import TrainJob
 from ptst.backends.openai.options import OpenAIOptions
-
 from ptst.clients.openai import (
     api_error,
     backoff_with_jitter,
@@ -92,11 +91,11 @@ def retrieve_recorded(client: Any, opts: OpenAIOptions, job_id: str) -> Any:
 
     try:
         return call_with_retries(opts, client.fine_tuning.jobs.retrieve, job_id)
-    except openai.NotFoundError:
+    except openai.NotFoundError as e:
         raise BackendError(
             f"OpenAI job {job_id} recorded in the run store is unknown to {resolve_base_url(opts)}; "
             "use the same endpoint and key as the first run, or a new --out"
-        ) from None
+        ) from e
 
 
 def find_by_metadata(client: Any, opts: OpenAIOptions, job_key: str, exclude: Sequence[str] = ()) -> Any:
@@ -162,11 +161,11 @@ def wait_for_job(client: Any, opts: OpenAIOptions, remote: Any, label: str, slee
         )
         try:
             return retrying(poll)
-        except RetryError:
+        except RetryError as e:
             raise BackendError(
                 f"OpenAI job {remote.id} still {state['status']} after {opts.max_wait_s:g} s (max_wait_s); it keeps "
                 "running: run the same command again later to resume"
-            ) from None
+            ) from e
 
 
 def _show_events(client: Any, opts: OpenAIOptions, j: Any, seen: set[str]) -> str:
@@ -242,7 +241,7 @@ def cancel_job(opts: OpenAIOptions, ledger_entry: dict[str, Any]) -> str:
         return str(j.status)
     except Exception as e:
         if is_openai_error(e):
-            raise api_error(opts, f"cancelling {job_id}", e) from None
+            raise api_error(opts, f"cancelling {job_id}", e) from e
         raise
     finally:
         client.close()
