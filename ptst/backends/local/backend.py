@@ -395,7 +395,7 @@ class LocalBackend(FineTuneBackend):
             return self._model_ref(job, workdir, done)
         encoded = [self.encode_example(c) for c in job.examples]
         examples, audit = prepare_examples(encoded, job.hyperparameters.max_seq_len)
-        from ptst.progress import log
+        from ptst.backends.api import log
 
         log(f"  training data ({self.kind}, {job.train_template}): {audit.describe()}")
         name = f"{self.kind}:{job.key}"

@@ -220,7 +220,7 @@ def _train_steps(  # type: ignore[no-untyped-def]
         saved = restore(resume_from, model=model, optimizer=optimizer, scheduler=scheduler, rank=rank, device=device)
         start, progress = saved["step"], saved["progress"]
         if rank == 0:
-            from ptst.progress import log
+            from ptst.backends.api import log
 
             log(f"  resuming {Path(settings.model).name} training from {resume_from} (step {start}/{total_steps})")
     losses: list[float] = list(progress["losses"])
@@ -233,7 +233,7 @@ def _train_steps(  # type: ignore[no-untyped-def]
         log_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
     t0 = time.perf_counter()
 
-    from ptst.progress import progress_bar
+    from ptst.backends.api import progress_bar
 
     with contextlib.ExitStack() as stack:
         advance: Callable[..., None] = _no_progress

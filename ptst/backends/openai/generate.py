@@ -8,7 +8,6 @@ from typing import Any
 
 from ptst.backends.base import GenerationConfig, ModelRef, OnResponse
 from ptst.backends.openai.files import training_messages
-
 from ptst.clients.batch import batch_chat_completions
 from ptst.clients.chat import AsyncSleep, chat_completions
 from ptst.clients.limit import SharedLimit
