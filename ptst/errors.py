@@ -7,6 +7,8 @@ failed jobs or cells (`RunIncomplete`, results written), 130 interrupted, 1 only
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 def printable(text: str) -> str:
     """`text` with any lone surrogate (a `\\udfff` JSON escape that pairs with nothing) written as its escape: such a
@@ -26,6 +28,15 @@ def surrogate_problem(text: str) -> str | None:
         return (f"holds a lone surrogate ({printable(text[e.start])} at character {e.start + 1}), which no file or API "
                 "can carry; a \\uD800-\\uDFFF escape must be half of a pair — remove it or write the character itself")
     return None
+
+
+def redact(text: str, secrets: Iterable[str | None]) -> str:
+    """`text` with every non-empty secret (an API key) replaced by `***`, before it reaches a log, an exception or
+    the store."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
 
 
 class PtstError(Exception):

@@ -5,8 +5,9 @@ its ETA and its money (`RunProgress`). The totals are fixed when the run is plan
 responses to be given a verdict, and a verdict found in the cache (the same query and response judged in another
 cell) counts as done rather than shrinking the total; work that cannot happen because its job or cell failed counts
 as done and is shown as failed. Only checkpoints found after training (`eval.checkpoints`) add to the totals.
-Backends' own bars (`progress_bar`: a job's training steps, an upload) join the view as extra rows while it is live,
-since a terminal holds one live display at a time.
+Backends' own bars (`ptst.backends.api.progress_bar`: a job's training steps, an upload) join the view as extra rows
+while it is live, since a terminal holds one live display at a time: `connect_backends` passes `progress_bar` here to
+the backends as their progress callback, and shows their `logging` records as `log` lines.
 
 In a pipe or CI log nothing is redrawn: a plain line (each stage's done/total, ETA and money, and the backends'
 bars) is printed at most every `PLAIN_INTERVAL_S` seconds, also while nothing advances (a long training job), and
@@ -17,6 +18,7 @@ keeps only warnings and errors.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -132,6 +134,36 @@ def progress_bar(description: str, total: int | None) -> Iterator[Callable[..., 
                 bar.update(task, advance=n, info=info)
 
         yield advance
+
+
+class _BackendLines(logging.Handler):
+    """Backends' log records (the `ptst.backends` logger) as `log` lines: wrapped, quiet-aware, silent after Ctrl-C."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            if record.levelno >= logging.WARNING and not message.lstrip().lower().startswith(("warning", "error")):
+                message = f"warning: {message}"
+            log(message)
+        except Exception:  # a logging handler never raises into the backend that logged (stdlib convention)
+            self.handleError(record)
+
+
+_BACKEND_LINES = _BackendLines()
+
+
+def connect_backends() -> None:
+    """Show backends' output in this view: their `ptst.backends` log records as `log` lines, and their progress bars
+    (`ptst.backends.api.progress_bar`) through `progress_bar` here, the callback the runner and the CLI pass in.
+    Idempotent."""
+    from ptst.backends import reporting
+
+    reporting.set_progress_handler(progress_bar)
+    logger = logging.getLogger(reporting.LOGGER_NAME)
+    if reporting.DEFAULT_HANDLER in logger.handlers:
+        logger.removeHandler(reporting.DEFAULT_HANDLER)
+    if _BACKEND_LINES not in logger.handlers:
+        logger.addHandler(_BACKEND_LINES)
 
 
 @contextmanager

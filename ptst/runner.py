@@ -38,7 +38,7 @@ from ptst.plan import (
     plan_digest,
     train_jobs,
 )
-from ptst.progress import RunProgress, log
+from ptst.progress import RunProgress, connect_backends, log
 from ptst.records import RunInfo
 from ptst.report import figure_process
 from ptst.results import Results
@@ -157,6 +157,7 @@ def run_experiment(
     from ptst.judging import create_judges
     from ptst.preflight import WARNING, preflight
 
+    connect_backends()  # the progress callback and log lines backends report through (ptst.backends.api)
     if limit is not None:
         spec = limit_datasets(spec, limit)
         log(limit_note(spec, limit))

@@ -6,7 +6,7 @@ always refuses). It is here to show the whole `FineTuneBackend` contract end to 
 declares itself `simulated` and every report built on it says so.
 
 Registered through the `ptst.backends` entry-point group (see pyproject.toml beside this file); ptst itself is not
-edited.
+edited. Everything it takes from ptst comes from the backend authors' surface, `ptst.backends.api`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,19 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from ptst.backends.base import FineTuneBackend
-from ptst.conversation import Conversation
-from ptst.types import Estimate, Frozen, GenerationConfig, JobLedger, ModelRef, Rendered, TrainJob
+from ptst.backends.api import (
+    Conversation,
+    Estimate,
+    FineTuneBackend,
+    Frozen,
+    GenerationConfig,
+    JobLedger,
+    ModelRef,
+    Rendered,
+    TrainJob,
+    log,
+    progress_bar,
+)
 
 MEMORY_FILE = "replay_memory.json"
 
@@ -36,6 +46,8 @@ class Backend(FineTuneBackend):
         usd_per_1m_tokens: float = Field(
             0.0, ge=0, description="a pretend price, to show a plugin pricing its own generations in `ptst estimate`"
         )
+
+    options: Options  # mypy sees this backend's own fields on self.options
 
     def render(self, conv: Conversation) -> Rendered:
         msgs = [{"role": "system", "content": conv.system}] if conv.system is not None else []
@@ -57,7 +69,13 @@ class Backend(FineTuneBackend):
         return words * self.options.usd_per_1m_tokens / 1e6
 
     def fine_tune(self, job: TrainJob, ledger: JobLedger, workdir: Path) -> ModelRef:
-        memory = [[_words(c.system, c.user), c.answer] for c in job.examples]
+        memory = []
+        # A bar in the run's progress view (the runner passes the drawing in), and a line through stdlib logging.
+        with progress_bar(f"replay {job.train_template} seed {job.seed}", len(job.examples)) as advance:
+            for c in job.examples:
+                memory.append([_words(c.system, c.user), c.answer])
+                advance()
+        log(f"  replay: memorised {len(memory)} answers for {job.train_template}")
         path = workdir / MEMORY_FILE
         path.write_text(json.dumps(memory), encoding="utf-8")
         ledger.put(f"replay:{job.key}", {"status": "succeeded", "path": str(path)})

@@ -353,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:  # `ptst` alone: the help, on stdout, and exit 2 (no command is a usage error)
         parser.print_help()
         return 2
+    from ptst.progress import connect_backends
+
+    connect_backends()  # backends' log lines and progress bars join the command's output
     try:
         return int(args.func(args))
     except PtstError as e:

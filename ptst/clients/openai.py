@@ -17,7 +17,8 @@ from typing import Any
 
 from pydantic import Field
 
-from ptst.errors import BackendError, CredentialsError, PtstError, require
+from ptst.errors import BackendError, CredentialsError, PtstError, redact, require
+from ptst.retry import backoff
 from ptst.types import Frozen
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -100,13 +101,17 @@ def make_client(opts: ClientOptions, *, asynchronous: bool = False) -> Any:
     )
 
 
+def api_keys(opts: ClientOptions) -> list[str]:
+    """The API key these options name, if one is set (for `redact`); never logged."""
+    try:
+        return [load_api_key(opts)]
+    except PtstError:
+        return []
+
+
 def scrub(text: str, opts: ClientOptions) -> str:
     """Remove the API key from a message before it can reach a log, an exception or the store."""
-    try:
-        key = load_api_key(opts)
-    except PtstError:
-        return text
-    return text.replace(key, "***") if key else text
+    return redact(text, api_keys(opts))
 
 
 def is_openai_error(exc: BaseException) -> bool:
@@ -170,11 +175,7 @@ def retry_kwargs(opts: ClientOptions) -> dict[str, Any]:
     )
 
 
-def backoff_with_jitter(initial: float, maximum: float, jitter: float) -> Any:
-    """tenacity wait: initial, 2x, 4x ... capped at `maximum`, plus uniform jitter (portable across tenacity 8/9)."""
-    from tenacity import wait_exponential, wait_random
-
-    return wait_exponential(multiplier=initial, max=maximum) + wait_random(0, jitter)
+backoff_with_jitter = backoff  # ptst.retry's: every retry in ptst waits the same way
 
 
 def call_with_retries(opts: ClientOptions, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

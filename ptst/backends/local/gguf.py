@@ -181,7 +181,7 @@ def converted_dir(path: str) -> Path:
     dest = cache_root() / f"{src.stem}-{sha[:16]}"
     if (dest / META_FILE).is_file():
         return dest
-    from ptst.progress import log
+    from ptst.backends.api import log
 
     log(f"  converting {src.name} to an HF-format folder once (dequantized to float32): {dest}")
     tmp = dest.with_name(dest.name + f".tmp-{os.getpid()}")

@@ -151,7 +151,7 @@ class LoraRecipe:
         self.tokens = int(progress["tokens"])
         self.checkpoints = dict(progress["checkpoints"])
         if w.rank == 0:
-            from ptst.progress import log
+            from ptst.backends.api import log
 
             log(f"  resuming {Path(self.settings.model).name} training from {found} "
                 f"(step {self.start}/{self.total_steps})")
@@ -172,7 +172,7 @@ class LoraRecipe:
     def run(self) -> dict[str, Any]:
         self.setup()
         t0 = time.perf_counter()
-        from ptst.progress import progress_bar
+        from ptst.backends.api import progress_bar
 
         with contextlib.ExitStack() as stack:
             advance: Callable[..., None] = _no_progress

@@ -85,7 +85,7 @@ def _load_or_warn(torch: Any, path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except UNREADABLE as e:
-        from ptst.progress import log
+        from ptst.backends.api import log
 
         text = str(e).strip().splitlines()
         log(f"warning: checkpoint file {path} is damaged ({type(e).__name__}: {text[0] if text else 'unreadable'}); "

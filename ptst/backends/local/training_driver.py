@@ -33,7 +33,7 @@ def fine_tune(backend: LocalBackend, job: TrainJob, ledger: JobLedger, workdir: 
         return model_ref(backend, job, workdir, done)
     encoded = [backend.encode_example(c) for c in job.examples]
     examples, audit = prepare_examples(encoded, job.hyperparameters.max_seq_len)
-    from ptst.progress import log
+    from ptst.backends.api import log
 
     log(f"  training data ({backend.kind}, {job.train_template}): {audit.describe()}")
     name = f"{backend.kind}:{job.key}"

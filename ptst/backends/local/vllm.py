@@ -70,7 +70,7 @@ def release_vllm() -> None:
             destroy_model_parallel()
             destroy_distributed_environment()
         except (AssertionError, RuntimeError, ValueError) as e:  # torch.distributed's "not initialized" and the like
-            from ptst.progress import log
+            from ptst.backends.api import log
 
             log(f"warning: vLLM's process groups were not torn down ({first_line(e)}); GPU memory may stay held")
     gc.collect()

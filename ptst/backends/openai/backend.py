@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ptst.backends.api import log, redact
 from ptst.backends.base import (
     BackendSpec,
     Estimate,
@@ -33,17 +34,16 @@ from ptst.clients.limit import SharedLimit
 from ptst.clients.openai import (
     ClientOptions,
     api_error,
+    api_keys,
     credentials_problem,
     is_openai_error,
     make_client,
     resolve_base_url,
-    scrub,
 )
 from ptst.clients.pricing import chat_price, default_epochs, lookup_model, price_table
 from ptst.clients.tokens import TokenCounter, count_message_tokens, token_counter
 from ptst.conversation import Conversation
 from ptst.errors import JobFailed
-from ptst.progress import log
 from ptst.store.joblock import job_lock
 from ptst.training_loss import loss_summary
 
@@ -206,7 +206,7 @@ class Backend(FineTuneBackend):
         err = remote.error
         code = getattr(err, "code", None) or None
         message = getattr(err, "message", None) or "no error message from the API"
-        raise JobFailed("failed", code, scrub(f"OpenAI job {remote.id}: {message}", opts))
+        raise JobFailed("failed", code, redact(f"OpenAI job {remote.id}: {message}", api_keys(opts)))
 
     def _model_ref(self, job: TrainJob, entry: dict[str, Any]) -> ModelRef:
         return ModelRef(

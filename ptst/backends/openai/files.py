@@ -15,14 +15,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ptst.backends.api import backoff, log
 from ptst.backends.base import JobLedger
 from ptst.backends.openai.options import OpenAIOptions
-from ptst.clients.openai import backoff_with_jitter, call_with_retries, resolve_base_url
+from ptst.clients.openai import call_with_retries, resolve_base_url
 from ptst.clients.tokens import TokenCounter, count_message_tokens
 from ptst.conversation import Conversation
 from ptst.errors import BackendError, DataError, JobFailed, PtstError
 from ptst.keys import content_hash
-from ptst.progress import log
 
 MIN_EXAMPLES = 10  # the fine-tuning API rejects smaller training files
 
@@ -171,7 +171,7 @@ def _wait_processed(client: Any, opts: OpenAIOptions, file_obj: Any, sleep: Call
     retrying = Retrying(
         retry=retry_if_result(lambda f: f.status not in ("processed", "error")),
         stop=stop_after_delay(min(opts.max_wait_s, 3600.0)),
-        wait=backoff_with_jitter(poll, min(opts.max_poll_interval_s, 30.0), poll / 2),
+        wait=backoff(poll, min(opts.max_poll_interval_s, 30.0), poll / 2),
         sleep=sleep,
     )
     try:

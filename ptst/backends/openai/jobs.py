@@ -12,21 +12,20 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ptst.backends.api import backoff, log, progress_bar, redact
 from ptst.backends.base import TrainJob
 from ptst.backends.openai.options import OpenAIOptions
 from ptst.clients.openai import (
     api_error,
-    backoff_with_jitter,
+    api_keys,
     call_with_retries,
     is_openai_error,
     is_transient,
     make_client,
     resolve_base_url,
     retry_after_seconds,
-    scrub,
 )
 from ptst.errors import BackendError
-from ptst.progress import log, progress_bar
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 
@@ -156,7 +155,7 @@ def wait_for_job(client: Any, opts: OpenAIOptions, remote: Any, label: str, slee
         retrying = Retrying(
             retry=retry_if_result(lambda j: j.status not in TERMINAL),
             stop=stop_after_delay(opts.max_wait_s),
-            wait=backoff_with_jitter(opts.poll_interval_s, opts.max_poll_interval_s, opts.poll_interval_s / 2),
+            wait=backoff(opts.poll_interval_s, opts.max_poll_interval_s, opts.poll_interval_s / 2),
             sleep=sleep,
         )
         try:
@@ -184,7 +183,7 @@ def _show_events(client: Any, opts: OpenAIOptions, j: Any, seen: set[str]) -> st
         if getattr(ev, "type", None) == "metrics":
             info = ev.message
         else:
-            log(f"  [{j.id}] {scrub(ev.message, opts)}")
+            log(f"  [{j.id}] {redact(ev.message, api_keys(opts))}")
     return info
 
 
