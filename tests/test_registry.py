@@ -244,6 +244,20 @@ def test_the_dataset_file_is_validated() -> None:
         assert all(m in TASK_METRICS for m in info.metrics), info.name
 
 
+def test_the_dataset_file_has_no_repeated_key() -> None:
+    """The registry reads its file with libyaml (fast, but the last of two equal keys wins silently); read with the
+    duplicate-key check of user specs, it gives the same data."""
+    from importlib import resources
+
+    from ptst.data.registry import REGISTRY
+    from ptst.spec_io import UniqueKeyLoader
+
+    text = resources.files("ptst.resources").joinpath("datasets.yaml").read_text(encoding="utf-8")
+    strict = yaml.load(text, Loader=UniqueKeyLoader)
+    assert [d["name"] for d in strict["datasets"]] == REGISTRY.names()
+    assert strict["datasets"][-1]["metrics"] == ["arc_letter_accuracy"]  # the merge key (<<: *arc) is read
+
+
 def test_template_strings_are_filled_from_the_papers_strings() -> None:
     """The data file writes `${NAME}` for a paper string; the template holds the string itself (here written out)."""
     from ptst.templates import BUILTIN
