@@ -274,3 +274,20 @@ def test_a_backend_kind_typo_names_the_closest_kind() -> None:
 
     with pytest.raises(ValueError, match=r"unknown backend kind 'opnai' — did you mean 'openai'\?"):
         BackendSpec(kind="opnai", model="gpt-4o-mini")
+
+
+def test_every_resource_file_ships() -> None:
+    """The registries read their data from ptst/resources: each file there matches a package-data pattern, so an
+    installed ptst (not only a checkout) has it."""
+    import fnmatch
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    repo = Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((repo / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"][
+        "package-data"]["ptst.resources"]
+    files = [p.name for p in (repo / "ptst" / "resources").iterdir() if p.is_file() and p.suffix != ".py"]
+    assert "datasets.yaml" in files and "templates.json" in files
+    assert [f for f in files if not any(fnmatch.fnmatch(f, pat) for pat in patterns)] == []
