@@ -118,6 +118,8 @@ class Registry(MutableMapping[str, T], Generic[T]):
         """Register `name`: a "module:object" string is imported when first used; anything else is the value."""
         key = self._normalize(name)
         self._values.pop(key, None)
+        if self._plugins is not None:
+            self._plugins.pop(key, None)  # a built-in name wins over a plugin, even one found before it was added
         if isinstance(target, str):
             self._entries[key] = Entry(key, target, note)
         else:

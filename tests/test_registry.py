@@ -244,6 +244,20 @@ def test_the_dataset_file_is_validated() -> None:
         assert all(m in TASK_METRICS for m in info.metrics), info.name
 
 
+def test_the_dataset_file_has_no_repeated_key() -> None:
+    """The registry reads its file with libyaml (fast, but the last of two equal keys wins silently); read with the
+    duplicate-key check of user specs, it gives the same data."""
+    from importlib import resources
+
+    from ptst.data.registry import REGISTRY
+    from ptst.spec_io import UniqueKeyLoader
+
+    text = resources.files("ptst.resources").joinpath("datasets.yaml").read_text(encoding="utf-8")
+    strict = yaml.load(text, Loader=UniqueKeyLoader)
+    assert [d["name"] for d in strict["datasets"]] == REGISTRY.names()
+    assert strict["datasets"][-1]["metrics"] == ["arc_letter_accuracy"]  # the merge key (<<: *arc) is read
+
+
 def test_template_strings_are_filled_from_the_papers_strings() -> None:
     """The data file writes `${NAME}` for a paper string; the template holds the string itself (here written out)."""
     from ptst.templates import BUILTIN
@@ -260,3 +274,20 @@ def test_a_backend_kind_typo_names_the_closest_kind() -> None:
 
     with pytest.raises(ValueError, match=r"unknown backend kind 'opnai' — did you mean 'openai'\?"):
         BackendSpec(kind="opnai", model="gpt-4o-mini")
+
+
+def test_every_resource_file_ships() -> None:
+    """The registries read their data from ptst/resources: each file there matches a package-data pattern, so an
+    installed ptst (not only a checkout) has it."""
+    import fnmatch
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    repo = Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((repo / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"][
+        "package-data"]["ptst.resources"]
+    files = [p.name for p in (repo / "ptst" / "resources").iterdir() if p.is_file() and p.suffix != ".py"]
+    assert "datasets.yaml" in files and "templates.json" in files
+    assert [f for f in files if not any(fnmatch.fnmatch(f, pat) for pat in patterns)] == []
