@@ -12,7 +12,6 @@ The result is a `Report` of three lists of one-line messages, each starting with
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -238,6 +237,7 @@ def _check_one_judge(spec: Spec, found: _Findings) -> None:
         return
     if spec.judge.kind != "rubric":
         return
+    from ptst.clients.openai import credentials_problem
     from ptst.judge.rubric import Judge, judge_endpoint_warning, resolve_judge_spec
 
     try:
@@ -246,20 +246,9 @@ def _check_one_judge(spec: Spec, found: _Findings) -> None:
         found.errors.append(f"judge: {e}")
         return
     opts = Judge.Options.model_validate(judge_spec.options)
-    if opts.api_key_file:
-        key_file = Path(opts.api_key_file).expanduser()
-        try:
-            has_key = bool(key_file.read_text(encoding="utf-8").strip())
-        except (OSError, UnicodeDecodeError):
-            found.errors.append(f"judge.api_key_file: cannot read {opts.api_key_file}; check the path and permissions")
-        else:
-            if not has_key:
-                found.errors.append(f"judge.api_key_file: {opts.api_key_file} is empty; put the OpenAI API key in it")
-    elif not os.environ.get(opts.api_key_env, "").strip():
-        found.errors.append(
-            f"judge: the rubric judge needs an OpenAI API key: set {opts.api_key_env} "
-            "(or name another variable with api_key_env, or a file with api_key_file)"
-        )
+    missing_key = credentials_problem(opts)  # the client's own check: what a run would refuse, said the same way
+    if missing_key:
+        found.errors.append(f"judge: {missing_key}")
     said = judge_endpoint_warning(spec)
     if said:
         found.warnings.append(said)

@@ -260,17 +260,18 @@ def test_reference_copies_pass(shared: Path, tmp_path: Path):
 def test_rubric_judge_needs_a_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     rubric = {"kind": "rubric", "model": "gpt-4-0613", "base_url": "http://127.0.0.1:9/v1"}
     r = _report(_spec(tmp_path, judge=rubric))
-    assert r.errors == (("judge: the rubric judge needs an OpenAI API key: set OPENAI_API_KEY (or name another "
-                        "variable with api_key_env, or a file with api_key_file)"),)
+    assert r.errors == (("judge: no OpenAI API key: set the OPENAI_API_KEY environment variable or name a file "
+                         "holding the key with api_key_file in the spec"),)
     assert r.unchecked == ("judge.model: 'gpt-4-0613' at the judge's endpoint is not checked offline",)
     monkeypatch.setenv("JUDGE_KEY", "sk-x")
     assert _report(_spec(tmp_path, judge={**rubric, "api_key_env": "JUDGE_KEY"})).errors == ()
     (tmp_path / "key.txt").write_text("\n")
     assert _report(_spec(tmp_path, judge={**rubric, "api_key_file": str(tmp_path / "key.txt")})).errors == (
-        f"judge.api_key_file: {tmp_path / 'key.txt'} is empty; put the OpenAI API key in it",
+        f"judge: api_key_file {tmp_path / 'key.txt'}: the file is empty; put the OpenAI API key in it",
     )
     assert _report(_spec(tmp_path, judge={**rubric, "api_key_file": str(tmp_path / "nokey")})).errors == (
-        f"judge.api_key_file: cannot read {tmp_path / 'nokey'}; check the path and permissions",
+        f"judge: api_key_file {tmp_path / 'nokey'}: cannot read the OpenAI API key file (No such file or directory); "
+        "check the path and permissions",
     )
 
 

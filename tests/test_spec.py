@@ -110,7 +110,7 @@ def test_validate_cli_exit_codes(tmp_path, capsys):
     good.write_text(DESIGN_EXAMPLE)
     assert main(["validate", str(good)]) == 2
     err = capsys.readouterr().err
-    assert "error: judge: the rubric judge needs an OpenAI API key: set OPENAI_API_KEY" in err
+    assert "error: judge: no OpenAI API key: set the OPENAI_API_KEY environment variable" in err
     assert f"{good}: " in err.splitlines()[-1] and "found before anything was spent" in err.splitlines()[-1]
     bad = tmp_path / "bad.yaml"
     bad.write_text(DESIGN_EXAMPLE.replace("chat:alpaca, chat:llama]\n  hyper", "chat:lama, chat:llama]\n  hyper"))

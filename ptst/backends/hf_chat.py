@@ -42,7 +42,7 @@ from ptst.backends.local import LocalBackend, LocalOptions
 from ptst.backends.local.gguf import converted_dir, gguf_problem, is_gguf
 from ptst.backends.local.render import TrainingFormError, clean_answer, text_separator, where
 from ptst.conversation import Conversation
-from ptst.errors import BackendError, require
+from ptst.errors import BackendError, first_line, require
 
 IGNORE_INDEX = -100
 
@@ -91,13 +91,13 @@ def resolve_model_dir(model: str, *, download: bool) -> Path:
         if not download:
             raise ModelSetupError(
                 f"model {model!r} is not a local directory nor in the local Hugging Face cache "
-                f"({_first_line(e)}); run `huggingface-cli download {model}`, set download: true in the backend "
+                f"({first_line(e)}); run `huggingface-cli download {model}`, set download: true in the backend "
                 "entry, or point model: at a local HF-format directory"
             ) from e
     try:  # the weights, configs and tokenizer files only (hub repos often carry ONNX/GGUF copies too)
         return Path(hub.snapshot_download(model, allow_patterns=DOWNLOAD_PATTERNS))
     except Exception as e:
-        raise ModelSetupError(f"model {model!r} could not be downloaded ({_first_line(e)})") from e
+        raise ModelSetupError(f"model {model!r} could not be downloaded ({first_line(e)})") from e
 
 
 def load_tokenizer(directory: Path, model: str) -> Any:
@@ -109,7 +109,7 @@ def load_tokenizer(directory: Path, model: str) -> Any:
         tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
     except (OSError, ValueError, TypeError) as e:
         raise ModelSetupError(
-            f"model {model}: no usable tokenizer in {directory} ({_first_line(e)}); the hf backend needs "
+            f"model {model}: no usable tokenizer in {directory} ({first_line(e)}); the hf backend needs "
             "tokenizer.json/tokenizer_config.json beside the model, or tokenizer: DIR"
         ) from e
     if not getattr(tok, "chat_template", None):
@@ -136,7 +136,7 @@ def tokenizer_files_problem(directory: Path, model: str) -> str | None:
         try:
             data = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
         except (OSError, ValueError) as e:
-            return f"model {model}: {p} is unreadable ({_first_line(e)}); restore the tokenizer files"
+            return f"model {model}: {p} is unreadable ({first_line(e)}); restore the tokenizer files"
         if isinstance(data, dict) and data.get("chat_template"):
             return None
     return (f"model {model}: its tokenizer has no chat template (chat_template.jinja or tokenizer_config.json "
@@ -190,7 +190,7 @@ class Backend(LocalBackend):
                 return False
             raise ModelSetupError(
                 f"model {self.spec.model}: its chat template fails on a system + user conversation "
-                f"({type(e).__name__}: {_first_line(e)}); fix the template (tokenizer: DIR with another one) or use "
+                f"({type(e).__name__}: {first_line(e)}); fix the template (tokenizer: DIR with another one) or use "
                 "the model's instruct/chat variant"
             ) from e
         return _PROBE_SYSTEM in text
@@ -231,7 +231,7 @@ class Backend(LocalBackend):
         except Exception as e:
             raise TrainingFormError(
                 f"model {self.spec.model}: its chat template failed on a {'/'.join(m['role'] for m in msgs)} "
-                f"conversation ({_first_line(e)})"
+                f"conversation ({first_line(e)})"
             ) from e
 
     @cached_property
@@ -440,7 +440,3 @@ def _generation_config_eos(directory: Path) -> list[int]:
     return [int(v) for v in value] if isinstance(value, list) else []
 
 
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip().splitlines()
-    text = s[0] if s else type(e).__name__
-    return text if len(text) <= 160 else text[:157] + "..."

@@ -45,6 +45,7 @@ from ptst.backends.local.resume import checkpoint_dirs
 from ptst.backends.local.train import TrainSettings, train_lora
 from ptst.backends.local.vllm import generate_vllm, release_vllm
 from ptst.conversation import Conversation
+from ptst.digests import file_sha256
 from ptst.downloads import downloads_allowed
 from ptst.errors import BackendError, PtstError, UsageError
 from ptst.types import Frozen
@@ -328,7 +329,8 @@ class LocalBackend(FineTuneBackend):
         if o.engine != "hf":  # vLLM's kernels and sampler give other outputs: its generations are other results
             ident["engine"] = o.engine
         if o.adapter is not None:  # the adapter's weights are the model: another adapter, other results
-            ident["adapter_sha256"] = _file_sha256(Path(o.adapter) / "adapter_model.safetensors")
+            weights = Path(o.adapter) / "adapter_model.safetensors"
+            ident["adapter_sha256"] = file_sha256(weights) if weights.is_file() else None
         if is_gguf(self.spec.model):  # the file's bytes and quantization are the model
             ident.update(gguf_identity(self.spec.model))
         merged = merged_identity(self.spec.model)
@@ -518,16 +520,6 @@ def _same_model(a: str, b: str) -> bool:
     return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
 
 
-def _file_sha256(path: Path) -> str | None:
-    import hashlib
-
-    if not path.is_file():
-        return None
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _logged_loss(workdir: Path, meta: dict[str, Any]) -> dict[str, Any] | None:

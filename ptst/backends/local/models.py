@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ptst.errors import BackendError, PtstError, require
+from ptst.errors import BackendError, PtstError, first_line, require
 
 # The oldest transformers the local engine is verified with. Packed training relies on transformers building a
 # per-example (block-diagonal) causal mask from restarting position_ids when no attention mask is given: flash
@@ -197,10 +197,6 @@ def load_causal_lm(model: str, *, dtype, device: str, attn_implementation: str |
     return m.to(device)  # type: ignore[arg-type]  # transformers' stub wraps .to oddly
 
 
-def first_line(e: BaseException) -> str:
-    s = str(e).strip().splitlines()
-    text = s[0] if s else type(e).__name__
-    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def is_oom(e: BaseException) -> bool:

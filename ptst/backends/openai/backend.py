@@ -32,9 +32,8 @@ from ptst.clients.chat import AsyncSleep
 from ptst.clients.limit import SharedLimit
 from ptst.clients.openai import (
     ClientOptions,
-    api_error,
+    api_errors,
     credentials_problem,
-    is_openai_error,
     make_client,
     resolve_base_url,
     scrub,
@@ -153,40 +152,37 @@ class Backend(FineTuneBackend):
         opts = self.options
         client = make_client(opts)
         try:
-            remote = (jobs.retrieve_recorded(client, opts, entry["job_id"]) if entry.get("job_id")
-                      else jobs.find_by_metadata(client, opts, job.key, entry.get("previous_job_ids", [])))
-            if remote is not None and remote.status in ("failed", "cancelled") and entry.get("reported") == remote.id:
-                # The runner recorded this failure and calls again: that is `--retry-failed`, so start a new job.
-                entry["previous_job_ids"] = [*entry.get("previous_job_ids", []), remote.id]
-                for k in ("job_id", "reported", "status"):
-                    entry.pop(k, None)
-                ledger.put(name, entry)  # a crash after the next create is then recovered by metadata, not repeated
-                remote = None
-            if remote is None:
-                file_id = files.upload_training_file(client, opts, files.training_jsonl(msgs), ledger, workdir,
-                                                     self._sleep)
-                params = jobs.job_params(self.spec.model, job, file_id)
-                remote = jobs.create_job(client, opts, params, entry.get("previous_job_ids", []), self._sleep)
-                entry.update(job_id=remote.id, file_id=file_id, base_url=resolve_base_url(opts),
-                             model=self.spec.model, status=remote.status)
-                ledger.put(name, entry)  # before waiting: a kill from here on resumes this job
-                log(f"  created OpenAI fine-tuning job {remote.id} ({job.train_template}, seed {job.seed})")
-            elif entry.get("job_id") != remote.id:
-                entry.update(job_id=remote.id, base_url=resolve_base_url(opts), model=self.spec.model)
-                ledger.put(name, entry)
-            label = f"fine-tune {self.spec.model} {job.train_template} seed {job.seed}"
-            remote = jobs.wait_for_job(client, opts, remote, label, self._sleep)
-            if remote.status == "succeeded":
-                points, total = jobs.loss_points(client, opts, remote.id)
-                entry["loss"] = loss_summary(points, steps=total)  # kept in the ledger: a resumed run reads it there
+            with api_errors(opts, "fine-tuning"):
+                remote = (jobs.retrieve_recorded(client, opts, entry["job_id"]) if entry.get("job_id")
+                          else jobs.find_by_metadata(client, opts, job.key, entry.get("previous_job_ids", [])))
+                if remote is not None and remote.status in ("failed", "cancelled") and entry.get("reported") == remote.id:
+                    # The runner recorded this failure and calls again: that is `--retry-failed`, so start a new job.
+                    entry["previous_job_ids"] = [*entry.get("previous_job_ids", []), remote.id]
+                    for k in ("job_id", "reported", "status"):
+                        entry.pop(k, None)
+                    ledger.put(name, entry)  # a crash after the next create is then recovered by metadata, not repeated
+                    remote = None
+                if remote is None:
+                    file_id = files.upload_training_file(client, opts, files.training_jsonl(msgs), ledger, workdir,
+                                                         self._sleep)
+                    params = jobs.job_params(self.spec.model, job, file_id)
+                    remote = jobs.create_job(client, opts, params, entry.get("previous_job_ids", []), self._sleep)
+                    entry.update(job_id=remote.id, file_id=file_id, base_url=resolve_base_url(opts),
+                                 model=self.spec.model, status=remote.status)
+                    ledger.put(name, entry)  # before waiting: a kill from here on resumes this job
+                    log(f"  created OpenAI fine-tuning job {remote.id} ({job.train_template}, seed {job.seed})")
+                elif entry.get("job_id") != remote.id:
+                    entry.update(job_id=remote.id, base_url=resolve_base_url(opts), model=self.spec.model)
+                    ledger.put(name, entry)
+                label = f"fine-tune {self.spec.model} {job.train_template} seed {job.seed}"
+                remote = jobs.wait_for_job(client, opts, remote, label, self._sleep)
+                if remote.status == "succeeded":
+                    points, total = jobs.loss_points(client, opts, remote.id)
+                    entry["loss"] = loss_summary(points, steps=total)  # kept in the ledger: a resumed run reads it there
         except KeyboardInterrupt:
             if entry.get("job_id"):
                 log(f"interrupted: OpenAI job {entry['job_id']} keeps running; run the same `ptst run SPEC --out DIR` "
                     "again to resume it, or `ptst cancel DIR` to cancel it")
-            raise
-        except Exception as e:
-            if is_openai_error(e):
-                raise api_error(opts, "fine-tuning", e) from e
             raise
         finally:
             client.close()
@@ -220,11 +216,8 @@ class Backend(FineTuneBackend):
         opts = self.options
         client = make_client(opts)
         try:
-            found = jobs.list_checkpoints(client, opts, job_id)
-        except Exception as e:
-            if is_openai_error(e):
-                raise api_error(opts, f"listing the checkpoints of {job_id}", e) from e
-            raise
+            with api_errors(opts, f"listing the checkpoints of {job_id}"):
+                found = jobs.list_checkpoints(client, opts, job_id)
         finally:
             client.close()
         last = max((c.step_number for c in found), default=None)
