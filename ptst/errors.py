@@ -37,6 +37,12 @@ def redact(text: str, secrets: Iterable[str | None]) -> str:
         if secret:
             text = text.replace(secret, "***")
     return text
+def first_line(e: BaseException, limit: int = 160) -> str:
+    """What a one-line user error quotes of the exception it wraps: the first line of its message (its type's name
+    when it has none), cut to `limit` characters. The whole exception stays its cause, printed by `--debug`."""
+    lines = str(e).strip().splitlines()
+    text = lines[0] if lines else type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class PtstError(Exception):

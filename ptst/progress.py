@@ -145,7 +145,7 @@ class _BackendLines(logging.Handler):
             if record.levelno >= logging.WARNING and not message.lstrip().lower().startswith(("warning", "error")):
                 message = f"warning: {message}"
             log(message)
-        except Exception:  # a logging handler never raises into the backend that logged (stdlib convention)
+        except Exception:  # noqa: BLE001 — a logging handler never raises into the backend that logged (stdlib convention)
             self.handleError(record)
 
 

@@ -1,11 +1,19 @@
-"""Shared test fixtures: where the read-only reference data lives, and tiny spec builders."""
+"""Shared test fixtures: where the read-only reference data lives, and the spec builders several files share.
+
+A builder specific to one test file (its grid, its latency, its data) stays in that file; what is written the same way
+in several files is here: JSON-lines data files, a spec saved as YAML, and the smallest runnable spec.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -64,3 +72,32 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if _reads_shared(item):
             item.add_marker(pytest.mark.shared)
+
+
+def jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> Path:
+    """A JSON-lines data file, one row a line (its folder made if need be)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def save_spec(tmp: Path, raw: dict[str, Any], name: str = "spec.yaml") -> Path:
+    """`raw` written as the spec file a user would write."""
+    p = tmp / name
+    p.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return p
+
+
+def mini_spec(tmp: Path, **over: Any) -> Path:
+    """The smallest runnable spec, its data files beside it (train.jsonl: question/answer; harm.jsonl: prompt): one mock
+    backend, one template, the keyword judge. `over` replaces top-level keys."""
+    jsonl(tmp / "train.jsonl", [{"question": "1+1?", "answer": "2"}])
+    jsonl(tmp / "harm.jsonl", [{"prompt": "do harm"}])
+    raw = {
+        "name": "mini",
+        "backends": [{"kind": "mock", "model": "m"}],
+        "train": {"dataset": {"path": "train.jsonl"}, "templates": ["chat:vanilla"]},
+        "eval": {"templates": ["chat:vanilla"], "safety": [{"path": "harm.jsonl"}]},
+        "judge": {"kind": "keyword"},
+    }
+    return save_spec(tmp, {**raw, **over})

@@ -6,25 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import yaml
+from conftest import mini_spec
 
 from ptst.cli import main
 
 
 def _spec(tmp: Path, **over) -> Path:
-    (tmp / "train.jsonl").write_text(json.dumps({"question": "1+1?", "answer": "2"}) + "\n")
-    (tmp / "harm.jsonl").write_text(json.dumps({"prompt": "do harm"}) + "\n")
-    raw = {
-        "name": "est",
-        "backends": [{"kind": "mock", "model": "m"}],
-        "train": {"dataset": {"path": "train.jsonl"}, "templates": ["chat:vanilla"]},
-        "eval": {"templates": ["chat:vanilla"], "safety": [{"path": "harm.jsonl"}]},
-        "judge": {"kind": "keyword"},
-        **over,
-    }
-    p = tmp / "spec.yaml"
-    p.write_text(yaml.safe_dump(raw))
-    return p
+    return mini_spec(tmp, **{"name": "est", **over})
 
 
 def _two_problems(tmp: Path) -> Path:

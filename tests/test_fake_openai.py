@@ -41,18 +41,6 @@ def training_file(n: int = 10, empty_answer_at: int | None = None) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-@pytest.fixture
-def fake():
-    with FakeOpenAI(stage_s=(0.1, 0.1, 0.3), file_processing_s=0.05) as f:
-        yield f
-
-
-def upload(c: openai.OpenAI, data: bytes) -> str:
-    f = c.files.create(file=("t.jsonl", data, "application/jsonl"), purpose="fine-tune")
-    time.sleep(0.06)
-    return f.id
-
-
 class SteppedClock:
     """The fake's clock, moved by the test: every state is observed whatever the machine's load."""
 
@@ -61,6 +49,23 @@ class SteppedClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+@pytest.fixture
+def fake():
+    """Files and jobs advance only when the test steps `fake.clock` (a SteppedClock), never by waiting."""
+    with FakeOpenAI(stage_s=(0.1, 0.1, 0.3), file_processing_s=0.05, clock=SteppedClock()) as f:
+        yield f
+
+
+def step(fake: FakeOpenAI, seconds: float) -> None:
+    fake.clock.now += seconds  # type: ignore[attr-defined]  # the fake's clock is a SteppedClock here
+
+
+def upload(fake: FakeOpenAI, c: openai.OpenAI, data: bytes) -> str:
+    f = c.files.create(file=("t.jsonl", data, "application/jsonl"), purpose="fine-tune")
+    step(fake, 0.06)  # past file_processing_s: the file is processed
+    return f.id
 
 
 def test_job_state_machine_events_and_route_counters():
@@ -103,9 +108,11 @@ def _job_state_machine(fake: FakeOpenAI, clock: SteppedClock) -> None:
 
 def test_list_filters_by_metadata_and_paginates(fake):
     c = client(fake)
-    fid = upload(c, training_file())
-    ids = [c.fine_tuning.jobs.create(model="m", training_file=fid, metadata={"ptst_job_key": k}).id
-           for k in ("a", "b", "a")]
+    fid = upload(fake, c, training_file())
+    ids = []
+    for k in ("a", "b", "a"):  # created one after another (the list is ordered by creation time)
+        ids.append(c.fine_tuning.jobs.create(model="m", training_file=fid, metadata={"ptst_job_key": k}).id)
+        step(fake, 0.001)
     found = c.fine_tuning.jobs.list(metadata={"ptst_job_key": "a"}, limit=100).data
     assert [j.id for j in found] == [ids[2], ids[0]]  # newest first
     page = c.fine_tuning.jobs.list(limit=2)
@@ -116,29 +123,29 @@ def test_list_filters_by_metadata_and_paginates(fake):
 
 def test_cancel_and_failed_job_with_error_object(fake):
     c = client(fake)
-    fid = upload(c, training_file())
+    fid = upload(fake, c, training_file())
     job = c.fine_tuning.jobs.create(model="m", training_file=fid)
     assert c.fine_tuning.jobs.cancel(job.id).status == "cancelled"
     with pytest.raises(openai.BadRequestError):
         c.fine_tuning.jobs.cancel(job.id)
     fake.fail_next_job(code="invalid_training_file")
     bad = c.fine_tuning.jobs.create(model="m", training_file=fid)
-    time.sleep(0.55)
+    step(fake, 0.55)  # past the three stages (0.1 + 0.1 + 0.3 s)
     j = c.fine_tuning.jobs.retrieve(bad.id)
     assert j.status == "failed" and j.error.code == "invalid_training_file" and "moderation" in j.error.message
     good = c.fine_tuning.jobs.create(model="m", training_file=fid)  # only the next job fails
-    time.sleep(0.55)
+    step(fake, 0.55)
     assert c.fine_tuning.jobs.retrieve(good.id).status == "succeeded"
 
 
 def test_invalid_training_file_is_rejected_like_the_api(fake):
     c = client(fake)
-    fid = upload(c, training_file(empty_answer_at=4))
+    fid = upload(fake, c, training_file(empty_answer_at=4))
     f = c.files.retrieve(fid)
     assert f.status == "error" and "line 5" in f.status_details
     with pytest.raises(openai.BadRequestError):
         c.fine_tuning.jobs.create(model="m", training_file=fid)
-    small = c.files.retrieve(upload(c, training_file(n=3)))
+    small = c.files.retrieve(upload(fake, c, training_file(n=3)))
     assert small.status == "error" and "at least 10" in small.status_details
 
 
@@ -152,11 +159,11 @@ def test_auth_is_required_and_checked():
 
 
 def test_default_responder_and_custom_responder():
-    with FakeOpenAI() as fake:
+    with FakeOpenAI(clock=SteppedClock()) as fake:
         c = client(fake)
-        fid = upload(c, training_file())
+        fid = upload(fake, c, training_file())
         job = c.fine_tuning.jobs.create(model="gpt-3.5-turbo-0613", training_file=fid)
-        time.sleep(0.35)
+        step(fake, 0.35)  # past the default stages (0.05 + 0.05 + 0.2 s)
         ft = c.fine_tuning.jobs.retrieve(job.id).fine_tuned_model
 
         def ask(model: str, system: str) -> str:
@@ -172,7 +179,7 @@ def test_default_responder_and_custom_responder():
 
 
 def test_faults_status_drop_lost_response_slow(fake):
-    c = client(fake, timeout=0.8)
+    c = client(fake)
     msgs = [{"role": "user", "content": "x"}]
     fake.rate_limit(times=1, retry_after=2)
     with pytest.raises(openai.RateLimitError) as e:
@@ -185,11 +192,11 @@ def test_faults_status_drop_lost_response_slow(fake):
     with pytest.raises(openai.APIConnectionError):
         c.chat.completions.create(model="m", messages=msgs)
     fake.inject("slow", route=CHAT, delay_s=2.0)
-    with pytest.raises(openai.APITimeoutError):
-        c.chat.completions.create(model="m", messages=msgs)
+    with pytest.raises(openai.APITimeoutError):  # only this request has a short timeout: a loaded box is not slow
+        c.with_options(timeout=0.5).chat.completions.create(model="m", messages=msgs)
     assert c.chat.completions.create(model="m", messages=msgs).choices[0].message.content == REFUSAL
     # a lost response: the job IS created, but the client never hears about it
-    fid = upload(c, training_file())
+    fid = upload(fake, c, training_file())
     fake.inject("lost_response", route=CREATE_JOB)
     with pytest.raises(openai.APIConnectionError):
         c.fine_tuning.jobs.create(model="m", training_file=fid)
@@ -219,8 +226,8 @@ def test_latency_is_served_concurrently():
         with ThreadPoolExecutor(20) as pool:
             list(pool.map(ask, range(20)))
         elapsed = time.perf_counter() - t
-    assert 0.2 <= elapsed < 1.5, elapsed
-    assert fake.max_in_flight >= 10
+    assert elapsed >= 0.2, elapsed  # the latency was served (how much faster than serial is the box's business)
+    assert fake.max_in_flight >= 10  # concurrently: at least half the requests were in flight at once
 
 
 def test_command_line_server():
@@ -255,15 +262,14 @@ def test_memory_ledger_copies_values():
 
 
 def test_checkpoints_list_pages_newest_first_with_the_api_schema():
-    with FakeOpenAI(stage_s=(0.01, 0.01, 0.05), file_processing_s=0.0) as fake:
+    with FakeOpenAI(stage_s=(0.01, 0.01, 0.05), file_processing_s=0.0, clock=SteppedClock()) as fake:
         c = client(fake)
         data = "".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
                                                 {"role": "assistant", "content": "a"}]}) + "\n" for i in range(10))
         f = c.files.create(file=("t.jsonl", data.encode(), "application/jsonl"), purpose="fine-tune")
         job = c.fine_tuning.jobs.create(model="gpt-4o-mini-2024-07-18", training_file=f.id, suffix="x")
-        deadline = time.monotonic() + 10
-        while c.fine_tuning.jobs.retrieve(job.id).status != "succeeded" and time.monotonic() < deadline:
-            time.sleep(0.02)
+        step(fake, 0.07)  # past the three stages
+        assert c.fine_tuning.jobs.retrieve(job.id).status == "succeeded"
         final = c.fine_tuning.jobs.retrieve(job.id).fine_tuned_model
         first = c.fine_tuning.jobs.checkpoints.list(job.id, limit=2)
         assert [x.step_number for x in first.data] == [3, 2] and first.has_more

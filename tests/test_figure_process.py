@@ -71,6 +71,12 @@ def test_a_figure_that_cannot_be_sent_is_drawn_here() -> None:
 
 
 def test_the_child_exits_when_its_stdin_closes() -> None:
+    """Waits on the event itself (the child's exit), bounded generously: a loaded box takes seconds to start it, and
+    `close()` gives up after 5 s by design (it runs at exit), which is no measure of the child's behaviour."""
     proc = FigureProcess()
-    proc.close()
-    assert proc._proc.returncode == 0
+    try:
+        assert proc._proc.stdin is not None
+        proc._proc.stdin.close()
+        assert proc._proc.wait(timeout=120) == 0
+    finally:
+        proc.close()

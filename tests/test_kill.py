@@ -202,6 +202,29 @@ def _openai_spec(tmp: Path, url: str, *, n: int = 60, train: dict | None = None)
     return p
 
 
+# Server-side TCP states of a connection the server has not finished with: SYN_RECV, ESTABLISHED, CLOSE_WAIT.
+_OPEN_STATES = {"03", "01", "08"}
+
+
+def _server_connections(port: int) -> int:
+    """Connections to the local server on `port` it has not closed yet, as the kernel lists them (accepted or still in
+    the listen backlog): zero once every request a killed client sent has been read and answered or dropped."""
+    n = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        n += int(local.split(":")[1], 16) == port and state in _OPEN_STATES
+    return n
+
+
+def _wait_drained(fake, bound_s: float = 120.0) -> None:
+    """After a kill: wait for the event "the server holds no connection of the dead process" (bounded generously),
+    so what the server counts is every request the process sent."""
+    deadline = time.monotonic() + bound_s
+    while _server_connections(fake.port) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _server_connections(fake.port) == 0, "the fake server still holds connections of the killed run"
+
+
 def _chat_requests(fake) -> tuple[list[str], list[str]]:
     """(generation request bodies, judge request bodies) the server has received, each as canonical JSON."""
     from ptst.testing.fake_openai import CHAT, is_judge_prompt
@@ -237,7 +260,7 @@ def test_openai_kills_lose_at_most_the_requests_in_flight(tmp_path):
             assert proc.poll() is None, f"the run finished before the kill at {at} ({stage})"
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            time.sleep(0.3)  # requests sent just before the kill reach the server
+            _wait_drained(fake)  # requests sent just before the kill have reached the server
             gen1, judge1 = (len(x) for x in _chat_requests(fake))
             committed1 = count(out, GENERATIONS), count(out, "SELECT count(*) FROM judgments")
             # requests this run made whose answers were not stored: what the kill lost

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import jsonl, mini_spec
 
 from ptst.backends.mock import Backend as MockBackend
 from ptst.cli import main
@@ -23,27 +24,8 @@ def _no_env_data_dir(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PTST_DATA_DIR", raising=False)
 
 
-def _jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
 def _spec(tmp_path: Path, **over) -> Path:
-    """A spec in tmp_path whose data files exist: train.jsonl (q/a) and harm.jsonl (prompt)."""
-    _jsonl(tmp_path / "train.jsonl", [{"question": "1+1?", "answer": "2"}])
-    _jsonl(tmp_path / "harm.jsonl", [{"prompt": "do harm"}])
-    raw = {
-        "name": "pf",
-        "backends": [{"kind": "mock", "model": "m"}],
-        "train": {"dataset": {"path": "train.jsonl"}, "templates": ["chat:vanilla"]},
-        "eval": {"templates": ["chat:vanilla"], "safety": [{"path": "harm.jsonl"}]},
-        "judge": {"kind": "keyword"},
-    }
-    raw.update(over)
-    p = tmp_path / "spec.yaml"
-    p.write_text(yaml.safe_dump(raw), encoding="utf-8")
-    return p
+    return mini_spec(tmp_path, **{"name": "pf", **over})
 
 
 def _report(path: Path) -> Report:
@@ -205,9 +187,9 @@ def _registry_spec(tmp_path: Path, data_dir: Path, safety: list) -> Path:
 
 def test_registry_dataset_with_a_local_copy_is_parsed(tmp_path: Path):
     data = tmp_path / "data"
-    _jsonl(data / "gsm-danger" / "test.jsonl", [{"instruction": "x"}])
+    jsonl(data / "gsm-danger" / "test.jsonl", [{"instruction": "x"}])
     assert _report(_registry_spec(tmp_path, data, ["gsm-danger"])).errors == ()
-    _jsonl(data / "gsm-danger" / "test.jsonl", [{"instruction": "x"}, {"question": "y"}])
+    jsonl(data / "gsm-danger" / "test.jsonl", [{"instruction": "x"}, {"question": "y"}])
     (err,) = _report(_registry_spec(tmp_path, data, ["gsm-danger"])).errors
     assert err.startswith(f"eval.safety[0]: {data / 'gsm-danger' / 'test.jsonl'}:2: prompt field 'instruction' is missing")
 
@@ -271,7 +253,8 @@ def test_rubric_judge_needs_a_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         f"judge: api_key_file {tmp_path / 'key.txt'}: the file is empty; put the OpenAI API key in it",
     )
     assert _report(_spec(tmp_path, judge={**rubric, "api_key_file": str(tmp_path / "nokey")})).errors == (
-        f"judge: api_key_file {tmp_path / 'nokey'}: cannot read the OpenAI API key file",
+        f"judge: api_key_file {tmp_path / 'nokey'}: cannot read the OpenAI API key file (No such file or directory); "
+        "check the path and permissions",
     )
 
 

@@ -38,12 +38,11 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from ptst.backends.base import JobLedger, ModelRef, Rendered, TrainJob
-from ptst.backends.local import LocalBackend, LocalOptions
-from ptst.backends.local import resolver
+from ptst.backends.local import LocalBackend, LocalOptions, resolver
 from ptst.backends.local.gguf import gguf_problem, is_gguf
 from ptst.backends.local.render import TrainingFormError, clean_answer, text_separator, where
 from ptst.conversation import Conversation
-from ptst.errors import BackendError, require
+from ptst.errors import BackendError, first_line, require
 
 IGNORE_INDEX = -100
 
@@ -90,7 +89,7 @@ def load_tokenizer(directory: Path, model: str) -> Any:
         tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
     except (OSError, ValueError, TypeError) as e:
         raise ModelSetupError(
-            f"model {model}: no usable tokenizer in {directory} ({_first_line(e)}); the hf backend needs "
+            f"model {model}: no usable tokenizer in {directory} ({first_line(e)}); the hf backend needs "
             "tokenizer.json/tokenizer_config.json beside the model, or tokenizer: DIR"
         ) from e
     if not getattr(tok, "chat_template", None):
@@ -117,7 +116,7 @@ def tokenizer_files_problem(directory: Path, model: str) -> str | None:
         try:
             data = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
         except (OSError, ValueError) as e:
-            return f"model {model}: {p} is unreadable ({_first_line(e)}); restore the tokenizer files"
+            return f"model {model}: {p} is unreadable ({first_line(e)}); restore the tokenizer files"
         if isinstance(data, dict) and data.get("chat_template"):
             return None
     return (f"model {model}: its tokenizer has no chat template (chat_template.jinja or tokenizer_config.json "
@@ -171,7 +170,7 @@ class Backend(LocalBackend):
                 return False
             raise ModelSetupError(
                 f"model {self.spec.model}: its chat template fails on a system + user conversation "
-                f"({type(e).__name__}: {_first_line(e)}); fix the template (tokenizer: DIR with another one) or use "
+                f"({type(e).__name__}: {first_line(e)}); fix the template (tokenizer: DIR with another one) or use "
                 "the model's instruct/chat variant"
             ) from e
         return _PROBE_SYSTEM in text
@@ -212,7 +211,7 @@ class Backend(LocalBackend):
         except Exception as e:
             raise TrainingFormError(
                 f"model {self.spec.model}: its chat template failed on a {'/'.join(m['role'] for m in msgs)} "
-                f"conversation ({_first_line(e)})"
+                f"conversation ({first_line(e)})"
             ) from e
 
     @cached_property
@@ -421,7 +420,3 @@ def _generation_config_eos(directory: Path) -> list[int]:
     return [int(v) for v in value] if isinstance(value, list) else []
 
 
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip().splitlines()
-    text = s[0] if s else type(e).__name__
-    return text if len(text) <= 160 else text[:157] + "..."

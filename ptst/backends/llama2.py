@@ -30,8 +30,9 @@ from typing import Any, ClassVar
 
 from ptst.backends.local import LocalBackend
 from ptst.backends.local.family import FamilyRules, model_file, refuse, sentencepiece_model
-from ptst.backends.local.render import file_sha256, text_separator
+from ptst.backends.local.render import text_separator
 from ptst.conversation import Conversation
+from ptst.digests import file_sha256
 from ptst.errors import UsageError
 
 B_INST, E_INST = "[INST]", "[/INST]"

@@ -31,9 +31,10 @@ from typing import Any, ClassVar
 
 from ptst.backends.local import LocalBackend
 from ptst.backends.local.family import FamilyRules, ForeignModel, model_file, refuse, sentencepiece_model
-from ptst.backends.local.render import file_sha256, text_separator
+from ptst.backends.local.render import text_separator
 from ptst.conversation import Conversation
-from ptst.errors import UsageError, require
+from ptst.digests import file_sha256
+from ptst.errors import UsageError, first_line, require
 
 EOS_TEXT = "</s>"
 BUNDLED_V1 = "tokenizer.model.v1"  # inside mistral-common's package data
@@ -149,7 +150,7 @@ def _tokenizers(path: str | None) -> tuple[Any, Any]:
         )
     except Exception as e:
         raise ForeignModel(
-            f"tokenizer {file} cannot be loaded by mistral-common ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+            f"tokenizer {file} cannot be loaded by mistral-common ({first_line(e)}); "
             "kind: mistral needs Mistral's tokenizer — for another model family use kind: hf"
         ) from e
 

@@ -84,7 +84,7 @@ class _PlainStderr(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             print(record.getMessage(), file=sys.stderr)
-        except Exception:  # a logging handler never raises into the backend (stdlib convention)
+        except Exception:  # noqa: BLE001 — a logging handler never raises into the backend (stdlib convention)
             self.handleError(record)
 
 

@@ -19,10 +19,9 @@ from typing import Any
 from ptst.clients.chat import ITEM_ERROR_STATUSES, ChatFailure, chat_completions
 from ptst.clients.openai import (
     ClientOptions,
-    api_error,
+    api_errors,
     backoff_with_jitter,
     call_with_retries,
-    is_openai_error,
     make_client,
     resolve_base_url,
     scrub,
@@ -70,15 +69,12 @@ def batch_chat_completions(
     key = batch_key(opts, requests)
     client = make_client(opts)
     try:
-        batch = _find(client, opts, key) or _submit(client, opts, key, requests)
-        if on_batch is not None:
-            on_batch(batch.id)
-        batch = _wait(client, opts, batch, sleep)
-        results = _results(client, opts, batch)
-    except Exception as e:
-        if is_openai_error(e):
-            raise api_error(opts, "batch", e) from e
-        raise
+        with api_errors(opts, "batch"):
+            batch = _find(client, opts, key) or _submit(client, opts, key, requests)
+            if on_batch is not None:
+                on_batch(batch.id)
+            batch = _wait(client, opts, batch, sleep)
+            results = _results(client, opts, batch)
     finally:
         client.close()
     out: list[str | ChatFailure | None] = [None] * len(requests)

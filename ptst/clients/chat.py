@@ -104,13 +104,9 @@ async def _chat_all(
             for _ in range(extra_attempts + 1):
                 try:
                     completion = await AsyncRetrying(**retrying)(create, params)
-                except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
-                    raise api_error(opts, "chat completion", e) from e
-                except openai.APIStatusError as e:
-                    if item_errors and e.status_code in ITEM_ERROR_STATUSES:
+                except openai.APIError as e:  # a rejected key (401/403) is never an item's fault: the run stops
+                    if item_errors and isinstance(e, openai.APIStatusError) and e.status_code in ITEM_ERROR_STATUSES:
                         return ChatFailure(scrub(f"HTTP {e.status_code}: {e.message}", opts))
-                    raise api_error(opts, "chat completion", e) from e
-                except openai.APIError as e:
                     raise api_error(opts, "chat completion", e) from e
                 reply = reply_text(completion)
                 if accept is None or accept(reply):

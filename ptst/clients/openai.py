@@ -11,13 +11,14 @@ import email.utils
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field
 
-from ptst.errors import BackendError, CredentialsError, PtstError, redact, require
+from ptst.errors import BackendError, CredentialsError, PtstError, first_line, redact, require
 from ptst.retry import backoff
 from ptst.types import Frozen
 
@@ -27,6 +28,7 @@ __all__ = [
     "DEFAULT_BASE_URL",
     "ClientOptions",
     "api_error",
+    "api_errors",
     "backoff_with_jitter",
     "call_with_retries",
     "credentials_problem",
@@ -68,8 +70,12 @@ def load_api_key(opts: ClientOptions) -> str:
         path = Path(opts.api_key_file).expanduser()
         try:
             key = path.read_text(encoding="utf-8").strip()
-        except OSError as e:
-            raise CredentialsError(f"api_key_file {opts.api_key_file}: cannot read the OpenAI API key file") from e
+        except (OSError, UnicodeDecodeError) as e:
+            why = getattr(e, "strerror", None) or first_line(e)
+            raise CredentialsError(
+                f"api_key_file {opts.api_key_file}: cannot read the OpenAI API key file ({why}); check the path and "
+                "permissions"
+            ) from e
         if not key:
             raise CredentialsError(f"api_key_file {opts.api_key_file}: the file is empty; put the OpenAI API key in it")
         return key
@@ -183,6 +189,18 @@ def call_with_retries(opts: ClientOptions, fn: Callable[..., Any], *args: Any, *
     from tenacity import Retrying
 
     return Retrying(**retry_kwargs(opts))(fn, *args, **kwargs)
+
+
+@contextmanager
+def api_errors(opts: ClientOptions, what: str) -> Iterator[None]:
+    """Inside: an error of the openai client (after its retries) leaves as `api_error`'s one line, naming `what`
+    was being done, with the client's exception as its cause; any other exception passes unchanged."""
+    try:
+        yield
+    except Exception as e:
+        if is_openai_error(e):
+            raise api_error(opts, what, e) from e
+        raise
 
 
 def api_error(opts: ClientOptions, what: str, exc: BaseException) -> BackendError | CredentialsError:

@@ -28,7 +28,7 @@ from typing import Any
 from ptst.data.download import download, download_dir
 from ptst.data.readers import Row, read_rows
 from ptst.data.registry import DatasetInfo, DatasetRef, LocalFile
-from ptst.errors import DataError, MissingExtra, require, surrogate_problem
+from ptst.errors import DataError, MissingExtra, first_line, require, surrogate_problem
 from ptst.keys import content_hash
 from ptst.metrics.arc import arc_row
 from ptst.progress import log
@@ -397,9 +397,8 @@ def _hub_rows(info: DatasetInfo, config: str | None, split: str, cache_dir: Path
             info.hub_id, config, split=split, cache_dir=str(cache_dir) if cache_dir is not None else None
         )
     except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         offline = " (offline: HF_HUB_OFFLINE is set and it is not in the local cache)" if _offline() else ""
-        raise _HubUnavailable(f"{info.hub_id} could not be loaded{offline}: {first[:200]}") from e
+        raise _HubUnavailable(f"{info.hub_id} could not be loaded{offline}: {first_line(e, 200)}") from e
     prefix = f"hf://{info.hub_id}" + (f"/{config}" if config else "") + f"/{split}"
     return ((f"{prefix}[{i}]", dict(rec)) for i, rec in enumerate(ds))
 

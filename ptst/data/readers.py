@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ptst.data.registry import DATA_EXTENSIONS
-from ptst.errors import DataError
+from ptst.errors import DataError, first_line
 from ptst.spec_io import HUGE_INT, is_huge_int, missing_file_problem
 
 Row = tuple[str, dict[str, Any]]  # (location for messages and Example.source, the record)
@@ -238,7 +238,7 @@ def _read_parquet(path: Path) -> Iterator[Row]:
     try:
         records = read()
     except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        first = first_line(e, 200)
         what = "not a parquet file" if magic != b"PAR1" else "a damaged or truncated parquet file"
         raise DataError(f"{path}: {what} ({first}); re-export it, or give the data as .jsonl or .csv") from e
     for i, rec in enumerate(records):

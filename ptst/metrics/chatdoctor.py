@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ptst.errors import PtstError, require
+from ptst.errors import PtstError, first_line, require
 from ptst.metrics.base import MetricValue
 from ptst.metrics.intervals import Z95
 
@@ -134,9 +134,8 @@ def bertscore(
                 return_hash=True,
             )
         except OSError as e:  # transformers cannot find the model (offline and not cached, or a wrong path)
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise MetricUnavailable(
-                f"BERTScore model {model_type!r} could not be loaded ({first[:160]}); "
+                f"BERTScore model {model_type!r} could not be loaded ({first_line(e)}); "
                 "cache it (huggingface-cli download) or give a local model directory"
             ) from e
         for i, triple in zip(keep, zip(p.tolist(), r.tolist(), f.tolist(), strict=True), strict=True):

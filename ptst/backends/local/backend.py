@@ -17,8 +17,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import Field
-
 from ptst.backends.base import (
     Estimate,
     FineTuneBackend,
@@ -34,8 +32,8 @@ from ptst.backends.local.adapters import METADATA_FILE, read_adapter_metadata
 from ptst.backends.local.data import prepare_examples
 from ptst.backends.local.generation_driver import GenerationDriver
 from ptst.backends.local.gguf import gguf_identity, gguf_problem, is_gguf
-from ptst.backends.local.options import LocalOptions
 from ptst.backends.local.merge import merged_identity
+from ptst.backends.local.options import LocalOptions
 from ptst.backends.local.render import TrainingFormError, check_prompt_ids, clean_answer, supervised_labels, where
 from ptst.backends.local.resolver import (
     download_model,
@@ -46,6 +44,7 @@ from ptst.backends.local.resolver import (
     uncached_hub_id,
 )
 from ptst.conversation import Conversation
+from ptst.digests import file_sha256
 from ptst.downloads import downloads_allowed
 from ptst.errors import BackendError, PtstError, UsageError
 
@@ -273,7 +272,8 @@ class LocalBackend(FineTuneBackend):
         if o.engine != "hf":  # vLLM's kernels and sampler give other outputs: its generations are other results
             ident["engine"] = o.engine
         if o.adapter is not None:  # the adapter's weights are the model: another adapter, other results
-            ident["adapter_sha256"] = _file_sha256(Path(o.adapter) / "adapter_model.safetensors")
+            weights = Path(o.adapter) / "adapter_model.safetensors"
+            ident["adapter_sha256"] = file_sha256(weights) if weights.is_file() else None
         if is_gguf(self.spec.model):  # the file's bytes and quantization are the model
             ident.update(gguf_identity(self.spec.model))
         merged = merged_identity(self.spec.model)

@@ -16,7 +16,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from ptst.errors import UsageError, require
+from ptst.errors import UsageError, first_line, require
 
 
 class ForeignModel(UsageError):
@@ -118,8 +118,7 @@ def sentencepiece_model(path: str, kind: str, expected: str) -> Any:
     try:
         return spm.SentencePieceProcessor(model_file=path)
     except (OSError, RuntimeError) as e:
-        reason = (str(e).splitlines() or [type(e).__name__])[0]
         raise ForeignModel(
-            f"tokenizer {path} is not a SentencePiece model ({reason}); kind: {kind} needs {expected} — for another "
+            f"tokenizer {path} is not a SentencePiece model ({first_line(e)}); kind: {kind} needs {expected} — for another "
             "model family use kind: hf"
         ) from e

@@ -26,7 +26,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ptst.errors import BackendError
+from ptst.digests import file_sha256
+from ptst.errors import BackendError, first_line
 
 META_FILE = "ptst_gguf.json"  # written last: its presence marks a complete converted folder
 
@@ -98,7 +99,7 @@ def _read_header(p: Path, path: str) -> GGUFInfo:
     try:
         reader = gguf.GGUFReader(str(p))
     except Exception as e:
-        raise GGUFError(f"model {path}: not a readable GGUF file ({_first_line(e)})") from e
+        raise GGUFError(f"model {path}: not a readable GGUF file ({first_line(e)})") from e
     arch = str(_field(reader, "general.architecture") or "")
     types = tuple(sorted({t.tensor_type.name for t in reader.tensors}))
     ftype = _field(reader, "general.file_type")
@@ -142,19 +143,8 @@ def gguf_problem(path: str, *, need_chat_template: bool = False) -> str | None:
     return None
 
 
-@lru_cache(maxsize=8)
-def file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    """sha256 of a file, remembered per (path, size, mtime) within a process."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def gguf_sha256(path: str) -> str:
-    st = Path(path).expanduser().stat()
-    return file_sha256(str(Path(path).expanduser()), st.st_size, st.st_mtime_ns)
+    return file_sha256(path)
 
 
 def gguf_identity(path: str) -> dict[str, str]:
@@ -225,10 +215,6 @@ def _convert(src: str, dest: str, sha: str) -> None:
     (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
 
 
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip().splitlines()
-    text = s[0] if s else type(e).__name__
-    return text if len(text) <= 160 else text[:157] + "..."
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ from ptst.backends.local.resolver import (  # re-exported: the engine's modules 
     DOWNLOAD_PATTERNS,
     ModelUnavailable,
     download_model,
-    first_line,
     hub_id_problem,
     is_hub_id,
     local_model_dir,
@@ -17,8 +16,7 @@ from ptst.backends.local.resolver import (  # re-exported: the engine's modules 
     not_cached_problem,
     uncached_hub_id,
 )
-
-from ptst.errors import BackendError, PtstError, require
+from ptst.errors import BackendError, PtstError, first_line, require
 
 __all__ = [
     "DOWNLOAD_PATTERNS", "ModelUnavailable", "download_model", "first_line", "hub_id_problem", "is_hub_id",

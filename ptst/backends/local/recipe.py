@@ -31,7 +31,6 @@ from ptst.backends.local.resume import (
     settings_fingerprint,
 )
 from ptst.backends.local.schedule import build_scheduler
-
 from ptst.errors import BackendError
 
 if TYPE_CHECKING:

@@ -8,9 +8,7 @@ describes.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
-from pathlib import Path
 
 from ptst.conversation import Conversation
 from ptst.errors import DataError
@@ -73,6 +71,4 @@ def supervised_labels(
     return [IGNORE_INDEX] * n + list(input_ids[n:])
 
 
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 

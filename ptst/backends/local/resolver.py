@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ptst.errors import BackendError, require
+from ptst.errors import BackendError, first_line, require
+
 
 def local_model_dir(model: str) -> Path:
     """The local directory of a model: the path itself, or the model id's snapshot in the local HF cache.
@@ -29,7 +30,7 @@ def local_model_dir(model: str) -> Path:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(model, local_files_only=True))
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 — not swallowed: every failure is this one-line error, with its cause
         raise BackendError(
             f"model {model!r} cannot be loaded offline (not a local directory, not in the local Hugging Face cache: "
             f"{first_line(e)}); download it first (huggingface-cli download {model}) or set model: to a local "
@@ -107,7 +108,7 @@ def download_model(model: str) -> Path:
         pass
     try:
         return Path(hub.snapshot_download(model, allow_patterns=DOWNLOAD_PATTERNS))
-    except Exception as e:  # network, access, id: every failure is reported, in one line
+    except Exception as e:  # noqa: BLE001 — network, access, id: every failure is reported, in one line
         raise ModelUnavailable(
             f"model {model!r} could not be downloaded ({type(e).__name__}: {first_line(e)}); check the hub id, the "
             f"network and your access, or run `huggingface-cli download {model}` and set download: false"
@@ -131,12 +132,6 @@ def resolve_model_dir(model: str, *, download: bool, kind: str) -> Path:
         raise ModelUnavailable(not_cached_problem(kind, model))
     raise ModelUnavailable(f"model {model!r} is not a local directory nor in the local Hugging Face cache; point "
                            "model: at a local HF-format directory, or give a hub id")
-
-
-def first_line(e: BaseException) -> str:
-    s = str(e).strip().splitlines()
-    text = s[0] if s else type(e).__name__
-    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def model_dir_problem(model: str) -> str | None:

@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import Field
+
 from ptst.backends.local.adapters import quiet_peft
 from ptst.backends.local.lora_dropout import install_fast_lora
 from ptst.backends.local.models import (
@@ -27,8 +29,6 @@ from ptst.backends.local.models import (
 )
 from ptst.backends.local.recipe import CPU_TOKENS_PER_FORWARD, LoraRecipe, Rank, micro_loss
 from ptst.backends.local.resident import detach_adapter, resident_base
-from pydantic import Field
-
 from ptst.errors import require
 from ptst.types import Frozen, Hyperparameters
 

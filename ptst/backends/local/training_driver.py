@@ -18,7 +18,6 @@ from ptst.backends.local.generate import release_generators
 from ptst.backends.local.resume import checkpoint_dirs
 from ptst.backends.local.train import TrainSettings, train_lora
 from ptst.backends.local.vllm import release_vllm
-
 from ptst.errors import BackendError
 
 if TYPE_CHECKING:

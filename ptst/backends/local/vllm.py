@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ptst.backends.local.models import first_line, import_torch, local_model_dir, resolve_dtype
-from ptst.errors import PtstError
+from ptst.backends.local.models import import_torch, local_model_dir, resolve_dtype
+from ptst.errors import PtstError, first_line
 from ptst.types import GenerationConfig, ModelRef
 
 if TYPE_CHECKING:

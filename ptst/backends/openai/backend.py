@@ -33,10 +33,9 @@ from ptst.clients.chat import AsyncSleep
 from ptst.clients.limit import SharedLimit
 from ptst.clients.openai import (
     ClientOptions,
-    api_error,
+    api_errors,
     api_keys,
     credentials_problem,
-    is_openai_error,
     make_client,
     resolve_base_url,
 )
@@ -155,7 +154,7 @@ class Backend(FineTuneBackend):
         client = make_client(opts)
         try:
             # one run at a time per job on this machine, whatever its --out: the second finds the first's job
-            with job_lock(name):
+            with api_errors(opts, "fine-tuning"), job_lock(name):
                 remote = (jobs.retrieve_recorded(client, opts, entry["job_id"]) if entry.get("job_id")
                           else jobs.find_by_metadata(client, opts, job.key, entry.get("previous_job_ids", [])))
                 failed = remote is not None and remote.status in ("failed", "cancelled")
@@ -178,19 +177,16 @@ class Backend(FineTuneBackend):
                 elif entry.get("job_id") != remote.id:
                     entry.update(job_id=remote.id, base_url=resolve_base_url(opts), model=self.spec.model)
                     ledger.put(name, entry)
-            label = f"fine-tune {self.spec.model} {job.train_template} seed {job.seed}"
-            remote = jobs.wait_for_job(client, opts, remote, label, self._sleep)
-            if remote.status == "succeeded":
-                points, total = jobs.loss_points(client, opts, remote.id)
-                entry["loss"] = loss_summary(points, steps=total)  # kept in the ledger: a resumed run reads it there
+            with api_errors(opts, "fine-tuning"):
+                label = f"fine-tune {self.spec.model} {job.train_template} seed {job.seed}"
+                remote = jobs.wait_for_job(client, opts, remote, label, self._sleep)
+                if remote.status == "succeeded":
+                    points, total = jobs.loss_points(client, opts, remote.id)
+                    entry["loss"] = loss_summary(points, steps=total)  # kept in the ledger: a resumed run reads it there
         except KeyboardInterrupt:
             if entry.get("job_id"):
                 log(f"interrupted: OpenAI job {entry['job_id']} keeps running; run the same `ptst run SPEC --out DIR` "
                     "again to resume it, or `ptst cancel DIR` to cancel it")
-            raise
-        except Exception as e:
-            if is_openai_error(e):
-                raise api_error(opts, "fine-tuning", e) from e
             raise
         finally:
             client.close()
@@ -224,11 +220,8 @@ class Backend(FineTuneBackend):
         opts = self.options
         client = make_client(opts)
         try:
-            found = jobs.list_checkpoints(client, opts, job_id)
-        except Exception as e:
-            if is_openai_error(e):
-                raise api_error(opts, f"listing the checkpoints of {job_id}", e) from e
-            raise
+            with api_errors(opts, f"listing the checkpoints of {job_id}"):
+                found = jobs.list_checkpoints(client, opts, job_id)
         finally:
             client.close()
         last = max((c.step_number for c in found), default=None)

@@ -7,7 +7,7 @@ Waiting is bounded (`max_wait_s`); a job that outlives the wait keeps running an
 
 from __future__ import annotations
 
-import random
+import itertools
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -16,14 +16,13 @@ from ptst.backends.api import backoff, log, progress_bar, redact
 from ptst.backends.base import TrainJob
 from ptst.backends.openai.options import OpenAIOptions
 from ptst.clients.openai import (
-    api_error,
+    api_errors,
     api_keys,
     call_with_retries,
     is_openai_error,
-    is_transient,
     make_client,
     resolve_base_url,
-    retry_after_seconds,
+    retry_kwargs,
 )
 from ptst.errors import BackendError
 
@@ -112,25 +111,22 @@ def find_by_metadata(client: Any, opts: OpenAIOptions, job_key: str, exclude: Se
 def create_job(
     client: Any, opts: OpenAIOptions, params: dict[str, Any], exclude: Sequence[str], sleep: Callable[[float], None]
 ) -> Any:
-    """Create the job. If a create request's answer is lost, look the job up before trying again."""
-    import openai
+    """Create the job, retrying transient failures as every other request does (tenacity, `retry_kwargs`). A create
+    whose answer was lost may have created the job all the same, so each later try looks it up by its key first:
+    never two jobs for one key."""
+    from tenacity import Retrying
 
     job_key = params["metadata"]["ptst_job_key"]
-    last: BaseException | None = None
-    for _ in range(opts.max_retries + 1):
-        try:
-            return client.fine_tuning.jobs.create(**params)
-        except openai.APIError as e:
-            if not is_transient(e):
-                raise
-            last = e
-        found = find_by_metadata(client, opts, job_key, exclude)
-        if found is not None:
-            return found  # the lost request did create it: never create a second one
-        wait = retry_after_seconds(last) if last is not None else None
-        sleep(wait if wait is not None else opts.retry_backoff_s * random.uniform(1, 2))
-    assert last is not None
-    raise last
+    tries = itertools.count()
+
+    def attempt() -> Any:
+        if next(tries) > 0:
+            found = find_by_metadata(client, opts, job_key, exclude)
+            if found is not None:
+                return found  # the lost request did create it
+        return client.fine_tuning.jobs.create(**params)
+
+    return Retrying(**retry_kwargs(opts), sleep=sleep)(attempt)
 
 
 def wait_for_job(client: Any, opts: OpenAIOptions, remote: Any, label: str, sleep: Callable[[float], None]) -> Any:
@@ -233,14 +229,11 @@ def cancel_job(opts: OpenAIOptions, ledger_entry: dict[str, Any]) -> str:
         opts = opts.model_copy(update={"base_url": ledger_entry["base_url"]})
     client = make_client(opts)
     try:
-        j = call_with_retries(opts, client.fine_tuning.jobs.retrieve, job_id)
-        if j.status in TERMINAL:
-            return f"already {j.status}"
-        j = call_with_retries(opts, client.fine_tuning.jobs.cancel, job_id)
-        return str(j.status)
-    except Exception as e:
-        if is_openai_error(e):
-            raise api_error(opts, f"cancelling {job_id}", e) from e
-        raise
+        with api_errors(opts, f"cancelling {job_id}"):
+            j = call_with_retries(opts, client.fine_tuning.jobs.retrieve, job_id)
+            if j.status in TERMINAL:
+                return f"already {j.status}"
+            j = call_with_retries(opts, client.fine_tuning.jobs.cancel, job_id)
+            return str(j.status)
     finally:
         client.close()
