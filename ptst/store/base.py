@@ -88,6 +88,9 @@ class StoreBase:
                     f"what survives with `sqlite3 {self.db} .recover > recovered.sql` and choose another --out"
                 ) from None
             raise
+        except sqlite3.ProgrammingError:
+            self._gate()  # the store was closed by Ctrl-C while this worker waited for it: parked like the others
+            raise
         except sqlite3.DatabaseError as e:
             if type(e) is sqlite3.DatabaseError:  # "database disk image is malformed": damage met by a read or write
                 raise files.corrupt(self.db, str(e)) from None

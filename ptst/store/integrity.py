@@ -204,8 +204,7 @@ class Integrity(StoreBase):
                 counts = self._counts()
                 self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('committed', ?)", (json.dumps(counts),))
                 self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            if self._writable and self._tally is not None:
-                self._tally = {t: max(n, self._tally.get(t, 0)) for t, n in counts.items()}
+
 
     def _maybe_checkpoint(self) -> None:
         if self._writable and time.monotonic() - self._checkpointed >= CHECKPOINT_S:

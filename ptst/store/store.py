@@ -71,9 +71,8 @@ class RunStore(Integrity, JobTables, CellTables, ResponseTables):
                     store.set_meta("closed_cleanly", True)  # the next open may skip the integrity scan
                     store.checkpoint()  # a finished command leaves everything in ptst.db itself
             finally:
-                if not store.interrupted.is_set():  # interrupted: a worker may be mid-commit; the exit closes it
-                    with store.lock:
-                        conn.close()
+                with store.lock:  # a worker mid-commit finishes it first; later ones are parked (`_gate`)
+                    conn.close()
         finally:
             if lock_file is not None:
                 _lock.release(lock_file)
