@@ -89,7 +89,7 @@ same-template cells and the PTST cells first); the address bar holds the view, s
 VIEW_JS = r"""
 (function(){
 "use strict";
-var root=document.getElementById("samples"), D=window.PTST_SAMPLES, PAGE=25, PAGE_ITEMS=5;
+var T0=performance.now(), root=document.getElementById("samples"), D=window.PTST_SAMPLES, PAGE=25, PAGE_ITEMS=5;
 if(!root)return;
 var list=root.querySelector(".list"), count=root.querySelector(".count");
 if(!D){count.textContent="No sample data: samples.js was not found beside this page.";return;}
@@ -293,7 +293,8 @@ function update(){
 }
 fill();
 update();
-root.setAttribute("data-ready-ms",String(Math.round(performance.now())));
+root.setAttribute("data-ready-ms",String(Math.round(performance.now())));  // from navigation: loading included
+root.setAttribute("data-viewer-ms",String(Math.round(performance.now()-T0)));  // this script's own work
 if(opened){var t=state.row!==""&&list.querySelector(".sample");(t||document.getElementById("samples-heading")).scrollIntoView();}
 })();
 """
