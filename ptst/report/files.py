@@ -72,7 +72,7 @@ def write_reports(
         "report.html": page,
     }
     if samples is not None:
-        files[SAMPLES_FILE] = samples_js(*(samples() if callable(samples) else samples))
+        files[SAMPLES_FILE] = samples_js(*(samples() if callable(samples) else samples), results.safety_templates)
     for t in paper_tables(results, grids):
         files[f"tables/{t.slug}.tex"] = to_latex(t)
         files[f"tables/{t.slug}.csv"] = to_csv(t)

@@ -120,8 +120,13 @@ def _escape_js(text: str) -> str:
     return text.replace("<", "\\u003c").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
 
 
-def samples_data(judges: Sequence[str], rows: Iterable[SampleRow]) -> dict[str, Any]:
-    """The compact JSON object the viewer reads (documented field by field in `ptst.report.sampleview`)."""
+def samples_data(judges: Sequence[str], rows: Iterable[SampleRow], safety_templates: Iterable[str] = ()
+                 ) -> dict[str, Any]:
+    """The compact JSON object the viewer reads (documented field by field in `ptst.report.sampleview`);
+    `safety_templates` mark each cell PTST, same-template or neither, as the report's grids do."""
+    from ptst.report.grids import cell_mark
+
+    safe = frozenset(safety_templates)
     strings: dict[str, int] = {}
 
     def s(text: str | None) -> int:
@@ -143,7 +148,8 @@ def samples_data(judges: Sequence[str], rows: Iterable[SampleRow]) -> dict[str, 
         "judges": list(judges),
         "cells": [{"label": c.label, "run": c.run, "backend": c.backend, "base_model": c.base_model,
                    "train_template": c.train_template, "test_template": c.test_template, "seed": c.seed,
-                   "checkpoint": c.checkpoint, "safety_mix": c.safety_mix} for c in cells],
+                   "checkpoint": c.checkpoint, "safety_mix": c.safety_mix,
+                   "mark": cell_mark(safe, c.train_template, c.test_template)} for c in cells],
         "benchmarks": list(benchmarks),
         "fields": ["cell", "benchmark", "category", "index", "query", "prompt", "response", "reference", "verdicts"],
         "strings": list(strings),
@@ -151,8 +157,8 @@ def samples_data(judges: Sequence[str], rows: Iterable[SampleRow]) -> dict[str, 
     }
 
 
-def samples_js(judges: Sequence[str], rows: Iterable[SampleRow]) -> str:
-    data = json.dumps(samples_data(judges, rows), ensure_ascii=False, separators=(",", ":"))
+def samples_js(judges: Sequence[str], rows: Iterable[SampleRow], safety_templates: Iterable[str] = ()) -> str:
+    data = json.dumps(samples_data(judges, rows, safety_templates), ensure_ascii=False, separators=(",", ":"))
     return f"window.{SAMPLES_VAR}={_escape_js(data)};\n"
 
 
