@@ -171,6 +171,25 @@ def test_mcnemar_mdd_matches_connor_and_an_exact_binomial() -> None:
     assert 0.03 < d < 0.05 and p_at_least_6 == pytest.approx(0.8, abs=0.05)
 
 
+def test_the_grid_shape_through_summary_and_figure_on_the_mock(tmp_path, data_dir: Path, monkeypatch, capsys) -> None:
+    """grid.yaml with the simulated backend in place of SmolLM2 (--limit 4): the summary has a McNemar line per
+    seed and a pooled one per benchmark, the refusal rate and GSM8K rows, and the figure is written."""
+    from ptst.cli import main
+
+    monkeypatch.setenv("PTST_DATA_DIR", str(data_dir))
+    out = tmp_path / "grid"
+    assert main(["run", str(LAB / "grid.yaml"), "--out", str(out), "--limit", "4", "--quiet",
+                 "--set", "backends=[{kind: mock, model: mock-a}]"]) == 0
+    capsys.readouterr()
+    assert lab().main(["summary", str(out), "--figure", str(tmp_path / "h.png")]) == 0
+    text = capsys.readouterr().out
+    for bench in ("advbench", "directharm4"):
+        assert f"PTST (chat:vanilla → chat:llama) vs same template (chat:llama → chat:llama), {bench}" in text
+    assert text.count("  seed ") == 6 and text.count("  pooled: n 12,") == 2  # 3 seeds x 4 prompts per benchmark
+    assert "gsm8k refusal_rate" in text and "gsm8k gsm8k_strict_match" in text and "aligned base" in text
+    assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
+
+
 # ------------------------------------------------------------------------------------------- the real model, smoke
 
 @pytest.mark.real_model

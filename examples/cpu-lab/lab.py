@@ -180,6 +180,7 @@ def summary_lines(res: dict[str, Any]) -> list[str]:
     tasks = pooled_tasks(res)
     for (task, metric) in sorted({(t, m) for _, _, t, m in tasks}):
         out.append(f"\n{task} {metric}, seeds pooled")
+        out.append(f"  {'train ↓ / test →':<18}" + "".join(f"{t:>34}" for t in tests))
         for tr in sorted({t for t, _, _, _ in tasks}, key=lambda t: (t is not None, t or "")):
             out.append(f"  {tr or 'aligned base':<18}" + "".join(
                 f"{pct(*tasks.get((tr, te, task, metric), (0, 0))):>34}" for te in tests))
@@ -224,7 +225,8 @@ def figure(res: dict[str, Any], path: Path) -> None:
         ax.set_ylabel(ylabel, fontsize=8)
         ax.set_ylim(-2, 102)
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle("cpu-lab: keyword ASR per cell (train→test, 95% Wilson, seeds pooled); red = PTST", fontsize=9)
+    fig.suptitle("cpu-lab: keyword ASR per cell and, last, refusal on harmless prompts (train→test, 95% Wilson, "
+                 "seeds pooled; red = PTST, grey = aligned base)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
