@@ -181,6 +181,9 @@ def test_plugins_are_listed(plugins: None, capsys) -> None:
     assert metrics["digit_reference"] == {"name": "digit_reference", "source": "plugin (ptst-digit)",
                                           "default for": "-", "description": "the reference starts with a digit"}
     assert metrics["gsm8k_flexible_extract"]["default for"] == "gsm8k"
+    assert main(["schema"]) == 0  # editors are offered the installed kinds
+    kind = json.loads(capsys.readouterr().out)["$defs"]["JudgeSpec"]["properties"]["kind"]
+    assert kind["type"] == "string" and kind["examples"] == ["classifier", "keyword", "mock", "rubric", "bomb"]
 
 
 def _spec(tmp_path: Path, judge: str, metric: str) -> Path:

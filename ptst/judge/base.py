@@ -12,7 +12,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
+from pydantic.json_schema import JsonDict
 
 from ptst.registry import Registry
 
@@ -47,11 +48,20 @@ class Judgment(BaseModel):
 OnVerdict = Callable[[Sequence[tuple[int, Judgment]]], None]
 
 
+def _known_kinds(schema: JsonDict) -> None:
+    """The kinds known when the schema is written (plugins included), so editors offer them."""
+    kinds: list[JsonValue] = [*JUDGES.names()]
+    schema["examples"] = kinds
+
+
 class JudgeSpec(BaseModel):
     """The spec's `judge:` entry; keys other than `kind` are the judge's own options (validated by it)."""
 
     model_config = ConfigDict(frozen=True, extra="allow")
-    kind: str = Field("keyword", description="a judge kind (ptst list judges): built-in or a plugin's")
+    kind: str = Field(
+        "keyword", description="a judge kind (ptst list judges): built-in or a plugin's",
+        json_schema_extra=_known_kinds,
+    )
 
     @field_validator("kind")
     @classmethod
