@@ -236,6 +236,7 @@ def test_a_resumed_run_is_estimated_for_what_is_missing_only(tmp_path, monkeypat
         with sqlite3.connect(out / "ptst.db") as c:
             c.execute("DELETE FROM judgments")
             c.execute("DELETE FROM meta WHERE key = 'committed'")  # the loss accepted, as the store's advice says
+        (out / "ptst.committed.json").unlink()  # the durable record too: the store's advice names both
         # responses kept, verdicts lost: only the judging is still to pay, at the same price as before
         again = estimate()
         assert (again.generations, again.judge_calls) == (0, 2)
