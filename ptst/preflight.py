@@ -252,33 +252,44 @@ def _check_backend(i: int, bspec: BackendSpec, found: _Findings) -> None:
 # ---------------------------------------------------------------------------------------------------------- judge
 
 
-def _check_judges(spec: Spec, found: _Findings) -> list[Judge]:
+def _check_judges(spec: Spec, found: _Findings) -> list[tuple[str, Judge]]:
     """Each judge of `judges:` through its own contract (`Judge.preflight`, `simulated`, `api_model`): the core never
-    asks which kind a judge is. Returns the judges that could be built (for the retired-model check)."""
+    asks which kind a judge is. Each line names its judge's field (`judge`, or `judges[i]` under `judges:`). Returns
+    (field, judge) for the judges that could be built (for the retired-model check)."""
     from ptst.judging import create_one
 
     judges = []
-    for js in spec.judge_specs:
+    for i, js in enumerate(spec.judge_specs):
+        field = "judge" if spec.judges is None else f"judges[{i}]"
         try:
             judge = create_one(spec, js)  # `base_url: inherit` takes the openai backend's endpoint and key
             problems = judge.preflight()
         except PtstError as e:
-            found.errors.append(f"judge: {e}")
+            found.errors.append(f"{field}: {e}")
             continue
-        judges.append(judge)
-        found.add(problems)
+        judges.append((field, judge))
+        found.add([_judge_field(line, field) for line in problems])
         if judge.simulated:
-            found.warnings.append(f"judge: the {judge.kind} judge is a simulation; every verdict is labelled simulated")
+            found.warnings.append(f"{field}: the {judge.kind} judge is a simulation; every verdict is labelled simulated")
         model = judge.api_model()
         if model is not None:
-            found.unchecked.append(f"judge.model: {model!r} at the judge's endpoint is not checked offline")
+            found.unchecked.append(f"{field}.model: {model!r} at the judge's endpoint is not checked offline")
     return judges
+
+
+def _judge_field(line: str, field: str) -> str:
+    """A judge's preflight line (which names its own options as `judge...`) with its field in the spec."""
+    for tag in (WARNING, CREDENTIALS, ""):
+        if line.startswith(tag + "judge"):
+            return tag + field + line[len(tag) + len("judge"):]
+    return line
 
 
 # -------------------------------------------------------------------------------------------------- retired models
 
 
-def _check_retired(spec: Spec, found: _Findings, judges: Sequence[Judge] = (), today: str | None = None) -> None:
+def _check_retired(spec: Spec, found: _Findings, judges: Sequence[tuple[str, Judge]] = (),
+                   today: str | None = None) -> None:
     """A warning for every model of the spec in the dated table of retired models (`resources/retired_models.json`),
     naming the date, what stopped working and the successor: the paper's gpt-3.5-turbo-0613 takes no new
     fine-tuning jobs. A warning, not an error: the vendor, not ptst, has the last word (and a date in the future is
@@ -290,7 +301,8 @@ def _check_retired(spec: Spec, found: _Findings, judges: Sequence[Judge] = (), t
     table = json.loads(resources.files("ptst.resources").joinpath("retired_models.json").read_text(encoding="utf-8"))
     now = today or date.today().isoformat()
     used = [(f"backends[{i}] ({b.name}).model", b.model, spec.train is not None) for i, b in enumerate(spec.backends)]
-    used += [("judge.model", model, False) for model in (j.api_model() for j in judges) if model is not None]
+    used += [(f"{field}.model", model, False) for field, model in ((f, j.api_model()) for f, j in judges)
+             if model is not None]
     for field, model, trains in used:
         row = table["models"].get(model.split(":")[1] if model.startswith("ft:") else model)
         if row is None or (not trains and "inference" not in row["applies_to"]):

@@ -106,16 +106,17 @@ def test_a_missing_key_is_a_warning_in_estimate_and_an_error_in_validate_and_run
                "api_key_file in the spec")
     assert main(["estimate", str(spec), "--json"]) == 0
     est = json.loads(capsys.readouterr().out)
-    assert est["warnings"] == [f"backends[0] (openai): {missing}", f"judge: {missing}"]
+    # the rubric judge, second under judges:, is named by its place there
+    assert est["warnings"] == [f"backends[0] (openai): {missing}", f"judges[1]: {missing}"]
     assert est["judge_calls"] == N and est["usd_by_stage"]["judge"] == pytest.approx(hand_judging_usd())
     assert main(["estimate", str(spec)]) == 0
     out = capsys.readouterr().out
-    assert f"{N} judge calls" in out and f"warning: judge: {missing}" in " ".join(out.split())
+    assert f"{N} judge calls" in out and f"warning: judges[1]: {missing}" in " ".join(out.split())
     assert main(["validate", str(spec)]) == 2
     err = " ".join(capsys.readouterr().err.split())
-    assert f"backends[0] (openai): {missing}" in err and f"judge: {missing}" in err
+    assert f"backends[0] (openai): {missing}" in err and f"judges[1]: {missing}" in err
     assert main(["run", str(spec), "--out", str(tmp_path / "out")]) == 2
-    assert f"judge: {missing}" in " ".join(capsys.readouterr().err.split())
+    assert f"judges[1]: {missing}" in " ".join(capsys.readouterr().err.split())
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ def spec(model: str, *, train: bool = True, judge: str = "gpt-4-0613") -> Spec:
 
 def warnings(s: Spec, today: str = "2026-12-04") -> list[str]:
     found = _Findings()
-    _check_retired(s, found, create_judges(s), today=today)
+    _check_retired(s, found, [("judge", j) for j in create_judges(s)], today=today)
     return found.warnings
 
 

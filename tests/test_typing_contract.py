@@ -1,4 +1,4 @@
-"""mypy sees the backend contract: a wrong call on `FineTuneBackend` is a type error, a right one is not.
+"""mypy sees the contracts: a wrong call on `FineTuneBackend` or `Judge` is a type error, a right one is not.
 
 Before `ptst.backends` was a real subpackage, mypy's global `ignore_missing_imports` turned it into `Any`, so
 `backend.fine_tune("not a job")` type-checked. This runs mypy's own API on two small files that import the contract
@@ -20,25 +20,35 @@ GOOD = """
 from pathlib import Path
 
 from ptst.backends.base import FineTuneBackend, JobLedger, ModelRef, TrainJob
+from ptst.judge.base import Judge, JudgeItem, Judgment
 
 
 def run(backend: FineTuneBackend, job: TrainJob, ledger: JobLedger) -> ModelRef:
     return backend.fine_tune(job, ledger, Path("work"))
+
+
+def score(judge: Judge) -> list[Judgment]:
+    return judge.judge([JudgeItem("query", "response")])
 """
 
 BAD = """
 from pathlib import Path
 
 from ptst.backends.base import FineTuneBackend, JobLedger, ModelRef
+from ptst.judge.base import Judge
 
 
 def run(backend: FineTuneBackend, ledger: JobLedger) -> ModelRef:
     return backend.fine_tune("not a job", ledger, Path("work"))
+
+
+def price(judge: Judge) -> float | None:
+    return judge.judging_usd(["query"], "70 tokens")
 """
 
 
 @pytest.mark.slow
-def test_a_wrong_call_on_the_backend_contract_is_a_mypy_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_wrong_call_on_a_contract_is_a_mypy_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "good_call.py").write_text(textwrap.dedent(GOOD), encoding="utf-8")
     (tmp_path / "bad_call.py").write_text(textwrap.dedent(BAD), encoding="utf-8")
     # No project config (it checks all of ptst/); the pydantic plugin as the project uses it; this tree first.
@@ -51,8 +61,11 @@ def test_a_wrong_call_on_the_backend_contract_is_a_mypy_error(tmp_path: Path, mo
     ])
     lines = [ln for ln in stdout.splitlines() if ": error:" in ln]
     assert not stderr.strip(), stderr
-    # The one error, written out: line 8 of bad_call.py passes a str where a TrainJob goes.
+    # The two errors, written out: bad_call.py passes a str where a TrainJob goes (line 9) and where the judge
+    # contract's response length, a float, goes (line 13).
     assert lines == [
-        'bad_call.py:8: error: Argument 1 to "fine_tune" of "FineTuneBackend" has incompatible type "str"; '
-        'expected "TrainJob"  [arg-type]'
+        'bad_call.py:9: error: Argument 1 to "fine_tune" of "FineTuneBackend" has incompatible type "str"; '
+        'expected "TrainJob"  [arg-type]',
+        'bad_call.py:13: error: Argument 2 to "judging_usd" of "Judge" has incompatible type "str"; '
+        'expected "float"  [arg-type]',
     ], stdout
