@@ -34,7 +34,7 @@ from ptst.plan import (
     generation_key,
 )
 from ptst.spec import Spec
-from ptst.types import Estimate, Frozen, ModelRef
+from ptst.types import ComputeHours, Estimate, Frozen, ModelRef
 
 __all__ = ["JobCost", "RunEstimate", "estimate_run", "expected_response_tokens", "usd_text"]
 
@@ -66,6 +66,11 @@ class RunEstimate(Frozen):
     usd_max_by_stage: dict[str, float | None] = Field(default_factory=dict)
     gpu_hours: float | None
     gpu_hours_max: float | None = None
+    # Where the GPU is not known (the packaged table lists several): expected hours on the fastest and the slowest
+    # of them; gpu_hours is the reference row's, gpu_hours_max every response at max_new_tokens on the slowest.
+    gpu_hours_range: tuple[float, float] | None = None
+    cpu_hours: float | None = Field(None, description="a CPU job (device: cpu), from the measured CPU rows")
+    cpu_hours_max: float | None = None
     notes: tuple[str, ...] = ()
     train: tuple[JobCost, ...] = Field(default=(), description="per job: tokens, billed tokens, USD, notes")
 
@@ -182,7 +187,7 @@ def estimate_run(
     notes: list[str] = []
     jobs: list[JobCost] = []
     n_gen = n_judge = 0
-    gpu: list[tuple[float | None, float | None]] = []  # per backend: (expected, max) GPU hours
+    hours: list[tuple[ComputeHours, ComputeHours]] = []  # per local backend: (expected, every response at max)
     for bspec, backend in backends:
         train_tokens = 0
         decode = decode_max = 0.0
@@ -244,9 +249,10 @@ def estimate_run(
                             _usd(rubric_in + n * cfg.max_new_tokens, n * rubric.max_tokens, judge_price, rubric.batch),
                         )
         notes.extend(backend.estimate_notes())
-        hours = backend.gpu_hours(train_tokens, decode)
-        if hours is not None:
-            gpu.append((hours, backend.gpu_hours(train_tokens, decode_max)))
+        h = backend.compute_hours(train_tokens, decode)
+        h_max = backend.compute_hours(train_tokens, decode_max)
+        if h is not None and h_max is not None:
+            hours.append((h, h_max))
     if rubric is not None:
         if judge_price is None:
             notes.append(f"no chat price for judge model {rubric.model}: judging cost unknown")
@@ -267,10 +273,22 @@ def estimate_run(
         jobs=len(jobs), generations=n_gen, judge_calls=n_judge,
         usd=_sum(list(by_stage.values())), usd_max=_sum(list(by_stage_max.values())),
         usd_by_stage=by_stage, usd_max_by_stage=by_stage_max,
-        gpu_hours=round(sum(h for h, _ in gpu if h is not None), 3) if gpu else None,
-        gpu_hours_max=round(sum(h for _, h in gpu if h is not None), 3) if gpu else None,
+        **_hour_fields(hours),
         notes=tuple(dict.fromkeys(notes)), train=tuple(jobs),
     )
+
+
+def _hour_fields(hours: Sequence[tuple[ComputeHours, ComputeHours]]) -> dict[str, Any]:
+    """RunEstimate's hour fields from each local backend's (expected, max) hours, GPU and CPU apart."""
+    gpu = [(h, m) for h, m in hours if h.device == "gpu"]
+    cpu = [(h, m) for h, m in hours if h.device == "cpu"]
+    out: dict[str, Any] = {"gpu_hours": None, "gpu_hours_max": None}
+    if gpu:
+        out.update(gpu_hours=round(sum(h.hours for h, _ in gpu), 3), gpu_hours_max=round(sum(m.high for _, m in gpu), 3),
+                   gpu_hours_range=(round(sum(h.low for h, _ in gpu), 3), round(sum(h.high for h, _ in gpu), 3)))
+    if cpu:
+        out.update(cpu_hours=round(sum(h.hours for h, _ in cpu), 3), cpu_hours_max=round(sum(m.high for _, m in cpu), 3))
+    return out
 
 
 def _unjudged(store: Any, judge_id: tuple[str, str], convs: Sequence[Conversation], keys: Sequence[str],

@@ -71,8 +71,13 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     console.print(f"total estimated fine-tuning cost: {money(by['train'])}")
     console.print(f"{est.jobs} fine-tuning job(s) {money(by['train'])}; {est.generations:,} generations "
                   f"{money(by['generate'])}; {est.judge_calls:,} judge calls {money(by['judge'])}")
-    gpu = (f"; about {est.gpu_hours:,.1f} GPU hours (at most {est.gpu_hours_max:,.1f})"
-           if est.gpu_hours is not None and est.gpu_hours_max is not None else "")
+    gpu = ""
+    if est.gpu_hours is not None and est.gpu_hours_max is not None:
+        lo, hi = est.gpu_hours_range or (est.gpu_hours, est.gpu_hours)
+        span = f", {lo:,.1f}-{hi:,.1f} over the GPUs listed" if hi > lo else ""
+        gpu = f"; about {est.gpu_hours:,.1f} GPU hours{span} (at most {est.gpu_hours_max:,.1f})"
+    if est.cpu_hours is not None and est.cpu_hours_max is not None:
+        gpu += f"; about {est.cpu_hours:,.1f} CPU hours (at most {est.cpu_hours_max:,.1f})"
     console.print(f"total estimated cost: {money(est.usd)}, at most {money(est.usd_max)}{budget}{gpu}")
     if args.limit:
         console.print(f"({limit_note(spec, args.limit)})")
