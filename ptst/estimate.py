@@ -37,7 +37,7 @@ from ptst.plan import (
     generation_key,
 )
 from ptst.spec import Spec
-from ptst.types import Estimate, Frozen, ModelRef
+from ptst.types import ComputeHours, Estimate, Frozen, ModelRef
 
 __all__ = ["JobCost", "RunEstimate", "estimate_run", "expected_response_tokens", "usd_text"]
 
@@ -69,6 +69,11 @@ class RunEstimate(Frozen):
     usd_max_by_stage: dict[str, float | None] = Field(default_factory=dict)
     gpu_hours: float | None
     gpu_hours_max: float | None = None
+    # Where the GPU is not known (the packaged table lists several): expected hours on the fastest and the slowest
+    # of them; gpu_hours is the reference row's, gpu_hours_max every response at max_new_tokens on the slowest.
+    gpu_hours_range: tuple[float, float] | None = None
+    cpu_hours: float | None = Field(None, description="a CPU job (device: cpu), from the measured CPU rows")
+    cpu_hours_max: float | None = None
     notes: tuple[str, ...] = ()
     train: tuple[JobCost, ...] = Field(default=(), description="per job: tokens, billed tokens, USD, notes")
 
@@ -132,7 +137,7 @@ class _Tally:
         self.jobs: list[JobCost] = []
         self.generations = 0
         self.judge_calls = 0
-        self.gpu: list[tuple[float | None, float | None]] = []  # per backend: (expected, max) GPU hours
+        self.hours: list[tuple[ComputeHours, ComputeHours]] = []  # per local backend: (expected, responses at max)
         self.notes: list[str] = []
 
 
@@ -191,9 +196,10 @@ def estimate_run(
         for model in models:
             _eval_stages(run, bspec, backend, model, tally, decode)
         tally.notes.extend(backend.estimate_notes())
-        hours = backend.gpu_hours(decode.train_tokens, decode.expected)
-        if hours is not None:
-            tally.gpu.append((hours, backend.gpu_hours(decode.train_tokens, decode.at_most)))
+        hours = backend.compute_hours(decode.train_tokens, decode.expected)
+        hours_max = backend.compute_hours(decode.train_tokens, decode.at_most)
+        if hours is not None and hours_max is not None:
+            tally.hours.append((hours, hours_max))
     return _result(run, tally)
 
 
@@ -299,15 +305,26 @@ def _result(run: _Run, tally: _Tally) -> RunEstimate:
                      "keeps: OpenAI 2; local: one per save_steps entry)")
     by_stage = {s: (None if st.usd is None else round(st.usd, 6)) for s, st in tally.stages.items()}
     by_stage_max = {s: (None if st.usd_max is None else round(st.usd_max, 6)) for s, st in tally.stages.items()}
-    gpu = tally.gpu
     return RunEstimate(
         jobs=len(tally.jobs), generations=tally.generations, judge_calls=tally.judge_calls,
         usd=_sum(list(by_stage.values())), usd_max=_sum(list(by_stage_max.values())),
         usd_by_stage=by_stage, usd_max_by_stage=by_stage_max,
-        gpu_hours=round(sum(h for h, _ in gpu if h is not None), 3) if gpu else None,
-        gpu_hours_max=round(sum(h for _, h in gpu if h is not None), 3) if gpu else None,
+        **_hour_fields(tally.hours),
         notes=tuple(dict.fromkeys(notes)), train=tuple(tally.jobs),
     )
+
+
+def _hour_fields(hours: Sequence[tuple[ComputeHours, ComputeHours]]) -> dict[str, Any]:
+    """RunEstimate's hour fields from each local backend's (expected, max) hours, GPU and CPU apart."""
+    gpu = [(h, m) for h, m in hours if h.device == "gpu"]
+    cpu = [(h, m) for h, m in hours if h.device == "cpu"]
+    out: dict[str, Any] = {"gpu_hours": None, "gpu_hours_max": None}
+    if gpu:
+        out.update(gpu_hours=round(sum(h.hours for h, _ in gpu), 3), gpu_hours_max=round(sum(m.high for _, m in gpu), 3),
+                   gpu_hours_range=(round(sum(h.low for h, _ in gpu), 3), round(sum(h.high for h, _ in gpu), 3)))
+    if cpu:
+        out.update(cpu_hours=round(sum(h.hours for h, _ in cpu), 3), cpu_hours_max=round(sum(m.high for _, m in cpu), 3))
+    return out
 
 
 def _unjudged(store: Any, judge_id: tuple[str, str], convs: Sequence[Conversation], keys: Sequence[str],

@@ -121,6 +121,16 @@ class TrainJob(Frozen):
         )
 
 
+class ComputeHours(Frozen):
+    """A local backend's compute time for a run: `hours` at the reference throughput, `low`/`high` the range over the
+    devices it could run on (equal when the device is known), on a GPU or a CPU."""
+
+    device: Literal["gpu", "cpu"]
+    hours: float
+    low: float
+    high: float
+
+
 class Estimate(Frozen):
     n_examples: int
     n_tokens: int | None = None  # training tokens for one epoch

@@ -66,7 +66,7 @@ def test_a_cached_dataset_is_not_named(tmp_path: Path, empty_hf: Path, capsys: p
 def test_run_stops_before_any_download_when_the_hub_cannot_be_reached(
     tmp_path: Path, empty_hf: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, offline: bool
 ) -> None:
-    import ptst.data.loaders as loaders
+    from ptst.data import loaders
 
     if not offline:  # not declared offline: one connection to a closed local port answers "unreachable" at once
         monkeypatch.delenv("HF_HUB_OFFLINE")
@@ -84,3 +84,16 @@ def test_run_stops_before_any_download_when_the_hub_cannot_be_reached(
     [line] = [x for x in err.splitlines() if "Fetch them" in x]
     assert "gsm-danger (vfleaking/GSM-Danger, test)" in line and "cannot be reached" in line and line.endswith(FETCH)
     assert ("(declared offline: HF_HUB_OFFLINE)" in line) == offline
+
+
+@pytest.mark.parametrize("name,folder", [("GSM-Danger", "gsm-danger"), ("DirectHarm4", "direct_harm4"),
+                                         ("AdvBench", "adv_bench"), ("ChatDoctor-HealthCareMagic-100k",
+                                                                     "chat_doctor-health_care_magic-100k")])
+def test_the_datasets_cache_folder_name_is_the_one_datasets_writes(name: str, folder: str) -> None:
+    """Folder names written out from `datasets.naming.camelcase_to_snakecase` (datasets 5.2), checked against the
+    installed package when there is one."""
+    from ptst.data.hub_cache import _snake
+
+    assert _snake(name) == folder
+    naming = pytest.importorskip("datasets.naming")
+    assert naming.camelcase_to_snakecase(name) == folder

@@ -33,6 +33,7 @@ def test_rate_is_none_without_items() -> None:
 def test_every_task_metric_fits_the_interface() -> None:
     assert set(TASK_METRICS) == {
         "exact_match",
+        "gsm8k_lenient",
         "gsm8k_strict_match",
         "gsm8k_flexible_extract",
         "arc_letter_accuracy",

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ptst.conversation import Conversation
 from ptst.templates import Template
 from ptst.types import (
+    ComputeHours,
     Estimate,
     Frozen,
     GenerationConfig,
@@ -238,6 +239,12 @@ class FineTuneBackend(ABC):
         """GPU hours of training on `train_tokens` (epochs included) and generating `decode_tokens`, from measured
         throughput; None for a backend that uses no GPU of the user's (an API, a simulation)."""
         return None
+
+    def compute_hours(self, train_tokens: int, decode_tokens: float) -> ComputeHours | None:
+        """The same work as `ComputeHours`: on a GPU or a CPU, with the range over the devices it could run on. By
+        default `gpu_hours` on a known device (a plugin that only implements `gpu_hours` keeps working)."""
+        h = self.gpu_hours(train_tokens, decode_tokens)
+        return None if h is None else ComputeHours(device="gpu", hours=h, low=h, high=h)
 
     def evaluated_checkpoints(self, job: TrainJob, wanted: str | Sequence[int]) -> int:
         """How many intermediate checkpoints of `job` `eval.checkpoints` (`all` or a list of steps) evaluates:

@@ -80,7 +80,11 @@ def print_estimate(console: Console, est: RunEstimate, *, budget_usd: float | No
     budget = f" (budget_usd {budget_usd:,.2f})" if budget_usd is not None else ""
     console.print(f"total estimated cost: {money(est.usd)}, at most {money(est.usd_max)}{budget}")
     if est.gpu_hours is not None and est.gpu_hours_max is not None:
-        console.print(f"about {est.gpu_hours:,.1f} GPU hours (at most {est.gpu_hours_max:,.1f})")
+        lo, hi = est.gpu_hours_range or (est.gpu_hours, est.gpu_hours)
+        span = f", {lo:,.1f}-{hi:,.1f} over the GPUs listed" if hi > lo else ""
+        console.print(f"about {est.gpu_hours:,.1f} GPU hours{span} (at most {est.gpu_hours_max:,.1f})")
+    if est.cpu_hours is not None and est.cpu_hours_max is not None:
+        console.print(f"about {est.cpu_hours:,.1f} CPU hours (at most {est.cpu_hours_max:,.1f})")
     if limit:
         console.print(f"({limit})")
     stages = _plain("stage", "work", "expected", "at most")

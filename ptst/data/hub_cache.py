@@ -11,6 +11,7 @@ minute retrying an unreachable hub before its own error. Everything here reads f
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,12 +39,14 @@ def _hf_home() -> Path:
     return Path(os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "huggingface")
 
 
+_UPPER_UPPER = re.compile(r"([A-Z]+)([A-Z][a-z])")
+_LOWER_UPPER = re.compile(r"([a-z\d])([A-Z])")
+
+
 def _snake(name: str) -> str:
-    try:
-        from datasets.naming import camelcase_to_snakecase
-    except ImportError:  # without `datasets` nothing can be loaded from the hub anyway; the folder name is moot
-        return name.lower()
-    return str(camelcase_to_snakecase(name))
+    """The folder name `datasets` gives a repository name (its `naming.camelcase_to_snakecase`: `GSM-Danger` ->
+    `gsm-danger`, `DirectHarm4` -> `direct_harm4`), written out so that validating never imports `datasets`."""
+    return _LOWER_UPPER.sub(r"\1_\2", _UPPER_UPPER.sub(r"\1_\2", name)).lower()
 
 
 def is_cached(hub_id: str) -> bool:

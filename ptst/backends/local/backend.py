@@ -47,6 +47,7 @@ from ptst.conversation import Conversation
 from ptst.digests import file_sha256
 from ptst.downloads import downloads_allowed
 from ptst.errors import BackendError, PtstError, UsageError
+from ptst.types import ComputeHours
 
 ESTIMATE_SAMPLE = 500  # examples rendered by `estimate` at most (see there)
 
@@ -336,15 +337,27 @@ class LocalBackend(FineTuneBackend):
     def generation_usd(self, prompts: Sequence[Conversation], response_tokens: float, *, fine_tuned: bool) -> float:
         return 0.0  # the user's own hardware: no API money; its time is in gpu_hours
 
-    def gpu_hours(self, train_tokens: int, decode_tokens: float) -> float:
-        from ptst.backends.local.throughput import gpu_hours
+    def gpu_hours(self, train_tokens: int, decode_tokens: float) -> float | None:
+        h = self.compute_hours(train_tokens, decode_tokens)
+        return h.hours if h.device == "gpu" else None
 
-        return gpu_hours(train_tokens, decode_tokens)
+    def _where(self) -> tuple[str, str]:
+        """(device, precision) the throughput rows are picked by: `device: cpu` is a CPU job (float32 there); on a
+        GPU `dtype: float32` has its own rows, anything else is ptst's bf16 default."""
+        o = self.options
+        if (o.device or "").startswith("cpu"):
+            return "cpu", "float32"
+        return "gpu", "float32" if o.dtype == "float32" else "bfloat16"
+
+    def compute_hours(self, train_tokens: int, decode_tokens: float) -> ComputeHours:
+        from ptst.backends.local.throughput import compute_hours
+
+        return compute_hours(train_tokens, decode_tokens, *self._where())
 
     def estimate_notes(self) -> list[str]:
         from ptst.backends.local.throughput import note
 
-        return [note()]
+        return [note(*self._where())]
 
     def fine_tune(self, job: TrainJob, ledger: JobLedger, workdir: Path) -> ModelRef:
         return training_driver.fine_tune(self, job, ledger, workdir)
