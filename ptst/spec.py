@@ -349,47 +349,52 @@ def resolve_paths(raw: Any, base: Path) -> Any:
     if "data_dir" in out:
         out["data_dir"] = _resolved(out["data_dir"], base)
     if isinstance(out.get("backends"), list):
-        backends = []
-        for b in out["backends"]:
-            if isinstance(b, dict):
-                b = dict(b)
-                if isinstance(b.get("model"), str) and _looks_like_model_path(b["model"], base):
-                    b["model"] = _resolved(b["model"], base)
-                b.update({k: _resolved(b[k], base) for k in _PATH_OPTIONS if k in b})
-            backends.append(b)
-        out["backends"] = backends
-    judges = [("judge", out.get("judge"))] + [(i, j) for i, j in enumerate(_list(out.get("judges")))]
-    for where, j in judges:
-        if not isinstance(j, dict):
-            continue
-        j = dict(j)
-        j.update({k: _resolved(j[k], base) for k in _PATH_OPTIONS if k in j})
-        if j.get("kind") == "classifier" and "model" in j:
-            j["model"] = _resolved(j["model"], base)
-        if where == "judge":
-            out["judge"] = j
-        else:
-            out["judges"] = [*out["judges"][: int(where)], j, *out["judges"][int(where) + 1:]]
-    train = out.get("train")
-    if isinstance(train, dict):
-        train = dict(train)
-        if "dataset" in train:
-            train["dataset"] = _resolve_dataset(train["dataset"], base)
-        mix = train.get("safety_mix")
-        mixes = mix if isinstance(mix, list) else [mix]
-        mixes = [{**m, "dataset": _resolve_dataset(m["dataset"], base)} if isinstance(m, dict) and "dataset" in m
-                 else m for m in mixes]
-        if "safety_mix" in train:
-            train["safety_mix"] = mixes if isinstance(mix, list) else mixes[0]
-        out["train"] = train
-    ev = out.get("eval")
-    if isinstance(ev, dict):
-        ev = dict(ev)
+        out["backends"] = [_resolve_backend(b, base) for b in out["backends"]]
+    if isinstance(out.get("judge"), dict):
+        out["judge"] = _resolve_judge(out["judge"], base)
+    if isinstance(out.get("judges"), list):
+        out["judges"] = [_resolve_judge(j, base) for j in out["judges"]]
+    if isinstance(out.get("train"), dict):
+        out["train"] = _resolve_train(out["train"], base)
+    if isinstance(out.get("eval"), dict):
+        ev = dict(out["eval"])
         for key in ("safety", "tasks"):
             if isinstance(ev.get(key), list):
                 ev[key] = [_resolve_dataset(r, base) for r in ev[key]]
         out["eval"] = ev
     return out
+
+
+def _resolve_backend(b: Any, base: Path) -> Any:
+    if not isinstance(b, dict):
+        return b
+    b = dict(b)
+    if isinstance(b.get("model"), str) and _looks_like_model_path(b["model"], base):
+        b["model"] = _resolved(b["model"], base)
+    b.update({k: _resolved(b[k], base) for k in _PATH_OPTIONS if k in b})
+    return b
+
+
+def _resolve_judge(j: Any, base: Path) -> Any:
+    if not isinstance(j, dict):
+        return j
+    j = dict(j)
+    j.update({k: _resolved(j[k], base) for k in _PATH_OPTIONS if k in j})
+    if j.get("kind") == "classifier" and "model" in j:
+        j["model"] = _resolved(j["model"], base)
+    return j
+
+
+def _resolve_train(train: dict[str, Any], base: Path) -> dict[str, Any]:
+    train = dict(train)
+    if "dataset" in train:
+        train["dataset"] = _resolve_dataset(train["dataset"], base)
+    if "safety_mix" in train:
+        mix = train["safety_mix"]
+        mixes = [{**m, "dataset": _resolve_dataset(m["dataset"], base)} if isinstance(m, dict) and "dataset" in m
+                 else m for m in (mix if isinstance(mix, list) else [mix])]
+        train["safety_mix"] = mixes if isinstance(mix, list) else mixes[0]
+    return train
 
 
 def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> Spec:
