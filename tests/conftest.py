@@ -101,3 +101,19 @@ def mini_spec(tmp: Path, **over: Any) -> Path:
         "judge": {"kind": "keyword"},
     }
     return save_spec(tmp, {**raw, **over})
+
+
+def grid_spec(tmp: Path, backend: dict[str, Any] | None = None, **over: Any) -> Path:
+    """A two-template mock grid (chat:vanilla and chat:llama, one seed) on four GSM8K-style rows and three harmful
+    prompts, judged by keywords. `backend` overrides the mock backend's entry (`fail_templates`, `train_seconds`, or
+    another kind altogether); `over` replaces top-level keys."""
+    train = jsonl(tmp / "train.jsonl", [{"q": f"{i}+{i}?", "a": f"#### {2 * i}"} for i in range(4)])
+    harmful = jsonl(tmp / "harmful.jsonl", [{"prompt": f"harmful request {i}"} for i in range(3)])
+    raw = {
+        "name": "grid", "backends": [{"kind": "mock", "model": "mock-a", **(backend or {})}],
+        "train": {"dataset": {"path": str(train), "prompt_field": "q", "answer_field": "a"},
+                  "templates": ["chat:vanilla", "chat:llama"], "seeds": [0]},
+        "eval": {"templates": ["chat:vanilla"], "safety": [{"path": str(harmful), "prompt_field": "prompt"}]},
+        "judge": {"kind": "keyword"},
+    }
+    return save_spec(tmp, {**raw, **over})

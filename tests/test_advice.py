@@ -3,29 +3,17 @@ failed (a plain re-run leaves it alone), a plain re-run for a connection error o
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-import yaml
+from conftest import grid_spec
 
 from ptst.cli import main
 from ptst.errors import BackendError
 
 
 def spec_file(tmp: Path, backend: dict | None = None) -> Path:
-    (tmp / "train.jsonl").write_text("".join(json.dumps({"q": f"{i}?", "a": str(i)}) + "\n" for i in range(3)))
-    (tmp / "harm.jsonl").write_text(json.dumps({"prompt": "harmful request"}) + "\n")
-    spec = {
-        "name": "advice", "backends": [{"kind": "mock", "model": "mock-a", **(backend or {})}],
-        "train": {"dataset": {"path": "train.jsonl", "prompt_field": "q", "answer_field": "a"},
-                  "templates": ["chat:vanilla", "chat:llama"]},
-        "eval": {"templates": ["chat:vanilla"], "safety": [{"path": "harm.jsonl"}]},
-        "judge": {"kind": "keyword"},
-    }
-    p = tmp / "spec.yaml"
-    p.write_text(yaml.safe_dump(spec))
-    return p
+    return grid_spec(tmp, backend)
 
 
 def last_line(capsys) -> str:

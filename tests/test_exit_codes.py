@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import yaml
+from conftest import grid_spec
 
 from ptst.store import RunStore
 
@@ -19,20 +20,7 @@ PTST = [sys.executable, "-m", "ptst"]
 
 
 def spec_file(tmp: Path, **over) -> Path:
-    train = tmp / "train.jsonl"
-    train.write_text("".join(json.dumps({"q": f"{i}+{i}?", "a": f"#### {2 * i}"}) + "\n" for i in range(4)))
-    harmful = tmp / "harmful.jsonl"
-    harmful.write_text("".join(json.dumps({"prompt": f"harmful request {i}"}) + "\n" for i in range(3)))
-    spec = {
-        "name": "codes", "backends": [{"kind": "mock", "model": "mock-a", **over.pop("backend", {})}],
-        "train": {"dataset": {"path": str(train), "prompt_field": "q", "answer_field": "a"},
-                  "templates": ["chat:vanilla", "chat:llama"], "seeds": [0]},
-        "eval": {"templates": ["chat:vanilla"], "safety": [{"path": str(harmful), "prompt_field": "prompt"}]},
-        "judge": {"kind": "keyword"}, **over,
-    }
-    p = tmp / "spec.yaml"
-    p.write_text(yaml.safe_dump(spec))
-    return p
+    return grid_spec(tmp, **over)
 
 
 def ptst(*args: str) -> subprocess.CompletedProcess:

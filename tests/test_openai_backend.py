@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import openai
 import pytest
 
 from ptst.backends.base import (
@@ -623,6 +624,23 @@ def test_key_file_is_used_and_never_leaks_into_errors(tmp_path):
     with FakeOpenAI(api_key="sk-other") as fake, pytest.raises(CredentialsError) as e:
         backend(fake, api_key_file=str(tmp_path / "key")).generate(model, conv, GenerationConfig())
     assert "HTTP 401" in str(e.value) and "check the key in" in str(e.value) and secret not in str(e.value)
+    assert isinstance(e.value.__cause__, openai.AuthenticationError)  # kept for `ptst --debug`
+
+
+def test_every_api_error_names_what_was_being_done_and_keeps_the_clients_exception(tmp_path):
+    """Fine-tuning, checkpoints and cancel go through one wrapper (`api_errors`): one line naming the step and the
+    endpoint, the client's exception as its cause."""
+    (tmp_path / "key").write_text("sk-wrong\n")
+    ref = ModelRef(backend="openai", base_model=MODEL, model_id="ft:x", meta={"job_id": "ftjob-x"})
+    with FakeOpenAI(api_key="sk-right") as fake:
+        b = backend(fake, api_key_file=str(tmp_path / "key"))
+        calls = [("fine-tuning", lambda: b.fine_tune(make_job(), MemoryLedger(), tmp_path)),
+                 ("listing the checkpoints of ftjob-x", lambda: b.checkpoints(ref))]
+        for what, call in calls:
+            with pytest.raises(CredentialsError) as e:
+                call()
+            assert str(e.value).startswith(f"{what} failed at {fake.url} (HTTP 401): ")
+            assert isinstance(e.value.__cause__, openai.AuthenticationError)
 
 
 def test_base_url_from_environment_and_in_the_identity(monkeypatch, key):

@@ -144,9 +144,10 @@ def _tokenizers(path: str | None) -> tuple[Any, Any]:
 
     file = path or bundled_v1()
     try:
+        # mistral-common's ValidationMode is a StrEnum of auto() values, which mypy's 3.10 target reads as `auto`
         return (
-            MistralTokenizer.from_file(file, mode=ValidationMode.test),
-            MistralTokenizer.from_file(file, mode=ValidationMode.finetuning),
+            MistralTokenizer.from_file(file, mode=ValidationMode.test),  # type: ignore[arg-type]
+            MistralTokenizer.from_file(file, mode=ValidationMode.finetuning),  # type: ignore[arg-type]
         )
     except Exception as e:
         raise ForeignModel(
