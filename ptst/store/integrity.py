@@ -76,6 +76,7 @@ class Integrity(StoreBase):
     _tally: dict[str, int] | None = None  # committed rows of each COUNTED table, kept as writes commit
     _index: dict[str, int] | None = None  # rows of the cell index as last written
     _meta_lost = False  # the `meta` table itself was missing at open (dropped or damaged)
+    _written: dict[str, Any] | None = None  # the record as last written (or found) beside the store
 
     def _closed_cleanly(self) -> bool:
         """Whether the last writer closed the store (its mark is removed while a writer has it open)."""
@@ -105,6 +106,7 @@ class Integrity(StoreBase):
         """Refuse a store holding fewer rows than it recorded as committed (a dropped table, a ptst.db copied without
         its -wal file, a damaged or deleted WAL, a damaged meta): a run on it would buy the missing work again."""
         recorded = self._recorded()
+        self._written = read_sidecar(self.directory) or None
         have = self._counts()
         self._tally = have
         lost = {t: n - have[t] for t, n in recorded.items() if have[t] < n}
@@ -133,8 +135,11 @@ class Integrity(StoreBase):
         record: dict[str, Any] = {"counts": dict(self._tally or {})}
         if self._index is not None:
             record["index"] = dict(self._index)
+        if record == self._written:  # a re-run that bought nothing leaves the folder's files as they were
+            return
         try:
             write_sidecar(self.directory, record)
+            self._written = record
         except OSError as e:
             raise StoreError(f"{self.directory / SIDECAR}: cannot write the record of committed work ({e.strerror}); "
                              "free some space and run the same command again — everything committed is kept") from None
