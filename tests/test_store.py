@@ -248,8 +248,8 @@ def test_a_cleanly_closed_store_skips_the_scan_and_damage_still_meets_a_clear_er
     with sqlite3.connect(db) as c:  # the writer's mark: the next open need not read the whole file
         assert c.execute("SELECT value FROM meta WHERE key = 'closed_cleanly'").fetchone() == ("true",)
     _damage_pages(db)
-    with RunStore.open(tmp_path, lock=False) as s, pytest.raises(StoreError) as e:
-        s.responses(f"k{i}" for i in range(400))  # the first read that meets the damage
+    with pytest.raises(StoreError) as e, RunStore.open(tmp_path, lock=False) as s:
+        s.responses(f"k{i}" for i in range(400))  # the first read that meets the damage (at open, or here)
     assert "unreadable" in str(e.value) and ".recover" in str(e.value)
 
 

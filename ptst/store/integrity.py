@@ -75,6 +75,8 @@ def write_sidecar(d: Path, record: dict[str, Any]) -> None:
 class Integrity(StoreBase):
     _tally: dict[str, int] | None = None  # committed rows of each COUNTED table, kept as writes commit
     _index: dict[str, int] | None = None  # rows of the cell index as last written
+    _meta_lost = False  # the `meta` table itself was missing at open (dropped or damaged)
+    _written: dict[str, Any] | None = None  # the record as last written (or found) beside the store
 
     def _closed_cleanly(self) -> bool:
         """Whether the last writer closed the store (its mark is removed while a writer has it open)."""
@@ -89,10 +91,14 @@ class Integrity(StoreBase):
 
     def _recorded(self) -> dict[str, int]:
         """The committed counts recorded in meta and in the sidecar, the larger of each (either may be the one that
-        survived). A `meta.committed` that is not a mapping of counts is damage, refused, never read as 'none'."""
+        survived: a lost -wal takes meta's latest value with it, a dropped `meta` all of it). A `meta.committed`
+        that is not a mapping of counts is damage, refused, never read as 'none'. Its absence from a `meta` that is
+        there is the user's deliberate acceptance of the loss (the advice below): it is written at every open."""
         meta = self.get_meta("committed")
         if meta is not None and not _counts_ok(meta):
             raise self.edited("meta.committed", meta, "not a mapping of row counts")
+        if meta is None and not self._meta_lost:
+            return {}
         side = read_sidecar(self.directory).get("counts", {})
         return {t: max((meta or {}).get(t, 0), side.get(t, 0)) for t in COUNTED}
 
@@ -100,11 +106,13 @@ class Integrity(StoreBase):
         """Refuse a store holding fewer rows than it recorded as committed (a dropped table, a ptst.db copied without
         its -wal file, a damaged or deleted WAL, a damaged meta): a run on it would buy the missing work again."""
         recorded = self._recorded()
+        self._written = read_sidecar(self.directory) or None
         have = self._counts()
         self._tally = have
         lost = {t: n - have[t] for t, n in recorded.items() if have[t] < n}
         if not lost:
-            if self._writable:
+            if self._writable:  # recorded at once, and copied into ptst.db: a lost -wal cannot take it with it
+                self.checkpoint()
                 self._write_record()
             return
         db = self.db
@@ -113,8 +121,8 @@ class Integrity(StoreBase):
             f"{db}: the run store lost committed work ({what} are gone: a dropped table, a deleted or damaged "
             f"{db.name}-wal?); a run here would buy them again. Put back the missing {db.name}-wal or a backup of "
             f"the folder if you have one (`sqlite3 {db} .recover` also finds rows of dropped tables); to redo the "
-            f"lost work anyway, paying again, delete {self.directory / SIDECAR} and run "
-            f"`sqlite3 {db} \"DELETE FROM meta WHERE key = 'committed'\"`, then the same command again"
+            f"lost work anyway, paying again, run `sqlite3 {db} \"DELETE FROM meta WHERE key = 'committed'\"` and "
+            "run the same command again"
         )
 
     def _committed(self, table: str, added: int) -> None:
@@ -127,8 +135,11 @@ class Integrity(StoreBase):
         record: dict[str, Any] = {"counts": dict(self._tally or {})}
         if self._index is not None:
             record["index"] = dict(self._index)
+        if record == self._written:  # a re-run that bought nothing leaves the folder's files as they were
+            return
         try:
             write_sidecar(self.directory, record)
+            self._written = record
         except OSError as e:
             raise StoreError(f"{self.directory / SIDECAR}: cannot write the record of committed work ({e.strerror}); "
                              "free some space and run the same command again — everything committed is kept") from None

@@ -21,7 +21,7 @@ from ptst.errors import StoreError, UsageError
 from ptst.keys import KEY_SCHEMA
 from ptst.store import files, lock
 from ptst.store.cells import CellTables
-from ptst.store.integrity import SIDECAR, Integrity
+from ptst.store.integrity import COUNTED, SIDECAR, Integrity
 from ptst.store.jobs import JobTables
 from ptst.store.responses import ResponseTables
 
@@ -120,12 +120,14 @@ class RunStore(Integrity, JobTables, CellTables, ResponseTables):
 
     def _check_tables(self, created: bool, writable: bool) -> bool:
         """Tables missing from an existing store: the cell index (and the failures list) are rebuilt from the spec
-        (True: rebuild the index), a missing table of paid work, spend or verdicts is refused (exit 2)."""
+        (True: rebuild the index); a table of paid work is made again empty and the committed counts refuse it if it
+        held any (`_check_counts`); any other (the spend in `costs`) is refused (exit 2)."""
         have = {n for (n,) in self._read("SELECT name FROM sqlite_master WHERE type = 'table'")}
         missing = [t for t in files.TABLES if t not in have]
+        self._meta_lost = not created and "meta" in missing
         if created or not missing:
             return False
-        lost = [t for t in missing if t not in REBUILT]
+        lost = [t for t in missing if t not in REBUILT and t not in COUNTED]  # counted ones: `_check_counts`
         if lost:
             raise StoreError(
                 f"{self.db}: the run store has no {', '.join(lost)} table (dropped or damaged), so its recorded work "
