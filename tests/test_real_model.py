@@ -206,7 +206,9 @@ def test_bf16_greedy_generation_equals_model_generate_in_bf16(smol):
     stops = list(smol.stop_token_ids())
     gen = Generator.load(str(MODEL), None, device="cpu", dtype="bfloat16")
     assert gen.model.dtype == torch.bfloat16
-    cfg = GenerationConfig(max_new_tokens=16, temperature=0.0, batch_size=2)
+    # one row at a time, as the reference runs: in bf16 a left-padded batch rounds differently from a lone row
+    # (other matmul shapes), which flips close argmaxes in both engines alike (padded batches: bench_real_cpu.py)
+    cfg = GenerationConfig(max_new_tokens=16, temperature=0.0, batch_size=1)
     ours = gen.generate(prompts, cfg, eos_id=smol.eos_id, pad_id=smol.pad_id, stop_ids=stops)
     with torch.inference_mode():
         for p, o in zip(prompts, ours, strict=True):
