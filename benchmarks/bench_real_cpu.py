@@ -152,7 +152,7 @@ class TrlTrain:
         base_dtype = torch.float32
         if matched:  # ptst's own numerics and layout
             base_dtype = getattr(torch, dtype)
-            kw.update(bf16=False, gradient_checkpointing=False, padding_free=True)
+            kw.update(bf16=False, gradient_checkpointing=False, padding_free=True, max_length=None)  # rows fit 512
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=base_dtype)
         self.trainer = SFTTrainer(
             model=model, args=SFTConfig(**kw), train_dataset=Dataset.from_list(rows),

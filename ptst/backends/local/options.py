@@ -9,10 +9,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from ptst.types import Frozen
+from ptst.backends.base import FineTuneBackend
 
 
-class LocalOptions(Frozen):
+class LocalOptions(FineTuneBackend.Options):
     """Options of the local backends, written flat in the spec's backend entry."""
 
     tokenizer: str | None = Field(
