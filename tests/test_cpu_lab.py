@@ -155,6 +155,9 @@ def test_two_proportion_mdd_matches_fleiss_sample_size() -> None:
     assert m.power_two_proportion(0.2, 0.15, 138) == pytest.approx(0.80, abs=0.002)
     d = m.mdd_two_proportion(0.2, 138)
     assert d == pytest.approx(0.15, abs=0.001)
+    assert m.mdd_two_proportion(0.8, 138, down=True) == pytest.approx(0.15, abs=0.001)  # 0.80 -> 0.65, mirrored
+    assert m.mdd_two_proportion(1.0, 138) is None and m.mdd_two_proportion(0.0, 138, down=True) is None
+    assert m.mdd_two_proportion(1.0, 138, down=True) is not None  # from 100% down: room, and no noise at 100%
 
 
 def test_mcnemar_mdd_matches_connor_and_an_exact_binomial() -> None:

@@ -38,6 +38,7 @@ def test_every_task_metric_fits_the_interface() -> None:
         "gsm8k_flexible_extract",
         "arc_letter_accuracy",
         "chatdoctor_bertscore",
+        "refusal_rate",
     }
     for name, metric in TASK_METRICS.items():
         assert isinstance(metric, TaskMetric) and metric.name == name

@@ -44,7 +44,9 @@ def power_two_proportion(p0: float, d: float, n: int, alpha: float = ALPHA) -> f
     power = Phi((|d| sqrt(n) - z_{1-alpha/2} sqrt(2 pbar (1 - pbar))) / sqrt(p0 q0 + p1 q1)), pbar = (p0 + p1) / 2."""
     p1 = p0 + d
     pbar = (p0 + p1) / 2
-    spread = math.sqrt(p0 * (1 - p0) + p1 * (1 - p1))
+    spread = math.sqrt(max(p0 * (1 - p0) + p1 * (1 - p1), 0.0))
+    if spread == 0:  # both rates at 0 or 1: no sampling noise, any difference is seen
+        return 1.0 if d else 0.0
     return PHI((abs(d) * math.sqrt(n) - Z(1 - alpha / 2) * math.sqrt(2 * pbar * (1 - pbar))) / spread)
 
 
@@ -66,10 +68,14 @@ def _smallest(power: Callable[[float], float], hi: float, target: float = POWER)
     return hi
 
 
-def mdd_two_proportion(p0: float, n: int) -> float | None:
-    """MDD of an increase from p0 (80% power, alpha 0.05, n per group): the conservative reading, as if the two cells'
-    responses were independent (pairing on the same prompts only adds power)."""
-    return _smallest(lambda d: power_two_proportion(p0, d, n), 1 - p0)
+def mdd_two_proportion(p0: float, n: int, *, down: bool = False) -> float | None:
+    """MDD of an increase from p0 (a decrease with `down`: by symmetry, an increase from 1 - p0), 80% power, alpha
+    0.05, n per group: the conservative reading, as if the two cells' responses were independent (pairing on the
+    same prompts only adds power). None when no difference that fits in [0, 1] reaches the power."""
+    start = 1 - p0 if down else p0
+    if start >= 1:
+        return None
+    return _smallest(lambda d: power_two_proportion(start, d, n), 1 - start)
 
 
 def mdd_mcnemar(n: int, extra_discordance: float = 0.0) -> float | None:
@@ -174,8 +180,8 @@ def summary_lines(res: dict[str, Any]) -> list[str]:
         b, c_, n = sum(c["b"] for c in rows), sum(c["c"] for c in rows), sum(c["n"] for c in rows)
         k_same = sum(round(c["same_asr"] * c["n"]) for c in rows)
         out.append(f"  pooled: n {n}, b {b} c {c_}, p = {mcnemar_p(b, c_):.4g}; "
-                   f"MDD at 80% power vs the same-template rate {k_same / n:.3f}: "
-                   f"{_fmt(mdd_two_proportion(k_same / n, n))} (two-proportion), "
+                   f"MDD at 80% power for PTST below the same-template rate {k_same / n:.3f}: "
+                   f"{_fmt(mdd_two_proportion(k_same / n, n, down=True))} (two-proportion), "
                    f"{_fmt(mdd_mcnemar(n))} (McNemar, one-way change)")
     tasks = pooled_tasks(res)
     for (task, metric) in sorted({(t, m) for _, _, t, m in tasks}):
@@ -188,7 +194,7 @@ def summary_lines(res: dict[str, Any]) -> list[str]:
 
 
 def _fmt(d: float | None) -> str:
-    return "none below 1" if d is None else f"{100 * d:.1f} points"
+    return "no detectable difference (no room)" if d is None else f"{100 * d:.1f} points"
 
 
 def figure(res: dict[str, Any], path: Path) -> None:
