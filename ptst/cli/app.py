@@ -190,7 +190,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                     "limit": min((p.limit for p in parts if p.limit is not None), default=None),
                     "overrides": [f"{p.spec_name}: {o}" for p in parts for o in p.overrides]})
     with progress.step("writing reports"):
-        paths, _ = write_run_reports(results, dirs, out, force=True)
+        paths, _ = write_run_reports(results, dirs, out, force=True, asr_scale=args.asr_scale)
     if args.export:
         p = out / "export.jsonl"
         with open(p, "w", encoding="utf-8") as f:
@@ -254,6 +254,18 @@ def _positive_int(v: str) -> int:
     return n
 
 
+def _asr_scale(v: str) -> float | None:
+    if v.strip().lower() == "auto":
+        return None
+    try:
+        x = float(v)
+    except ValueError:
+        x = 0.0
+    if not 0 < x <= 100:
+        raise argparse.ArgumentTypeError(f"{v!r} is not a percentage in (0, 100] or auto")
+    return x
+
+
 def build_parser() -> argparse.ArgumentParser:
     raw = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(prog="ptst", description=DESCRIPTION, epilog=OVERVIEW, formatter_class=raw)
@@ -311,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dirs", nargs="+", metavar="DIR", help="run directories; several are merged into one comparison")
     s.add_argument("--out", help="where to write the reports (default: the run directory; required for several)")
     s.add_argument("--export", choices=["jsonl"], help="also write every prompt, response and verdict")
+    s.add_argument("--asr-scale", type=_asr_scale, default=100.0, metavar="MAX|auto",
+                   help="top of every ASR heatmap's colour scale, in %% (default 100: the same colour is the same "
+                        "rate in every figure and report); auto: this report's highest ASR")
     s.add_argument("--quiet", "-q", action="store_true", help=QUIET_HELP)
     s.add_argument("--all-tables", action="store_true", help=ALL_TABLES_HELP)
     s.set_defaults(func=cmd_report)
