@@ -165,20 +165,72 @@ class Spec(_Model):
 _UNION_TAG = re.compile(r"^(function-|constrained-|literal\[|union:)|^(int|str|float|bool|none)$")
 
 
-def _pydantic_problems(err: ValidationError, prefix: tuple[Any, ...] = ()) -> list[str]:
+class _Hints:
+    """"Did you mean" for an unknown field and what a missing field is, from the spec's schema (`ptst.spec_schema`),
+    built on the first problem that needs it: a valid spec never pays for it."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self._schema: dict[str, Any] | None = None
+
+    def fields(self, path: tuple[Any, ...]) -> dict[str, dict[str, Any]]:
+        from ptst.spec_schema import fields_at, spec_schema
+
+        if self._schema is None:
+            self._schema = spec_schema()
+        return fields_at(self._schema, self.raw, path)
+
+    def unknown(self, loc: tuple[Any, ...]) -> str:
+        import difflib
+
+        if not loc or not isinstance(loc[-1], str):
+            return "unknown field"
+        known = self.fields(loc[:-1])
+        near = difflib.get_close_matches(loc[-1], list(known), n=1, cutoff=0.6)
+        if near:
+            return f"unknown field; did you mean {near[0]!r}?"
+        return "unknown field" + (f" (known here: {', '.join(sorted(known))})" if 0 < len(known) <= 12 else "")
+
+    def missing(self, loc: tuple[Any, ...]) -> str:
+        if not loc or not isinstance(loc[-1], str):
+            return "Field required"
+        about = self.fields(loc[:-1]).get(loc[-1], {}).get("description")
+        owner = self._owner(loc[:-1])
+        return f"Field required{f' by the {owner}' if owner else ''}" + (f": {about}" if about else "")
+
+    def _owner(self, path: tuple[Any, ...]) -> str:
+        """`classifier judge`, `openai backend`: whose option a field is, from the raw `kind` at `path`."""
+        value = self.raw
+        for step in path:
+            value = value[step] if isinstance(value, (dict, list)) and _has(value, step) else None
+        if not isinstance(value, dict) or not path:
+            return ""
+        what = "judge" if path[0] in ("judge", "judges") else "backend" if path[0] == "backends" else ""
+        kind = value.get("kind", "keyword" if what == "judge" else None)
+        return f"{kind} {what}" if what and isinstance(kind, str) else ""
+
+
+def _has(value: dict[Any, Any] | list[Any], step: Any) -> bool:
+    return step in value if isinstance(value, dict) else isinstance(step, int) and 0 <= step < len(value)
+
+
+def _pydantic_problems(err: ValidationError, prefix: tuple[Any, ...] = (), hints: _Hints | None = None) -> list[str]:
     """One `path: message` line per error. A backend's or judge's own options are validated inside a validator, so
-    their errors arrive wrapped in a value error: they are unwrapped, so each names its own field path."""
+    their errors arrive wrapped in a value error: they are unwrapped, so each names its own field path. `hints`
+    adds "did you mean" to an unknown field and the description of a missing one."""
     by_path: dict[str, list[str]] = {}
     for e in err.errors(include_url=False):
         loc = prefix + tuple(p for p in e["loc"] if not (isinstance(p, str) and _UNION_TAG.match(p)))
         inner = (e.get("ctx") or {}).get("error")
         if isinstance(inner, ValidationError):
-            for line in _pydantic_problems(inner, loc):
+            for line in _pydantic_problems(inner, loc, hints):
                 by_path.setdefault(line, [])
             continue
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown field"
+            msg = hints.unknown(loc) if hints is not None else "unknown field"
+        elif e["type"] == "missing" and hints is not None:
+            msg = hints.missing(loc)
         by_path.setdefault(field_path(loc), []).append(" ".join(msg.split()))
     # The arms of a union (`int | "auto"`) fail separately at one path: one line says both.
     return [f"{path}: {'; or '.join(dict.fromkeys(msgs))}" if msgs else path for path, msgs in by_path.items()]
@@ -288,7 +340,7 @@ def validate_spec(raw: Any, source: str = "spec") -> Spec:
     try:
         spec = Spec.model_validate(raw)
     except ValidationError as e:
-        problems = _pydantic_problems(e) + problems
+        problems = _pydantic_problems(e, hints=_Hints(raw)) + problems
     if spec is not None:
         problems += _semantic_problems(spec)
     # A field's own bound says it better ("less than or equal to 4294967295"); the generic line covers the rest.
@@ -301,6 +353,26 @@ def validate_spec(raw: Any, source: str = "spec") -> Spec:
         raise SpecError(source, problems)
     assert spec is not None
     return spec
+
+
+def ptst_warning(spec: Spec) -> str | None:
+    """Why a spec that fine-tunes has no PTST cell (trained without a safety prompt, tested with one), or None: such
+    a run compares templates but cannot show the paper's effect, which a user would want to hear before paying."""
+    if spec.train is None:
+        return None
+    if not any(spec.template(t).safety for t in spec.eval.templates):
+        return ("eval.templates: none carries a safety prompt, so the run has no PTST cell (trained without a safety "
+                "prompt, tested with one); add one such as chat:llama or chat:safe (ptst list templates)")
+    if all(spec.template(t).safety for t in spec.train.templates):
+        return ("train.templates: every one carries a safety prompt, so the run has no PTST cell (trained without "
+                "a safety prompt, tested with one); add one without, such as chat:vanilla")
+    return None
+
+
+def judge_label(j: JudgeSpec) -> str:
+    """`keyword`, `rubric:gpt-4-0613`: a judge as the validate summary names it."""
+    model = j.options.get("model")
+    return f"{j.kind}:{model}" if isinstance(model, str) else j.kind
 
 
 def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> Spec:

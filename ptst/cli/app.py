@@ -35,14 +35,15 @@ def _console():
 def cmd_validate(args: argparse.Namespace) -> int:
     """Validate the spec, then preflight it: every error (exit 2), warning and unchecked item, then a summary."""
     from ptst.preflight import preflight
-    from ptst.spec import load_spec
+    from ptst.spec import judge_label, load_spec, ptst_warning
 
     spec_path = Path(args.spec)
     spec = load_spec(spec_path, args.set)
     report = preflight(spec, spec_path.resolve().parent)
+    warnings = [*report.warnings, *filter(None, [ptst_warning(spec)])]
     for line in report.errors:
         print(f"error: {line}", file=sys.stderr)
-    for line in report.warnings:
+    for line in warnings:
         print(f"warning: {line}")
     for line in report.unchecked:
         print(f"unchecked: {line}")
@@ -51,11 +52,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"{args.spec}: {n} problem{'s' if n != 1 else ''} found before anything was spent", file=sys.stderr)
         return 2
     n_train = len(spec.train.templates) * len(spec.train.seeds) if spec.train else 0
+    judges = [judge_label(j) for j in spec.judge_specs]
     print(
         f"{args.spec}: ok — {len(spec.backends)} backend(s), {n_train} fine-tuning job(s) per backend, "
         f"{len(spec.eval.templates)} test template(s), {len(spec.eval.safety)} safety benchmark(s), "
-        f"{len(spec.eval.tasks)} task(s), judge {spec.judge.kind}; "
-        f"{len(report.warnings)} warning(s), {len(report.unchecked)} unchecked"
+        f"{len(spec.eval.tasks)} task(s), {'judges' if len(judges) > 1 else 'judge'} {', '.join(judges)}; "
+        f"{len(warnings)} warning(s), {len(report.unchecked)} unchecked"
     )
     return 0
 
@@ -71,12 +73,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ptst.report import print_tables, write_run_reports
     from ptst.report.terminal import summary_line
     from ptst.runner import run_experiment
-    from ptst.spec import load_spec
+    from ptst.spec import load_spec, ptst_warning
 
     progress.set_quiet(args.quiet)
     memo = JudgmentKeys()  # the run's judgment keys, which its reports find the verdicts by
     spec_path = Path(args.spec)
     spec = load_spec(spec_path, args.set)
+    if (no_ptst := ptst_warning(spec)) is not None:
+        progress.log(f"warning: {no_ptst}")
     out = Path(args.out) if args.out else _default_out(spec_path, spec.name)
     try:
         results, info = run_experiment(
@@ -351,9 +355,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """parse_args, but an unknown option is refused by its command's own parser (its usage, not the top level's),
+    with the nearest option it has: `ptst run s.yaml --limt 3` -> "did you mean --limit?"."""
+    import difflib
+
+    args, extra = parser.parse_known_args(argv)
+    if not extra:
+        return args
+    command = getattr(args, "command", None)
+    subs = next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
+    target = subs.get(command, parser) if command else parser
+    options = [o for a in target._actions for o in a.option_strings]
+    unknown = next((x for x in extra if x.startswith("-")), extra[0])
+    near = difflib.get_close_matches(unknown.split("=", 1)[0], options, n=1, cutoff=0.6)
+    target.error(f"unrecognized arguments: {' '.join(extra)}" + (f"; did you mean {near[0]}?" if near else ""))
+    raise AssertionError("unreachable")  # pragma: no cover  (error() exits 2)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     if args.command is None:  # `ptst` alone: the help, on stdout, and exit 2 (no command is a usage error)
         parser.print_help()
         return 2

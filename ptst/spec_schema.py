@@ -1,4 +1,5 @@
-"""`ptst schema`: the spec's JSON Schema (draft 2020-12) for editors and checkers.
+"""The spec's JSON Schema (draft 2020-12) for editors and checkers (`ptst schema`), and what it knows about the field
+at a path of a spec (`fields_at`: the names a "did you mean" picks from, and each field's description).
 
 pydantic's schema of `Spec`, completed with what the models alone cannot say: a backend entry and a judge entry are
 each a discriminated union on `kind` (one arm per registered kind, plugins included), every arm listing the kind's
@@ -33,6 +34,49 @@ def spec_schema() -> dict[str, Any]:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema.setdefault("title", "ptst experiment spec")
     return schema
+
+
+def _resolve(schema: dict[str, Any], node: Any) -> list[dict[str, Any]]:
+    """The object schemas `node` stands for: its $ref followed, every arm of an anyOf/oneOf."""
+    if not isinstance(node, dict):
+        return []
+    if "$ref" in node:
+        return _resolve(schema, schema["$defs"].get(node["$ref"].rsplit("/", 1)[-1]))
+    arms = node.get("anyOf") or node.get("oneOf")
+    if arms:
+        return [x for arm in arms for x in _resolve(schema, arm)]
+    return [node]
+
+
+def fields_at(schema: dict[str, Any], raw: Any, path: tuple[Any, ...]) -> dict[str, dict[str, Any]]:
+    """The properties allowed in the mapping at `path` of the raw spec `raw` ({} when the path leads nowhere): a
+    backend's or judge's arm is the one its raw `kind` names, so `backends[0]` of kind openai offers base_url and
+    not download."""
+    nodes, value = [schema], raw
+    for step in path:
+        nxt: list[dict[str, Any]] = []
+        for node in nodes:
+            for obj in _resolve(schema, node):
+                kind = obj.get("properties", {}).get("kind", {}).get("const")
+                if kind is not None and isinstance(value, dict) and value.get("kind", kind) != kind:
+                    continue
+                if isinstance(step, int) and "items" in obj:
+                    nxt.append(obj["items"])
+                elif isinstance(step, str) and step in obj.get("properties", {}):
+                    nxt.append(obj["properties"][step])
+                elif isinstance(step, str) and isinstance(obj.get("additionalProperties"), dict):
+                    nxt.append(obj["additionalProperties"])  # a mapping of named entries (template variants)
+        nodes = nxt
+        value = (value[step] if isinstance(value, dict) and step in value else
+                 value[step] if isinstance(value, list) and isinstance(step, int) and step < len(value) else None)
+    out: dict[str, dict[str, Any]] = {}
+    for node in nodes:
+        for obj in _resolve(schema, node):
+            kind = obj.get("properties", {}).get("kind", {}).get("const")
+            if kind is not None and isinstance(value, dict) and value.get("kind", kind) != kind:
+                continue
+            out.update(obj.get("properties", {}))
+    return out
 
 
 def _hoist(sub: dict[str, Any], defs: dict[str, Any], prefix: str) -> dict[str, Any]:
