@@ -9,9 +9,10 @@ Backends' own bars (`ptst.backends.api.progress_bar`: a job's training steps, an
 while it is live, since a terminal holds one live display at a time: `connect_backends` passes `progress_bar` here to
 the backends as their progress callback, and shows their `logging` records as `log` lines.
 
-In a pipe or CI log nothing is redrawn: a plain line (each stage's done/total, ETA and money, and the backends'
-bars) is printed at most every `PLAIN_INTERVAL_S` seconds, also while nothing advances (a long training job), and
-once at the end. After Ctrl-C the live view is cleared and replaced by one plain line, and stray worker threads
+The live view is headed by the run's elapsed time. In a pipe or CI log nothing is redrawn: a plain summary (the
+elapsed time, each stage's done/total, ETA and money, and the backends' bars), broken between its parts into lines no
+wider than the terminal (`COLUMNS`, else 80), is printed at most every `PLAIN_INTERVAL_S` seconds, also while
+nothing advances (a long training job), and once at the end. After Ctrl-C the live view is cleared and replaced by one plain line, and stray worker threads
 (daemons, still finishing a request) print nothing more, so no bar is drawn twice. `set_quiet(True)` (`--quiet`)
 keeps only warnings and errors.
 """
@@ -84,10 +85,27 @@ def _short(text: str, width: int = DESCRIPTION_WIDTH) -> str:
     return text[: keep - keep // 2] + "…" + text[len(text) - keep // 2:]
 
 
-def _bar() -> Progress:
+class _RunBars(Progress):
+    """The live view of a run: its bars under one line with the run's elapsed time (a stage's own bar only shows
+    how long that stage has left)."""
+
+    def __init__(self, *columns: Any, started: float, clock: Callable[[], float], **kw: Any) -> None:
+        self.started, self._clock = started, clock  # before Progress starts drawing
+        super().__init__(*columns, **kw)
+
+    def get_renderables(self) -> Iterator[Any]:
+        from rich.text import Text
+
+        yield Text(f"elapsed {duration(self._clock() - self.started)}", style="dim")
+        yield self.make_tasks_table(self.tasks)
+
+
+def _bar(started: float | None = None, clock: Callable[[], float] = time.monotonic) -> Progress:
+    """The bars' columns; with `started`, the run's view headed by its elapsed time."""
     from rich.table import Column
 
-    return Progress(
+    extra: dict[str, Any] = {} if started is None else {"started": started, "clock": clock}
+    return (Progress if started is None else _RunBars)(
         TextColumn("{task.description}", table_column=Column(no_wrap=True, overflow="ellipsis")),
         BarColumn(bar_width=10),
         MofNCompleteColumn(table_column=Column(no_wrap=True)),
@@ -97,6 +115,7 @@ def _bar() -> Progress:
         console=console,
         transient=False,
         disable=not console.is_terminal or _quiet,
+        **extra,
     )
 
 
@@ -191,9 +210,11 @@ class RunProgress:
     """
 
     def __init__(self, totals: dict[str, int], *, live: bool | None = None, clock: Callable[[], float] = time.monotonic,
-                 expected_usd: dict[str, float | None] | None = None, ticker: bool | None = None):
+                 expected_usd: dict[str, float | None] | None = None, ticker: bool | None = None,
+                 width: int | None = None):
         self.live = (console.is_terminal if live is None else live) and not _quiet
         self.clock = clock
+        self.width = width  # plain lines' width; None: the console's (the terminal's, COLUMNS, or 80 in a log)
         self.total = {s: totals.get(s, 0) for s in STAGES}
         self.done = dict.fromkeys(STAGES, 0)
         self.failed = dict.fromkeys(STAGES, 0)
@@ -204,7 +225,7 @@ class RunProgress:
         self._last_line: float | None = None
         self._last_text = ""
         self._lock = threading.RLock()
-        self.bar: Progress | None = _bar() if self.live else None
+        self.bar: Progress | None = _bar(self.started, clock) if self.live else None
         self._tasks: dict[str, Any] = {}
         self._subs: dict[int, list[Any]] = {}  # plain mode: backends' bars, [description, done, total, info]
         self._sub_ids = iter(range(1 << 62))
@@ -324,13 +345,30 @@ class RunProgress:
             return f" eta {duration((t - d) * since / (worked - w0))}"
         return f" eta {duration((t - d) * elapsed / worked)}"
 
-    def line(self) -> str:
-        """The plain summary: each stage's done/total, ETA and money, then the backends' bars."""
+    def _parts(self) -> list[str]:
+        """The elapsed time with the first stage, then each other stage's done/total, ETA and money, then the
+        backends' bars."""
         elapsed = self.clock() - self.started
         with self._lock:
             parts = [f"{s} {self.done[s]}/{self.total[s]}{self._eta(s, elapsed)} {self._info(s)}" for s in STAGES]
             subs = [f"{d} {n}/{t if t is not None else '?'}" + (f" {i}" if i else "") for d, n, t, i in self._subs.values()]
-        return f"[{duration(elapsed)}] " + " | ".join(parts + subs)
+        return [f"[{duration(elapsed)}] {parts[0]}", *parts[1:], *subs]
+
+    def line(self) -> str:
+        """The plain summary on one line."""
+        return " | ".join(self._parts())
+
+    def lines(self, width: int) -> list[str]:
+        """The plain summary in lines of at most `width` characters, broken only between parts (a stage, a backend's
+        bar; the next lines indented), so a log stays searchable part by part; a part wider than `width` alone is
+        cut with an ellipsis."""
+        out: list[str] = []
+        for part in self._parts():
+            if out and len(out[-1]) + 3 + len(part) <= width:
+                out[-1] += " | " + part
+            else:
+                out.append(("  " if out else "") + part)
+        return [ln if len(ln) <= width else ln[: max(1, width - 1)] + "…" for ln in out]
 
     def _refresh(self, stage: str) -> None:
         if self.bar is not None:
@@ -358,7 +396,7 @@ class RunProgress:
             now = self.clock()
             if not force and self._last_line is not None and now - self._last_line < PLAIN_INTERVAL_S:
                 return
-            text = self.line()
+            text = "\n".join(self.lines(self.width or console.width))
             if text == self._last_text:  # nothing new: no line
                 return
             self._last_line, self._last_text = now, text

@@ -165,20 +165,72 @@ class Spec(_Model):
 _UNION_TAG = re.compile(r"^(function-|constrained-|literal\[|union:)|^(int|str|float|bool|none)$")
 
 
-def _pydantic_problems(err: ValidationError, prefix: tuple[Any, ...] = ()) -> list[str]:
+class _Hints:
+    """"Did you mean" for an unknown field and what a missing field is, from the spec's schema (`ptst.spec_schema`),
+    built on the first problem that needs it: a valid spec never pays for it."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self._schema: dict[str, Any] | None = None
+
+    def fields(self, path: tuple[Any, ...]) -> dict[str, dict[str, Any]]:
+        from ptst.spec_schema import fields_at, spec_schema
+
+        if self._schema is None:
+            self._schema = spec_schema()
+        return fields_at(self._schema, self.raw, path)
+
+    def unknown(self, loc: tuple[Any, ...]) -> str:
+        import difflib
+
+        if not loc or not isinstance(loc[-1], str):
+            return "unknown field"
+        known = self.fields(loc[:-1])
+        near = difflib.get_close_matches(loc[-1], list(known), n=1, cutoff=0.6)
+        if near:
+            return f"unknown field; did you mean {near[0]!r}?"
+        return "unknown field" + (f" (known here: {', '.join(sorted(known))})" if 0 < len(known) <= 12 else "")
+
+    def missing(self, loc: tuple[Any, ...]) -> str:
+        if not loc or not isinstance(loc[-1], str):
+            return "Field required"
+        about = self.fields(loc[:-1]).get(loc[-1], {}).get("description")
+        owner = self._owner(loc[:-1])
+        return f"Field required{f' by the {owner}' if owner else ''}" + (f": {about}" if about else "")
+
+    def _owner(self, path: tuple[Any, ...]) -> str:
+        """`classifier judge`, `openai backend`: whose option a field is, from the raw `kind` at `path`."""
+        value = self.raw
+        for step in path:
+            value = value[step] if isinstance(value, (dict, list)) and _has(value, step) else None
+        if not isinstance(value, dict) or not path:
+            return ""
+        what = "judge" if path[0] in ("judge", "judges") else "backend" if path[0] == "backends" else ""
+        kind = value.get("kind", "keyword" if what == "judge" else None)
+        return f"{kind} {what}" if what and isinstance(kind, str) else ""
+
+
+def _has(value: dict[Any, Any] | list[Any], step: Any) -> bool:
+    return step in value if isinstance(value, dict) else isinstance(step, int) and 0 <= step < len(value)
+
+
+def _pydantic_problems(err: ValidationError, prefix: tuple[Any, ...] = (), hints: _Hints | None = None) -> list[str]:
     """One `path: message` line per error. A backend's or judge's own options are validated inside a validator, so
-    their errors arrive wrapped in a value error: they are unwrapped, so each names its own field path."""
+    their errors arrive wrapped in a value error: they are unwrapped, so each names its own field path. `hints`
+    adds "did you mean" to an unknown field and the description of a missing one."""
     by_path: dict[str, list[str]] = {}
     for e in err.errors(include_url=False):
         loc = prefix + tuple(p for p in e["loc"] if not (isinstance(p, str) and _UNION_TAG.match(p)))
         inner = (e.get("ctx") or {}).get("error")
         if isinstance(inner, ValidationError):
-            for line in _pydantic_problems(inner, loc):
+            for line in _pydantic_problems(inner, loc, hints):
                 by_path.setdefault(line, [])
             continue
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown field"
+            msg = hints.unknown(loc) if hints is not None else "unknown field"
+        elif e["type"] == "missing" and hints is not None:
+            msg = hints.missing(loc)
         by_path.setdefault(field_path(loc), []).append(" ".join(msg.split()))
     # The arms of a union (`int | "auto"`) fail separately at one path: one line says both.
     return [f"{path}: {'; or '.join(dict.fromkeys(msgs))}" if msgs else path for path, msgs in by_path.items()]
@@ -288,7 +340,7 @@ def validate_spec(raw: Any, source: str = "spec") -> Spec:
     try:
         spec = Spec.model_validate(raw)
     except ValidationError as e:
-        problems = _pydantic_problems(e) + problems
+        problems = _pydantic_problems(e, hints=_Hints(raw)) + problems
     if spec is not None:
         problems += _semantic_problems(spec)
     # A field's own bound says it better ("less than or equal to 4294967295"); the generic line covers the rest.
@@ -303,104 +355,31 @@ def validate_spec(raw: Any, source: str = "spec") -> Spec:
     return spec
 
 
-def _looks_like_model_path(model: str, base: Path) -> bool:
-    """A model value that names a file or folder rather than a hub id. Hub ids are `name` or `org/name`; the one
-    exception to "relative paths resolve against the spec file" is that such a value stays a hub id unless it
-    exists next to the spec file (write `./org/name` to mean a folder that does not exist yet)."""
-    return (
-        model.startswith(("/", "./", "../", "~", ".\\", "..\\"))
-        or "\\" in model
-        or model.count("/") >= 2
-        or model.lower().endswith(".gguf")  # a model file, never a hub id
-        or (base / model).exists()
-    )
+def ptst_warning(spec: Spec) -> str | None:
+    """Why a spec that fine-tunes has no PTST cell (trained without a safety prompt, tested with one), or None: such
+    a run compares templates but cannot show the paper's effect, which a user would want to hear before paying."""
+    if spec.train is None:
+        return None
+    if not any(spec.template(t).safety for t in spec.eval.templates):
+        return ("eval.templates: none carries a safety prompt, so the run has no PTST cell (trained without a safety "
+                "prompt, tested with one); add one such as chat:llama or chat:safe (ptst list templates)")
+    if all(spec.template(t).safety for t in spec.train.templates):
+        return ("train.templates: every one carries a safety prompt, so the run has no PTST cell (trained without "
+                "a safety prompt, tested with one); add one without, such as chat:vanilla")
+    return None
 
 
-def _resolved(value: Any, base: Path) -> Any:
-    """A relative path string made absolute against `base` (other values, absolute and `~` paths as they are)."""
-    if not isinstance(value, str) or not value.strip():
-        return value
-    p = Path(value).expanduser()
-    return value if p.is_absolute() else str(base / p)
-
-
-def _resolve_dataset(ref: Any, base: Path) -> Any:
-    from ptst.data.registry import looks_like_path
-
-    if isinstance(ref, str):
-        return _resolved(ref, base) if looks_like_path(ref) else ref
-    if isinstance(ref, dict) and "path" in ref:
-        return {**ref, "path": _resolved(ref["path"], base)}
-    return ref
-
-
-_PATH_OPTIONS = ("tokenizer", "adapter", "api_key_file")
-"""Backend and judge options that name a file or folder."""
-
-
-def resolve_paths(raw: Any, base: Path) -> Any:
-    """Every relative path of a raw spec made absolute against `base`, the spec file's folder: dataset paths,
-    `data_dir`, local models (see `_looks_like_model_path` for the hub-id exception), tokenizers, adapters, key files
-    and a classifier judge's model. So a spec means the same files from any working directory
-    (`cd examples/cpu-lab && ptst validate align.yaml`). Unknown shapes are left for validation to report."""
-    if not isinstance(raw, dict):
-        return raw
-    out = dict(raw)
-    if "data_dir" in out:
-        out["data_dir"] = _resolved(out["data_dir"], base)
-    if isinstance(out.get("backends"), list):
-        out["backends"] = [_resolve_backend(b, base) for b in out["backends"]]
-    if isinstance(out.get("judge"), dict):
-        out["judge"] = _resolve_judge(out["judge"], base)
-    if isinstance(out.get("judges"), list):
-        out["judges"] = [_resolve_judge(j, base) for j in out["judges"]]
-    if isinstance(out.get("train"), dict):
-        out["train"] = _resolve_train(out["train"], base)
-    if isinstance(out.get("eval"), dict):
-        ev = dict(out["eval"])
-        for key in ("safety", "tasks"):
-            if isinstance(ev.get(key), list):
-                ev[key] = [_resolve_dataset(r, base) for r in ev[key]]
-        out["eval"] = ev
-    return out
-
-
-def _resolve_backend(b: Any, base: Path) -> Any:
-    if not isinstance(b, dict):
-        return b
-    b = dict(b)
-    if isinstance(b.get("model"), str) and _looks_like_model_path(b["model"], base):
-        b["model"] = _resolved(b["model"], base)
-    b.update({k: _resolved(b[k], base) for k in _PATH_OPTIONS if k in b})
-    return b
-
-
-def _resolve_judge(j: Any, base: Path) -> Any:
-    if not isinstance(j, dict):
-        return j
-    j = dict(j)
-    j.update({k: _resolved(j[k], base) for k in _PATH_OPTIONS if k in j})
-    if j.get("kind") == "classifier" and "model" in j:
-        j["model"] = _resolved(j["model"], base)
-    return j
-
-
-def _resolve_train(train: dict[str, Any], base: Path) -> dict[str, Any]:
-    train = dict(train)
-    if "dataset" in train:
-        train["dataset"] = _resolve_dataset(train["dataset"], base)
-    if "safety_mix" in train:
-        mix = train["safety_mix"]
-        mixes = [{**m, "dataset": _resolve_dataset(m["dataset"], base)} if isinstance(m, dict) and "dataset" in m
-                 else m for m in (mix if isinstance(mix, list) else [mix])]
-        train["safety_mix"] = mixes if isinstance(mix, list) else mixes[0]
-    return train
+def judge_label(j: JudgeSpec) -> str:
+    """`keyword`, `rubric:gpt-4-0613`: a judge as the validate summary names it."""
+    model = j.options.get("model")
+    return f"{j.kind}:{model}" if isinstance(model, str) else j.kind
 
 
 def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> Spec:
     """Read, override (`--set KEY=VALUE`, see ptst.overrides) and validate a spec file. Relative paths in it (and in
     its overrides) resolve against the spec file's folder, never the working directory (`resolve_paths`)."""
     from ptst.overrides import apply_overrides, mark_override_problems
+    from ptst.spec_paths import resolve_paths
 
     p = Path(path)
     try:

@@ -18,7 +18,15 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from ptst.backends.local import (  # noqa: E402
+from ptst.backends.base import (
+    BackendSpec,
+    GenerationConfig,
+    Hyperparameters,
+    LoraSpec,
+    TrainJob,
+    create_backend,
+)
+from ptst.backends.local import (
     adapters,
     data,
     decode,
@@ -29,17 +37,6 @@ from ptst.backends.local import (  # noqa: E402
     train,
     training_driver,
 )
-from ptst.backends.local import backend as local_backend  # noqa: E402
-from ptst.backends.base import (  # noqa: E402
-    BackendSpec,
-    GenerationConfig,
-    Hyperparameters,
-    LoraSpec,
-    TrainJob,
-    create_backend,
-)
-from ptst.backends.local import adapters, data, decode, generate, lora_dropout, models, train
-from ptst.backends.local import backend as local_backend
 from ptst.errors import BackendError, MissingExtra
 from ptst.templates import BUILTIN
 

@@ -16,11 +16,11 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from ptst.backends.local import cpu, generate, models, train  # noqa: E402
-from ptst.backends.local.adapters import read_adapter_metadata  # noqa: E402
-from ptst.backends.local.recipe import micro_loss  # noqa: E402
-from ptst.errors import UsageError  # noqa: E402
-from ptst.types import GenerationConfig, Hyperparameters, LoraSpec  # noqa: E402
+from ptst.backends.local import cpu, generate, models, train
+from ptst.backends.local.adapters import read_adapter_metadata
+from ptst.backends.local.recipe import micro_loss
+from ptst.errors import UsageError
+from ptst.types import GenerationConfig, Hyperparameters, LoraSpec
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,10 @@ pytest.importorskip("peft")
 
 from test_local_backends import LLAMA_TOK, Ledger, adapter_tensors, backend, job_for, read_log
 
-from ptst.backends.local import training_driver  # noqa: E402
-from ptst.backends.local import resume  # noqa: E402
+from ptst.backends.local import (
+    resume,
+    training_driver,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not LLAMA_TOK.is_file(), reason="shared tokenizers not found")]
 

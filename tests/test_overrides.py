@@ -79,12 +79,13 @@ def test_unknown_key_is_the_same_problem_as_in_the_file(tmp_path):
     p = write(tmp_path)
     with pytest.raises(SpecError) as e:
         load_spec(p, ["eval.generation.max_tokens=32"])
-    assert e.value.problems == ["eval.generation.max_tokens: unknown field (from --set eval.generation.max_tokens=32)"]
+    assert e.value.problems == [
+        "eval.generation.max_tokens: unknown field; did you mean 'max_new_tokens'? (from --set eval.generation.max_tokens=32)"]
     raw = yaml.safe_load(p.read_text())
     raw["eval"]["generation"] = {"max_tokens": 32}
     with pytest.raises(SpecError) as e2:
         load_spec(write(tmp_path, raw))
-    assert e2.value.problems == ["eval.generation.max_tokens: unknown field"]
+    assert e2.value.problems == ["eval.generation.max_tokens: unknown field; did you mean 'max_new_tokens'?"]
 
 
 def test_validate_exits_2_naming_the_field(tmp_path, capsys):

@@ -39,7 +39,7 @@ def test_a_runnable_spec_has_no_errors(tmp_path: Path, capsys: pytest.CaptureFix
     assert r.warnings == ("backends[0] (mock): mock is a simulation; every result built on it is labelled simulated",)
     assert main(["validate", str(p)]) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[-1].startswith(f"{p}: ok — 1 backend(s)") and "1 warning(s), 0 unchecked" in out
+    assert out.splitlines()[-1].startswith(f"{p}: ok — 1 backend(s)") and "2 warning(s), 0 unchecked" in out  # the mock; no PTST cell
 
 
 def test_missing_file_missing_field_and_missing_model_folder_exit_2_naming_each(
@@ -132,7 +132,7 @@ def test_with_download_an_uncached_hub_id_is_unchecked_and_exits_0(
             "in the local Hugging Face cache here; it is downloaded when the run starts (download: true; needs "
             "internet), which cannot be checked offline"
         ) in out.splitlines()
-        assert "0 warning(s), 1 unchecked" in out
+        assert "1 warning(s), 1 unchecked" in out  # the one warning: no PTST cell (no safety test template)
     assert list(hf_cache.iterdir()) == []  # validating downloaded nothing
 
 
@@ -148,7 +148,7 @@ def test_a_cached_hub_id_is_checked_from_the_cache(tmp_path: Path, hf_cache: Pat
     fake_hf_cache(hf_cache, "org/tiny-mistral", {"config.json": json.dumps({"model_type": "mistral", "vocab_size": 32000})})
     p = _spec(tmp_path, backends=[{"kind": "mistral", "model": "org/tiny-mistral"}])
     assert main(["validate", str(p)]) == 0
-    assert "0 warning(s), 0 unchecked" in capsys.readouterr().out
+    assert "1 warning(s), 0 unchecked" in capsys.readouterr().out  # no PTST cell
     # the cached config says another family: found from the cache, offline
     fake_hf_cache(hf_cache, "org/qwen", {"config.json": json.dumps({"model_type": "qwen2"})})
     p = _spec(tmp_path, backends=[{"kind": "mistral", "model": "org/qwen"}])

@@ -25,7 +25,7 @@ def lines(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 def test_plain_line_at_most_every_interval_even_when_nothing_advances(lines):
     now = {"t": 0.0}
-    with progress.RunProgress({"train": 1, "generate": 10, "judge": 10}, live=False, clock=lambda: now["t"],
+    with progress.RunProgress({"train": 1, "generate": 10, "judge": 10}, live=False, clock=lambda: now["t"], width=200,
                               ticker=False) as p:
         p.tick()
         assert lines == ["[0s] train 0/1 spent $0.00 | generate 0/10 spent $0.00 | judge 0/10 spent $0.00"]
@@ -45,7 +45,7 @@ def test_plain_line_at_most_every_interval_even_when_nothing_advances(lines):
 
 def test_eta_and_expected_money_per_stage(lines):
     now = {"t": 0.0}
-    with progress.RunProgress({"train": 4, "generate": 100, "judge": 50}, live=False, clock=lambda: now["t"],
+    with progress.RunProgress({"train": 4, "generate": 100, "judge": 50}, live=False, clock=lambda: now["t"], width=200,
                               expected_usd={"train": 2.0, "generate": 1.0, "judge": None}, ticker=False) as p:
         now["t"] = 20.0
         p.advance("train")  # 1 of 4 in 20 s: 60 s to go
@@ -58,7 +58,7 @@ def test_eta_and_expected_money_per_stage(lines):
 def test_a_stage_that_waited_is_timed_from_its_own_first_results(lines):
     """Generation that waited 10 minutes for training: its ETA comes from its own rate, not the run's age."""
     now = {"t": 0.0}
-    with progress.RunProgress({"train": 1, "generate": 1456, "judge": 0}, live=False, clock=lambda: now["t"],
+    with progress.RunProgress({"train": 1, "generate": 1456, "judge": 0}, live=False, clock=lambda: now["t"], width=200,
                               ticker=False) as p:
         now["t"] = 600.0
         p.advance("train")
@@ -72,7 +72,7 @@ def test_a_stage_that_waited_is_timed_from_its_own_first_results(lines):
 
 def test_failed_work_counts_done_and_shows_failed(lines):
     now = {"t": 0.0}
-    with progress.RunProgress({"train": 2, "generate": 20, "judge": 10}, live=False, clock=lambda: now["t"],
+    with progress.RunProgress({"train": 2, "generate": 20, "judge": 10}, live=False, clock=lambda: now["t"], width=200,
                               ticker=False) as p:
         now["t"] = 5.0
         p.skip("generate", 10)
@@ -156,3 +156,36 @@ def test_quiet_run_prints_one_summary_line(tmp_path, capfd):
     assert err == ""
     assert out.splitlines() == [
         f"ptst: prog complete (simulated): 4 job(s), 15 cell(s), train $0.00; report {tmp_path / 'out' / 'report.html'}"]
+
+
+def test_plain_lines_fit_the_width_breaking_between_parts(lines):
+    """A CI log is read in an 80-column window: the summary breaks between a stage and the next, never inside one."""
+    now = {"t": 0.0}
+    with (progress.RunProgress({"train": 15, "generate": 187120, "judge": 81600}, live=False,
+                               clock=lambda: now["t"], expected_usd={"train": 0.0, "generate": 0.0, "judge": 4906.66},
+                               ticker=False, width=80) as p,
+          progress.progress_bar("train llama2 chat:alpaca seed 2", 4671) as advance):
+        now["t"] = 3725.0
+        p.advance("generate", 20000)
+        advance(1200, info="loss 0.412 · 3,210 tok/s")
+        now["t"] += progress.PLAIN_INTERVAL_S
+        p.tick()
+    # eta: 167,120 left at 20,000 per 3,735 s = 31,210 s
+    text = lines[1].split("\n")
+    assert text == [
+        "[1h02m] train 0/15 spent $0.00 | generate 20000/187120 eta 8h40m spent $0.00",
+        "  judge 0/81600 ≈$0.00/$4,906.66",
+        "  train llama2 chat:alpaca seed 2 1200/4671 loss 0.412 · 3,210 tok/s",
+    ]
+
+
+def test_the_live_view_is_headed_by_the_elapsed_time(monkeypatch):
+    buf = io.StringIO()
+    monkeypatch.setattr(progress, "console", Console(file=buf, force_terminal=True, width=80))
+    now = {"t": 0.0}
+    with progress.RunProgress({"train": 2, "generate": 100, "judge": 50}, live=True, clock=lambda: now["t"]) as p:
+        now["t"] = 125.0
+        p.advance("generate", 10)
+        assert p.bar is not None
+        p.bar.refresh()
+    assert "elapsed 2m05s" in buf.getvalue()

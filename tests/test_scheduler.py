@@ -180,7 +180,7 @@ def test_plain_progress_prints_lines_not_a_redraw_storm(monkeypatch):
     lines: list[str] = []
     monkeypatch.setattr(progress, "log", lines.append)
     now = {"t": 100.0}
-    with progress.RunProgress({"train": 2, "generate": 100, "judge": 50}, live=False, clock=lambda: now["t"],
+    with progress.RunProgress({"train": 2, "generate": 100, "judge": 50}, live=False, clock=lambda: now["t"], width=200,
                               ticker=False) as p:
         for _ in range(100):
             p.advance("generate")  # a hundred updates at one instant: one line

@@ -72,7 +72,8 @@ def test_every_problem_reported_with_path():
     assert any(re.match(r"eval\.templates\[3\]: text-mode template 'text:vanilla' is not supported by backend 'openai'", p) for p in problems)
     assert any(p.startswith("train.hyperparameters.epochs: ") for p in problems)
     assert any(p.startswith("backends[0].kind: ") for p in problems)
-    assert "surprise: unknown field" in problems
+    assert ("surprise: unknown field (known here: backends, budget_usd, data_dir, eval, judge, judges, name, templates, "
+            "train)") in problems
     assert all("\n" not in p for p in problems)
 
 

@@ -41,14 +41,15 @@ def _console():
 def cmd_validate(args: argparse.Namespace) -> int:
     """Validate the spec, then preflight it: every error (exit 2), warning and unchecked item, then a summary."""
     from ptst.preflight import preflight
-    from ptst.spec import load_spec
+    from ptst.spec import judge_label, load_spec, ptst_warning
 
     spec_path = Path(args.spec)
     spec = load_spec(spec_path, args.set)
     report = preflight(spec, spec_path.resolve().parent)
+    warnings = [*report.warnings, *filter(None, [ptst_warning(spec)])]
     for line in report.errors:
         print(f"error: {line}", file=sys.stderr)
-    for line in report.warnings:
+    for line in warnings:
         print(f"warning: {line}")
     for line in report.unchecked:
         print(f"unchecked: {line}")
@@ -57,11 +58,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"{args.spec}: {n} problem{'s' if n != 1 else ''} found before anything was spent", file=sys.stderr)
         return 2
     n_train = len(spec.train.templates) * len(spec.train.seeds) if spec.train else 0
+    judges = [judge_label(j) for j in spec.judge_specs]
     print(
         f"{args.spec}: ok — {len(spec.backends)} backend(s), {n_train} fine-tuning job(s) per backend, "
         f"{len(spec.eval.templates)} test template(s), {len(spec.eval.safety)} safety benchmark(s), "
-        f"{len(spec.eval.tasks)} task(s), judge {spec.judge.kind}; "
-        f"{len(report.warnings)} warning(s), {len(report.unchecked)} unchecked"
+        f"{len(spec.eval.tasks)} task(s), {'judges' if len(judges) > 1 else 'judge'} {', '.join(judges)}; "
+        f"{len(warnings)} warning(s), {len(report.unchecked)} unchecked"
     )
     return 0
 
@@ -77,12 +79,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ptst.report import print_tables, write_run_reports
     from ptst.report.terminal import summary_line
     from ptst.runner import run_experiment
-    from ptst.spec import load_spec
+    from ptst.spec import load_spec, ptst_warning
 
     progress.set_quiet(args.quiet)
     memo = JudgmentKeys()  # the run's judgment keys, which its reports find the verdicts by
     spec_path = Path(args.spec)
     spec = load_spec(spec_path, args.set)
+    if (no_ptst := ptst_warning(spec)) is not None:
+        progress.log(f"warning: {no_ptst}")
     out = Path(args.out) if args.out else _default_out(spec_path, spec.name)
     try:
         results, info = run_experiment(
@@ -197,7 +201,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                     "limit": min((p.limit for p in parts if p.limit is not None), default=None),
                     "overrides": [f"{p.spec_name}: {o}" for p in parts for o in p.overrides]})
     with progress.step("writing reports"):
-        paths, _ = write_run_reports(results, dirs, out, force=True)
+        paths, _ = write_run_reports(results, dirs, out, force=True, asr_scale=args.asr_scale)
     if args.export:
         p = out / "export.jsonl"
         with open(p, "w", encoding="utf-8") as f:
@@ -261,6 +265,18 @@ def _positive_int(v: str) -> int:
     return n
 
 
+def _asr_scale(v: str) -> float | None:
+    if v.strip().lower() == "auto":
+        return None
+    try:
+        x = float(v)
+    except ValueError:
+        x = 0.0
+    if not 0 < x <= 100:
+        raise argparse.ArgumentTypeError(f"{v!r} is not a percentage in (0, 100] or auto")
+    return x
+
+
 def build_parser() -> argparse.ArgumentParser:
     raw = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(prog="ptst", description=DESCRIPTION, epilog=OVERVIEW, formatter_class=raw)
@@ -322,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dirs", nargs="+", metavar="DIR", help="run directories; several are merged into one comparison")
     s.add_argument("--out", help="where to write the reports (default: the run directory; required for several)")
     s.add_argument("--export", choices=["jsonl"], help="also write every prompt, response and verdict")
+    s.add_argument("--asr-scale", type=_asr_scale, default=100.0, metavar="MAX|auto",
+                   help="top of every ASR heatmap's colour scale, in %% (default 100: the same colour is the same "
+                        "rate in every figure and report); auto: this report's highest ASR")
     s.add_argument("--quiet", "-q", action="store_true", help=QUIET_HELP)
     s.add_argument("--all-tables", action="store_true", help=ALL_TABLES_HELP)
     s.set_defaults(func=cmd_report)
@@ -347,9 +366,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """parse_args, but an unknown option is refused by its command's own parser (its usage, not the top level's),
+    with the nearest option it has: `ptst run s.yaml --limt 3` -> "did you mean --limit?"."""
+    import difflib
+
+    args, extra = parser.parse_known_args(argv)
+    if not extra:
+        return args
+    command = getattr(args, "command", None)
+    subs = next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
+    target = subs.get(command, parser) if command else parser
+    options = [o for a in target._actions for o in a.option_strings]
+    unknown = next((x for x in extra if x.startswith("-")), extra[0])
+    near = difflib.get_close_matches(unknown.split("=", 1)[0], options, n=1, cutoff=0.6)
+    target.error(f"unrecognized arguments: {' '.join(extra)}" + (f"; did you mean {near[0]}?" if near else ""))
+    raise AssertionError("unreachable")  # pragma: no cover  (error() exits 2)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     if args.command is None:  # `ptst` alone: the help, on stdout, and exit 2 (no command is a usage error)
         parser.print_help()
         return 2

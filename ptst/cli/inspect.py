@@ -111,7 +111,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from ptst.cli.listing import spec_schema
+    from ptst.spec_schema import spec_schema
 
     sys.stdout.write(json.dumps(spec_schema(), indent=2) + "\n")
     return 0

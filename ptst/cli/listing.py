@@ -1,6 +1,6 @@
-"""`ptst list {datasets,metrics,judges,templates,backends}` and `ptst schema`: what a spec can name, read from the
-registries themselves (`ptst.registry.Registry`), so a dataset, metric, judge or template added there, or a backend,
-judge or metric installed as a plugin, is listed without editing this module.
+"""`ptst list {datasets,metrics,judges,templates,backends}`: what a spec can name, read from the registries
+themselves (`ptst.registry.Registry`), so a dataset, metric, judge or template added there, or a backend, judge or
+metric installed as a plugin, is listed without editing this module. (`ptst schema` is ptst.spec_schema.)
 
 Each listing is plain rows (name, then a few short columns, the description last) so the CLI can print a table or
 JSON. Nothing here imports a concrete backend: a backend's line is registered beside its "module:Class" (its module
@@ -74,39 +74,3 @@ def render(headers: list[str], rows: list[list[str]], width: int) -> list[str]:
 LISTINGS: dict[str, Callable[[], tuple[list[str], list[list[str]]]]] = {
     "datasets": datasets, "metrics": metrics, "judges": judges, "templates": templates, "backends": backends,
 }
-
-
-def spec_schema() -> dict[str, Any]:
-    """The spec's JSON Schema (pydantic's, draft 2020-12), for editors: yaml-language-server and VS Code complete and
-    check a spec against it. A backend's and a judge's own options are validated by their classes at load time, so
-    the schema lets extra keys through there; `ptst validate` is the full check."""
-    from ptst.spec import Spec
-
-    schema = _shorthands(Spec.model_json_schema())
-    mix = schema.get("$defs", {}).get("TrainSpec", {}).get("properties", {}).get("safety_mix", {})
-    if isinstance(mix.get("anyOf"), list):
-        mix["anyOf"].append(_NO_MIX)  # `safety_mix: none`
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema.setdefault("title", "ptst experiment spec")
-    return schema
-
-
-_NAMED_DATASET = {"type": "string", "description": "a registry dataset name (ptst list datasets) or a file path"}
-_NO_MIX = {"const": "none", "description": "no safety mix (the same as null)"}
-
-
-def _shorthands(node: Any) -> Any:
-    """What the spec accepts beyond its models' own schema: a dataset written as a bare name or path
-    (`safety: [advbench]`), and `none` in a list of safety mixes."""
-    if isinstance(node, list):
-        return [_shorthands(x) for x in node]
-    if not isinstance(node, dict):
-        return node
-    if node.get("$ref") == "#/$defs/DatasetRef":
-        return {"anyOf": [_NAMED_DATASET, node]}
-    out = {k: _shorthands(v) for k, v in node.items()}
-    if out.get("type") == "array" and isinstance(out.get("items"), dict):
-        arms = out["items"].get("anyOf", [])
-        if {"$ref": "#/$defs/SafetyMix"} in arms:
-            out["items"] = {"anyOf": [*arms, _NO_MIX]}
-    return out

@@ -46,12 +46,12 @@ Samples = tuple[Sequence[str], Sequence["SampleRow"]]
 
 def write_reports(
     results: Results, out_dir: Path, *, samples: Samples | Callable[[], Samples] | None = None,
-    fingerprint_hex: str | None = None,
+    fingerprint_hex: str | None = None, asr_scale: float | None = 100.0,
 ) -> list[Path]:
     """Write every report file into `out_dir` and return their paths, the main three first. `samples`: (judge names,
     rows) for the per-sample viewer, or a function that reads them (called once the figures are on their way, so
     the figure process draws while they are read); `fingerprint_hex`: recorded beside the reports (see
-    `write_run_reports`)."""
+    `write_run_reports`); `asr_scale`: the top of every ASR heatmap's colour scale in % (None: the page's highest)."""
     # The renderers are imported here: a re-run whose reports are up to date never loads them.
     from ptst.report import figure_process
     from ptst.report.grids import build_grids
@@ -65,7 +65,7 @@ def write_reports(
     out_dir.mkdir(parents=True, exist_ok=True)
     grids = build_grids(results)
     figures = Figures(figure_process.running())  # drawn in the figure process, if one runs, while the rest is built
-    page = render_html(results, grids, figures=figures, samples=samples is not None)
+    page = render_html(results, grids, figures=figures, samples=samples is not None, asr_scale=asr_scale)
     files: dict[str, str | bytes] = {
         "results.json": json.dumps(results.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n",
         "report.md": render_markdown(results, grids),
@@ -94,10 +94,11 @@ def write_reports(
 
 def write_run_reports(
     results: Results, runs: Sequence[Path], out_dir: Path | None = None, *, force: bool = False,
-    judgment_memo: JudgmentKeys | None = None,
+    judgment_memo: JudgmentKeys | None = None, asr_scale: float | None = 100.0,
 ) -> tuple[list[Path], bool]:
     """The reports of one run (or a merge of several) with their per-sample data read from the run stores; skipped
-    when the fingerprint recorded in `out_dir` matches and `force` is false. Returns (paths, rebuilt)."""
+    when the fingerprint recorded in `out_dir` matches and `force` is false. Returns (paths, rebuilt). A colour
+    scale other than the default is part of the fingerprint, so a later plain run redraws on the default."""
     from ptst.report.samples import sample_rows
     from ptst.store import RunStore
 
@@ -108,6 +109,8 @@ def write_run_reports(
         with RunStore.open(d, lock=False) as store:
             stamps.append(store.stamp())
     fp = fingerprint(results, stamps)
+    if asr_scale != 100.0:
+        fp += f"-asr-scale-{asr_scale}"
     if not force:
         current = up_to_date(out, fp)
         if current is not None:
@@ -131,4 +134,4 @@ def write_run_reports(
             rows += got
         return judges, rows
 
-    return write_reports(results, out, samples=samples, fingerprint_hex=fp), True
+    return write_reports(results, out, samples=samples, fingerprint_hex=fp, asr_scale=asr_scale), True

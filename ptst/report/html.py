@@ -255,17 +255,23 @@ def _toc(results: Results, grids: Sequence[Grid], samples: bool) -> str:
     return '<nav class="toc">' + "".join(f'<a href="#{k}">{e(h)}</a>' for k, h in links) + "</nav>"
 
 
+ASR_SCALE = 100.0
+"""The top of every ASR heatmap's colour scale, in %: fixed, so the same colour is the same rate in every figure of
+every report (a per-figure scale would paint 40% as bright as another figure's 100%)."""
+
+
 def render_html(results: Results, grids: Sequence[Grid] | None = None, *, figures: Figures | None = None,
-                samples: bool = False) -> str:
+                samples: bool = False, asr_scale: float | None = ASR_SCALE) -> str:
     """The page; `figures` (when given) receives every figure as PNG, SVG and PDF; `samples`: include the viewer
-    (the caller writes samples.js beside the page)."""
+    (the caller writes samples.js beside the page); `asr_scale`: the top of the ASR colour scale in % (None: the
+    page's highest ASR, which compares figures within this page only)."""
     grids = build_grids(results) if grids is None else grids
     sim = is_simulated(results)
     limited = limit_banner(results)
     title = ("LIMITED — " if limited else "") + ("SIMULATED — " if sim else "") + f"ptst report: {results.spec_name}"
     safety_vals = [c.value for g in grids if g.kind == "safety" for c in g.cells.values() if c.value is not None]
-    # One colour scale for every heatmap of the page, so colours compare across backends and benchmarks.
-    vmax = max(1.0, 100 * max(safety_vals, default=0.0))
+    # One colour scale for every heatmap: fixed (0-100 unless the user asks otherwise), or the page's highest ASR.
+    vmax = asr_scale if asr_scale is not None else max(1.0, 100 * max(safety_vals, default=0.0))
     out: list[str] = []
     body_first = f'<p class="banner">{e(limited)}</p>' if limited else ""
     body_first += f'<p class="banner">{e(SIMULATED_BANNER)}</p>' if sim else ""
@@ -285,7 +291,7 @@ def render_html(results: Results, grids: Sequence[Grid] | None = None, *, figure
         for g in chosen:
             out.append(f"<h3>{e(g.title)}</h3>")
             out.append(f'<p class="note">Base model <code>{e(g.base_model)}</code>; {e(seeds_note(g))}.</p>')
-            # Safety colours share one scale across the page; task metrics use their own 0-100 scale.
+            # Safety colours share one scale (ASR_SCALE unless changed); task metrics use their own 0-100 scale.
             top = vmax if kind == "safety" else 100.0
             out.append(_figure(partial(heatmap_figure, g, top, sim),
                                f"heatmap-{g.backend}-{g.name}-{g.judge or ''}-{g.safety_mix or ''}",

@@ -110,7 +110,9 @@ def _text_colour(rgba: tuple[float, ...]) -> str:
 
 
 def heatmap_figure(grid: Grid, vmax: float = 100.0, simulated: bool = False) -> Figure:
-    """Heatmap of a grid (colour = value in %), PTST cells hatched, diagonal outlined; sized for a paper column."""
+    """Heatmap of a grid (colour = value in %, on a 0-`vmax` scale the caller keeps the same for every figure, so
+    colours compare across figures), the 95% interval under each value, PTST cells hatched, diagonal outlined; sized
+    for a paper column."""
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -132,8 +134,8 @@ def heatmap_figure(grid: Grid, vmax: float = 100.0, simulated: bool = False) -> 
     col_lines = max(lab.count("\n") + 1 for lab in xlabels)
     left, right, top = 0.3 + 0.062 * row_chars, 0.85, 0.35
     bottom = 0.62 + 0.13 * col_lines
-    cell_w = max(0.55, 0.065 * max(len(line) for lab in xlabels for line in lab.split("\n")))
-    cells_h = max(0.34 * nr, 0.9)  # a one-row grid keeps room for the colorbar
+    cell_w = max(0.72, 0.065 * max(len(line) for lab in xlabels for line in lab.split("\n")))  # fits "[35.1–72.1]"
+    cells_h = max(0.48 * nr, 0.9)  # value and interval on two lines; a one-row grid keeps room for the colorbar
     width, height = max(left + cell_w * nc + right, 3.3), bottom + cells_h + top
     fig = Figure(figsize=(width, height))
     FigureCanvasAgg(fig)
@@ -147,7 +149,7 @@ def heatmap_figure(grid: Grid, vmax: float = 100.0, simulated: bool = False) -> 
     ax.set_xticks(range(nc), xlabels, fontsize=7)
     ax.set_yticks(range(nr), ylabels, fontsize=7)
     ax.tick_params(length=2)
-    ax.set_xlabel("test template (* safety prompt)", fontsize=8)
+    ax.set_xlabel("test template (* safety prompt); value % [95% CI]", fontsize=8)
     ax.set_ylabel("train template", fontsize=8)
     judge = f" [{grid.judge}]" if grid.show_judge and grid.judge else ""
     ax.set_title((f"{SIMULATED_TITLE} · " if simulated else "") + f"{grid.backend} · {grid.name}{judge}", fontsize=8)
@@ -155,7 +157,10 @@ def heatmap_figure(grid: Grid, vmax: float = 100.0, simulated: bool = False) -> 
         for j, c in enumerate(grid.cols):
             v = data[i, j]
             mark = grid.mark(r, c)
+            cell = grid.cells.get((r, c))
             label = MISSING if np.isnan(v) else f"{v:.1f}"
+            if cell is not None and cell.ci95 is not None and not np.isnan(v):
+                label += f"\n[{100 * cell.ci95[0]:.1f}–{100 * cell.ci95[1]:.1f}]"
             if mark == "ptst":
                 label += f"\n{PTST_MARK}"
                 ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="#d55e00", lw=1.5))
@@ -163,10 +168,10 @@ def heatmap_figure(grid: Grid, vmax: float = 100.0, simulated: bool = False) -> 
                 ax.add_patch(Rectangle((j - 0.45, i - 0.45), 0.9, 0.9, fill=False, edgecolor="black", lw=1.6))
             if mark in {"ptst", "diag"}:  # keep the number readable over the hatching and the outline
                 box = {"facecolor": "white", "alpha": 0.85, "linewidth": 0, "pad": 0.8}
-                ax.text(j, i, label, ha="center", va="center", fontsize=7, color="black", bbox=box)
+                ax.text(j, i, label, ha="center", va="center", fontsize=6, color="black", bbox=box, linespacing=1.1)
             else:
-                colour = "black" if np.isnan(v) else _text_colour(cmap(v / top_value))
-                ax.text(j, i, label, ha="center", va="center", fontsize=7, color=colour)
+                colour = "black" if np.isnan(v) else _text_colour(cmap(min(v, top_value) / top_value))
+                ax.text(j, i, label, ha="center", va="center", fontsize=6, color=colour, linespacing=1.1)
     fig.legend(
         handles=[
             Patch(facecolor="none", edgecolor="#d55e00", hatch="///", label="PTST: trained without, tested with safety prompt"),
