@@ -153,3 +153,27 @@ def test_a_child_command_never_carries_the_working_directory(tmp_path, monkeypat
     cmd = module_command("ptst.report.figure_process")
     assert cmd[:2] == [sys.executable, "-I"]
     assert "" not in cmd and str(tmp_path) not in cmd and "." not in cmd
+
+
+def test_a_key_the_endpoint_echoes_is_in_nothing_ptst_writes(tmp_path, monkeypatch):
+    """An endpoint that echoes the API key into every response: the store, results, report, samples and the jsonl
+    export hold `***` where the key was (the issue found it in ptst.db, samples.js and the export)."""
+    from ptst.cli import main
+
+    key = "sk-echoed-key-0123456789abcdef"
+    with FakeOpenAI(responder=lambda model, messages: f"Sure. Authorization: Bearer {key}", api_key=key) as fake:
+        harmful = tmp_path / "harmful.jsonl"
+        harmful.write_text("".join(json.dumps({"prompt": f"harmful request {i}"}) + "\n" for i in range(3)))
+        spec = {"name": "echo", "backends": [{"kind": "openai", "model": "gpt-3.5-turbo-0613", "base_url": fake.url,
+                                              **FAST}],
+                "eval": {"templates": ["chat:vanilla"], "safety": [{"path": str(harmful), "prompt_field": "prompt"}]},
+                "judge": {"kind": "keyword"}}
+        p, out = tmp_path / "spec.yaml", tmp_path / "out"
+        p.write_text(yaml.safe_dump(spec))
+        monkeypatch.setenv("OPENAI_API_KEY", key)
+        assert main(["run", str(p), "--out", str(out), "--yes"]) == 0
+        assert main(["report", str(out), "--export", "jsonl"]) == 0
+    written = [f for f in out.rglob("*") if f.is_file()]
+    assert any(f.suffix == ".jsonl" for f in written) and any(f.name == "samples.js" for f in written)
+    assert [f.name for f in written if key.encode() in f.read_bytes()] == []
+    assert "Bearer ***" in (out / "samples.js").read_text()

@@ -178,8 +178,10 @@ def converted_dir(path: str) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}
+    from ptst.child import module_command  # isolated: nothing from the working directory runs in the child
+
     proc = subprocess.run(
-        [sys.executable, "-m", "ptst.backends.local.gguf", str(src), str(tmp), sha],
+        module_command("ptst.backends.local.gguf", str(src), str(tmp), sha),
         check=False, capture_output=True, text=True, env=env,
     )
     if proc.returncode != 0 or not (tmp / META_FILE).is_file():
