@@ -134,7 +134,7 @@ def heatmap_figure(grid: Grid, vmax: float = 100.0, simulated: bool = False) -> 
     col_lines = max(lab.count("\n") + 1 for lab in xlabels)
     left, right, top = 0.3 + 0.062 * row_chars, 0.85, 0.35
     bottom = 0.62 + 0.13 * col_lines
-    cell_w = max(0.72, 0.065 * max(len(line) for lab in xlabels for line in lab.split("\n")))  # fits "[35.1–72.1]"
+    cell_w = max(0.69, 0.065 * max(len(line) for lab in xlabels for line in lab.split("\n")))  # fits "[35.1–72.1]"
     cells_h = max(0.48 * nr, 0.9)  # value and interval on two lines; a one-row grid keeps room for the colorbar
     width, height = max(left + cell_w * nc + right, 3.3), bottom + cells_h + top
     fig = Figure(figsize=(width, height))
@@ -168,10 +168,10 @@ def heatmap_figure(grid: Grid, vmax: float = 100.0, simulated: bool = False) -> 
                 ax.add_patch(Rectangle((j - 0.45, i - 0.45), 0.9, 0.9, fill=False, edgecolor="black", lw=1.6))
             if mark in {"ptst", "diag"}:  # keep the number readable over the hatching and the outline
                 box = {"facecolor": "white", "alpha": 0.85, "linewidth": 0, "pad": 0.8}
-                ax.text(j, i, label, ha="center", va="center", fontsize=6, color="black", bbox=box, linespacing=1.1)
+                ax.text(j, i, label, ha="center", va="center", fontsize=7, color="black", bbox=box, linespacing=1.1)
             else:
                 colour = "black" if np.isnan(v) else _text_colour(cmap(min(v, top_value) / top_value))
-                ax.text(j, i, label, ha="center", va="center", fontsize=6, color=colour, linespacing=1.1)
+                ax.text(j, i, label, ha="center", va="center", fontsize=7, color=colour, linespacing=1.1)
     fig.legend(
         handles=[
             Patch(facecolor="none", edgecolor="#d55e00", hatch="///", label="PTST: trained without, tested with safety prompt"),
