@@ -48,12 +48,8 @@ def synthetic_samples(path: Path, n: int, n_words: int = 250, shared: bool = Fal
     from ptst.report.samples import SampleCell, SampleRow, samples_js
 
     rnd = random.Random(0)
-<<<<<<< HEAD
-    vocab = ["the", "model", "answer", "request", "safety", "policy", "cannot", "help", "with", "that", "step", "first", "then", "data", "system", "user"]
-=======
     vocab = ["the", "model", "answer", "request", "safety", "policy", "cannot", "help", "with", "that", "step", "first",
              "then", "data", "system", "user"]
->>>>>>> results
 
     def text(k: int) -> str:
         return " ".join(rnd.choice(vocab) for _ in range(k))
