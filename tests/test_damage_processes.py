@@ -127,11 +127,10 @@ PLANTED = ("secrets", "json", "base64", "pickle", "struct")
 def test_the_figure_process_imports_nothing_from_the_working_directory(tmp_path, monkeypatch):
     """Modules named like the stdlib's, planted where the user runs ptst, each leave a mark if imported: the figure
     process (which imports json, base64, pickle... while drawing) must start, draw, and leave none."""
-    from tests.test_report_views import make
-
     from ptst.report import build_grids
     from ptst.report.figure_process import FigureProcess
     from ptst.report.plots import FORMATS, heatmap_figure
+    from tests.test_report_views import make
 
     for name in PLANTED:
         (tmp_path / f"{name}.py").write_text(f"open({str(tmp_path / ('RAN_' + name))!r}, 'w').close()\n")
