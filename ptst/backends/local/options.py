@@ -9,10 +9,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from ptst.backends.base import FineTuneBackend
+from ptst.backends.base import BackendOptions
 
 
-class LocalOptions(FineTuneBackend.Options):
+class LocalOptions(BackendOptions):
     """Options of the local backends, written flat in the spec's backend entry."""
 
     tokenizer: str | None = Field(
