@@ -62,6 +62,7 @@ def main() -> None:
     ap.add_argument("--settle", type=float, default=45.0, help="seconds the busy processes run before measuring")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--max-seconds", type=float, default=480.0)
+    ap.add_argument("--rounds", type=int, default=2, choices=(1, 2), help="auto/fixed pairs per condition")
     args = ap.parse_args()
     cores = len(os.sched_getaffinity(0))
     print(f"allowed cores {cores}; load average at start {os.getloadavg()}")
@@ -77,7 +78,8 @@ def main() -> None:
             try:
                 if busy:
                     time.sleep(args.settle)
-                for tag, threads in (("auto", None), (f"fixed{cores}", cores), ("auto2", None), (f"fixed{cores}b", cores)):
+                pairs = [("auto", None), (f"fixed{cores}", cores), ("auto2", None), (f"fixed{cores}b", cores)]
+                for tag, threads in pairs[: 2 * args.rounds]:
                     r = run(args.model, threads, args.steps, args.dtype, tmp, f"{busy}-{tag}")
                     print(f"busy {busy}: {tag:8s} load {r['load']:5.2f}  threads {r['threads']}  "
                           f"{r['tokens_per_s']:7.1f} tokens/s", flush=True)
