@@ -52,10 +52,10 @@ def parse_value(key: str, text: str) -> Any:
         return yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader
     except (yaml.YAMLError, _DuplicateKey) as e:  # both end as one usage line
         problem = getattr(e, "problem", None) or getattr(e, "message", None) or str(e).splitlines()[0]
-        raise UsageError(f"--set {key}: the value {text!r} is not valid YAML ({problem}); quote it") from None
+        raise UsageError(f"--set {key}: the value {text!r} is not valid YAML ({problem}); quote it") from e
     except ValueError as e:
         if is_huge_int(e):
-            raise UsageError(f"--set {key}: the value is {HUGE_INT}") from None
+            raise UsageError(f"--set {key}: the value is {HUGE_INT}") from e
         raise
 
 

@@ -158,10 +158,10 @@ def parse_yaml(path: Path, text: str) -> Any:
     except _DuplicateKey as e:
         raise _fail(path, e.message) from None
     except yaml.YAMLError as e:
-        raise _fail(path, _yaml_error(e)) from None
+        raise _fail(path, _yaml_error(e)) from e
     except ValueError as e:
         if is_huge_int(e):
-            raise _fail(path, HUGE_INT) from None
+            raise _fail(path, HUGE_INT) from e
         raise
 
 
@@ -230,10 +230,10 @@ def parse_json(path: Path, text: str) -> Any:
     except _DuplicateKey as e:
         raise _fail(path, e.message) from None
     except json.JSONDecodeError as e:
-        raise _fail(path, f"line {e.lineno}, column {e.colno}: invalid JSON ({e.msg})") from None
+        raise _fail(path, f"line {e.lineno}, column {e.colno}: invalid JSON ({e.msg})") from e
     except ValueError as e:
         if is_huge_int(e):
-            raise _fail(path, HUGE_INT) from None
+            raise _fail(path, HUGE_INT) from e
         raise
 
 
@@ -248,10 +248,10 @@ def parse_toml(path: Path, text: str) -> Any:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:  # duplicate keys are refused by tomllib itself
-        raise _fail(path, f"invalid TOML ({e})") from None
+        raise _fail(path, f"invalid TOML ({e})") from e
     except ValueError as e:
         if is_huge_int(e):
-            raise _fail(path, HUGE_INT) from None
+            raise _fail(path, HUGE_INT) from e
         raise
 
 

@@ -122,9 +122,9 @@ def _backend_union(defs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _judge_union(defs: dict[str, Any]) -> dict[str, Any]:
-    from ptst.judge.base import JudgeSpec, judge_class
+    from ptst.judge.base import JUDGES, JudgeSpec, judge_class
 
-    kinds = JudgeSpec.model_fields["kind"].annotation.__args__  # type: ignore[union-attr]
+    kinds = JUDGES.names()  # built-in judges, then installed plugins
     default = JudgeSpec.model_fields["kind"].default
     arms = []
     for kind in kinds:

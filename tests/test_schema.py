@@ -28,9 +28,9 @@ def plugin(tmp_path, monkeypatch):
     (dist / "entry_points.txt").write_text("[ptst.backends]\nreplay = ptst_replay:Backend\n", encoding="utf-8")
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.syspath_prepend(str(REPO / "examples" / "plugin_backend"))
-    registry._plugins.cache_clear()
+    registry.BACKENDS.cache_clear()
     yield
-    registry._plugins.cache_clear()
+    registry.BACKENDS.cache_clear()
 
 
 def _schema(capsys) -> dict:

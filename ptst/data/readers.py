@@ -115,7 +115,7 @@ def _read_jsonl(path: Path) -> Iterator[Row]:
             raise DataError(f"{where}: JSON nested too deeply to read; fix or remove the line") from None
         except ValueError as e:
             if is_huge_int(e):
-                raise DataError(f"{where}: {HUGE_INT}, or quote it as text") from None
+                raise DataError(f"{where}: {HUGE_INT}, or quote it as text") from e
             raise
         if not isinstance(obj, dict):
             raise DataError(
@@ -148,7 +148,7 @@ def _read_json(path: Path) -> Iterator[Row]:
         raise DataError(f"{path}: JSON nested too deeply to read; a dataset is an array of flat records") from None
     except ValueError as e:
         if is_huge_int(e):
-            raise DataError(f"{path}: {HUGE_INT}, or quote it as text") from None
+            raise DataError(f"{path}: {HUGE_INT}, or quote it as text") from e
         raise
     items = _json_records(path, data)
     for i, item in enumerate(items):

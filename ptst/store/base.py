@@ -70,30 +70,30 @@ class StoreBase:
                     f"{self.db}: another process has held a lock on the run store for more than "
                     f"{files.BUSY_TIMEOUT_S:g} s (a `sqlite3` shell or database browser with an open transaction?); "
                     "close it and run the same command again — everything committed before is kept"
-                ) from None
+                ) from e
             if "disk is full" in msg or "disk I/O error" in msg:
                 raise StoreError(
                     f"{self.db}: {msg} — everything committed before is kept; free some space "
                     "and run the same command again to resume"
-                ) from None
+                ) from e
             if "Could not decode to UTF-8" in msg:  # a text edited by hand into bytes that are not UTF-8
                 raise StoreError(
                     f"{self.db}: a stored text is not valid UTF-8 ({msg.partition(' with text')[0]}): the store was edited "
                     f"or damaged; restore the folder from a backup, or copy out what survives with `sqlite3 {self.db} "
                     ".recover > recovered.sql` and choose another --out"
-                ) from None
+                ) from e
             if "no such table" in msg or "no such column" in msg:  # a table dropped or altered by hand
                 raise StoreError(
                     f"{self.db}: {msg} (the store was edited or damaged); restore the folder from a backup, or copy out "
                     f"what survives with `sqlite3 {self.db} .recover > recovered.sql` and choose another --out"
-                ) from None
+                ) from e
             raise
         except sqlite3.ProgrammingError:
             self._gate()  # the store was closed by Ctrl-C while this worker waited for it: parked like the others
             raise
         except sqlite3.DatabaseError as e:
             if type(e) is sqlite3.DatabaseError:  # "database disk image is malformed": damage met by a read or write
-                raise files.corrupt(self.db, str(e)) from None
+                raise files.corrupt(self.db, str(e)) from e
             raise  # a constraint or programming error: a bug, with its traceback
 
     def _gate(self) -> None:

@@ -85,7 +85,7 @@ def prepare_dir(d: Path) -> None:
     try:
         d.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UsageError(f"{d}: cannot create the output directory ({e.strerror}); choose another --out") from None
+        raise UsageError(f"{d}: cannot create the output directory ({e.strerror}); choose another --out") from e
     if not os.access(d, os.W_OK | os.X_OK):
         raise UsageError(f"{d}: the output directory is not writable; fix its permissions or choose another --out")
 

@@ -44,7 +44,7 @@ def read_sidecar(d: Path) -> dict[str, Any]:
     except FileNotFoundError:
         return {}
     except (OSError, UnicodeDecodeError) as e:
-        raise _bad_sidecar(path, str(e)) from None
+        raise _bad_sidecar(path, str(e)) from e
     try:
         data = json.loads(text)
     except ValueError:
@@ -142,7 +142,7 @@ class Integrity(StoreBase):
             self._written = record
         except OSError as e:
             raise StoreError(f"{self.directory / SIDECAR}: cannot write the record of committed work ({e.strerror}); "
-                             "free some space and run the same command again — everything committed is kept") from None
+                             "free some space and run the same command again — everything committed is kept") from e
 
     # -- the cell index results are built from ----------------------------------------------------------------------
     def _index_counts(self, c: sqlite3.Connection | None = None) -> dict[str, int]:

@@ -38,7 +38,7 @@ def job_lock(key: str) -> Iterator[None]:
         raise UsageError(
             f"{folder}: cannot write the per-user job locks ({e.strerror}) that keep two runs from creating the same "
             "paid job; fix its permissions or set PTST_STATE_DIR to a writable folder"
-        ) from None
+        ) from e
     with f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:

@@ -22,7 +22,7 @@ def acquire(d: Path) -> IO[str]:
     try:
         lock_file = open(d / "ptst.lock", "a+")  # noqa: SIM115 - held for the whole run
     except OSError as e:
-        raise UsageError(f"{d}: cannot write the run lock ({e.strerror}); choose another --out") from None
+        raise UsageError(f"{d}: cannot write the run lock ({e.strerror}); choose another --out") from e
     try:
         fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

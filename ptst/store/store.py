@@ -53,11 +53,11 @@ class RunStore(Integrity, JobTables, CellTables, ResponseTables):
                 try:
                     files.create(db)
                 except sqlite3.Error as e:
-                    raise StoreError(f"{db}: cannot create the run store ({e}); free some space or choose another --out") from None
+                    raise StoreError(f"{db}: cannot create the run store ({e}); free some space or choose another --out") from e
             try:
                 conn = files.connect(db) if lock or os.access(d, os.W_OK) else files.connect_read_only(db)
             except sqlite3.Error as e:
-                raise files.corrupt(db, str(e)) from None
+                raise files.corrupt(db, str(e)) from e
             store = cls(d, conn)
             store.secrets = tuple(secrets)
             try:
@@ -85,7 +85,7 @@ class RunStore(Integrity, JobTables, CellTables, ResponseTables):
         try:
             check = ("ok",) if self._closed_cleanly() else self.conn.execute("PRAGMA quick_check").fetchone()
         except sqlite3.DatabaseError as e:
-            raise files.corrupt(db, str(e)) from None
+            raise files.corrupt(db, str(e)) from e
         if check is None or check[0] != "ok":
             raise files.corrupt(db, f"integrity check: {check[0] if check else 'no answer'}")
         rebuild_index = self._check_tables(created, writable)

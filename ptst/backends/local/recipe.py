@@ -259,7 +259,7 @@ class LoraRecipe:
                     f"out of GPU memory training {self.settings.model} at batch_size {hp.batch_size} "
                     f"(longest example {max(len(x) for x, _ in batch)} tokens): lower batch_size and raise "
                     "gradient_accumulation_steps, set gradient_checkpointing: true, or lower max_seq_len"
-                ) from None
+                ) from e
             raise
         return loss_sum, ntok
 

@@ -30,12 +30,12 @@ def local_model_dir(model: str) -> Path:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(model, local_files_only=True))
-    except Exception as e:  # noqa: BLE001 — not swallowed: every failure is this one-line error, with its cause
+    except Exception as e:
         raise BackendError(
             f"model {model!r} cannot be loaded offline (not a local directory, not in the local Hugging Face cache: "
             f"{first_line(e)}); download it first (huggingface-cli download {model}) or set model: to a local "
             "HF-format directory"
-        ) from None
+        ) from e
 
 
 # What `download: true` fetches of a hub repository: weights, configs and tokenizer files (hub repositories often carry
@@ -108,11 +108,11 @@ def download_model(model: str) -> Path:
         pass
     try:
         return Path(hub.snapshot_download(model, allow_patterns=DOWNLOAD_PATTERNS))
-    except Exception as e:  # noqa: BLE001 — network, access, id: every failure is reported, in one line
+    except Exception as e:
         raise ModelUnavailable(
             f"model {model!r} could not be downloaded ({type(e).__name__}: {first_line(e)}); check the hub id, the "
             f"network and your access, or run `huggingface-cli download {model}` and set download: false"
-        ) from None
+        ) from e
 
 
 
