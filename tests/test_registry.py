@@ -182,8 +182,9 @@ def test_plugins_are_listed(plugins: None, capsys) -> None:
                                           "default for": "-", "description": "the reference starts with a digit"}
     assert metrics["gsm8k_flexible_extract"]["default for"] == "gsm8k"
     assert main(["schema"]) == 0  # editors are offered the installed kinds
-    kind = json.loads(capsys.readouterr().out)["$defs"]["JudgeSpec"]["properties"]["kind"]
-    assert kind["type"] == "string" and kind["examples"] == ["classifier", "keyword", "mock", "rubric", "bomb"]
+    defs = json.loads(capsys.readouterr().out)["$defs"]
+    arms = [defs[a["$ref"].rsplit("/", 1)[1]]["properties"]["kind"]["const"] for a in defs["JudgeSpec"]["oneOf"]]
+    assert arms == ["classifier", "keyword", "mock", "rubric", "bomb"]  # one arm per kind, the plugin's included
 
 
 def _spec(tmp_path: Path, judge: str, metric: str) -> Path:
