@@ -74,6 +74,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.shared)
 
 
+@pytest.fixture
+def replay_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """examples/plugin_backend installed as a user would (`pip install -e`): its entry point, then its module."""
+    import sys
+
+    from ptst.backends import registry
+
+    dist = tmp_path / "site" / "ptst_replay-0.1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ptst-replay\nVersion: 0.1.0\n", encoding="utf-8")
+    (dist / "entry_points.txt").write_text("[ptst.backends]\nreplay = ptst_replay:Backend\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.syspath_prepend(str(REPO / "examples" / "plugin_backend"))
+    registry.BACKENDS.cache_clear()
+    yield
+    registry.BACKENDS.cache_clear()
+    sys.modules.pop("ptst_replay", None)
+
+
 def jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> Path:
     """A JSON-lines data file, one row a line (its folder made if need be)."""
     path.parent.mkdir(parents=True, exist_ok=True)

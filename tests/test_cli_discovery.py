@@ -62,21 +62,9 @@ def test_list_rejects_unknown_what(capsys):
     assert e.value.code == 2
 
 
-def test_a_plugin_backend_is_listed(tmp_path, monkeypatch, capsys):
-    from ptst.backends import registry
-
-    site = tmp_path / "site"
-    dist = site / "ptst_replay-0.1.0.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ptst-replay\nVersion: 0.1.0\n", encoding="utf-8")
-    (dist / "entry_points.txt").write_text("[ptst.backends]\nreplay = ptst_replay:Backend\n", encoding="utf-8")
-    monkeypatch.syspath_prepend(str(site))
-    registry.BACKENDS.cache_clear()
-    try:
-        assert main(["list", "backends", "--json"]) == 0
-        rows = {r["kind"]: r for r in json.loads(capsys.readouterr().out)}
-    finally:
-        registry.BACKENDS.cache_clear()
+def test_a_plugin_backend_is_listed(replay_plugin, capsys):
+    assert main(["list", "backends", "--json"]) == 0
+    rows = {r["kind"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["replay"]["source"] == "plugin (ptst-replay)"
     assert rows["mock"]["source"] == "built-in" and set(rows) >= {"mock", "openai", "llama2", "mistral", "hf"}
 

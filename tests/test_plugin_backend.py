@@ -7,7 +7,6 @@ so the real registry finds it through importlib.metadata; then a spec using `kin
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,18 +19,8 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "plugin_backend"
 
 
 @pytest.fixture
-def installed_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    site = tmp_path / "site"
-    dist = site / "ptst_replay-0.1.0.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ptst-replay\nVersion: 0.1.0\n", encoding="utf-8")
-    (dist / "entry_points.txt").write_text("[ptst.backends]\nreplay = ptst_replay:Backend\n", encoding="utf-8")
-    monkeypatch.syspath_prepend(str(site))
-    monkeypatch.syspath_prepend(str(EXAMPLE))
-    registry.BACKENDS.cache_clear()
-    yield
-    registry.BACKENDS.cache_clear()
-    sys.modules.pop("ptst_replay", None)
+def installed_plugin(replay_plugin: None) -> None:
+    """The example installed as a user would (conftest's `replay_plugin`)."""
 
 
 def test_unknown_kind_without_the_plugin() -> None:

@@ -16,29 +16,12 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((REPO / "examples").glob("**/*.yaml"))
 
 
-@pytest.fixture
-def plugin(tmp_path, monkeypatch):
-    """examples/plugin_backend installed as a user would (`pip install -e`): its entry point, then its module."""
-    from ptst.backends import registry
-
-    site = tmp_path / "site"
-    dist = site / "ptst_replay-0.1.0.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ptst-replay\nVersion: 0.1.0\n", encoding="utf-8")
-    (dist / "entry_points.txt").write_text("[ptst.backends]\nreplay = ptst_replay:Backend\n", encoding="utf-8")
-    monkeypatch.syspath_prepend(str(site))
-    monkeypatch.syspath_prepend(str(REPO / "examples" / "plugin_backend"))
-    registry.BACKENDS.cache_clear()
-    yield
-    registry.BACKENDS.cache_clear()
-
-
 def _schema(capsys) -> dict:
     assert main(["schema"]) == 0
     return json.loads(capsys.readouterr().out)
 
 
-def test_every_example_spec_satisfies_the_schema(plugin, capsys):
+def test_every_example_spec_satisfies_the_schema(replay_plugin, capsys):
     validator = jsonschema.Draft202012Validator(_schema(capsys))
     assert len(EXAMPLES) >= 15 and any(p.parent.name == "cpu-lab" for p in EXAMPLES)
     for path in EXAMPLES:
