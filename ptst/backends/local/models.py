@@ -102,16 +102,20 @@ def default_attn_implementation(device: str) -> str:
 def load_causal_lm(model: str, *, dtype, device: str, attn_implementation: str | None):  # type: ignore[no-untyped-def]
     """Load a base model from a local directory or the local HF cache only (never the network)."""
     check_transformers()
+    import torch
     from transformers import AutoModelForCausalLM
 
     path = local_model_dir(model)
     try:
-        m = AutoModelForCausalLM.from_pretrained(
-            str(path),
-            dtype=dtype,
-            local_files_only=True,
-            attn_implementation=attn_implementation or default_attn_implementation(device),
-        )
+        # weights materialise on the CPU whatever default device the calling process left set (a library user's
+        # `torch.set_default_device`, a leaked `torch.device("meta")` context): never a model of empty tensors
+        with torch.device("cpu"):
+            m = AutoModelForCausalLM.from_pretrained(
+                str(path),
+                dtype=dtype,
+                local_files_only=True,
+                attn_implementation=attn_implementation or default_attn_implementation(device),
+            )
     except (OSError, ValueError) as e:
         raise BackendError(
             f"model {model} cannot be loaded from {path} ({first_line(e)}); it must be an HF-format model "
