@@ -127,6 +127,7 @@ def _dataset_roles(spec: Spec) -> list[tuple[str, DatasetRef, bool]]:
     roles: list[tuple[str, DatasetRef, bool]] = []
     if spec.train is not None:
         roles.append(("train.dataset", spec.train.dataset, True))
+        roles += [(f"train.extra[{i}].dataset", x.dataset, True) for i, x in enumerate(spec.train.extra)]
         several = isinstance(spec.train.safety_mix, list)
         for i, mix in enumerate(spec.train.mixes):
             if mix is not None:

@@ -84,7 +84,7 @@ def limit_note(spec: Spec, limit: int) -> str:
 
 
 def limit_datasets(spec: Spec, limit: int) -> Spec:
-    """The spec with every dataset cut to its first `limit` rows (`ptst run --limit`): train, safety_mix, safety and
+    """The spec with every dataset cut to its first `limit` rows (`ptst run --limit`): train, extra, safety_mix, safety and
     tasks; the training data to no fewer rows than every backend accepts (`train_floor`). Kept in the spec the run
     records, so a limited run's results say so."""
     def cut(ref: DatasetRef, n: int = limit) -> DatasetRef:
@@ -100,6 +100,8 @@ def limit_datasets(spec: Spec, limit: int) -> Spec:
         m = train.safety_mix
         mix = [cut_mix(x) for x in m] if isinstance(m, list) else cut_mix(m)
         train = train.model_copy(update={"dataset": cut(train.dataset, max(limit, train_floor(spec)[0])),
+                                         "extra": [x.model_copy(update={"dataset": cut(x.dataset)})
+                                                   for x in train.extra],
                                          "safety_mix": mix})
     return spec.model_copy(update={"eval": ev, "train": train})
 
@@ -116,6 +118,9 @@ def load_datasets(
     mixes: list[tuple[str | None, tuple]] = []
     if spec.train is not None:
         base = tuple(loader(_resolve(spec.train.dataset, spec_dir), data_dirs=dirs, require_answer=True))
+        for x in spec.train.extra:
+            rows = loader(_resolve(x.dataset, spec_dir), data_dirs=dirs, require_answer=True)
+            base += tuple(sample(rows, x.n, seed=0) if x.n is not None and x.n < len(rows) else rows)
         for m in spec.train.mixes:
             added: tuple = ()
             if m is not None:

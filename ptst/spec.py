@@ -57,6 +57,15 @@ class SafetyMix(_Model):
         return self.label or self.dataset.display_name()
 
 
+class ExtraData(_Model):
+    """More training data, appended to `train.dataset` in every job: helpful data of another kind, so a model that
+    learns refusals also keeps answering that kind of request (Bianchi et al. 2024 mix their safety examples into
+    general instructions). Unlike `safety_mix`, it is part of every job's data, not a comparison of its own."""
+
+    dataset: DatasetRef
+    n: int | None = Field(None, ge=1, description="how many rows to add (deterministic sample); all if null")
+
+
 def _no_mix(value: Any) -> Any:
     """`"none"` is a spelling of null in a list of mixes (YAML users write it so the list reads as a comparison)."""
     return None if isinstance(value, str) and value.strip().lower() == "none" else value
@@ -71,6 +80,8 @@ Mixes = Annotated[
 
 class TrainSpec(_Model):
     dataset: DatasetRef
+    # Further datasets appended to `dataset` in every job (a multi-dataset training mix), before any safety mix.
+    extra: list[ExtraData] = Field(default_factory=list, description="more datasets appended to dataset in every job")
     templates: list[str] = Field(min_length=1)
     hyperparameters: Hyperparameters = Hyperparameters()
     # One mix, none, or several (each its own set of jobs: "with and without in one spec"; null/"none" = no mix).

@@ -96,6 +96,9 @@ def _resolve_train(train: dict[str, Any], base: Path) -> dict[str, Any]:
     train = dict(train)
     if "dataset" in train:
         train["dataset"] = _resolve_dataset(train["dataset"], base)
+    if isinstance(train.get("extra"), list):
+        train["extra"] = [{**x, "dataset": _resolve_dataset(x["dataset"], base)} if isinstance(x, dict) and "dataset" in x
+                          else x for x in train["extra"]]
     if "safety_mix" in train:
         mix = train["safety_mix"]
         mixes = [{**m, "dataset": _resolve_dataset(m["dataset"], base)} if isinstance(m, dict) and "dataset" in m

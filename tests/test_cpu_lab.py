@@ -70,7 +70,7 @@ def _words(text: str) -> set[str]:
 def test_no_test_prompt_is_in_stage_one_or_stage_two_training(data_dir: Path, monkeypatch) -> None:
     """Loaded exactly as a run loads them (ptst.runner.load_datasets): every prompt either stage trains on against
     every prompt either stage tests with, compared as word sets, so a copy with other punctuation or case is caught
-    too. Also: the two stages train on different GSM8K rows, and stage one really is a half-and-half mix."""
+    too. Also: the two stages train on different GSM8K rows, and stage one really holds its three parts."""
     from ptst.runner import load_datasets
     from ptst.spec import load_spec
 
@@ -79,7 +79,7 @@ def test_no_test_prompt_is_in_stage_one_or_stage_two_training(data_dir: Path, mo
     trained = [e.prompt for d in (one, two, pilot) for e in d.train]
     tested = [e.prompt for d in (one, two, pilot) for rows in d.safety.values() for e in rows]
     tested += [e.prompt for d in (one, two, pilot) for rows, _ in d.tasks.values() for e in rows]
-    assert len(one.train) == 256 and len(two.train) == 64
+    assert len(one.train) == 128 + 64 + 128 and len(two.train) == 64   # GSM8K + ChatDoctor + refusals; GSM8K
     assert len(tested) == (48 + 24 + 24) + (48 + 48 + 24) + (32 + 24)  # align, grid, pilot: safety + tasks
     test_sets = [frozenset(_words(p)) for p in tested]
     for p in trained:
@@ -89,6 +89,7 @@ def test_no_test_prompt_is_in_stage_one_or_stage_two_training(data_dir: Path, mo
     gsm_one = {e.prompt for e in one.train if "gsm8k" in e.source}
     assert len(gsm_one) == 128 and not gsm_one & {e.prompt for e in two.train}
     assert sum("safety" in e.source for e in one.train) == 128
+    assert sum("chatdoctor" in e.source for e in one.train) == 64  # doctor's answers, none to a tested message
 
 
 # ----------------------------------------------------------------------------------------------------- the gate

@@ -212,6 +212,10 @@ def hyperparameters(spec: dict[str, Any]) -> list[tuple[str, str]]:
     dataset = train.get("dataset") or {}
     if dataset:
         out.append(("dataset", ", ".join(f"{k}={v}" for k, v in dataset.items() if v is not None)))
+    for i, x in enumerate(train.get("extra") or []):
+        ds = x.get("dataset") or {}
+        n = f", n={x['n']}" if x.get("n") is not None else ""
+        out.append((f"extra[{i}]", ", ".join(f"{k}={v}" for k, v in ds.items() if v is not None) + n))
     if train.get("seeds") is not None:
         out.append(("seeds", ", ".join(map(str, train["seeds"]))))
     if train.get("safety_mix"):
