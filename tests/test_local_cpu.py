@@ -99,6 +99,17 @@ def test_free_cores_are_the_allowed_less_the_others_load():
     assert cpu.free_cores(allowed=16, load=3.5) == 12
 
 
+def test_own_load_counts_what_the_process_did_before_its_first_call(monkeypatch):
+    """The first call after import (a training job right after a GGUF conversion) must subtract the conversion's own
+    CPU time from the load average: it once read 0 and gave the job 1 thread of 2."""
+    clock = {"wall": 100.0, "cpu": 50.0}
+    monkeypatch.setattr(cpu, "_times", lambda: (clock["wall"], clock["cpu"]))
+    monkeypatch.setattr(cpu, "_LAST", [(40.0, 0.0)])  # import: 60 s ago; busy on one core for 50 s of them
+    assert cpu.own_load() == pytest.approx(50 / 60)
+    clock.update(wall=110.0, cpu=70.0)  # then two cores for 10 s
+    assert cpu.own_load() == pytest.approx(2.0)
+
+
 def test_thread_count_option_then_environment_then_free_cores(monkeypatch):
     monkeypatch.setenv(cpu.THREADS_ENV, "3")
     assert cpu.thread_count(5) == 5

@@ -60,15 +60,22 @@ def allowed_cores() -> int:
         return os.cpu_count() or 1
 
 
-_LAST: list[tuple[float, float]] = []  # (wall clock, this process's CPU seconds) at the last `free_cores` call
+def _times() -> tuple[float, float]:
+    return time.monotonic(), sum(os.times()[:2])
+
+
+# (wall clock, this process's CPU seconds) at the last `own_load` call; first set at import, so the first call
+# counts what the process did before it (a GGUF conversion just before training is the process's own load too)
+_LAST: list[tuple[float, float]] = [_times()]
 
 
 def own_load() -> float:
-    """The cores this process kept busy since the last call (within a minute, the load average's window; 0 before):
-    its own work is in the load average and must not count as others' load."""
-    wall, cpu = time.monotonic(), sum(os.times()[:2])
+    """The cores this process kept busy since the last call (or since ptst's import): its own work is in the load
+    average and must not count as others' load. Over a window longer than the load average's minute, the plain mean
+    stands in for the load average's decaying one."""
+    wall, cpu = _times()
     own = 0.0
-    if _LAST and 0 < wall - _LAST[0][0] <= 60:
+    if _LAST and wall > _LAST[0][0]:
         own = max(0.0, (cpu - _LAST[0][1]) / (wall - _LAST[0][0]))
     _LAST[:] = [(wall, cpu)]
     return own
