@@ -25,6 +25,9 @@ step() { echo "== cpu-lab $(date -u +%H:%M:%S) $*" >&2; }
 
 step "model"
 gguf="$("$here/get_smollm2.sh" "$models")"
+gguf="$(cd "$(dirname "$gguf")" && pwd)/$(basename "$gguf")"   # --set paths resolve against the spec's folder
+mkdir -p "$out"
+out="$(cd "$out" && pwd)"
 step "stage one: align (LoRA), check on held-out prompts"
 "$py" -m ptst run "$here/align.yaml" --out "$out/cpu-lab-align" "${limit[@]}" --set "backends.0.model=$gguf" \
   ${extra[@]+"${extra[@]}"}
