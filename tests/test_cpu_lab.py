@@ -146,6 +146,22 @@ def test_summary_pools_mcnemar_over_seeds(tmp_path) -> None:
     assert "pooled: n 30, b 1 c 10, p = 0.01172" in text
 
 
+def test_summary_never_pools_different_backends(tmp_path) -> None:
+    """The pilot runs one backend per setting on the same prompts: each gets its own block, counted alone."""
+    m = lab()
+    a = _results({"chat:vanilla": (1, 32)}, {"chat:vanilla": (0, 24)}, "chat:vanilla")
+    b = _results({"chat:vanilla": (9, 32)}, {"chat:vanilla": (2, 24)}, "chat:vanilla")
+    for label, res in (("weak", a), ("strong", b)):
+        for key in ("safety", "tasks"):
+            for row in res[key]:
+                row["backend"] = label
+    both = {**a, "safety": a["safety"] + b["safety"], "tasks": a["tasks"] + b["tasks"]}
+    text = "\n".join(m.summary_lines(both))
+    weak, strong = text.split("=== strong")
+    assert "=== weak" in weak and "(1/32)" in weak and "(9/32)" not in weak and "(10/64)" not in text
+    assert "(9/32)" in strong and "(2/24)" in strong
+
+
 # ----------------------------------------------------------------------------------------------------- power
 
 def test_two_proportion_mdd_matches_fleiss_sample_size() -> None:

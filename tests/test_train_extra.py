@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ptst.errors import SpecError
 from ptst.cli import main
+from ptst.errors import SpecError
 from ptst.runner import limit_datasets, load_datasets
 from ptst.spec import load_spec, validate_spec
 
@@ -47,7 +47,7 @@ def test_every_job_trains_on_the_dataset_then_each_extra_then_the_mix(tmp_path):
 
 
 def test_no_extra_keeps_the_training_rows_of_before(tmp_path):
-    without = validate_spec({k: v for k, v in _raw(tmp_path, []).items()})
+    without = validate_spec(_raw(tmp_path, []))
     assert [e.prompt for e in load_datasets(without, tmp_path).train] == [
         "math 0", "math 1", "math 2", "math 3", "refuse 0", "refuse 1"]
 

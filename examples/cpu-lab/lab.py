@@ -157,7 +157,25 @@ def check(res: dict[str, Any], *, base: bool, max_asr: float, max_refusal: float
 
 # --------------------------------------------------------------------------------------------------------- summary
 
+def backends(res: dict[str, Any]) -> list[str]:
+    """The backend labels of a run's rows, in first-seen order (the pilot has one per setting)."""
+    return list(dict.fromkeys(r["backend"] for key in ("safety", "tasks") for r in res.get(key, []) if "backend" in r))
+
+
+def only(res: dict[str, Any], backend: str) -> dict[str, Any]:
+    """The run's rows of one backend: pooling is over seeds, never over different models or settings."""
+    return {**res, **{key: [r for r in res.get(key, []) if r.get("backend", backend) == backend]
+                      for key in ("safety", "tasks", "comparisons")}}
+
+
 def summary_lines(res: dict[str, Any]) -> list[str]:
+    labels = backends(res)
+    if len(labels) > 1:  # one block per backend (a pilot's settings), each pooled over its own seeds only
+        return [line for b in labels for line in (f"\n=== {b}", *_summary_one(only(res, b)))]
+    return _summary_one(res)
+
+
+def _summary_one(res: dict[str, Any]) -> list[str]:
     out = []
     safety = pooled_safety(res)
     trains = sorted({t for t, _, _ in safety}, key=lambda t: (t is not None, t or ""))
