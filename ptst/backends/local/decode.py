@@ -7,6 +7,8 @@ beside a 160-token answer sits finished for 140 steps. The continuous loop hands
 the batch and its KV cache, and refills the freed slots with waiting prompts (prefilled on their own, then joined to
 the batch with their cache left-padded to a common length), so every step keeps up to `batch_size` rows busy.
 Greedy outputs equal `model.generate`'s: each row's tokens depend on its own prompt only (tested token for token).
+Each batch's KV cache is allocated once with room for the steps to come and written in place (`kv.py`), not
+concatenated at every step as transformers' DynamicCache does.
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ def decode_batch(  # type: ignore[no-untyped-def]
     torch = import_torch()
     from transformers import DynamicCache
 
+    from ptst.backends.local.kv import make_roomy
+
     device = next(model.parameters()).device
     n = len(batch)
     ids, attn, pos = _left_padded(batch, pad_id, device)
@@ -87,6 +91,7 @@ def decode_batch(  # type: ignore[no-untyped-def]
     nxt = select_next(out.logits[:, -1], cfg, generator)
     last_pos = pos[:, -1]
     max_new = cfg.max_new_tokens
+    make_roomy(cache, max_new)
     tokens = torch.full((n, max_new), eos_id, dtype=torch.long, device=device)  # by original row
     length = torch.full((n,), max_new, dtype=torch.long, device=device)
     rows = torch.arange(n, device=device)  # original row of each live batch position
@@ -162,6 +167,8 @@ def decode_continuous(  # type: ignore[no-untyped-def]
     torch = import_torch()
     from transformers import DynamicCache
 
+    from ptst.backends.local.kv import drop_front, make_roomy
+
     device = next(model.parameters()).device
     cache_arg = cache_argument(model)
     stops = torch.tensor(sorted({eos_id, *stop_ids}), dtype=torch.long, device=device)
@@ -203,6 +210,7 @@ def decode_continuous(  # type: ignore[no-untyped-def]
             attn = torch.cat([_pad_left(attn, width, 1), _pad_left(g_attn, width, 1)])
             nxt, last_pos = torch.cat([nxt, first]), torch.cat([last_pos, pos[:, -1]])
             tokens, count, stop_at = torch.cat([tokens, g_tokens]), torch.cat([count, g_count]), torch.cat([stop_at, g_stop])
+        make_roomy(cache, cols)  # one copy per admission; the steps until the next one write in place
         live_idx.extend(i for i, _ in group)
 
     def hand_over(finished) -> None:  # type: ignore[no-untyped-def]
@@ -225,8 +233,7 @@ def decode_continuous(  # type: ignore[no-untyped-def]
         lead = int((attn.cumsum(-1) == 0).sum(-1).min())
         if lead:
             attn = attn[:, lead:]
-            for layer in cache.layers:
-                layer.keys, layer.values = layer.keys[:, :, lead:], layer.values[:, :, lead:]
+            drop_front(cache, lead)
 
     admit(batch_size)
     step = 0
