@@ -6,10 +6,14 @@ after a warm-up round (the best counted round is reported); every line prints th
 
 * `model.generate` (DynamicCache, greedy, same dtype, batch, left-padded prompts);
 * ptst's `decode_continuous` as it was (transformers' DynamicCache: `torch.cat` of every layer's keys and values at
-  every step) and as it is (`kv.py`: buffers allocated once per batch, written in place);
+  every step), with its preallocated cache (`kv.py`: buffers allocated once per batch, written in place), and as
+  it is (that plus `cpu_decode.py` in bf16: Linear weights packed once for oneDNN, one-query attention on the
+  key/value heads; in fp32, where packing is not bit-exact and ptst does not pack, the packed figure is printed as
+  "inexact" to show what exactness costs);
 * transformers' `StaticCache` in a ptst-style loop, eager, and under `torch.compile` (static shapes: the mask is a
-  preallocated full-length row; compile time is timed once, cold, in a fresh inductor cache, and reported apart
-  with the tokens it takes to pay back).
+  preallocated full-length row; compile time is timed once, cold, in a fresh inductor cache, and reported apart with
+  the steps it takes to pay back). Inductor's `freezing` (which would pack the weights too) is left off: it freezes
+  the static cache's write position as a constant (index out of bounds at the second step, transformers 5.25).
 
 A step's time excludes the prefill (timed from the second forward call to the end), so every variant decodes the same
 number of steps of the same prompts with EOS disabled (`--steps` tokens per row). Outputs are compared token for
@@ -23,6 +27,7 @@ argmax, a host sync, the KV `torch.cat` against in-place writes) are timed alone
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 import statistics
@@ -38,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_real_cpu import REPO, load, load_prompts, peaks, sizes
 
 Run = Callable[[], tuple[list[list[int]], float]]  # (tokens per row, seconds per decoding step)
+NOW = "ptst now (+ cpu_decode.py)"
 
 
 def timed_steps(model, fn: Callable[[], Any]) -> tuple[Any, float]:  # type: ignore[no-untyped-def]
@@ -77,7 +83,9 @@ def hf_generate(model, prompts, pad: int, steps: int) -> Run:  # type: ignore[no
     return run
 
 
-def ptst_loop(model, prompts, pad: int, steps: int, *, preallocated: bool) -> Run:  # type: ignore[no-untyped-def]
+def ptst_loop(model, prompts, pad: int, steps: int, *, preallocated: bool, packed=None) -> Run:  # type: ignore[no-untyped-def]
+    """ptst's `decode_continuous`, with or without its preallocated cache, inside `packed.applied()` (CpuDecoding,
+    PackedLinears) if given."""
     from ptst.backends.local import kv
     from ptst.backends.local.decode import decode_continuous
     from ptst.types import GenerationConfig
@@ -91,11 +99,12 @@ def ptst_loop(model, prompts, pad: int, steps: int, *, preallocated: bool) -> Ru
             decode_continuous(model, list(enumerate(prompts)), cfg, batch_size=len(prompts), eos_id=-1, pad_id=pad,
                               generator=None, on_done=got.update)
 
-        if preallocated:
+        with contextlib.ExitStack() as stack:
+            if packed is not None:
+                stack.enter_context(packed.applied())
+            if not preallocated:  # the loop before kv.py: transformers' DynamicCache appends with torch.cat
+                stack.enter_context(mock.patch.object(kv, "make_roomy", lambda cache, room: None))
             _, per = timed_steps(model, go)
-        else:  # the loop before kv.py: transformers' DynamicCache appends with torch.cat
-            with mock.patch.object(kv, "make_roomy", lambda cache, room: None):
-                _, per = timed_steps(model, go)
         return [got[i] for i in range(len(prompts))], per
 
     return run
@@ -110,7 +119,7 @@ def static_loop(model, prompts, pad: int, steps: int, step_fn=None) -> Run:  # t
     from ptst.backends.local.decode import cache_argument
 
     arg = cache_argument(model)
-    call = step_fn or model
+    call = model if step_fn is None else step_fn
 
     def run() -> tuple[list[list[int]], float]:
         ids, mask = left_padded(prompts, pad, width=max(len(p) for p in prompts) + steps)
@@ -195,6 +204,7 @@ def main() -> None:
 
     from ptst.backends.base import BackendSpec, create_backend
     from ptst.backends.local.cpu import cpu_flags, native_bf16, thread_count
+    from ptst.backends.local.cpu_decode import CpuDecoding, PackedLinears
     from ptst.backends.local.generate import Generator
 
     args.threads = thread_count(args.threads)
@@ -219,12 +229,20 @@ def main() -> None:
               f"{pk['copy_gbs']:.1f} GB/s", flush=True)
         for b in batches:
             prompts = all_prompts[:b]
+            t = time.perf_counter()
+            fast = CpuDecoding(model, b)
+            pack_s = time.perf_counter() - t
             runs: dict[str, Run] = {
                 "model.generate": hf_generate(model, prompts, pad, args.steps),
-                "ptst, DynamicCache (before)": ptst_loop(model, prompts, pad, args.steps, preallocated=False),
-                "ptst, preallocated (now)": ptst_loop(model, prompts, pad, args.steps, preallocated=True),
+                "ptst before (DynamicCache)": ptst_loop(model, prompts, pad, args.steps, preallocated=False),
+                "ptst preallocated KV": ptst_loop(model, prompts, pad, args.steps, preallocated=True),
+                NOW: ptst_loop(model, prompts, pad, args.steps, preallocated=True, packed=fast),
                 "StaticCache, eager": static_loop(model, prompts, pad, args.steps),
             }
+            if not fast.linears:  # float32: packing is not bit-exact, so ptst does not do it; what it would give
+                inexact = PackedLinears(model, b, exact=False)
+                runs["ptst + packed (inexact)"] = ptst_loop(model, prompts, pad, args.steps, preallocated=True,
+                                                             packed=inexact)
             compile_note = ""
             if b in compile_at:
                 compiled = torch.compile(model, dynamic=False)
@@ -256,8 +274,10 @@ def main() -> None:
                 print(f"   {name:28s} {per * 1e3:6.1f} ms/step = {per * 1e3 / floor_ms:4.1f}x floor, "
                       f"{size['step_bytes'] / per / 1e9:5.1f} GB/s, {ref / per:4.2f}x model.generate "
                       f"({b / per:6.1f} tokens/s); identical rows {same}/{b}")
+            print(f"   cpu_decode set-up {pack_s:.2f} s: {len(fast.linears.packed)} Linears packed, attention on kv heads "
+                  f"{fast.attention}")
             if compile_note:
-                gain = best["ptst, preallocated (now)"] - best["StaticCache + torch.compile"]
+                gain = best[NOW] - best["StaticCache + torch.compile"]
                 pays = f"pays back after {compile_s / gain:,.0f} steps" if gain > 0 else "never pays back"
                 print(f"   torch.compile: {compile_note}; {pays} against ptst's loop at this batch")
             pc = pieces(model, b, prompt_len + args.steps // 2, args.threads)

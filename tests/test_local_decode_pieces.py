@@ -2,8 +2,9 @@
 
 * the preallocated KV cache layer (`kv.py`) against transformers' own `DynamicLayer`, which appends with `torch.cat`:
   the same keys and values after every update, written in place while there is room;
-* packed Linear weights (`packed.py`): a Generator decoding with them gives `model.generate`'s tokens, the packed
-  kernel is really called, and the model is left as it was."""
+* bf16 decoding on a CPU (`cpu_decode.py`: packed Linear weights, one-query attention on the key/value heads): a
+  Generator decoding with them gives `model.generate`'s tokens, each piece is really called, and the model is left
+  as it was."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ pytest.importorskip("transformers")
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from ptst.backends.local import generate, kv, packed
+from ptst.backends.local import cpu_decode, generate, kv
 from ptst.backends.local.cpu import native_bf16
 from ptst.types import GenerationConfig
 
@@ -89,13 +90,15 @@ def _one_by_one(model, prompts, max_new: int) -> list[list[int]]:  # type: ignor
                                eos_token_id=None, pad_token_id=0)[0, len(p):].tolist() for p in prompts]
 
 
-def test_packed_linears_decode_model_generates_tokens_and_leave_the_model_as_it_was(monkeypatch):
+def test_bf16_cpu_decoding_gives_model_generates_tokens_and_leaves_the_model_as_it_was(monkeypatch):
     model = _tiny_bf16()
     prompts = [[1, 7 + i, 40, 99 - i, 12, 5 * i + 3][: 3 + i % 4] for i in range(6)]
     want = _one_by_one(model, prompts, 10)
     calls: list[int] = []
-    made: list[packed.PackedLinears] = []
-    real_init, real_call = packed.PackedLinears.__init__, packed.PackedLinears._call
+    made: list[cpu_decode.PackedLinears] = []
+    attention: list[tuple[int, bool]] = []  # (queries, masked) of each call
+    real_attention = cpu_decode._sdpa_on_kv_heads
+    real_init, real_call = cpu_decode.PackedLinears.__init__, cpu_decode.PackedLinears._call
 
     def init(self, *a, **k):  # type: ignore[no-untyped-def]
         real_init(self, *a, **k)
@@ -105,14 +108,20 @@ def test_packed_linears_decode_model_generates_tokens_and_leave_the_model_as_it_
         calls.append(1)
         return real_call(self, m, x)
 
-    monkeypatch.setattr(packed.PackedLinears, "__init__", init)
-    monkeypatch.setattr(packed.PackedLinears, "_call", counting)
+    monkeypatch.setattr(cpu_decode.PackedLinears, "__init__", init)
+    monkeypatch.setattr(cpu_decode.PackedLinears, "_call", counting)
+    monkeypatch.setattr(cpu_decode, "_sdpa_on_kv_heads",
+                        lambda *a, **k: attention.append((a[1].shape[2], a[4] is not None)) or real_attention(*a, **k))
     g = generate.Generator(("tiny", None), model, "cpu", 256)
     got = g.generate(prompts, GenerationConfig(max_new_tokens=10, batch_size=4), eos_id=299, pad_id=0)
+    alone = [g.generate([p], GenerationConfig(max_new_tokens=10, batch_size=1), eos_id=299, pad_id=0)[0]
+             for p in prompts[:2]]  # batch 1: no mask, so the attention on the key/value heads runs
     if not made[0]:
         assert not native_bf16(), "a CPU that multiplies bf16 natively packs its bf16 Linears"
         pytest.skip("this CPU or torch build has no exact packed bf16 kernel")
-    assert got == want
+    assert got == want and alone == want[:2]
+    assert attention.count((1, False)) >= 2 * 9 * 2  # unmasked one-query steps: 2 layers x 9 steps x 2 prompts
+    assert model.config._attn_implementation == "sdpa"
     # every Linear of both layers (q k v o gate up down) and the tied lm_head, at every forward call
     assert len(made[0].packed) == 2 * 7 + 1 and len(calls) > 15 * 10
     assert not any("forward" in vars(m) for m in model.modules())  # the class's forward again after decoding
@@ -120,8 +129,8 @@ def test_packed_linears_decode_model_generates_tokens_and_leave_the_model_as_it_
 
 def test_nothing_is_packed_where_the_kernel_is_not_exact_or_not_bf16(monkeypatch):
     model = _tiny_bf16()
-    assert not packed.PackedLinears(model.float())  # float32: linear takes another kernel, not packed at all
-    real = packed.PackedLinears._call
+    assert not cpu_decode.PackedLinears(model.float())  # float32: linear takes another kernel, not packed at all
+    real = cpu_decode.PackedLinears._call
     model = _tiny_bf16()
-    monkeypatch.setattr(packed.PackedLinears, "_call", lambda self, m, x: real(self, m, x) * 1.01)
-    assert not packed.PackedLinears(model)  # a result off by a little: nothing packed, decoding stays exact
+    monkeypatch.setattr(cpu_decode.PackedLinears, "_call", lambda self, m, x: real(self, m, x) * 1.01)
+    assert not cpu_decode.PackedLinears(model)  # a result off by a little: nothing packed, decoding stays exact
