@@ -16,7 +16,7 @@ pytest.importorskip("transformers")
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from ptst.backends.local import cpu_decode, generate, kv
+from ptst.backends.local import cpu_decode, decode, generate, kv
 from ptst.backends.local.cpu import native_bf16
 from ptst.types import GenerationConfig
 
@@ -91,40 +91,47 @@ def _one_by_one(model, prompts, max_new: int) -> list[list[int]]:  # type: ignor
 
 
 def test_bf16_cpu_decoding_gives_model_generates_tokens_and_leaves_the_model_as_it_was(monkeypatch):
+    """Batch 1 through the Generator (packed Linears, unmasked one-query attention) equals model.generate; at batch 4
+    the same loop with and without cpu_decode gives the same tokens (bf16 rows are compared like for like: a row's
+    rounding may depend on the rows beside it, see decode.py)."""
     model = _tiny_bf16()
     prompts = [[1, 7 + i, 40, 99 - i, 12, 5 * i + 3][: 3 + i % 4] for i in range(6)]
     want = _one_by_one(model, prompts, 10)
-    calls: list[int] = []
-    made: list[cpu_decode.PackedLinears] = []
-    attention: list[tuple[int, bool]] = []  # (queries, masked) of each call
-    real_attention = cpu_decode._sdpa_on_kv_heads
-    real_init, real_call = cpu_decode.PackedLinears.__init__, cpu_decode.PackedLinears._call
+    cfg = GenerationConfig(max_new_tokens=10, batch_size=4)
 
-    def init(self, *a, **k):  # type: ignore[no-untyped-def]
-        real_init(self, *a, **k)
-        made.append(self)
+    def continuous() -> list[list[int]]:
+        got: dict[int, list[int]] = {}
+        with torch.inference_mode():
+            decode.decode_continuous(model, list(enumerate(prompts)), cfg, batch_size=4, eos_id=299, pad_id=0,
+                                     generator=None, on_done=got.update)
+        return [got[i] for i in range(len(prompts))]
+
+    plain = continuous()
+    calls: list[int] = []
+    attention: list[tuple[int, bool]] = []  # (queries, masked) of each call
+    real_call, real_attention = cpu_decode.PackedLinears._call, cpu_decode._sdpa_on_kv_heads
 
     def counting(self, m, x):  # type: ignore[no-untyped-def]
         calls.append(1)
         return real_call(self, m, x)
 
-    monkeypatch.setattr(cpu_decode.PackedLinears, "__init__", init)
     monkeypatch.setattr(cpu_decode.PackedLinears, "_call", counting)
     monkeypatch.setattr(cpu_decode, "_sdpa_on_kv_heads",
                         lambda *a, **k: attention.append((a[1].shape[2], a[4] is not None)) or real_attention(*a, **k))
-    g = generate.Generator(("tiny", None), model, "cpu", 256)
-    got = g.generate(prompts, GenerationConfig(max_new_tokens=10, batch_size=4), eos_id=299, pad_id=0)
-    alone = [g.generate([p], GenerationConfig(max_new_tokens=10, batch_size=1), eos_id=299, pad_id=0)[0]
-             for p in prompts[:2]]  # batch 1: no mask, so the attention on the key/value heads runs
-    if not made[0]:
+    fast = cpu_decode.CpuDecoding(model, 4)
+    if not fast.linears:
         assert not native_bf16(), "a CPU that multiplies bf16 natively packs its bf16 Linears"
         pytest.skip("this CPU or torch build has no exact packed bf16 kernel")
-    assert got == want and alone == want[:2]
-    assert attention.count((1, False)) >= 2 * 9 * 2  # unmasked one-query steps: 2 layers x 9 steps x 2 prompts
-    assert model.config._attn_implementation == "sdpa"
-    # every Linear of both layers (q k v o gate up down) and the tied lm_head, at every forward call
-    assert len(made[0].packed) == 2 * 7 + 1 and len(calls) > 15 * 10
+    assert fast.attention and len(fast.linears.packed) == 2 * 7 + 1  # q k v o gate up down x 2 layers, lm_head
+    with fast.applied():
+        assert continuous() == plain
+    g = generate.Generator(("tiny", None), model, "cpu", 256)
+    alone = [g.generate([p], GenerationConfig(max_new_tokens=10, batch_size=1), eos_id=299, pad_id=0)[0]
+             for p in prompts[:3]]  # batch 1: no mask, so the attention on the key/value heads runs
+    assert alone == want[:3]
+    assert len(calls) > 15 * 10 * 4 and attention.count((1, False)) >= 2 * 9 * 3
     assert not any("forward" in vars(m) for m in model.modules())  # the class's forward again after decoding
+    assert model.config._attn_implementation == "sdpa"
 
 
 def test_nothing_is_packed_where_the_kernel_is_not_exact_or_not_bf16(monkeypatch):

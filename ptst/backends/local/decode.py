@@ -6,7 +6,9 @@ costs about the same for 2 live rows as for 8. `model.generate` keeps a static b
 beside a 160-token answer sits finished for 140 steps. The continuous loop hands a finished row over, drops it from
 the batch and its KV cache, and refills the freed slots with waiting prompts (prefilled on their own, then joined to
 the batch with their cache left-padded to a common length), so every step keeps up to `batch_size` rows busy.
-Greedy outputs equal `model.generate`'s: each row's tokens depend on its own prompt only (tested token for token).
+Greedy outputs equal `model.generate`'s: each row's tokens depend on its own prompt only (tested token for token,
+in float32; in bfloat16 an attention output rounded to bf16 can come out one unit apart beside other rows' padding,
+as in `model.generate`'s own batches, so a token within that rounding of a tie can differ).
 Each batch's KV cache is allocated once with room for the steps to come and written in place (`kv.py`), not
 concatenated at every step as transformers' DynamicCache does.
 """
@@ -212,6 +214,9 @@ def decode_continuous(  # type: ignore[no-untyped-def]
             tokens, count, stop_at = torch.cat([tokens, g_tokens]), torch.cat([count, g_count]), torch.cat([stop_at, g_stop])
         make_roomy(cache, cols)  # one copy per admission; the steps until the next one write in place
         live_idx.extend(i for i, _ in group)
+        # the loop step at whose start these rows hold max_new tokens: checked then, not up to PRUNE_EVERY - 1
+        # wasted steps later (admitted before step s's forward, a row holds 1 + t - s tokens at step t's start)
+        due.add(max(step, 1) + max_new - 1)
 
     def hand_over(finished) -> None:  # type: ignore[no-untyped-def]
         """Give the finished rows to `on_done` and drop them from the batch and its cache."""
@@ -235,11 +240,12 @@ def decode_continuous(  # type: ignore[no-untyped-def]
             attn = attn[:, lead:]
             drop_front(cache, lead)
 
-    admit(batch_size)
+    due: set[int] = set()
     step = 0
+    admit(batch_size)
     while live_idx:
         step += 1
-        if step % PRUNE_EVERY == 0 or max_new <= PRUNE_EVERY:
+        if step % PRUNE_EVERY == 0 or max_new <= PRUNE_EVERY or step in due:
             finished = (stop_at >= 0) | (count >= max_new)
             n_done = int(finished.sum())
             if n_done and (n_done * 8 >= len(live_idx) or n_done == len(live_idx) or not waiting):
