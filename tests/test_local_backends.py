@@ -415,8 +415,8 @@ def test_sampling_is_seeded(tiny_llama):
 
 def test_oom_backs_off_and_keeps_outputs(tiny_llama, monkeypatch):
     b = backend("llama2", tiny_llama)
-    # float32: in bfloat16 (what `auto` picks on a CPU with AVX-512 BF16) a row's greedy tokens may change with the
-    # batch it shares a matmul with, and this test compares batch 6 with batch 2
+    # float32: in bfloat16 (what `auto` picks on a CPU with AVX-512 BF16) a row's attention output can round
+    # differently beside other rows' padding (decode.py), and this test compares batch 6 with batch 2
     gen = generate.Generator.load(str(tiny_llama), None, dtype="float32")
     prompts = [b.prompt_ids(c) for c in prompts_for(b, 6)]
     cfg = GenerationConfig(max_new_tokens=5, batch_size=6)
