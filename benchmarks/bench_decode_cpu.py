@@ -44,6 +44,7 @@ from bench_real_cpu import REPO, load, load_prompts, peaks, sizes
 
 Run = Callable[[], tuple[list[list[int]], float]]  # (tokens per row, seconds per decoding step)
 NOW = "ptst now (+ cpu_decode.py)"
+BEFORE = "ptst before (DynamicCache)"
 
 
 def timed_steps(model, fn: Callable[[], Any]) -> tuple[Any, float]:  # type: ignore[no-untyped-def]
@@ -241,7 +242,7 @@ def main() -> None:
             pack_s = time.perf_counter() - t
             runs: dict[str, Run] = {
                 "model.generate": hf_generate(model, prompts, pad, args.steps),
-                "ptst before (DynamicCache)": ptst_loop(model, prompts, pad, args.steps, preallocated=False),
+                BEFORE: ptst_loop(model, prompts, pad, args.steps, preallocated=False),
                 "ptst preallocated KV": ptst_loop(model, prompts, pad, args.steps, preallocated=True),
                 NOW: ptst_loop(model, prompts, pad, args.steps, preallocated=True, packed=fast),
                 "StaticCache, eager": static_loop(model, prompts, pad, args.steps),
@@ -278,9 +279,11 @@ def main() -> None:
                   f"load {load():.2f}; floor {floor_ms:.1f} ms")
             for name, per in best.items():
                 same = sum(x == y for x, y in zip(outs[name], outs["model.generate"], strict=True))
+                as_before = sum(x == y for x, y in zip(outs[name], outs[BEFORE], strict=True))
                 print(f"   {name:28s} {per * 1e3:6.1f} ms/step = {per * 1e3 / floor_ms:4.1f}x floor, "
                       f"{size['step_bytes'] / per / 1e9:5.1f} GB/s, {ref / per:4.2f}x model.generate "
-                      f"({b / per:6.1f} tokens/s); identical rows {same}/{b}")
+                      f"({b / per:6.1f} tokens/s); rows identical to model.generate {same}/{b}, "
+                      f"to ptst before {as_before}/{b}")
             print(f"   cpu_decode set-up {pack_s:.2f} s: {len(fast.linears.packed)} Linears packed, attention on kv heads "
                   f"{fast.attention}")
             if compile_note:
