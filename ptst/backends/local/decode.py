@@ -6,7 +6,11 @@ costs about the same for 2 live rows as for 8. `model.generate` keeps a static b
 beside a 160-token answer sits finished for 140 steps. The continuous loop hands a finished row over, drops it from
 the batch and its KV cache, and refills the freed slots with waiting prompts (prefilled on their own, then joined to
 the batch with their cache left-padded to a common length), so every step keeps up to `batch_size` rows busy.
-Greedy outputs equal `model.generate`'s: each row's tokens depend on its own prompt only (tested token for token).
+Greedy outputs equal `model.generate`'s: each row's tokens depend on its own prompt only (tested token for token,
+in float32; in bfloat16 an attention output rounded to bf16 can come out one unit apart beside other rows' padding,
+as in `model.generate`'s own batches, so a token within that rounding of a tie can differ).
+Each batch's KV cache is allocated once with room for the steps to come and written in place (`kv.py`), not
+concatenated at every step as transformers' DynamicCache does.
 """
 
 from __future__ import annotations
@@ -76,6 +80,8 @@ def decode_batch(  # type: ignore[no-untyped-def]
     torch = import_torch()
     from transformers import DynamicCache
 
+    from ptst.backends.local.kv import make_roomy
+
     device = next(model.parameters()).device
     n = len(batch)
     ids, attn, pos = _left_padded(batch, pad_id, device)
@@ -87,6 +93,7 @@ def decode_batch(  # type: ignore[no-untyped-def]
     nxt = select_next(out.logits[:, -1], cfg, generator)
     last_pos = pos[:, -1]
     max_new = cfg.max_new_tokens
+    make_roomy(cache, max_new)
     tokens = torch.full((n, max_new), eos_id, dtype=torch.long, device=device)  # by original row
     length = torch.full((n,), max_new, dtype=torch.long, device=device)
     rows = torch.arange(n, device=device)  # original row of each live batch position
@@ -162,6 +169,8 @@ def decode_continuous(  # type: ignore[no-untyped-def]
     torch = import_torch()
     from transformers import DynamicCache
 
+    from ptst.backends.local.kv import drop_front, make_roomy
+
     device = next(model.parameters()).device
     cache_arg = cache_argument(model)
     stops = torch.tensor(sorted({eos_id, *stop_ids}), dtype=torch.long, device=device)
@@ -203,7 +212,11 @@ def decode_continuous(  # type: ignore[no-untyped-def]
             attn = torch.cat([_pad_left(attn, width, 1), _pad_left(g_attn, width, 1)])
             nxt, last_pos = torch.cat([nxt, first]), torch.cat([last_pos, pos[:, -1]])
             tokens, count, stop_at = torch.cat([tokens, g_tokens]), torch.cat([count, g_count]), torch.cat([stop_at, g_stop])
+        make_roomy(cache, cols)  # one copy per admission; the steps until the next one write in place
         live_idx.extend(i for i, _ in group)
+        # the loop step at whose start these rows hold max_new tokens: checked then, not up to PRUNE_EVERY - 1
+        # wasted steps later (admitted before step s's forward, a row holds 1 + t - s tokens at step t's start)
+        due.add(max(step, 1) + max_new - 1)
 
     def hand_over(finished) -> None:  # type: ignore[no-untyped-def]
         """Give the finished rows to `on_done` and drop them from the batch and its cache."""
@@ -225,14 +238,14 @@ def decode_continuous(  # type: ignore[no-untyped-def]
         lead = int((attn.cumsum(-1) == 0).sum(-1).min())
         if lead:
             attn = attn[:, lead:]
-            for layer in cache.layers:
-                layer.keys, layer.values = layer.keys[:, :, lead:], layer.values[:, :, lead:]
+            drop_front(cache, lead)
 
-    admit(batch_size)
+    due: set[int] = set()
     step = 0
+    admit(batch_size)
     while live_idx:
         step += 1
-        if step % PRUNE_EVERY == 0 or max_new <= PRUNE_EVERY:
+        if step % PRUNE_EVERY == 0 or max_new <= PRUNE_EVERY or step in due:
             finished = (stop_at >= 0) | (count >= max_new)
             n_done = int(finished.sum())
             if n_done and (n_done * 8 >= len(live_idx) or n_done == len(live_idx) or not waiting):

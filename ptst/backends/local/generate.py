@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ptst.backends.local.adapters import quiet_peft, read_adapter_metadata
+from ptst.backends.local.cpu_decode import CpuDecoding
 from ptst.backends.local.decode import decode_batch, decode_continuous, joinable_cache
 from ptst.backends.local.models import free_memory, import_torch, is_oom, load_causal_lm, resolve_device, resolve_dtype
 from ptst.backends.local.resident import detach_adapter, is_resident, resident_base
@@ -37,6 +38,7 @@ class Generator:
         self.threads = threads  # CPU threads asked for (None: sized to the free cores at each call, see cpu.py)
         self._batch_size: int | None = None  # learnt: the largest size that fitted
         self._continuous: bool | None = None  # whether rows can join the batch as others finish (decode.py)
+        self._cpu: CpuDecoding | None = None  # CPU: packed weights, attention on kv heads (cpu_decode.py)
         _LIVE.add(self)
 
     @property
@@ -83,6 +85,7 @@ class Generator:
             return
         dev, model = self.device, self.model
         self.model = None
+        self._cpu = None
         _LIVE.discard(self)
         if _on_resident(model):
             detach_adapter(model)
@@ -142,12 +145,14 @@ class Generator:
                 on_batch(pairs)
 
         continuous = self._joinable()
+        if self._cpu is None:
+            self._cpu = CpuDecoding(self.model if self.device == "cpu" else None, bs)
         while True:
             todo = [j for j in order if out[j] is None]  # after an out-of-memory: what was not handed over yet
             if not todo:
                 break
             try:
-                with torch.inference_mode():
+                with torch.inference_mode(), self._cpu.applied():
                     if continuous:
                         decode_continuous(self.model, [(j, prompts[j]) for j in todo], cfg, batch_size=bs,
                                           eos_id=eos_id, pad_id=pad_id, generator=gen, on_done=done,
