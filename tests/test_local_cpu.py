@@ -8,6 +8,8 @@ stubbed both ways), on tiny models built from config. Expected values: hand-comp
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -188,3 +190,32 @@ def test_bf16_greedy_decoding_equals_model_generate_in_bf16(tiny):
             ref.append(row[: row.index(2)] if 2 in row else row)
     gen.close()
     assert ours == ref
+
+
+_HEAP_PROBE = """
+import ctypes, sys
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+libc.mallinfo2.restype = MallInfo2
+if sys.argv[1] == "capped":
+    from ptst.backends.local.cpu import cap_heap_growth
+    assert cap_heap_growth()
+libc.free(libc.malloc(8 << 20))      # an 8 MiB block freed: glibc raises its threshold to 8 MiB unless pinned
+held = libc.malloc(2 << 20)          # then a 2 MiB one: mapped whole, or carved from the heap
+print(libc.mallinfo2().hblkhd >= (2 << 20))
+"""
+
+
+@pytest.mark.skipif(not Path("/lib/x86_64-linux-gnu/libc.so.6").exists() and not Path("/lib64/libc.so.6").exists()
+                    and not Path("/usr/lib/libc.so.6").exists(), reason="needs glibc")
+def test_capped_heap_maps_large_blocks_whole_after_a_larger_one_was_freed():
+    """glibc's own counters (mallinfo2's bytes in mapped blocks), in fresh processes: uncapped, a 2 MiB block after an
+    8 MiB one was freed comes from the heap (where freed space fragments and stays); capped, it is mapped whole."""
+    run = [sys.executable, "-c", _HEAP_PROBE]
+    assert subprocess.run([*run, "plain"], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    assert subprocess.run([*run, "capped"], capture_output=True, text=True, check=True).stdout.strip() == "True"
