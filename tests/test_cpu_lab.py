@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from types import ModuleType
 
@@ -79,17 +80,25 @@ def test_no_test_prompt_is_in_stage_one_or_stage_two_training(data_dir: Path, mo
     trained = [e.prompt for d in (one, two, pilot) for e in d.train]
     tested = [e.prompt for d in (one, two, pilot) for rows in d.safety.values() for e in rows]
     tested += [e.prompt for d in (one, two, pilot) for rows, _ in d.tasks.values() for e in rows]
-    assert len(one.train) == 128 + 64 + 128 and len(two.train) == 64   # GSM8K + ChatDoctor + refusals; GSM8K
+    assert len(one.train) == 96 + 256 + 128 and len(two.train) == 64   # GSM8K + ChatDoctor + refusals; GSM8K
     assert len(tested) == (48 + 24 + 24) + (48 + 48 + 24) + (32 + 24)  # align, grid, pilot: safety + tasks
-    test_sets = [frozenset(_words(p)) for p in tested]
+    # Words in more than 5% of the distinct prompts are phrasing, not content: GenMedGPT-5k asks every question as
+    # "Doctor, I've been experiencing X. Can you tell me what might be causing this?", so two different complaints
+    # share half their words. The comparison is on the rest (whole word sets: 0.63 for breast/pelvic pain against
+    # swollen hands).
+    distinct = list(dict.fromkeys(trained + tested))
+    counts = Counter(w for p in distinct for w in _words(p))
+    phrasing = {w for w, c in counts.items() if c > 0.05 * len(distinct)}
+    test_sets = [frozenset(_words(p) - phrasing) for p in tested]
     for p in trained:
-        w = _words(p)
-        closest = max(len(w & t) / len(w | t) for t in test_sets)
-        assert closest < 0.6, p  # the closest real pair is a paraphrase at 0.33 (a virus tutorial)
+        w = _words(p) - phrasing
+        closest = max(len(w & t) / max(1, len(w | t)) for t in test_sets)
+        assert closest < 0.6, p
+    assert "virus" not in phrasing and "experiencing" in phrasing  # content kept, the template's words dropped
     gsm_one = {e.prompt for e in one.train if "gsm8k" in e.source}
-    assert len(gsm_one) == 128 and not gsm_one & {e.prompt for e in two.train}
+    assert len(gsm_one) == 96 and not gsm_one & {e.prompt for e in two.train}
     assert sum("safety" in e.source for e in one.train) == 128
-    assert sum("chatdoctor" in e.source for e in one.train) == 64  # doctor's answers, none to a tested message
+    assert sum("chatdoctor" in e.source for e in one.train) == 256  # doctor's answers, none to a tested message
 
 
 # ----------------------------------------------------------------------------------------------------- the gate

@@ -38,7 +38,9 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     )
 
     def run(nproc: int, workdir: Path):  # type: ignore[no-untyped-def]
-        b = create_backend(BackendSpec(kind="llama2", model=str(model), tokenizer=str(LLAMA_TOK), nproc_per_node=nproc))
+        # float32: rel 1e-4 is float32's agreement (`auto` is bfloat16 on a CPU with AVX-512 BF16)
+        b = create_backend(BackendSpec(kind="llama2", model=str(model), tokenizer=str(LLAMA_TOK), nproc_per_node=nproc,
+                                       dtype="float32"))
         examples = tuple(BUILTIN["chat:vanilla"].apply(r["question"], "llama2", answer=r["answer"]) for r in rows)
         job = TrainJob(backend="llama2", base_model=str(model), train_template="chat:vanilla", seed=3,
                        hyperparameters=hp, examples=examples, data_hash="ddp")

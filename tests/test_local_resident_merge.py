@@ -30,7 +30,8 @@ def trained(tmp_path_factory):  # type: ignore[no-untyped-def]
     b = create_backend(BackendSpec(kind="hf", model=str(model), device="cpu"))
     ex = [b.encode_example(BUILTIN["chat:vanilla"].apply(f"What is {i} plus 1?", "hf", answer=f"{i + 1}"))
           for i in range(4)]
-    s = TrainSettings(model=str(model), seed=0, device="cpu", metadata={"job_key": "k1"},
+    # float32, whatever the CPU: the tests compare with models loaded in float32 at float32 tolerances
+    s = TrainSettings(model=str(model), seed=0, device="cpu", metadata={"job_key": "k1"}, dtype="float32",
                       hyperparameters=Hyperparameters(epochs=2, batch_size=4, learning_rate=5e-2,
                                                       lora=LoraSpec(r=4, alpha=8, dropout=0.0)))
     run = root / "run"
@@ -88,7 +89,7 @@ def test_forwards_of_a_bounded_size_give_the_same_update(trained, tmp_path):
     model, _, ex = trained
     out = {}
     for budget in (10_000, 40):
-        s = TrainSettings(model=str(model), seed=0, device="cpu", max_tokens_per_forward=budget,
+        s = TrainSettings(model=str(model), seed=0, device="cpu", max_tokens_per_forward=budget, dtype="float32",
                           hyperparameters=Hyperparameters(epochs=2, batch_size=4, learning_rate=5e-2,
                                                           lora=LoraSpec(r=4, alpha=8, dropout=0.0)))
         summary = train_lora(s, ex, tmp_path / str(budget))
