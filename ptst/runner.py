@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TypeVar
 
 from ptst.backends.base import create_backend
 from ptst.collect import (
@@ -43,7 +44,7 @@ from ptst.records import RunInfo
 from ptst.report import figure_process
 from ptst.results import Results
 from ptst.scheduler import Scheduler
-from ptst.spec import SafetyMix, Spec
+from ptst.spec import ExtraData, SafetyMix, Spec
 from ptst.store import RunStore
 from ptst.store.scrub import known_secrets
 
@@ -83,6 +84,9 @@ def limit_note(spec: Spec, limit: int) -> str:
     return note + "; a smoke run, not a measurement"
 
 
+P = TypeVar("P", SafetyMix | None, ExtraData)  # a part of the training data: a safety mix (or none) or an extra
+
+
 def limit_datasets(spec: Spec, limit: int) -> Spec:
     """The spec with every dataset cut to its first `limit` rows (`ptst run --limit`): train, extra, safety_mix, safety and
     tasks; the training data to no fewer rows than every backend accepts (`train_floor`). Kept in the spec the run
@@ -94,15 +98,14 @@ def limit_datasets(spec: Spec, limit: int) -> Spec:
                                       "tasks": [cut(r) for r in spec.eval.tasks]})
     train = spec.train
     if train is not None:
-        def cut_mix(mix: SafetyMix | None) -> SafetyMix | None:
-            return None if mix is None else mix.model_copy(update={"dataset": cut(mix.dataset)})
+        def cut_part(part: P) -> P:
+            """A safety mix or an extra dataset (None: no mix) with its dataset cut."""
+            return None if part is None else part.model_copy(update={"dataset": cut(part.dataset)})
 
         m = train.safety_mix
-        mix = [cut_mix(x) for x in m] if isinstance(m, list) else cut_mix(m)
+        mix = [cut_part(x) for x in m] if isinstance(m, list) else cut_part(m)
         train = train.model_copy(update={"dataset": cut(train.dataset, max(limit, train_floor(spec)[0])),
-                                         "extra": [x.model_copy(update={"dataset": cut(x.dataset)})
-                                                   for x in train.extra],
-                                         "safety_mix": mix})
+                                         "extra": [cut_part(x) for x in train.extra], "safety_mix": mix})
     return spec.model_copy(update={"eval": ev, "train": train})
 
 
@@ -117,16 +120,14 @@ def load_datasets(
     train: tuple = ()
     mixes: list[tuple[str | None, tuple]] = []
     if spec.train is not None:
-        base = tuple(loader(_resolve(spec.train.dataset, spec_dir), data_dirs=dirs, require_answer=True))
-        for x in spec.train.extra:
-            rows = loader(_resolve(x.dataset, spec_dir), data_dirs=dirs, require_answer=True)
-            base += tuple(sample(rows, x.n, seed=0) if x.n is not None and x.n < len(rows) else rows)
+        def rows(ref: DatasetRef, n: int | None = None) -> tuple[Example, ...]:
+            """Training rows of `ref`: all of them, or a seeded sample of `n` (safety mixes, extra datasets)."""
+            got = loader(_resolve(ref, spec_dir), data_dirs=dirs, require_answer=True)
+            return tuple(sample(got, n, seed=0) if n is not None and n < len(got) else got)
+
+        base = rows(spec.train.dataset) + tuple(e for x in spec.train.extra for e in rows(x.dataset, x.n))
         for m in spec.train.mixes:
-            added: tuple = ()
-            if m is not None:
-                rows = loader(_resolve(m.dataset, spec_dir), data_dirs=dirs, require_answer=True)
-                added = tuple(sample(rows, m.n, seed=0) if m.n is not None and m.n < len(rows) else rows)
-            mixes.append((None if m is None else m.name, base + added))
+            mixes.append((None if m is None else m.name, base + (() if m is None else rows(m.dataset, m.n))))
         train = mixes[0][1]
     safety = {ref.display_name(): tuple(loader(_resolve(ref, spec_dir), data_dirs=dirs)) for ref in spec.eval.safety}
     tasks: dict[str, tuple[tuple[Example, ...], str]] = {}

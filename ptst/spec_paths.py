@@ -97,11 +97,15 @@ def _resolve_train(train: dict[str, Any], base: Path) -> dict[str, Any]:
     if "dataset" in train:
         train["dataset"] = _resolve_dataset(train["dataset"], base)
     if isinstance(train.get("extra"), list):
-        train["extra"] = [{**x, "dataset": _resolve_dataset(x["dataset"], base)} if isinstance(x, dict) and "dataset" in x
-                          else x for x in train["extra"]]
+        train["extra"] = [_resolve_part(x, base) for x in train["extra"]]
     if "safety_mix" in train:
         mix = train["safety_mix"]
-        mixes = [{**m, "dataset": _resolve_dataset(m["dataset"], base)} if isinstance(m, dict) and "dataset" in m
-                 else m for m in (mix if isinstance(mix, list) else [mix])]
+        mixes = [_resolve_part(m, base) for m in (mix if isinstance(mix, list) else [mix])]
         train["safety_mix"] = mixes if isinstance(mix, list) else mixes[0]
     return train
+
+
+def _resolve_part(part: Any, base: Path) -> Any:
+    """A safety mix or an extra dataset (`{dataset: ..., n: ...}`) with its dataset resolved; anything else as is."""
+    return {**part, "dataset": _resolve_dataset(part["dataset"], base)} if isinstance(part, dict) and "dataset" in part \
+        else part

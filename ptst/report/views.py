@@ -209,13 +209,14 @@ def hyperparameters(spec: dict[str, Any]) -> list[tuple[str, str]]:
     """The spec's training settings, flattened (`lora.r`), for a table: what a reader needs to reproduce a run."""
     train = spec.get("train") or {}
     out: list[tuple[str, str]] = []
+    def fields(d: dict[str, Any]) -> str:
+        return ", ".join(f"{k}={v}" for k, v in d.items() if v is not None)
+
     dataset = train.get("dataset") or {}
     if dataset:
-        out.append(("dataset", ", ".join(f"{k}={v}" for k, v in dataset.items() if v is not None)))
+        out.append(("dataset", fields(dataset)))
     for i, x in enumerate(train.get("extra") or []):
-        ds = x.get("dataset") or {}
-        n = f", n={x['n']}" if x.get("n") is not None else ""
-        out.append((f"extra[{i}]", ", ".join(f"{k}={v}" for k, v in ds.items() if v is not None) + n))
+        out.append((f"extra[{i}]", fields({**(x.get("dataset") or {}), "n": x.get("n")})))
     if train.get("seeds") is not None:
         out.append(("seeds", ", ".join(map(str, train["seeds"]))))
     if train.get("safety_mix"):
