@@ -16,7 +16,7 @@ pytest.importorskip("transformers")
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from ptst.backends.local import cpu_decode, decode, generate, kv
+from ptst.backends.local import cpu_decode, decode, generate, kv, llama_step
 from ptst.backends.local.cpu import native_bf16
 from ptst.types import GenerationConfig
 
@@ -108,21 +108,35 @@ def test_bf16_cpu_decoding_gives_model_generates_tokens_and_leaves_the_model_as_
 
     plain = continuous()
     calls: list[int] = []
+    steps: list[int] = []
     attention: list[tuple[int, bool]] = []  # (queries, masked) of each call
     real_call, real_attention = cpu_decode.PackedLinears._call, cpu_decode._sdpa_on_kv_heads
+    real_fused, real_step = cpu_decode._Fused.output, llama_step.DirectStep.__call__
 
     def counting(self, m, x):  # type: ignore[no-untyped-def]
         calls.append(1)
         return real_call(self, m, x)
 
+    def counting_fused(self, fn, m, x):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return real_fused(self, fn, m, x)
+
+    def counting_step(self, *args):  # type: ignore[no-untyped-def]
+        steps.append(1)
+        return real_step(self, *args)
+
     monkeypatch.setattr(cpu_decode.PackedLinears, "_call", counting)
+    monkeypatch.setattr(cpu_decode._Fused, "output", counting_fused)
+    monkeypatch.setattr(llama_step.DirectStep, "__call__", counting_step)
     monkeypatch.setattr(cpu_decode, "_sdpa_on_kv_heads",
                         lambda *a, **k: attention.append((a[1].shape[2], a[4] is not None)) or real_attention(*a, **k))
     fast = cpu_decode.CpuDecoding(model, 4)
     if not fast.linears:
         assert not native_bf16(), "a CPU that multiplies bf16 natively packs its bf16 Linears"
         pytest.skip("this CPU or torch build has no exact packed bf16 kernel")
-    assert fast.attention and len(fast.linears.packed) == 2 * 7 + 1  # q k v o gate up down x 2 layers, lm_head
+    assert fast.attention and len(fast.linears) == 2 * 7 + 1  # q k v o gate up down x 2 layers, lm_head
+    assert len(fast.linears.fused) == 2 * 5 and len(set(fast.linears.fused.values())) == 2 * 2  # (q k v) (gate up)
+    assert fast.step is not None
     with fast.applied():
         assert continuous() == plain
     g = generate.Generator(("tiny", None), model, "cpu", 256)
@@ -130,6 +144,7 @@ def test_bf16_cpu_decoding_gives_model_generates_tokens_and_leaves_the_model_as_
              for p in prompts[:3]]  # batch 1: no mask, so the attention on the key/value heads runs
     assert alone == want[:3]
     assert len(calls) > 15 * 10 * 4 and attention.count((1, False)) >= 2 * 9 * 3
+    assert len(steps) >= 9 * 3  # the one-token steps went through the direct step
     assert not any("forward" in vars(m) for m in model.modules())  # the class's forward again after decoding
     assert model.config._attn_implementation == "sdpa"
 

@@ -24,6 +24,20 @@ from ptst.types import GenerationConfig
 
 PRUNE_EVERY = 4  # decoding steps between checks for finished rows (each check is one host sync)
 
+# one decoding step: (new token ids (rows, 1), 2D attention mask, position ids (rows, 1), cache) -> next-token logits
+Step = Callable[[Any, Any, Any, Any], Any]
+
+
+def model_step(model) -> Step:  # type: ignore[no-untyped-def]
+    """A decoding step through the model's own forward."""
+    cache_arg = cache_argument(model)
+
+    def step(ids, mask, positions, cache):  # type: ignore[no-untyped-def]
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_arg: cache})
+        return out.logits[:, -1]
+
+    return step
+
 
 def select_next(logits, cfg: GenerationConfig, generator):  # type: ignore[no-untyped-def]
     """Greedy at temperature 0; otherwise temperature + nucleus (top-p) sampling."""
@@ -69,13 +83,15 @@ def decode_batch(  # type: ignore[no-untyped-def]
     pad_id: int,
     generator,
     stop_ids: Sequence[int] = (),
+    step_fn: Step | None = None,
 ) -> list[list[int]]:
     """A static batch: left-padded prefill, then token-by-token decoding until every row has stopped.
 
     Tokens stay on the device until the end; every few steps one host sync checks for finished rows, and once an
     eighth of the live rows have produced EOS they are dropped from the batch and the KV cache. A row's output is
     everything before its first stop token: EOS or any of `stop_ids` (a chat template's end-of-turn token, which is
-    not EOS for every model). Used where the cache cannot be joined (`joinable_cache`).
+    not EOS for every model). Used where the cache cannot be joined (`joinable_cache`). `step_fn` runs each one-token
+    step (default: the model's forward; on a CPU, `llama_step.DirectStep` where it is exact).
     """
     torch = import_torch()
     from transformers import DynamicCache
@@ -87,6 +103,7 @@ def decode_batch(  # type: ignore[no-untyped-def]
     ids, attn, pos = _left_padded(batch, pad_id, device)
     cache = DynamicCache(config=model.config)
     cache_arg = cache_argument(model)
+    one_step = step_fn or model_step(model)
     out = model(
         input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1, **{cache_arg: cache}
     )
@@ -116,14 +133,7 @@ def decode_batch(  # type: ignore[no-untyped-def]
                 attn, nxt, last_pos, rows, done = attn[keep], nxt[keep], last_pos[keep], rows[keep], done[keep]
         attn = torch.cat([attn, attn.new_ones((attn.shape[0], 1))], dim=-1)
         last_pos = last_pos + 1
-        out = model(
-            input_ids=nxt[:, None],
-            attention_mask=attn,
-            position_ids=last_pos[:, None],
-            use_cache=True,
-            **{cache_arg: cache},
-        )
-        nxt = select_next(out.logits[:, -1], cfg, generator)
+        nxt = select_next(one_step(nxt[:, None], attn, last_pos[:, None], cache), cfg, generator)
     lengths = length.tolist()
     return [row[:k] for row, k in zip(tokens.tolist(), lengths, strict=True)]
 
@@ -163,9 +173,11 @@ def decode_continuous(  # type: ignore[no-untyped-def]
     generator,
     on_done: Callable[[list[tuple[int, list[int]]]], None],
     stop_ids: Sequence[int] = (),
+    step_fn: Step | None = None,
 ) -> None:
     """Decode `prompts` ((index, token ids), started in that order) keeping up to `batch_size` rows live, handing
-    each finished row to `on_done([(index, ids up to its first stop token), ...])` as soon as it leaves the batch."""
+    each finished row to `on_done([(index, ids up to its first stop token), ...])` as soon as it leaves the batch.
+    `step_fn` runs each one-token step, as in `decode_batch`."""
     torch = import_torch()
     from transformers import DynamicCache
 
@@ -173,6 +185,7 @@ def decode_continuous(  # type: ignore[no-untyped-def]
 
     device = next(model.parameters()).device
     cache_arg = cache_argument(model)
+    one_step = step_fn or model_step(model)
     stops = torch.tensor(sorted({eos_id, *stop_ids}), dtype=torch.long, device=device)
     max_new = cfg.max_new_tokens
     cols = max_new + PRUNE_EVERY  # a row may run a few steps past its end before the next check sees it
@@ -257,9 +270,7 @@ def decode_continuous(  # type: ignore[no-untyped-def]
                     continue
         attn = torch.cat([attn, attn.new_ones((attn.shape[0], 1))], dim=-1)
         last_pos = last_pos + 1
-        out = model(input_ids=nxt[:, None], attention_mask=attn, position_ids=last_pos[:, None], use_cache=True,
-                    **{cache_arg: cache})
-        nxt = select_next(out.logits[:, -1], cfg, generator)
+        nxt = select_next(one_step(nxt[:, None], attn, last_pos[:, None], cache), cfg, generator)
         col = torch.clamp(count, max=cols - 1)
         tokens[torch.arange(len(live_idx), device=device), col] = nxt
         stop_at = torch.where((stop_at < 0) & torch.isin(nxt, stops) & (count < max_new), count, stop_at)

@@ -156,12 +156,13 @@ class Generator:
                     if continuous:
                         decode_continuous(self.model, [(j, prompts[j]) for j in todo], cfg, batch_size=bs,
                                           eos_id=eos_id, pad_id=pad_id, generator=gen, on_done=done,
-                                          stop_ids=stop_ids)
+                                          stop_ids=stop_ids, step_fn=self._cpu.step)
                     else:
                         for i in range(0, len(todo), bs):
                             idx = todo[i : i + bs]
                             res = decode_batch(self.model, [list(prompts[j]) for j in idx], cfg, eos_id=eos_id,
-                                               pad_id=pad_id, generator=gen, stop_ids=stop_ids)
+                                               pad_id=pad_id, generator=gen, stop_ids=stop_ids,
+                                               step_fn=self._cpu.step)
                             done(list(zip(idx, res, strict=True)))
             except Exception as e:
                 if not is_oom(e):
