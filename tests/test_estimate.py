@@ -202,25 +202,28 @@ def test_the_packaged_throughput_rows_say_who_measured_them():
         assert row["hardware"] and row["precision"] and row["engine"] and row["basis"] in ("measured", "derived")
         assert row["basis"] == "measured" or row["how"]  # a derived figure says from what
     for key, device, precision in (("default", "gpu", "bfloat16"), ("float32", "gpu", "float32"),
-                                   ("cpu", "cpu", "float32")):
+                                   ("cpu", "cpu", "bfloat16"), ("cpu_float32", "cpu", "float32")):
         for stage in ("train", "decode"):
             names = table[key][stage] if isinstance(table[key][stage], list) else [table[key][stage]]
             for name in names:
                 row = table["rows"][name]
                 assert (row["stage"], row["device"], row["precision"]) == (stage, device, precision), name
                 assert row["engine"].startswith("ptst"), name
-    assert all(table["rows"][table["cpu"][s]]["basis"] == "measured" for s in ("train", "decode"))
+    assert all(table["rows"][table[key][s]]["basis"] == "measured" for s in ("train", "decode")
+               for key in ("cpu", "cpu_float32"))
 
 
 def test_unknown_gpu_is_a_range_and_a_cpu_job_is_priced_in_cpu_hours():
     from ptst.backends.local.throughput import compute_hours
 
-    # hand arithmetic from the packaged rows: H100 12,800 / 1,800 tokens/s, A100 4,000 / 1,000; CPU 163 / 39.4
+    # hand arithmetic from the packaged rows: H100 12,800 / 1,800 tokens/s, A100 4,000 / 1,000; CPU 163 / 39.4 in
+    # float32, 321 / 123 in bfloat16
     gpu = compute_hours(12_800_000, 1_800_000)
     assert gpu.device == "gpu" and gpu.hours == pytest.approx((1000 + 1000) / 3600)
     assert (gpu.low, gpu.high) == (pytest.approx(2000 / 3600), pytest.approx((3200 + 1800) / 3600))
     cpu = compute_hours(163_000, 39_400, device="cpu", precision="float32")
     assert cpu.device == "cpu" and cpu.hours == cpu.low == cpu.high == pytest.approx(2000 / 3600)
+    assert compute_hours(321_000, 123_000, device="cpu", precision="bfloat16").hours == pytest.approx(2000 / 3600)
     fp32 = compute_hours(1_100_000, 1_000_000, precision="float32")
     assert fp32.hours == pytest.approx(2000 / 3600)
 
@@ -340,17 +343,27 @@ def test_default_view_of_a_paper_spec_fits_one_screen_at_80_columns(monkeypatch,
     job_rows = [ln for ln in detail if ln.startswith("llama2 ") and ln.rstrip().endswith("[1]")]
     assert len(job_rows) == 15  # 5 templates × 3 seeds, one line each
     assert sum(1 for ln in job_rows if "text:vanilla" in ln and " 7,473 " in ln) == 3
-def test_a_cpu_job_is_estimated_in_cpu_hours_not_gpu_hours(tmp_path, capsys):
+@pytest.mark.parametrize(("dtype", "flags", "train_rate", "decode_rate"), [
+    ("float32", True, 163, 39.4),  # the measured float32 CPU rows of ptst/resources/throughput.json
+    ("auto", False, 163, 39.4),  # auto on a CPU without a bf16 multiplier: float32
+    ("auto", True, 321, 123),  # auto where the CPU multiplies bf16: the measured bf16 rows
+    ("bfloat16", True, 321, 123),
+])
+def test_a_cpu_job_is_estimated_in_cpu_hours_not_gpu_hours(tmp_path, capsys, monkeypatch, dtype, flags, train_rate,
+                                                             decode_rate):
     pytest.importorskip("transformers")
     from test_local_backends import LLAMA_TOK, make_tiny
 
+    from ptst.backends.local import cpu
+
     if not LLAMA_TOK.is_file():
         pytest.skip("shared tokenizers not found")
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: ["avx512f", "avx512_bf16"] if flags else ["avx2"])
     model = make_tiny(tmp_path / "tiny", "llama2")
     est = estimate_json(write_spec(tmp_path, backend={"kind": "llama2", "model": str(model), "device": "cpu",
-                                                       "tokenizer": str(LLAMA_TOK)}), capsys)
+                                                       "tokenizer": str(LLAMA_TOK), "dtype": dtype}), capsys)
     billed = est["train"][0]["n_billed_tokens"]
     assert est["gpu_hours"] is None and est["gpu_hours_range"] is None
-    # the measured CPU rows of ptst/resources/throughput.json: 163 training and 39.4 decoding tokens/s
-    assert est["cpu_hours"] == pytest.approx((billed / 163 + 4 * SAFETY_RESPONSE / 39.4) / 3600, abs=1e-3)
+    assert est["cpu_hours"] == pytest.approx((billed / train_rate + 4 * SAFETY_RESPONSE / decode_rate) / 3600,
+                                             abs=1e-3)
     assert any(n.startswith("CPU hours from the throughput table") for n in est["notes"])

@@ -342,11 +342,16 @@ class LocalBackend(FineTuneBackend):
         return h.hours if h.device == "gpu" else None
 
     def _where(self) -> tuple[str, str]:
-        """(device, precision) the throughput rows are picked by: `device: cpu` is a CPU job (float32 there); on a
-        GPU `dtype: float32` has its own rows, anything else is ptst's bf16 default."""
+        """(device, precision) the throughput rows are picked by: `device: cpu` is a CPU job, at the bfloat16 rates
+        where `dtype` is auto or bfloat16 and this CPU multiplies bf16 natively (read from its flags: an estimate
+        imports no torch), else at the float32 ones; on a GPU `dtype: float32` has its own rows, anything else is
+        ptst's bf16 default."""
         o = self.options
         if (o.device or "").startswith("cpu"):
-            return "cpu", "float32"
+            from ptst.backends.local.cpu import bf16_flags
+
+            native = o.dtype in ("auto", "bfloat16") and bf16_flags()
+            return "cpu", "bfloat16" if native else "float32"
         return "gpu", "float32" if o.dtype == "float32" else "bfloat16"
 
     def compute_hours(self, train_tokens: int, decode_tokens: float) -> ComputeHours:

@@ -44,6 +44,11 @@ def native_bf16() -> bool:
             return bool(probe() or amx())
     except ImportError:
         pass
+    return bf16_flags()
+
+
+def bf16_flags() -> bool:
+    """Whether this CPU's flags (Linux) name a bfloat16 multiplier: `native_bf16` without importing torch."""
     return bool(set(cpu_flags()) & set(BF16_FLAGS))
 
 

@@ -39,10 +39,12 @@ def _names(entry: str | list[str]) -> list[str]:
 
 
 def _set(table: dict[str, Any], device: str, precision: str) -> dict[str, Any]:
-    """The rows' names per stage for a device ("gpu" or "cpu") and precision: `cpu`, `float32` or `default`, each
-    falling back to `default` where a (user's) table has no such set."""
+    """The rows' names per stage for a device ("gpu" or "cpu") and precision: `cpu` (bfloat16), `cpu_float32`,
+    `float32` or `default`, each falling back (`cpu_float32` to `cpu`, the rest to `default`) where a (user's) table
+    has no such set."""
     if device == "cpu":
-        return dict(table.get("cpu") or table["default"])
+        named = table.get("cpu_float32") if precision == "float32" else None
+        return dict(named or table.get("cpu") or table["default"])
     if precision == "float32":
         return dict(table.get("float32") or table["default"])
     return dict(table["default"])
