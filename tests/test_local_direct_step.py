@@ -116,3 +116,14 @@ def test_sibling_groups_are_not_fused_where_the_product_is_not_exact(monkeypatch
     assert not linears.fused
     if linears:  # each Linear packed alone instead
         assert len(linears.packed) == 2 * 7 + 1
+
+
+def test_a_fused_group_holds_nothing_once_every_member_has_its_output():
+    """A prefill's q/k/v and gate/up outputs are large (rows x width, every layer): none may outlive its layer."""
+    model = _tiny(torch.bfloat16)
+    linears = cpu_decode.PackedLinears(model)
+    if not linears.fused:
+        pytest.skip("this CPU or torch build has no exact packed bf16 kernel")
+    with torch.inference_mode(), linears.applied():
+        model(input_ids=torch.tensor([PROMPTS[0]]))
+        assert all(g._input is None and not g._outputs for g in linears.fused.values())

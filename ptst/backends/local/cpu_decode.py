@@ -62,11 +62,14 @@ class _Fused:
         self._outputs: dict[Any, Any] = {}
 
     def output(self, linear_fn: Any, m: Any, x: Any) -> Any:
-        if x is not self._input:
+        if x is not self._input or m not in self._outputs:
             out = linear_fn(x, self.packed, self.bias, "none", [], "")
             self._outputs = dict(zip(self.members, out.split(self.widths, dim=-1), strict=True))
             self._input = x
-        return self._outputs[m]
+        mine = self._outputs.pop(m)
+        if not self._outputs:  # every member has its part: hold nothing (a prefill's outputs are large)
+            self._input = None
+        return mine
 
     def clear(self) -> None:
         self._input, self._outputs = None, {}
@@ -94,20 +97,23 @@ class PackedLinears:
         reorder, self._linear = ops
         with torch.inference_mode():
             try:
-                self.packed = {m: reorder(m.weight.detach(), batch_hint) for m in linears}
+                self.packed = {linears[0]: reorder(linears[0].weight.detach(), batch_hint)}
             except RuntimeError:  # this CPU or build has no such kernel
                 self.packed = {}
                 return
             if exact and not self._exact(linears[0]):
                 self.packed = {}
                 return
+            # groups first, then the Linears in none: each weight is packed once (a second packed copy of a
+            # 135M model is 270 MB more at the peak)
             groups = [_Fused(g, reorder(torch.cat([m.weight.detach() for m in g]), batch_hint))
                       for g in _sibling_groups(model, set(linears))]
-            if groups and (not exact or self._fused_exact(groups[0])):
-                for group in groups:
-                    for m in group.members:
-                        self.fused[m] = group
-                        del self.packed[m]  # the group's weight replaces its own
+            if groups and (exact and not self._fused_exact(groups[0])):
+                groups = []
+            self.fused = {m: group for group in groups for m in group.members}
+            first = self.packed
+            self.packed = {m: first[m] if m in first else reorder(m.weight.detach(), batch_hint)
+                           for m in linears if m not in self.fused}
 
     def _exact(self, m: Any) -> bool:
         """Whether the packed kernel gives `linear`'s result bit for bit, for one and for several rows."""
