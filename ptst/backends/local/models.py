@@ -138,3 +138,7 @@ def free_memory(device: str) -> None:
     torch = import_torch()
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
+    elif device == "cpu":
+        from ptst.backends.local.cpu import trim_heap
+
+        trim_heap()

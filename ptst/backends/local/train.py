@@ -140,3 +140,8 @@ def train_lora(
     finally:
         if resident:
             detach_adapter(model)
+        if device == "cpu":
+            from ptst.backends.local.cpu import trim_heap
+
+            del recipe, model
+            trim_heap()
