@@ -6,10 +6,11 @@ after a warm-up round (the best counted round is reported); every line prints th
 
 * `model.generate` (DynamicCache, greedy, same dtype, batch, left-padded prompts);
 * ptst's `decode_continuous` as it was (transformers' DynamicCache: `torch.cat` of every layer's keys and values at
-  every step), with its preallocated cache (`kv.py`: buffers allocated once per batch, written in place), and as
-  it is (that plus `cpu_decode.py` in bf16: Linear weights packed once for oneDNN, one-query attention on the
-  key/value heads; in fp32, where packing is not bit-exact and ptst does not pack, the packed figure is printed as
-  "inexact" to show what exactness costs);
+  every step), with its preallocated cache (`kv.py`: buffers allocated once per batch, written in place), with
+  `cpu_decode.py` through the model's forward (bf16: Linear weights packed once for oneDNN, q/k/v and gate/up each
+  one packed product), and as it is (that plus the direct step of
+  `llama_step.py`, which calls the layers' parts without the model's forward); in fp32, where packing is not
+  bit-exact and ptst does not pack, the packed figure is printed as "inexact" to show what exactness costs;
 * transformers' `StaticCache` in a ptst-style loop, eager, and under `torch.compile` (static shapes: the mask is a
   preallocated full-length row; compile time is timed once, cold, in a fresh inductor cache, and reported apart with
   the steps it takes to pay back). Inductor's `freezing` (which would pack the weights too) is left off: it freezes
@@ -48,10 +49,11 @@ NOW = "ptst now (+ cpu_decode.py)"
 BEFORE = "ptst before (DynamicCache)"
 
 
-def timed_steps(model, fn: Callable[[], Any]) -> tuple[Any, float]:  # type: ignore[no-untyped-def]
+def timed_steps(model, fn: Callable[[], Any], starts: list[float] | None = None) -> tuple[Any, float]:  # type: ignore[no-untyped-def]
     """Run `fn` (which calls `model` once for the prefill, then once per step) and return its result and the seconds
-    per step from the second call's start to `fn`'s return."""
-    starts: list[float] = []
+    per step from the second call's start to `fn`'s return. A step that does not call `model` (ptst's direct step)
+    appends its own start to `starts`."""
+    starts = [] if starts is None else starts
     hook = model.register_forward_pre_hook(lambda *_: starts.append(time.perf_counter()))
     try:
         out = fn()
@@ -85,9 +87,9 @@ def hf_generate(model, prompts, pad: int, steps: int) -> Run:  # type: ignore[no
     return run
 
 
-def ptst_loop(model, prompts, pad: int, steps: int, *, preallocated: bool, packed=None) -> Run:  # type: ignore[no-untyped-def]
+def ptst_loop(model, prompts, pad: int, steps: int, *, preallocated: bool, packed=None, direct: bool = True) -> Run:  # type: ignore[no-untyped-def]
     """ptst's `decode_continuous`, with or without its preallocated cache, inside `packed.applied()` (CpuDecoding,
-    PackedLinears) if given."""
+    PackedLinears) if given, with CpuDecoding's direct step (`llama_step.py`) where it has one and `direct`."""
     from ptst.backends.local import kv
     from ptst.backends.local.decode import decode_continuous
     from ptst.types import GenerationConfig
@@ -96,17 +98,23 @@ def ptst_loop(model, prompts, pad: int, steps: int, *, preallocated: bool, packe
 
     def run() -> tuple[list[list[int]], float]:
         got: dict[int, list[int]] = {}
+        starts: list[float] = []
+        fast = getattr(packed, "step", None) if direct else None
+
+        def step(*a):  # type: ignore[no-untyped-def]
+            starts.append(time.perf_counter())
+            return fast(*a)
 
         def go() -> None:
             decode_continuous(model, list(enumerate(prompts)), cfg, batch_size=len(prompts), eos_id=-1, pad_id=pad,
-                              generator=None, on_done=got.update)
+                              generator=None, on_done=got.update, step_fn=step if fast is not None else None)
 
         with contextlib.ExitStack() as stack:
             if packed is not None:
                 stack.enter_context(packed.applied())
             if not preallocated:  # the loop before kv.py: transformers' DynamicCache appends with torch.cat
                 stack.enter_context(mock.patch.object(kv, "make_roomy", lambda cache, room: None))
-            _, per = timed_steps(model, go)
+            _, per = timed_steps(model, go, starts)
         return [got[i] for i in range(len(prompts))], per
 
     return run
@@ -245,6 +253,8 @@ def main() -> None:
                 "model.generate": hf_generate(model, prompts, pad, args.steps),
                 BEFORE: ptst_loop(model, prompts, pad, args.steps, preallocated=False),
                 "ptst preallocated KV": ptst_loop(model, prompts, pad, args.steps, preallocated=True),
+                "ptst, model's forward": ptst_loop(model, prompts, pad, args.steps, preallocated=True, packed=fast,
+                                                   direct=False),
                 NOW: ptst_loop(model, prompts, pad, args.steps, preallocated=True, packed=fast),
                 "StaticCache, eager": static_loop(model, prompts, pad, args.steps),
             }
@@ -290,8 +300,9 @@ def main() -> None:
                       f"{size['step_bytes'] / per / 1e9:5.1f} GB/s, {ref / per:4.2f}x model.generate "
                       f"({b / per:6.1f} tokens/s); rows identical to model.generate {same}/{b}, "
                       f"to ptst before {as_before}/{b}")
-            print(f"   cpu_decode set-up {pack_s:.2f} s: {len(fast.linears.packed)} Linears packed, attention on kv heads "
-                  f"{fast.attention}")
+            print(f"   cpu_decode set-up {pack_s:.2f} s: {len(fast.linears)} Linears packed ({len(fast.linears.fused)} "
+                  f"in fused sibling groups), direct step "
+                  f"{fast.step is not None}")
             if compile_note and "StaticCache + torch.compile" in best:
                 gain = best[NOW] - best["StaticCache + torch.compile"]
                 pays = f"pays back after {compile_s / gain:,.0f} steps" if gain > 0 else "never pays back"

@@ -203,18 +203,29 @@ def test_bf16_step_losses_are_within_6_percent_of_fp32(smol, tmp_path):
 def test_bf16_greedy_generation_equals_model_generate_in_bf16(smol):
     from ptst.backends.local.generate import Generator
 
-    convs = [BUILTIN["chat:vanilla"].apply(q, "hf") for q in ("What is 2 plus 2?", "Name a color.")]
+    questions = ["What is 2 plus 2?", "Name a color."]
+    shared = REPO.parent / "shared/data"
+    if (shared / "gsm8k/test.jsonl").is_file() and (shared / "advbench/harmful_behaviors.csv").is_file():
+        # the bench's first prompts, 48 tokens each: a cpu_decode variant (one-query attention on the key/value heads,
+        # since dropped) that summed in another order flipped the 4th one's 42nd token
+        import csv
+
+        gsm = [json.loads(x)["question"] for x in (shared / "gsm8k/test.jsonl").read_text().splitlines()[:2]]
+        with open(shared / "advbench/harmful_behaviors.csv", newline="") as f:
+            adv = [row[0] for row in list(csv.reader(f))[:2]]
+        questions += [adv[0], gsm[0], adv[1], gsm[1]]
+    convs = [BUILTIN["chat:vanilla"].apply(q, "hf") for q in questions]
     prompts = [smol.prompt_ids(c) for c in convs]
     stops = list(smol.stop_token_ids())
     gen = Generator.load(str(MODEL), None, device="cpu", dtype="bfloat16")
     assert gen.model.dtype == torch.bfloat16
     # one row at a time, as the reference runs: in bf16 a left-padded batch rounds differently from a lone row
     # (other matmul shapes), which flips close argmaxes in both engines alike (padded batches: bench_real_cpu.py)
-    cfg = GenerationConfig(max_new_tokens=16, temperature=0.0, batch_size=1)
+    cfg = GenerationConfig(max_new_tokens=48, temperature=0.0, batch_size=1)
     ours = gen.generate(prompts, cfg, eos_id=smol.eos_id, pad_id=smol.pad_id, stop_ids=stops)
     with torch.inference_mode():
         for p, o in zip(prompts, ours, strict=True):
-            ref = gen.model.generate(torch.tensor([p]), max_new_tokens=16, do_sample=False, eos_token_id=stops,
+            ref = gen.model.generate(torch.tensor([p]), max_new_tokens=48, do_sample=False, eos_token_id=stops,
                                      pad_token_id=smol.pad_id)[0, len(p):].tolist()
             cut = next((k for k, x in enumerate(ref) if x in stops), len(ref))
             assert o == ref[:cut]

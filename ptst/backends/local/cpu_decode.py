@@ -1,25 +1,25 @@
-"""Decoding on a CPU in bfloat16 without the two costs transformers leaves in every step, both bit-exact.
+"""Decoding on a CPU in bfloat16 without the weight copies transformers leaves in every step, bit-exact.
 
-1. Linear weights laid out once for oneDNN. A decoding step multiplies a few rows by every weight matrix, and
-   `torch.nn.functional.linear` in bfloat16 hands each call to oneDNN, which first copies the weight into its
-   blocked layout: every step reads each weight twice and writes it once. Measured on a Zen 4 core (1 thread,
-   batch 4): SmolLM2's 49152 x 576 lm_head 7.1 ms plain against 2.7 ms reordered beforehand (7.9 against 20.6
-   GB/s); a 1536 x 576 projection 97 against 57 us. So each Linear weight is reordered once
-   (`torch.ops.mkldnn._reorder_linear_weight`) and decoding calls the packed kernel. Sibling Linears that read the
-   same input (q/k/v, gate/up) are packed as one weight and multiplied once: fewer, larger calls.
-2. One-query attention on the key/value heads. For a decoding step whose mask transformers dropped (no padding:
-   batch 1, rows of one length), its sdpa path calls `scaled_dot_product_attention(enable_gqa=True)`, whose CPU
-   kernel in bfloat16 takes 143 us per layer at batch 1 and 4.7 ms at batch 16 (300 positions). The same attention
-   with the query heads that share a key/value head laid out as that head's rows (what transformers itself does when
-   a mask is present) takes 34 us and 0.7 ms.
+Linear weights laid out once for oneDNN. A decoding step multiplies a few rows by every weight matrix, and
+`torch.nn.functional.linear` in bfloat16 hands each call to oneDNN, which first copies the weight into its blocked
+layout: every step reads each weight twice and writes it once. Measured on a Zen 4 core (1 thread, batch 4):
+SmolLM2's 49152 x 576 lm_head 7.1 ms plain against 2.7 ms reordered beforehand (7.9 against 20.6 GB/s); a 1536 x 576
+projection 97 against 57 us. So each Linear weight is reordered once
+(`torch.ops.mkldnn._reorder_linear_weight`) and decoding calls the packed kernel. Sibling Linears that read the same
+input (q/k/v, gate/up) are packed as one weight and multiplied once: fewer, larger calls.
 
-Numerics: both reach the same kernels with the same accumulation, so outputs are bit-identical and greedy tokens
-equal `model.generate`'s. That is checked at run time on this CPU and torch (the model's first Linear; one fused
-group's columns against each member's own `linear`; the attention at its head shapes): where a result differs by a
-bit (float32, where `linear` takes MKL's sgemm instead), that piece is not used. The direct step of `llama_step.py`
-is checked the same way, with these pieces applied. Both are a context around decoding, not a change to the model: the resident base that training shares
-is left as it was, and LoRA layers left unmerged (peft's, wrapping a Linear) keep their own forward around a packed
-base.
+One-query attention on the key/value heads (the query heads that share one laid out as its rows, instead of sdpa's
+`enable_gqa`) was tried and dropped: 4x faster per layer, but its kernel sums in another order, and on SmolLM2 a
+greedy token differed from `model.generate`'s (one of 4 prompts, at token 42; 4 of 306 random lengths differ in the
+last bit).
+
+Numerics: the packed kernel is the one `linear` reaches in bfloat16, with the same accumulation, so outputs are
+bit-identical and greedy tokens equal `model.generate`'s. That is checked at run time on this CPU and torch (the
+model's first Linear; one fused group's columns against each member's own `linear`): where a result differs by a bit
+(float32, where `linear` takes MKL's sgemm instead), that piece is not used. The direct step of `llama_step.py`
+is checked the same way, with the packed weights applied. Both are a context around decoding, not a change to the
+model: the resident base that training shares is left as it was, and LoRA layers left unmerged (peft's, wrapping a
+Linear) keep their own forward around a packed base.
 """
 
 from __future__ import annotations
@@ -180,76 +180,15 @@ def _sibling_groups(model: Any, plain: set[Any]) -> list[list[Any]]:
     return groups
 
 
-ATTENTION = "ptst_cpu_sdpa"  # the name under which transformers finds `_sdpa_on_kv_heads`
-
-
-def _sdpa_on_kv_heads(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):  # type: ignore[no-untyped-def]
-    """transformers' sdpa attention, except that a one-query step without a mask runs on the key/value heads."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    torch = import_torch()
-    groups = getattr(module, "num_key_value_groups", 1)
-    if (query.shape[2] != 1 or attention_mask is not None or groups == 1 or kwargs.get("position_bias") is not None
-            or kwargs.get("softcap") is not None):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
-    b, h, _, d = query.shape
-    out = torch.nn.functional.scaled_dot_product_attention(query.reshape(b, h // groups, groups, d), key, value,
-                                                           dropout_p=dropout, scale=scaling)
-    return out.reshape(b, h, 1, value.shape[-1]).transpose(1, 2).contiguous(), None
-
-
-def _register_attention() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    AttentionInterface.register(ATTENTION, _sdpa_on_kv_heads)
-    AttentionMaskInterface.register(ATTENTION, sdpa_mask)
-
-
-def _attention_exact(model: Any) -> bool:
-    """Whether one-query attention on the key/value heads gives sdpa's `enable_gqa` result bit for bit, at this
-    model's head shapes and dtype (true of bfloat16 on the CPUs measured, not of float32)."""
-    torch = import_torch()
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    cfg = model.config
-    heads = cfg.num_attention_heads
-    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
-    dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    if kv_heads == heads or heads % kv_heads:
-        return False  # nothing to gain without grouped heads
-
-    probe = torch.nn.Module().eval()  # stands for an attention module: what sdpa_attention_forward reads of it
-    probe.num_key_value_groups = heads // kv_heads
-    probe.is_causal = True
-
-    g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(3, n, length, dim, generator=g).to(model.dtype)
-               for n, length in ((heads, 1), (kv_heads, 37), (kv_heads, 37)))
-    return torch.equal(_sdpa_on_kv_heads(probe, q, k, v, None, scaling=dim**-0.5)[0],
-                       sdpa_attention_forward(probe, q, k, v, None, scaling=dim**-0.5)[0])
-
-
 class CpuDecoding:
-    """What decoding on this CPU uses, decided once per loaded model: packed Linears, attention on the key/value
-    heads, the direct step (`llama_step.py`); each only where it is bit-exact here."""
+    """What decoding on this CPU uses, decided once per loaded model: packed Linears and the direct step
+    (`llama_step.py`); each only where it is bit-exact here."""
 
     def __init__(self, model: Any, batch_hint: int = 4) -> None:
         self.model = model
         self.linears = PackedLinears(model, batch_hint)
-        self.attention = False
         self.step: DirectStep | None = None
         torch = import_torch()
-        if (model is not None and model.dtype == torch.bfloat16
-                and getattr(model.config, "_attn_implementation", None) == "sdpa"):
-            set_impl = getattr(model, "set_attn_implementation", None)
-            try:
-                self.attention = set_impl is not None and _attention_exact(model)
-            except (AttributeError, TypeError, RuntimeError):  # a config without the usual head fields
-                self.attention = False
-            if self.attention:
-                _register_attention()
         if model is not None:
             with torch.inference_mode(), self.applied():  # checked with the kernels it will run on
                 direct = DirectStep(model)
@@ -258,11 +197,4 @@ class CpuDecoding:
     @contextlib.contextmanager
     def applied(self) -> Iterator[None]:
         with self.linears.applied():
-            if not self.attention:
-                yield
-                return
-            self.model.set_attn_implementation(ATTENTION)
-            try:
-                yield
-            finally:
-                self.model.set_attn_implementation("sdpa")
+            yield

@@ -38,7 +38,7 @@ class Generator:
         self.threads = threads  # CPU threads asked for (None: sized to the free cores at each call, see cpu.py)
         self._batch_size: int | None = None  # learnt: the largest size that fitted
         self._continuous: bool | None = None  # whether rows can join the batch as others finish (decode.py)
-        self._cpu: CpuDecoding | None = None  # CPU: packed weights, attention on kv heads (cpu_decode.py)
+        self._cpu: CpuDecoding | None = None  # CPU: packed weights, the direct step (cpu_decode.py)
         _LIVE.add(self)
 
     @property
