@@ -9,7 +9,9 @@ to `--threads` for every side, the same GSM8K examples rendered by ptst (`kind: 
 * training, in rounds that alternate the sides (round 1 is the warm-up and is not counted; the best later round is):
   - ptst `train_lora` (packed rows, logits only at supervised positions, the dtype `auto` picks on this CPU);
   - TRL `SFTTrainer` + peft **as TRL's docs recommend** (SFTConfig defaults: bf16 autocast where the CPU has it,
-    gradient checkpointing on, padded batches), only the LoRA, batch, learning rate and steps set as ptst's;
+    gradient checkpointing on, padded batches), only the LoRA, batch, learning rate and steps set as ptst's, and
+    the loss on the answers only (`completion_only_loss`, as ptst trains; TRL's default for pre-tokenized rows is
+    the whole sequence);
   - TRL **matched**: the same dtype as ptst's base, no gradient checkpointing, `padding_free=True`, same tokens,
     batch, LoRA and steps.
   Tokens/s = real (non-padding) tokens / seconds of the training loop (model loading excluded). Achieved GFLOP/s
@@ -148,7 +150,9 @@ class TrlTrain:
         kw: dict[str, Any] = dict(output_dir=self.tmp.name, per_device_train_batch_size=args.batch,
                                   max_steps=args.steps, learning_rate=2e-4, logging_steps=1, save_strategy="no",
                                   report_to=[], use_cpu=True, max_length=512, shuffle_dataset=False,
-                                  disable_tqdm=True, dataloader_num_workers=0)
+                                  disable_tqdm=True, dataloader_num_workers=0,
+                                  # loss on the answers only, as ptst trains (TRL's docs for prompt-completion data)
+                                  completion_only_loss=True)
         base_dtype = torch.float32
         if matched:  # ptst's own numerics and layout
             base_dtype = getattr(torch, dtype)
@@ -244,6 +248,21 @@ def bench_generate(model: str, backend, prompts, args, dtype: str, size: dict[st
     print(f"generation ({dtype}, batch {args.batch}, {len(prompts)} prompts x {args.new_tokens}): ptst "
           f"{best['ptst Generator']:.1f} vs model.generate {best['model.generate']:.1f} new tokens/s = {ratio:.2f}x "
           f"(target >= 2x); identical outputs {same}/{len(prompts)}")
+    # like for like: one prompt at a time, no padding beside a row. In bf16 a row's rounding depends on the padding of
+    # the rows beside it (in both loops: ptst's rows join and leave, model.generate's batches are fixed), so batched
+    # outputs can part where two tokens are within a rounding of each other.
+    alone = prompts[: min(4, len(prompts))]
+    few = args.new_tokens // 2
+    ours_alone = [gen.generate([p], cfg.model_copy(update={"max_new_tokens": few, "batch_size": 1}),
+                               eos_id=backend.eos_id, pad_id=pad, stop_ids=stops)[0] for p in alone]
+    with torch.inference_mode():
+        theirs_alone = []
+        for p in alone:
+            row = m.generate(input_ids=torch.tensor([p]), max_new_tokens=few, do_sample=False, eos_token_id=stops,
+                             pad_token_id=pad)[0, len(p):].tolist()
+            theirs_alone.append(row[: next((k for k, x in enumerate(row) if x in stops), len(row))])
+    print(f"  one prompt at a time ({len(alone)} prompts x {few}): identical outputs "
+          f"{sum(a == b for a, b in zip(ours_alone, theirs_alone, strict=True))}/{len(alone)}")
     gen.close()
 
 
