@@ -4,7 +4,9 @@ per-call machinery: the same modules and functions in the same order, called dir
 A decoding step at batch 4 on a CPU is some 400 small calls into torch, and the model's own forward wraps them in
 more: output-recording decorators, keyword plumbing through every layer, a cache object's dispatch, the 4D mask
 built from the 2D one at each step. Here a step calls each layer's norms, projections (LoRA wrappers included), the
-model's rotary function, its registered attention function and the cache layer's `update` itself.
+model's rotary function, its registered attention function and the cache layer's `update` itself. Measured on
+SmolLM2 (bf16, 2 threads, `benchmarks/bench_decode_cpu.py`): 25.5 against 27.9 ms a step at batch 1, 41.4 against
+42.5 at batch 16; at batch 4 within the noise (27.7 against 27.3).
 
 Numerics: the same modules and kernels on the same tensors, so the logits are bit-identical. That is checked once
 per model, on this CPU and torch, on a padded and an unpadded batch, against the model's own forward; where any
