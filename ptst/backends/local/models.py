@@ -121,7 +121,18 @@ def load_causal_lm(model: str, *, dtype, device: str, attn_implementation: str |
             f"model {model} cannot be loaded from {path} ({first_line(e)}); it must be an HF-format model "
             "directory (config.json + weights)"
         ) from e
+    _tie_if_left_empty(m)
     return m.to(device)  # type: ignore[arg-type]  # transformers' stub wraps .to oddly
+
+
+def _tie_if_left_empty(m) -> None:  # type: ignore[no-untyped-def]
+    """A checkpoint with tied embeddings stores no `lm_head`; transformers ties it to the input embeddings after
+    loading. Once in a full CI run (1 of 2, same commit) it reported `lm_head.weight` missing and left it as an empty
+    (meta) tensor, which `.to` then refused. Tie it here as the config says, so the model is always whole."""
+    out, inp = m.get_output_embeddings(), m.get_input_embeddings()
+    if (out is not None and inp is not None and getattr(m.config, "tie_word_embeddings", False)
+            and out.weight.is_meta and not inp.weight.is_meta and out.weight.shape == inp.weight.shape):
+        out.weight = inp.weight
 
 
 def is_oom(e: BaseException) -> bool:
