@@ -185,7 +185,6 @@ class CpuDecoding:
     (`llama_step.py`); each only where it is bit-exact here."""
 
     def __init__(self, model: Any, batch_hint: int = 4) -> None:
-        self.model = model
         self.linears = PackedLinears(model, batch_hint)
         self.step: DirectStep | None = None
         torch = import_torch()
